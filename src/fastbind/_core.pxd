@@ -1,0 +1,77 @@
+# Declarations of the compiled core's types (see _core.pyx).
+from cpython.object cimport PyObject
+
+
+cdef class WorkerHandle:
+    cdef readonly str name
+    cdef readonly object handler
+    cdef public object env
+    cdef bint is_class
+    cdef bint fast_init
+
+    cdef object instantiate(self, InvocationContext ctx)
+    cdef object invoke(self, object request, InvocationContext ctx)
+
+
+cdef class PipelineContext:
+    cdef readonly str entry
+    cdef readonly long max_depth
+    cdef readonly long max_subrequests
+    cdef readonly long open_connections
+    cdef readonly double wait_until_s
+    cdef list _ledger
+    cdef set _tasks
+    cdef set _waiting
+    cdef readonly long running
+    cdef readonly bint closed
+    cdef readonly long long start_ns
+    cdef readonly InvocationContext root
+    cdef object __weakref__
+
+
+cdef class SubrequestRecord:
+    cdef readonly str caller
+    cdef readonly str target
+    cdef readonly str kind
+    cdef readonly long depth
+    cdef readonly long long start_ns
+    cdef readonly long long duration_ns
+    cdef readonly str outcome
+
+    cdef void _finish(self, str outcome) noexcept
+
+
+cdef class InvocationContext(SubrequestRecord):
+    cdef readonly PipelineContext pipeline
+    cdef readonly InvocationContext parent
+    cdef WorkerHandle handle
+    cdef readonly object props
+    cdef readonly long subrequests
+    cdef bint pass_through
+
+    cdef int _charge(self) except -1
+    cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props)
+
+
+cdef class Fetcher:
+    cdef WorkerHandle _target
+    cdef str _binding
+    cdef object _props
+
+
+cdef class BindingCall:
+    cdef InvocationContext inv
+    cdef object request
+    cdef object coro
+    cdef object token
+    cdef bint http
+    cdef bint started
+
+    cdef int _enter(self) except -1
+    cdef void _exit(self, str outcome) noexcept
+    cdef int _exit_with(self, object value) except -1
+    cdef int _send(self, object arg, PyObject** result) except? -1
+
+
+cdef class TaskFactory:
+    cdef readonly object previous

@@ -1,0 +1,45 @@
+"""The exceptions fastbind raises, with the messages of DESIGN.md section 2."""
+
+from __future__ import annotations
+
+__all__ = (
+    "FastbindError",
+    "SubrequestDepthError",
+    "TooManySubrequestsError",
+    "ConfigError",
+    "BODY_USED_MESSAGE",
+)
+
+# The exact wording Cloudflare Workers uses; users grep their logs for it.
+BODY_USED_MESSAGE = (
+    "Body has already been used. It can only be used once. "
+    "Use tee() first if you need to read it twice."
+)
+DEPTH_MESSAGE = (
+    "Subrequest depth limit exceeded. This request recursed through Workers too many "
+    "times. This can happen e.g. if you have a Worker or Durable Object that calls other "
+    "Workers or objects recursively."
+)
+TOO_MANY_SUBREQUESTS_MESSAGE = "Too many subrequests."
+
+
+class FastbindError(Exception):
+    """Base class of every error fastbind raises on its own account."""
+
+
+class SubrequestDepthError(FastbindError):
+    """A binding call would run a Worker deeper than ``Limits.depth``."""
+
+    def __init__(self, message: str = DEPTH_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class TooManySubrequestsError(FastbindError):
+    """An invocation tried to make more than ``Limits.subrequests`` subrequests."""
+
+    def __init__(self, message: str = TOO_MANY_SUBREQUESTS_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class ConfigError(FastbindError):
+    """The set of Workers, their bindings or the config file is wrong."""

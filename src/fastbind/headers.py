@@ -1,0 +1,154 @@
+"""Headers: the Fetch API's case-insensitive, ordered, multi-valued header list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Union
+
+__all__ = ("Headers", "HeadersInit")
+
+HeadersInit = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]], None]
+
+# RFC 9110 token characters: what a header name may hold.
+_TOKEN = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_FORBIDDEN_IN_VALUE = ("\r", "\n", "\0")
+_WS = " \t"
+
+
+def _check_name(name: object) -> str:
+    if type(name) is not str:
+        if isinstance(name, str):
+            name = str(name)
+        else:
+            raise TypeError(f"Header name must be str, not {type(name).__name__}")
+    lname = name.lower()
+    if not lname or not _TOKEN.issuperset(lname):
+        raise ValueError(f"Invalid header name: {name!r}")
+    return lname
+
+
+def _check_value(name: str, value: object) -> str:
+    if type(value) is not str:
+        if isinstance(value, str):
+            value = str(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        else:
+            raise TypeError(
+                f"Header {name!r} value must be str, not {type(value).__name__}"
+            )
+    for ch in _FORBIDDEN_IN_VALUE:
+        if ch in value:
+            raise ValueError(f"Invalid header value for {name!r}: {value!r}")
+    return value.strip(_WS)
+
+
+class Headers:
+    """Case-insensitive header list that keeps order and repeated names.
+
+    Names are stored lower-cased, as the Fetch API exposes them; values keep their
+    case. Items are immutable tuples, so a shallow copy of the list is a full copy.
+    """
+
+    __slots__ = ("_items",)
+
+    _items: list[tuple[str, str]]
+
+    def __init__(self, init: HeadersInit = None) -> None:
+        items: list[tuple[str, str]] = []
+        self._items = items
+        if init is None:
+            return
+        if type(init) is Headers:
+            items.extend(init._items)
+            return
+        pairs = init.items() if isinstance(init, Mapping) else init
+        try:
+            iterator = iter(pairs)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"Headers init must be a mapping or pairs, not {type(init).__name__}"
+            ) from None
+        for pair in iterator:
+            if isinstance(pair, (str, bytes)) or len(pair) != 2:
+                raise TypeError(f"Header pair must be (name, value), not {pair!r}")
+            name = _check_name(pair[0])
+            items.append((name, _check_value(name, pair[1])))
+
+    def copy(self) -> Headers:
+        new = Headers.__new__(Headers)
+        new._items = self._items.copy()
+        return new
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        lname = name.lower()
+        found = [v for n, v in self._items if n == lname]
+        if not found:
+            return default
+        return found[0] if len(found) == 1 else ", ".join(found)
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for n, v in self._items if n == lname]
+
+    def has(self, name: str) -> bool:
+        lname = name.lower()
+        return any(n == lname for n, _ in self._items)
+
+    def set(self, name: str, value: str) -> None:
+        lname = _check_name(name)
+        value = _check_value(lname, value)
+        items = self._items
+        for i, (n, _) in enumerate(items):
+            if n == lname:
+                items[i] = (lname, value)
+                self._items = [
+                    it for j, it in enumerate(items) if j <= i or it[0] != lname
+                ]
+                return
+        items.append((lname, value))
+
+    def append(self, name: str, value: str) -> None:
+        lname = _check_name(name)
+        self._items.append((lname, _check_value(lname, value)))
+
+    def delete(self, name: str) -> None:
+        lname = name.lower()
+        self._items = [it for it in self._items if it[0] != lname]
+
+    def keys(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for n, _ in self._items:
+            if n not in seen:
+                seen.add(n)
+                yield n
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.has(name)
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items.copy())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return self._items == other._items
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"

@@ -1,0 +1,31 @@
+"""Per-pipeline limits (DESIGN.md section 1 and 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("Limits",)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one top-level request and the Workers it reaches may use.
+
+    ``depth`` counts the top-level Worker as 1; ``subrequests`` is per invocation;
+    ``open_connections`` bounds outbound fetches waiting for headers per pipeline;
+    ``wait_until_s`` is how long ``ctx.wait_until`` work may outlive the response.
+    """
+
+    depth: int = 32
+    subrequests: int = 10_000
+    open_connections: int = 6
+    wait_until_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "subrequests", "open_connections"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"Limits.{name} must be a positive int, not {value!r}")
+        w = self.wait_until_s
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            raise ValueError(f"Limits.wait_until_s must be a number >= 0, not {w!r}")

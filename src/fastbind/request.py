@@ -1,0 +1,104 @@
+"""The Fetch API Request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .body import BodyInit, BodyMixin, check_body
+from .errors import BODY_USED_MESSAGE
+from .headers import Headers, HeadersInit
+
+__all__ = ("Request", "check_url", "normalize_method")
+
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
+# Schemes that must have an authority ("special" schemes of the URL standard).
+_SPECIAL = frozenset(("http", "https", "ws", "wss", "ftp"))
+_NORMALIZED = {m.lower(): m for m in ("DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH")}
+_TOKEN = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def check_url(url: object) -> str:
+    """Return ``url`` if it is an absolute URL, else raise TypeError("Invalid URL: ...")."""
+    if type(url) is not str:
+        if isinstance(url, str):
+            url = str(url)
+        else:
+            raise TypeError(f"Request URL must be str, not {type(url).__name__}")
+    colon = url.find(":")
+    scheme = url[:colon].lower()
+    if (
+        colon < 1
+        or not scheme[0].isalpha()
+        or not _SCHEME_CHARS.issuperset(scheme)
+        or any(c in url for c in "\r\n\0 \t")
+        or (scheme in _SPECIAL and (url[colon + 1 : colon + 3] != "//" or len(url) <= colon + 3
+                                    or url[colon + 3] in "/?#"))
+    ):
+        raise TypeError(f"Invalid URL: {url}")
+    return url
+
+
+def normalize_method(method: object) -> str:
+    if type(method) is not str or not method or not _TOKEN.issuperset(method):
+        raise TypeError(f"Invalid HTTP method: {method!r}")
+    return _NORMALIZED.get(method.lower(), method)
+
+
+class Request(BodyMixin):
+    """An HTTP request: ``Request(input, *, method="GET", headers=None, body=None)``.
+
+    ``input`` is an absolute URL or another Request, whose url, method, headers and
+    body are taken (the keywords override); taking its body marks it used, as
+    ``new Request(request)`` does in JavaScript.
+    """
+
+    __slots__ = ("url", "method", "headers", "body", "body_used")
+
+    url: str
+    method: str
+    headers: Headers
+    body: Any
+    body_used: bool
+
+    def __init__(
+        self,
+        input: str | Request,
+        *,
+        method: str | None = None,
+        headers: HeadersInit = None,
+        body: BodyInit = None,
+    ) -> None:
+        if isinstance(input, Request):
+            self.url = input.url
+            self.method = normalize_method(method) if method is not None else input.method
+            self.headers = Headers(headers) if headers is not None else input.headers.copy()
+            if body is None:
+                if input.body is not None:
+                    if input.body_used:
+                        raise TypeError(BODY_USED_MESSAGE)
+                    input.body_used = True
+                body = input.body
+        else:
+            self.url = check_url(input)
+            self.method = normalize_method(method) if method is not None else "GET"
+            self.headers = Headers(headers)
+        self.body = check_body(body, "Request")
+        self.body_used = False
+        if body is not None and self.method in ("GET", "HEAD"):
+            raise TypeError(f"Request with {self.method} method cannot have a body.")
+
+    def clone(self) -> Request:
+        mine, theirs = self._split_body()
+        self.body = mine
+        new = Request.__new__(Request)
+        new.url = self.url
+        new.method = self.method
+        new.headers = self.headers.copy()
+        new.body = theirs
+        new.body_used = False
+        return new
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.url}>"

@@ -1,0 +1,103 @@
+"""The Fetch API Response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .body import BodyInit, BodyMixin, check_body
+from .headers import Headers, HeadersInit
+from .request import check_url
+
+__all__ = ("Response",)
+
+_NULL_BODY_STATUSES = frozenset((101, 103, 204, 205, 304))
+_REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+_JSON_TYPE = ("content-type", "application/json")
+
+
+def _check_status(status: object) -> int:
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ValueError(f"Response status must be an int in 200..599, not {status!r}")
+    return status
+
+
+class _ClassOrInstance:
+    """``Response.json(obj)`` builds a Response; ``resp.json()`` reads one (as in JS)."""
+
+    __slots__ = ("_build", "_read")
+
+    def __init__(self, build: Any, read: Any) -> None:
+        self._build = build
+        self._read = read
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
+            return self._build.__get__(owner, owner)
+        return self._read.__get__(instance, owner)
+
+
+def _build_json(cls: type[Response], obj: Any, *, status: int = 200, headers: HeadersInit = None) -> Response:
+    """A Response whose body is ``obj`` serialised with orjson."""
+    resp = cls(orjson.dumps(obj), status=status, headers=headers)
+    if not resp.headers.has("content-type"):
+        resp.headers._items.append(_JSON_TYPE)
+    return resp
+
+
+class Response(BodyMixin):
+    """An HTTP response: ``Response(body=None, *, status=200, headers=None)``."""
+
+    __slots__ = ("status", "headers", "body", "body_used")
+
+    status: int
+    headers: Headers
+    body: Any
+    body_used: bool
+
+    def __init__(
+        self, body: BodyInit = None, *, status: int = 200, headers: HeadersInit = None
+    ) -> None:
+        if status != 200:
+            _check_status(status)
+            if body is not None and status in _NULL_BODY_STATUSES:
+                raise TypeError(f"Response with null body status {status} cannot have body")
+        self.status = status
+        self.headers = Headers(headers)
+        self.body = body if body is None or type(body) is bytes or type(body) is str else check_body(body, "Response")
+        self.body_used = False
+
+    json = _ClassOrInstance(_build_json, BodyMixin.json)  # type: ignore[assignment]
+
+    @classmethod
+    def redirect(cls, url: str, status: int = 302) -> Response:
+        if status not in _REDIRECT_STATUSES:
+            raise ValueError(f"Redirect status must be one of 301, 302, 303, 307, 308, not {status!r}")
+        return cls(None, status=status, headers={"location": check_url(url)})
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def clone(self) -> Response:
+        mine, theirs = self._split_body()
+        self.body = mine
+        new = Response.__new__(Response)
+        new.status = self.status
+        new.headers = self.headers.copy()
+        new.body = theirs
+        new.body_used = False
+        return new
+
+    async def aclose(self) -> None:
+        """Drop an unread body; a streamed body's source is closed."""
+        body = self.body
+        if body is not None:
+            self.body_used = True
+            closer = getattr(body, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"

@@ -1,0 +1,244 @@
+"""Runtime: the Worker registry, binding resolution and top-level dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _impl
+from .bindings import RemoteBinding, ServiceBinding, normalize_binding
+from .env import Env
+from .errors import ConfigError
+from .lifecycle import PipelineStream, end_pipeline, logger
+from .limits import Limits
+from .request import Request
+from .response import Response
+
+__all__ = ("Runtime", "PipelineReport")
+
+_PLAIN_BODIES = (bytes, str, bytearray, memoryview)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineReport:
+    """What one finished pipeline did: given to ``Runtime(on_pipeline_end=...)``."""
+
+    entry: str
+    status: int | None
+    start_ns: int
+    duration_ns: int
+    subrequests: tuple[Any, ...]  # SubrequestRecord: caller, target, kind, depth, ...
+    error: BaseException | None
+
+
+@dataclass(slots=True)
+class _WorkerSpec:
+    name: str
+    handler: Any
+    services: dict[str, ServiceBinding | RemoteBinding]
+    vars: dict[str, Any]
+
+
+def _has_factory(factory: Any, implementation: str) -> bool:
+    while factory is not None:
+        if getattr(factory, "fastbind_implementation", None) == implementation:
+            return True
+        factory = getattr(factory, "previous", None)
+    return False
+
+
+class Runtime:
+    """Holds Workers and their bindings; ``dispatch`` serves one top-level request.
+
+    Workers may be added in any order: bindings are resolved on first use (the first
+    ``dispatch`` or an explicit ``validate()``), and a ConfigError raises from there.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        origin: Any = None,
+        on_pipeline_end: Callable[[PipelineReport], Any] | None = None,
+    ) -> None:
+        if limits is None:
+            limits = Limits()
+        elif not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a fastbind.Limits, not {type(limits).__name__}")
+        self._limits = limits
+        self._origin = origin
+        self.on_pipeline_end = on_pipeline_end
+        self._core = _impl.core
+        self._specs: dict[str, _WorkerSpec] = {}
+        self._handles: dict[str, Any] = {}
+        self._resolved = False
+        self._closers: list[Callable[[], Any]] = []
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @property
+    def implementation(self) -> str:
+        """"c" when the compiled core runs this Runtime, "py" for the pure twin."""
+        return str(self._core.IMPLEMENTATION)
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        return tuple(self._specs)
+
+    def add_worker(
+        self,
+        name: str,
+        handler: Any,
+        *,
+        services: Mapping[str, Any] | None = None,
+        vars: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Register Worker ``name``: a WorkerEntrypoint subclass or ``async def (request, env, ctx)``."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"A Worker name must be a non-empty str, not {name!r}.")
+        if name in self._specs:
+            raise ConfigError(f'A Worker named "{name}" is already defined.')
+        try:
+            handle = self._core.WorkerHandle(name, handler)
+        except TypeError:
+            raise ConfigError(
+                f'Worker "{name}" handler must be a WorkerEntrypoint subclass or an async '
+                f"function (request, env, ctx), not {handler!r}."
+            ) from None
+        bindings = {}
+        for binding, spec in (services or {}).items():
+            if not isinstance(binding, str) or not binding:
+                raise ConfigError(f'Worker "{name}" has a binding with an invalid name {binding!r}.')
+            bindings[binding] = normalize_binding(name, binding, spec)
+        vars = dict(vars or {})
+        for key in vars:
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f'Worker "{name}" has a var with an invalid name {key!r}.')
+            if key in bindings:
+                raise ConfigError(f'Worker "{name}" defines "{key}" both as a binding and a var.')
+        self._specs[name] = _WorkerSpec(name, handler, bindings, vars)
+        self._handles[name] = handle
+        self._resolved = False
+
+    def validate(self) -> None:
+        """Resolve every binding; raise ConfigError naming the first that is wrong."""
+        core = self._core
+        envs = {}
+        for spec in self._specs.values():
+            values: dict[str, Any] = dict(spec.vars)
+            for binding, target in spec.services.items():
+                values[binding] = self._make_binding(core, spec.name, binding, target)
+            envs[spec.name] = Env(spec.name, values)
+        for name, env in envs.items():
+            self._handles[name].env = env
+        self._resolved = True
+
+    def _make_binding(self, core: Any, worker: str, binding: str, target: Any) -> Any:
+        if isinstance(target, RemoteBinding):
+            from .remote import RemoteFetcher
+
+            return RemoteFetcher(self, binding, target.url)
+        handle = self._handles.get(target.service)
+        if handle is None:
+            raise ConfigError(
+                f'Worker "{worker}" binding "{binding}" refers to a service '
+                f'"{target.service}", but no such service is defined.'
+            )
+        return core.Fetcher(handle, binding, target.props or None)
+
+    def _install_task_factory(self, loop: asyncio.AbstractEventLoop) -> None:
+        current = loop.get_task_factory()
+        if not _has_factory(current, self._core.IMPLEMENTATION):
+            loop.set_task_factory(self._core.make_task_factory(current))
+
+    async def dispatch(self, name: str, request: Request) -> Response:
+        """Serve one top-level request with Worker ``name`` and return its Response."""
+        if not self._resolved:
+            self.validate()
+        handle = self._handles.get(name)
+        if handle is None:
+            raise ConfigError(f'No Worker named "{name}" is defined.')
+        if not isinstance(request, Request):
+            raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
+        self._install_task_factory(asyncio.get_running_loop())
+        pipeline = self._core.PipelineContext(name, self._limits)
+        call = pipeline.root_call(handle, request)
+        body = request.body
+        error: BaseException | None = None
+        try:
+            response = await call
+        except asyncio.CancelledError as exc:
+            await end_pipeline(pipeline, self._reporter(pipeline, None, exc), cancelled=True)
+            raise
+        except Exception as exc:
+            error = exc
+            response = await self._uncaught(pipeline, name, request, body, exc)
+        except BaseException as exc:
+            await end_pipeline(pipeline, self._reporter(pipeline, None, exc), cancelled=True)
+            raise
+        done = self._reporter(pipeline, response.status, error)
+        rbody = response.body
+        if rbody is None or isinstance(rbody, _PLAIN_BODIES):
+            await end_pipeline(pipeline, done)
+        else:
+            response.body = PipelineStream(rbody, lambda: end_pipeline(pipeline, done))
+        return response
+
+    def _reporter(self, pipeline: Any, status: int | None, error: BaseException | None) -> Callable[[], None]:
+        hook = self.on_pipeline_end
+        if hook is None:
+            return _nothing
+
+        def report() -> None:
+            start = pipeline.start_ns
+            root = pipeline.root
+            duration = root.duration_ns if root is not None else -1
+            try:
+                hook(PipelineReport(pipeline.entry, status, start, duration, pipeline.ledger, error))
+            except Exception:
+                logger.exception("on_pipeline_end hook raised")
+
+        return report
+
+    async def _uncaught(
+        self, pipeline: Any, name: str, request: Request, body: Any, exc: Exception
+    ) -> Response:
+        root = pipeline.root
+        if root is not None and root.passes_through_on_exception and self._origin is not None:
+            logger.warning('Worker "%s" raised %r; passing the request through to the origin', name, exc)
+            from .passthrough import pass_through
+
+            return await pass_through(self, request, body)
+        logger.error('Uncaught exception in Worker "%s"', name, exc_info=exc)
+        return Response(
+            "Internal Server Error", status=500, headers={"content-type": "text/plain; charset=utf-8"}
+        )
+
+    def live_counts(self) -> dict[str, int]:
+        """Process-wide counters that return to zero when every pipeline has ended."""
+        return dict(self._core.live_counts())
+
+    def add_closer(self, closer: Callable[[], Any]) -> None:
+        self._closers.append(closer)
+
+    async def aclose(self) -> None:
+        """Release what the Runtime holds (e.g. the outbound HTTP session)."""
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,44 @@
+"""One suite, two implementations: every test that takes ``core`` runs on both."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from fastbind import _core_py, _impl
+
+CORES = [pytest.param(_core_py, id="py")]
+if _impl.compiled is not None:
+    CORES.insert(0, pytest.param(_impl.compiled, id="c"))
+elif not _impl.NO_EXTENSIONS:
+    CORES.insert(0, pytest.param(None, id="c", marks=pytest.mark.skip("compiled core not built")))
+
+
+@pytest.fixture(params=CORES)
+def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The core implementation under test; Runtimes built in the test use it.
+
+    After the test, every counter that must return to zero is checked.
+    """
+    module = request.param
+    monkeypatch.setattr(_impl, "core", module)
+    yield module
+    assert module.live_counts() == {"pipelines": 0, "invocations": 0, "tasks": 0}
+
+
+@pytest.fixture
+def run() -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Run a coroutine to its end on a fresh uvloop loop (asyncio's with FASTBIND_LOOP=asyncio)."""
+
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        if os.environ.get("FASTBIND_LOOP") == "asyncio":
+            return asyncio.run(asyncio.wait_for(coro, 30))
+        import uvloop
+
+        return uvloop.run(asyncio.wait_for(coro, 30))
+
+    return runner

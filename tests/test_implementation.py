@@ -1,0 +1,31 @@
+"""The compiled core is what loads, unless a pure run was asked for."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fastbind import Runtime, _impl
+
+
+@pytest.mark.skipif(bool(os.environ.get("FASTBIND_NO_EXTENSIONS")), reason="pure run asked for")
+def test_compiled_core_is_loaded() -> None:
+    assert _impl.compiled is not None, "fastbind._core did not build or import"
+    assert _impl.core is _impl.compiled
+    assert _impl.compiled.IMPLEMENTATION == "c"
+    assert _impl.compiled.__file__.endswith((".so", ".pyd"))
+    assert Runtime().implementation == "c"
+
+
+@pytest.mark.skipif(not os.environ.get("FASTBIND_NO_EXTENSIONS"), reason="only in the pure run")
+def test_pure_run_uses_the_twin() -> None:
+    assert _impl.core.IMPLEMENTATION == "py"
+    assert Runtime().implementation == "py"
+
+
+def test_both_cores_expose_the_same_names(core) -> None:
+    from fastbind import _core_py
+
+    for name in _core_py.__all__:
+        assert hasattr(core, name), name
