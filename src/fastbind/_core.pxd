@@ -1,5 +1,11 @@
 # Declarations of the compiled core's types (see _core.pyx).
+
 from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
+
+
+cdef class ExecutionSlot:
+    cdef readonly InvocationContext current
 
 
 cdef class WorkerHandle:
@@ -13,6 +19,18 @@ cdef class WorkerHandle:
     cdef object invoke(self, object request, InvocationContext ctx)
 
 
+cdef class SubrequestRecord:
+    cdef readonly str caller
+    cdef readonly str target
+    cdef readonly str kind
+    cdef readonly long depth
+    cdef readonly int64_t start_ns
+    cdef readonly int64_t duration_ns
+    cdef readonly str outcome
+
+    cdef void _finish(self, str outcome) noexcept
+
+
 cdef class PipelineContext:
     cdef readonly str entry
     cdef readonly long max_depth
@@ -24,30 +42,20 @@ cdef class PipelineContext:
     cdef set _waiting
     cdef readonly long running
     cdef readonly bint closed
-    cdef readonly long long start_ns
     cdef readonly InvocationContext root
+    cdef SubrequestRecord _root_record
     cdef object __weakref__
 
 
-cdef class SubrequestRecord:
-    cdef readonly str caller
-    cdef readonly str target
-    cdef readonly str kind
-    cdef readonly long depth
-    cdef readonly long long start_ns
-    cdef readonly long long duration_ns
-    cdef readonly str outcome
-
-    cdef void _finish(self, str outcome) noexcept
-
-
-cdef class InvocationContext(SubrequestRecord):
+cdef class InvocationContext:
     cdef readonly PipelineContext pipeline
     cdef readonly InvocationContext parent
     cdef WorkerHandle handle
+    cdef readonly long depth
     cdef readonly object props
     cdef readonly long subrequests
     cdef bint pass_through
+    cdef readonly SubrequestRecord record
 
     cdef int _charge(self) except -1
     cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props)
@@ -61,15 +69,15 @@ cdef class Fetcher:
 
 cdef class BindingCall:
     cdef InvocationContext inv
+    cdef ExecutionSlot slot
     cdef object request
     cdef object coro
-    cdef object token
     cdef bint http
     cdef bint started
 
     cdef int _enter(self) except -1
     cdef void _exit(self, str outcome) noexcept
-    cdef int _exit_with(self, object value) except -1
+    cdef int _check_result(self, object value) except -1
     cdef int _send(self, object arg, PyObject** result) except? -1
 
 

@@ -9,6 +9,7 @@ from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import asyncio
+import contextvars
 import inspect
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -24,63 +25,12 @@ from fastbind.headers import Headers
 from fastbind.request import Request
 from fastbind.response import Response
 
-cdef extern from *:
-    """
-    /* am_send lets `await binding_call` return its value without raising
-       StopIteration (PEP 590-era send protocol, used by PyIter_Send). */
-    int fastbind_binding_call_send(PyObject *, PyObject *, PyObject **);
-    static PySendResult fastbind_am_send(PyObject *self, PyObject *arg, PyObject **result) {
-        return (PySendResult)fastbind_binding_call_send(self, arg, result);
-    }
-    static int fastbind_install_am_send(PyObject *type) {
-        PyTypeObject *t = (PyTypeObject *)type;
-        if (t->tp_as_async == NULL) return -1;
-        t->tp_as_async->am_send = fastbind_am_send;
-        return 0;
-    }
-    """
-    int fastbind_install_am_send(object type)
-
-cdef extern from *:
-    """
-    #include <structmember.h>
-    /* Offsets of __slots__ members of the Fetch API classes, found once at import:
-       the hot path then reads and writes those fields as C does for its own types. */
-    static Py_ssize_t fastbind_slot_offset(PyObject *type, const char *name) {
-        PyObject *d = PyObject_GetAttrString(type, name);
-        Py_ssize_t off;
-        if (d == NULL) return -1;
-        if (Py_TYPE(d) != &PyMemberDescr_Type
-                || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "%R.%s is not a __slots__ member", type, name);
-            Py_DECREF(d);
-            return -1;
-        }
-        off = ((PyMemberDescrObject *)d)->d_member->offset;
-        Py_DECREF(d);
-        return off;
-    }
-    static inline PyObject *fastbind_slot_get(PyObject *obj, Py_ssize_t off, const char *name) {
-        PyObject *v = *(PyObject **)((char *)obj + off);
-        if (v == NULL) {
-            PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '%s'",
-                         Py_TYPE(obj)->tp_name, name);
-            return NULL;
-        }
-        Py_INCREF(v);
-        return v;
-    }
-    static inline void fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
-        PyObject **p = (PyObject **)((char *)obj + off);
-        PyObject *old = *p;
-        Py_INCREF(v);
-        *p = v;
-        Py_XDECREF(old);
-    }
-    """
+cdef extern from "_core_capi.h":
+    ctypedef int (*fastbind_send_fn)(PyObject*, PyObject*, PyObject**)
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
+    int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
 
 cdef extern from "Python.h":
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
@@ -89,12 +39,13 @@ cdef extern from "Python.h":
 IMPLEMENTATION = "c"
 
 # Looked up once: the hot path never does a module-global dict lookup for these.
-cdef object _INVOCATION = ContextVar("fastbind.invocation", default=None)
+cdef object _SLOT = ContextVar("fastbind.execution_slot", default=None)
 cdef object _RequestType = Request
 cdef object _ResponseType = Response
 cdef object _HeadersType = Headers
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _Task = asyncio.Task
+cdef object _copy_context = contextvars.copy_context
 cdef object _EMPTY_PROPS = MappingProxyType({})
 cdef tuple _NO_ARGS = ()
 cdef Py_ssize_t _REQ_URL = fastbind_slot_offset(Request, "url")
@@ -122,16 +73,21 @@ cdef inline int64_t _now() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
-cdef inline InvocationContext _current():
+cdef inline ExecutionSlot _current_slot():
     cdef PyObject* value = NULL
-    PyContextVar_Get(_INVOCATION, NULL, &value)
+    PyContextVar_Get(_SLOT, NULL, &value)
     if value == NULL:
         return None
     result = <object>value
     Py_XDECREF(value)
     if result is None:
         return None
-    return <InvocationContext?>result
+    return <ExecutionSlot?>result
+
+
+cdef inline InvocationContext _current():
+    cdef ExecutionSlot slot = _current_slot()
+    return None if slot is None else slot.current
 
 
 def live_counts():
@@ -142,6 +98,32 @@ def live_counts():
 def current_invocation():
     """The invocation whose code is running now, or None outside any Worker."""
     return _current()
+
+
+def enter_dispatch():
+    """Give the dispatching task a slot if it has none; returns what exit_dispatch needs."""
+    if _current_slot() is None:
+        return PyContextVar_Set(_SLOT, ExecutionSlot.__new__(ExecutionSlot))
+    return None
+
+
+def exit_dispatch(token):
+    if token is not None:
+        PyContextVar_Reset(_SLOT, token)
+
+
+@cython.final
+cdef class ExecutionSlot:
+    """Which invocation the code of one task is running now.
+
+    The contextvar holds one slot per task (the task factory gives each spawned task
+    its own); a binding call swaps ``current`` around each step of its child instead
+    of setting the contextvar, which would cost a new context mapping per call
+    (DESIGN.md 2.8). Python code can read ``current`` but not change it (2.9).
+    """
+
+    def __init__(self):
+        raise TypeError("ExecutionSlot is created by the runtime only")
 
 
 @cython.final
@@ -179,11 +161,55 @@ cdef class WorkerHandle:
         return f"<WorkerHandle {self.name}>"
 
 
+# Records hold only strings and numbers, so they cannot be part of a reference cycle:
+# leaving them out of the GC keeps a long ledger from slowing every collection.
+@cython.final
+@cython.no_gc
+cdef class SubrequestRecord:
+    """One ledger entry: who called what, how deep, when, for how long, and how it ended."""
+
+    def __init__(self):
+        raise TypeError("SubrequestRecord is created by the runtime only")
+
+    cdef void _finish(self, str outcome) noexcept:
+        if self.outcome is None:
+            self.duration_ns = _now() - self.start_ns
+            self.outcome = outcome
+
+    def finish(self, str outcome not None):
+        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
+        self._finish(outcome)
+
+    def as_dict(self):
+        return {
+            "caller": self.caller, "target": self.target, "kind": self.kind,
+            "depth": self.depth, "start_ns": self.start_ns,
+            "duration_ns": self.duration_ns, "outcome": self.outcome,
+        }
+
+    def __repr__(self):
+        return (
+            f"<SubrequestRecord {self.caller}->{self.target} {self.kind} "
+            f"depth={self.depth} outcome={self.outcome}>"
+        )
+
+
+cdef SubrequestRecord _new_record(str caller, str target, str kind, long depth):
+    cdef SubrequestRecord rec = SubrequestRecord.__new__(SubrequestRecord)
+    rec.caller = caller
+    rec.target = target
+    rec.kind = kind
+    rec.depth = depth
+    rec.start_ns = _now()
+    rec.duration_ns = -1
+    return rec
+
+
 @cython.final
 cdef class PipelineContext:
     """One top-level request and everything it reaches: limits, ledger, tasks."""
 
-    def __init__(self, str entry, limits):
+    def __init__(self, str entry not None, limits):
         global _live_pipelines
         self.entry = entry
         self.max_depth = limits.depth
@@ -195,26 +221,35 @@ cdef class PipelineContext:
         self._waiting = set()
         self.running = 0
         self.closed = False
-        self.start_ns = _now()
         self.root = None
+        self._root_record = _new_record(None, entry, _KIND_REQUEST, 1)
         _live_pipelines += 1
 
     @property
     def ledger(self):
+        """Every subrequest of the pipeline so far, in the order they were made."""
         return tuple(self._ledger)
+
+    @property
+    def start_ns(self):
+        return self._root_record.start_ns
+
+    @property
+    def duration_ns(self):
+        return self._root_record.duration_ns
 
     def root_call(self, WorkerHandle handle not None, request):
         """The awaitable that runs the top-level Worker at depth 1."""
         if self.root is not None:
             raise FastbindError("This pipeline already has its top-level invocation")
-        cdef InvocationContext inv = _new_invocation(self, None, handle, 1, _KIND_REQUEST, _EMPTY_PROPS)
+        cdef InvocationContext inv = _new_invocation(self, None, handle, 1, _EMPTY_PROPS, self._root_record)
         self.root = inv
         return _new_call(inv, request, True)
 
     def adopt(self, task):
         """Account a task spawned by one of this pipeline's Workers."""
         global _live_tasks
-        if self.closed:
+        if self.closed or task in self._tasks or task in self._waiting:
             return
         self._tasks.add(task)
         _live_tasks += 1
@@ -250,16 +285,10 @@ cdef class PipelineContext:
             self.closed = True
             _live_pipelines -= 1
 
-    def charge_fetch(self, InvocationContext caller not None, str target):
+    def charge_fetch(self, InvocationContext caller not None, str target not None):
         """Count one outbound fetch (or redirect) of ``caller``; returns its ledger record."""
         caller._charge()
-        cdef SubrequestRecord rec = SubrequestRecord.__new__(SubrequestRecord)
-        rec.caller = caller.target
-        rec.target = target
-        rec.kind = _KIND_FETCH
-        rec.depth = caller.depth
-        rec.start_ns = _now()
-        rec.duration_ns = -1
+        rec = _new_record(caller.handle.name, target, _KIND_FETCH, caller.depth)
         self._ledger.append(rec)
         return rec
 
@@ -269,45 +298,17 @@ cdef class PipelineContext:
             _live_pipelines -= 1
 
 
-cdef class SubrequestRecord:
-    """One ledger entry: who called what, how deep, when, for how long, and how it ended."""
-
-    def __init__(self):
-        raise TypeError("SubrequestRecord is created by the runtime only")
-
-    cdef void _finish(self, str outcome) noexcept:
-        if self.outcome is None:
-            self.duration_ns = _now() - self.start_ns
-            self.outcome = outcome
-
-    def finish(self, str outcome not None):
-        self._finish(outcome)
-
-    def as_dict(self):
-        return {
-            "caller": self.caller, "target": self.target, "kind": self.kind,
-            "depth": self.depth, "start_ns": self.start_ns,
-            "duration_ns": self.duration_ns, "outcome": self.outcome,
-        }
-
-    def __repr__(self):
-        return (
-            f"<{type(self).__name__} {self.caller}->{self.target} {self.kind} "
-            f"depth={self.depth} outcome={self.outcome}>"
-        )
-
-
 @cython.final
 @cython.freelist(64)
-cdef class InvocationContext(SubrequestRecord):
-    """One run of one Worker; also its ``ctx`` and, for a child, its ledger record."""
+cdef class InvocationContext:
+    """One run of one Worker: its depth, subrequest budget and ``ctx`` methods."""
 
     def __init__(self):
         raise TypeError("InvocationContext is created by the runtime only")
 
     @property
     def worker(self):
-        return self.target
+        return self.handle.name
 
     @property
     def env(self):
@@ -328,22 +329,25 @@ cdef class InvocationContext(SubrequestRecord):
         if self.depth >= pipeline.max_depth:
             raise SubrequestDepthError()
         self._charge()
-        cdef InvocationContext inv = _new_invocation(pipeline, self, handle, self.depth + 1, kind, props)
-        pipeline._ledger.append(inv)
-        return inv
+        cdef SubrequestRecord record = _new_record(self.handle.name, handle.name, kind, self.depth + 1)
+        pipeline._ledger.append(record)
+        return _new_invocation(pipeline, self, handle, self.depth + 1, props, record)
 
     def wait_until(self, awaitable):
         """Let ``awaitable`` run on after the response, up to ``Limits.wait_until_s``."""
         cdef PipelineContext pipeline = self.pipeline
         if pipeline.closed:
             raise FastbindError("wait_until() called after the pipeline ended")
-        token = PyContextVar_Set(_INVOCATION, self)
+        cdef ExecutionSlot slot = _current_slot()
+        if slot is None:
+            raise FastbindError("wait_until() called outside a fastbind invocation")
+        previous = slot.current
+        slot.current = self
         try:
             task = asyncio.ensure_future(awaitable)
         finally:
-            PyContextVar_Reset(_INVOCATION, token)
-        if task not in pipeline._tasks:
-            pipeline.adopt(task)
+            slot.current = previous
+        pipeline.adopt(task)
         pipeline.keep_alive(task)
 
     def pass_through_on_exception(self):
@@ -352,22 +356,21 @@ cdef class InvocationContext(SubrequestRecord):
         if self.pipeline.root is not None:
             self.pipeline.root.pass_through = True
 
+    def __repr__(self):
+        return f"<InvocationContext {self.handle.name} depth={self.depth}>"
+
 
 cdef InvocationContext _new_invocation(
     PipelineContext pipeline, InvocationContext parent, WorkerHandle handle,
-    long depth, str kind, object props,
+    long depth, object props, SubrequestRecord record,
 ):
     cdef InvocationContext inv = InvocationContext.__new__(InvocationContext)
-    inv.caller = None if parent is None else parent.target
-    inv.target = handle.name
-    inv.kind = kind
-    inv.depth = depth
-    inv.start_ns = _now()
-    inv.duration_ns = -1
     inv.pipeline = pipeline
     inv.parent = parent
     inv.handle = handle
+    inv.depth = depth
     inv.props = props
+    inv.record = record
     return inv
 
 
@@ -409,8 +412,7 @@ cdef class Fetcher:
 cdef object _forward(object src):
     """The child's copy of ``src``: same body object, headers copied, src marked used.
 
-    ``type(src) is Request`` was checked by the caller, so its slots are where the
-    offsets say.
+    The caller checked ``type(src) is Request``, so its slots are where the offsets say.
     """
     body = fastbind_slot_get(src, _REQ_BODY, "body")
     if body is not None:
@@ -421,7 +423,8 @@ cdef object _forward(object src):
     if type(src_headers) is not _HeadersType:
         raise TypeError(f"Request.headers must be a Headers, not {type(src_headers).__name__}")
     headers = PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
-    fastbind_slot_set(headers, _HDR_ITEMS, list(<list?>fastbind_slot_get(src_headers, _HDR_ITEMS, "_items")))
+    items = fastbind_slot_get(src_headers, _HDR_ITEMS, "_items")
+    fastbind_slot_set(headers, _HDR_ITEMS, list(<list?>items))
     req = PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
     fastbind_slot_set(req, _REQ_URL, fastbind_slot_get(src, _REQ_URL, "url"))
     fastbind_slot_set(req, _REQ_METHOD, fastbind_slot_get(src, _REQ_METHOD, "method"))
@@ -442,7 +445,11 @@ cdef BindingCall _new_call(InvocationContext inv, object request, bint http):
 @cython.final
 @cython.freelist(64)
 cdef class BindingCall:
-    """The awaitable a binding returns: runs the child in the caller's task."""
+    """The awaitable a binding returns: runs the child in the caller's task.
+
+    It drives the child coroutine itself (no task, no extra frame) and names the
+    child in the task's ExecutionSlot around each step.
+    """
 
     def __init__(self):
         raise TypeError("BindingCall is created by a Fetcher only")
@@ -457,19 +464,27 @@ cdef class BindingCall:
     cdef int _enter(self) except -1:
         global _live_invocations
         cdef InvocationContext inv = self.inv
-        if self.started or inv is None or inv.outcome is not None:
+        if self.started:
             raise RuntimeError("A binding call can be awaited only once")
         self.started = True
-        self.token = PyContextVar_Set(_INVOCATION, inv)
+        cdef ExecutionSlot slot = _current_slot()
+        if slot is None:
+            inv.record._finish(_ERROR)
+            raise FastbindError("A binding call was awaited outside a fastbind invocation")
+        self.slot = slot
         inv.pipeline.running += 1
         _live_invocations += 1
         request = self.request
         self.request = None
+        previous = slot.current
+        slot.current = inv
         try:
             self.coro = inv.handle.invoke(request, inv)
         except BaseException:
+            slot.current = previous
             self._exit(_ERROR)
             raise
+        slot.current = previous
         return 0
 
     cdef void _exit(self, str outcome) noexcept:
@@ -477,14 +492,19 @@ cdef class BindingCall:
         cdef InvocationContext inv = self.inv
         inv.pipeline.running -= 1
         _live_invocations -= 1
-        token = self.token
-        self.token = None
         self.coro = None
-        try:
-            PyContextVar_Reset(_INVOCATION, token)
-        except BaseException:  # closed from another context (e.g. by the GC)
-            pass
-        inv._finish(outcome)
+        self.slot = None
+        inv.record._finish(outcome)
+
+    cdef int _check_result(self, object value) except -1:
+        if self.http and type(value) is not _ResponseType and not isinstance(value, _ResponseType):
+            self._exit(_ERROR)
+            raise TypeError(
+                f'Worker "{self.inv.handle.name}" fetch handler returned '
+                f"{type(value).__name__}, expected a Response"
+            )
+        self._exit(_OK)
+        return 0
 
     cdef int _send(self, object arg, PyObject** result) except? -1:
         if not self.started:
@@ -492,54 +512,41 @@ cdef class BindingCall:
             arg = None
         elif self.coro is None:
             raise RuntimeError("cannot reuse already awaited binding call")
+        cdef ExecutionSlot slot = self.slot
         cdef int status
+        previous = slot.current
+        slot.current = self.inv
         try:
             status = PyIter_Send(self.coro, arg, result)
         except _CancelledError:
+            slot.current = previous
             self._exit(_CANCELED)
             raise
         except BaseException:
+            slot.current = previous
             self._exit(_ERROR)
             raise
+        slot.current = previous
         if status == 1:  # PYGEN_NEXT: the child yielded a future to the loop
             return 1
         value = <object>result[0]
         Py_XDECREF(result[0])
         result[0] = NULL
-        self._exit_with(value)
+        self._check_result(value)
         Py_INCREF(value)
         result[0] = <PyObject*>value
         return 0
 
-    cdef int _exit_with(self, object value) except -1:
-        cdef InvocationContext inv = self.inv
-        if self.http and type(value) is not _ResponseType and not isinstance(value, _ResponseType):
-            self._exit(_ERROR)
-            raise TypeError(
-                f'Worker "{inv.target}" fetch handler returned '
-                f"{type(value).__name__}, expected a Response"
-            )
-        self._exit(_OK)
-        return 0
-
     def __next__(self):
-        cdef PyObject* result = NULL
-        if self._send(None, &result) == 1:
-            value = <object>result
-            Py_XDECREF(result)
-            return value
-        value = <object>result
-        Py_XDECREF(result)
-        raise StopIteration(value)
+        return self.send(None)
 
     def send(self, value):
         cdef PyObject* result = NULL
-        if self._send(value, &result) == 1:
-            out = <object>result
-            Py_XDECREF(result)
-            return out
+        cdef int status = self._send(value, &result)
         out = <object>result
         Py_XDECREF(result)
+        if status == 1:
+            return out
         raise StopIteration(out)
 
     def throw(self, typ, val=None, tb=None):
@@ -547,20 +554,27 @@ cdef class BindingCall:
             self._enter()
         if self.coro is None:
             raise RuntimeError("cannot reuse already awaited binding call")
+        cdef ExecutionSlot slot = self.slot
+        previous = slot.current
+        slot.current = self.inv
         try:
             if val is None and tb is None:
                 out = self.coro.throw(typ)
             else:
                 out = self.coro.throw(typ, val, tb)
         except StopIteration as stop:
-            self._exit_with(stop.value)
+            slot.current = previous
+            self._check_result(stop.value)
             raise StopIteration(stop.value)
         except _CancelledError:
+            slot.current = previous
             self._exit(_CANCELED)
             raise
         except BaseException:
+            slot.current = previous
             self._exit(_ERROR)
             raise
+        slot.current = previous
         return out
 
     def close(self):
@@ -569,21 +583,26 @@ cdef class BindingCall:
                 self.coro.close()
             finally:
                 self._exit(_CANCELED)
-        elif not self.started and self.inv is not None:
-            self.inv._finish(_CANCELED)
+        elif not self.started:
+            self.started = True
+            self.inv.record._finish(_CANCELED)
             self.request = None
 
 
-cdef public int fastbind_binding_call_send(object self, object arg, PyObject** result) except? -1:
+cdef int _binding_call_send(object self, object arg, PyObject** result) except? -1:
     return (<BindingCall>self)._send(arg, result)
 
 
-fastbind_install_am_send(BindingCall)
+fastbind_install_am_send(BindingCall, <fastbind_send_fn>_binding_call_send)
 
 
 @cython.final
 cdef class TaskFactory:
-    """A loop task factory that accounts new tasks to the spawning invocation."""
+    """A loop task factory that accounts new tasks to the spawning invocation.
+
+    Each task spawned inside an invocation runs with its own ExecutionSlot, so two
+    tasks never share the ``current`` that binding calls swap.
+    """
 
     fastbind_implementation = IMPLEMENTATION
 
@@ -591,16 +610,24 @@ cdef class TaskFactory:
         self.previous = previous
 
     def __call__(self, loop, coro, **kwargs):
+        context = kwargs.get("context")
+        cdef ExecutionSlot slot
+        if context is None:
+            slot = _current_slot()
+        else:
+            slot = context.get(_SLOT)
+        cdef InvocationContext inv = None if slot is None else slot.current
+        if inv is not None:
+            if context is None:
+                context = _copy_context()
+            slot = ExecutionSlot.__new__(ExecutionSlot)
+            slot.current = inv
+            context.run(_SLOT.set, slot)
+            kwargs["context"] = context
         if self.previous is not None:
             task = self.previous(loop, coro, **kwargs)
         else:
             task = _Task(coro, loop=loop, **kwargs)
-        context = kwargs.get("context")
-        cdef InvocationContext inv
-        if context is None:
-            inv = _current()
-        else:
-            inv = context.get(_INVOCATION)
         if inv is not None:
             inv.pipeline.adopt(task)
         return task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from contextvars import ContextVar
@@ -21,28 +22,46 @@ from .response import Response
 
 __all__ = (
     "IMPLEMENTATION",
+    "ExecutionSlot",
     "WorkerHandle",
     "PipelineContext",
     "SubrequestRecord",
     "InvocationContext",
     "Fetcher",
     "BindingCall",
+    "TaskFactory",
     "current_invocation",
+    "enter_dispatch",
+    "exit_dispatch",
     "live_counts",
     "make_task_factory",
-    "TaskFactory",
 )
 
 IMPLEMENTATION = "py"
 
-_INVOCATION: ContextVar[InvocationContext | None] = ContextVar(
-    "fastbind.invocation", default=None
-)
 _EMPTY_PROPS: MappingProxyType[str, Any] = MappingProxyType({})
 _now = time.perf_counter_ns
 
 # Counters that must return to zero once every pipeline has ended (DESIGN.md 2.7).
 _live = {"pipelines": 0, "invocations": 0, "tasks": 0}
+
+
+class ExecutionSlot:
+    """Which invocation the code of one task is running now.
+
+    The contextvar below holds one slot per task (the task factory gives each
+    spawned task its own); a binding call swaps ``current`` around each step of
+    its child instead of setting the contextvar, which would cost a new context
+    mapping per call (DESIGN.md 2.8).
+    """
+
+    __slots__ = ("current",)
+
+    def __init__(self, current: InvocationContext | None = None) -> None:
+        self.current = current
+
+
+_SLOT: ContextVar[ExecutionSlot | None] = ContextVar("fastbind.execution_slot", default=None)
 
 
 def live_counts() -> dict[str, int]:
@@ -52,7 +71,20 @@ def live_counts() -> dict[str, int]:
 
 def current_invocation() -> InvocationContext | None:
     """The invocation whose code is running now, or None outside any Worker."""
-    return _INVOCATION.get()
+    slot = _SLOT.get()
+    return None if slot is None else slot.current
+
+
+def enter_dispatch() -> Any:
+    """Give the dispatching task a slot if it has none; returns what exit_dispatch needs."""
+    if _SLOT.get() is None:
+        return _SLOT.set(ExecutionSlot())
+    return None
+
+
+def exit_dispatch(token: Any) -> None:
+    if token is not None:
+        _SLOT.reset(token)
 
 
 class WorkerHandle:
@@ -96,95 +128,8 @@ class WorkerHandle:
             return self.instantiate(ctx).fetch(request)
         return self._handler(request, self.env, ctx)
 
-
-class PipelineContext:
-    """One top-level request and everything it reaches: limits, ledger, tasks."""
-
-    __slots__ = (
-        "_entry", "_max_depth", "_max_subrequests", "_open_connections",
-        "_wait_until_s", "_ledger", "_tasks", "_waiting", "_running", "_closed",
-        "_start_ns", "_root", "__weakref__",
-    )
-
-    def __init__(self, entry: str, limits: Any) -> None:
-        self._entry = entry
-        self._max_depth = limits.depth
-        self._max_subrequests = limits.subrequests
-        self._open_connections = limits.open_connections
-        self._wait_until_s = limits.wait_until_s
-        self._ledger: list[SubrequestRecord] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._waiting: set[asyncio.Task[Any]] = set()
-        self._running = 0
-        self._closed = False
-        self._start_ns = _now()
-        self._root: InvocationContext | None = None
-        _live["pipelines"] += 1
-
-    entry = property(lambda self: self._entry)
-    max_depth = property(lambda self: self._max_depth)
-    max_subrequests = property(lambda self: self._max_subrequests)
-    open_connections = property(lambda self: self._open_connections)
-    wait_until_s = property(lambda self: self._wait_until_s)
-    start_ns = property(lambda self: self._start_ns)
-    running = property(lambda self: self._running)
-    closed = property(lambda self: self._closed)
-    root = property(lambda self: self._root)
-
-    @property
-    def ledger(self) -> tuple[SubrequestRecord, ...]:
-        return tuple(self._ledger)
-
-    def root_call(self, handle: WorkerHandle, request: Any) -> BindingCall:
-        """The awaitable that runs the top-level Worker at depth 1."""
-        if self._root is not None:
-            raise FastbindError("This pipeline already has its top-level invocation")
-        inv = InvocationContext(self, None, handle, 1, "request", _EMPTY_PROPS)
-        self._root = inv
-        return BindingCall(inv, request, True)
-
-    def adopt(self, task: asyncio.Task[Any]) -> None:
-        """Account a task spawned by one of this pipeline's Workers."""
-        if self._closed:
-            return
-        self._tasks.add(task)
-        _live["tasks"] += 1
-        task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Task[Any]) -> None:
-        if task in self._tasks:
-            self._tasks.discard(task)
-        elif task in self._waiting:
-            self._waiting.discard(task)
-        else:
-            return
-        _live["tasks"] -= 1
-
-    def keep_alive(self, task: asyncio.Task[Any]) -> None:
-        """Move an adopted task to the wait_until set: it outlives the response."""
-        if task in self._tasks:
-            self._tasks.discard(task)
-            self._waiting.add(task)
-
-    def take_tasks(self) -> list[asyncio.Task[Any]]:
-        """Pending tasks to cancel when the response is done (not wait_until ones)."""
-        return [t for t in self._tasks if not t.done()]
-
-    def take_waiting(self) -> list[asyncio.Task[Any]]:
-        return [t for t in self._waiting if not t.done()]
-
-    def close(self) -> None:
-        """Mark the pipeline ended; it adopts nothing more."""
-        if not self._closed:
-            self._closed = True
-            _live["pipelines"] -= 1
-
-    def charge_fetch(self, caller: InvocationContext, target: str) -> SubrequestRecord:
-        """Count one outbound fetch (or redirect) of ``caller``; returns its ledger record."""
-        caller._charge()
-        rec = SubrequestRecord(caller._target, target, "fetch", caller._depth)
-        self._ledger.append(rec)
-        return rec
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self._name}>"
 
 
 class SubrequestRecord:
@@ -210,6 +155,7 @@ class SubrequestRecord:
     outcome = property(lambda self: self._outcome)
 
     def finish(self, outcome: str) -> None:
+        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
         if self._outcome is None:
             self._duration_ns = _now() - self._start_ns
             self._outcome = outcome
@@ -223,15 +169,110 @@ class SubrequestRecord:
 
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} {self._caller}->{self._target} {self._kind} "
+            f"<SubrequestRecord {self._caller}->{self._target} {self._kind} "
             f"depth={self._depth} outcome={self._outcome}>"
         )
 
 
-class InvocationContext(SubrequestRecord):
-    """One run of one Worker; also its ``ctx`` and, for a child, its ledger record."""
+class PipelineContext:
+    """One top-level request and everything it reaches: limits, ledger, tasks."""
 
-    __slots__ = ("_pipeline", "_parent", "_handle", "_props", "_subrequests", "_pass_through")
+    __slots__ = (
+        "_entry", "_max_depth", "_max_subrequests", "_open_connections",
+        "_wait_until_s", "_ledger", "_tasks", "_waiting", "_running", "_closed",
+        "_root", "_root_record", "__weakref__",
+    )
+
+    def __init__(self, entry: str, limits: Any) -> None:
+        self._entry = entry
+        self._max_depth = limits.depth
+        self._max_subrequests = limits.subrequests
+        self._open_connections = limits.open_connections
+        self._wait_until_s = limits.wait_until_s
+        self._ledger: list[SubrequestRecord] = []
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._waiting: set[asyncio.Future[Any]] = set()
+        self._running = 0
+        self._closed = False
+        self._root: InvocationContext | None = None
+        self._root_record = SubrequestRecord(None, entry, "request", 1)
+        _live["pipelines"] += 1
+
+    entry = property(lambda self: self._entry)
+    max_depth = property(lambda self: self._max_depth)
+    max_subrequests = property(lambda self: self._max_subrequests)
+    open_connections = property(lambda self: self._open_connections)
+    wait_until_s = property(lambda self: self._wait_until_s)
+    running = property(lambda self: self._running)
+    closed = property(lambda self: self._closed)
+    root = property(lambda self: self._root)
+    start_ns = property(lambda self: self._root_record._start_ns)
+    duration_ns = property(lambda self: self._root_record._duration_ns)
+
+    @property
+    def ledger(self) -> tuple[SubrequestRecord, ...]:
+        """Every subrequest of the pipeline so far, in the order they were made."""
+        return tuple(self._ledger)
+
+    def root_call(self, handle: WorkerHandle, request: Any) -> BindingCall:
+        """The awaitable that runs the top-level Worker at depth 1."""
+        if self._root is not None:
+            raise FastbindError("This pipeline already has its top-level invocation")
+        inv = InvocationContext(self, None, handle, 1, _EMPTY_PROPS, self._root_record)
+        self._root = inv
+        return BindingCall(inv, request, True)
+
+    def adopt(self, task: asyncio.Future[Any]) -> None:
+        """Account a task spawned by one of this pipeline's Workers."""
+        if self._closed or task in self._tasks or task in self._waiting:
+            return
+        self._tasks.add(task)
+        _live["tasks"] += 1
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.discard(task)
+        elif task in self._waiting:
+            self._waiting.discard(task)
+        else:
+            return
+        _live["tasks"] -= 1
+
+    def keep_alive(self, task: asyncio.Future[Any]) -> None:
+        """Move an adopted task to the wait_until set: it outlives the response."""
+        if task in self._tasks:
+            self._tasks.discard(task)
+            self._waiting.add(task)
+
+    def take_tasks(self) -> list[asyncio.Future[Any]]:
+        """Pending tasks to cancel when the response is done (not wait_until ones)."""
+        return [t for t in self._tasks if not t.done()]
+
+    def take_waiting(self) -> list[asyncio.Future[Any]]:
+        return [t for t in self._waiting if not t.done()]
+
+    def close(self) -> None:
+        """Mark the pipeline ended; it adopts nothing more."""
+        if not self._closed:
+            self._closed = True
+            _live["pipelines"] -= 1
+
+    def charge_fetch(self, caller: InvocationContext, target: str) -> SubrequestRecord:
+        """Count one outbound fetch (or redirect) of ``caller``; returns its ledger record."""
+        caller._charge()
+        rec = SubrequestRecord(caller._handle._name, target, "fetch", caller._depth)
+        self._ledger.append(rec)
+        return rec
+
+
+class InvocationContext:
+    """One run of one Worker: its depth, subrequest budget and ``ctx`` methods."""
+
+    __slots__ = (
+        "_pipeline", "_parent", "_handle", "_depth", "_props", "_subrequests",
+        "_pass_through", "_record",
+    )
 
     def __init__(
         self,
@@ -239,25 +280,26 @@ class InvocationContext(SubrequestRecord):
         parent: InvocationContext | None,
         handle: WorkerHandle,
         depth: int,
-        kind: str,
         props: Any,
+        record: SubrequestRecord,
     ) -> None:
-        SubrequestRecord.__init__(
-            self, None if parent is None else parent._target, handle._name, kind, depth
-        )
         self._pipeline = pipeline
         self._parent = parent
         self._handle = handle
+        self._depth = depth
         self._props = props
         self._subrequests = 0
         self._pass_through = False
+        self._record = record
 
     pipeline = property(lambda self: self._pipeline)
     parent = property(lambda self: self._parent)
-    worker = property(lambda self: self._target)
+    worker = property(lambda self: self._handle._name)
+    depth = property(lambda self: self._depth)
     subrequests = property(lambda self: self._subrequests)
     props = property(lambda self: self._props)
     env = property(lambda self: self._handle.env)
+    record = property(lambda self: self._record)
     passes_through_on_exception = property(lambda self: self._pass_through)
 
     def _charge(self) -> None:
@@ -270,22 +312,24 @@ class InvocationContext(SubrequestRecord):
         if self._depth >= pipeline._max_depth:
             raise SubrequestDepthError()
         self._charge()
-        inv = InvocationContext(pipeline, self, handle, self._depth + 1, kind, props)
-        pipeline._ledger.append(inv)
-        return inv
+        record = SubrequestRecord(self._handle._name, handle._name, kind, self._depth + 1)
+        pipeline._ledger.append(record)
+        return InvocationContext(pipeline, self, handle, self._depth + 1, props, record)
 
     def wait_until(self, awaitable: Any) -> None:
         """Let ``awaitable`` run on after the response, up to ``Limits.wait_until_s``."""
         pipeline = self._pipeline
         if pipeline._closed:
             raise FastbindError("wait_until() called after the pipeline ended")
-        token = _INVOCATION.set(self)
+        slot = _SLOT.get()
+        if slot is None:
+            raise FastbindError("wait_until() called outside a fastbind invocation")
+        previous, slot.current = slot.current, self
         try:
             task = asyncio.ensure_future(awaitable)
         finally:
-            _INVOCATION.reset(token)
-        if task not in pipeline._tasks:
-            pipeline.adopt(task)
+            slot.current = previous
+        pipeline.adopt(task)
         pipeline.keep_alive(task)
 
     def pass_through_on_exception(self) -> None:
@@ -294,6 +338,9 @@ class InvocationContext(SubrequestRecord):
         root = self._pipeline._root
         if root is not None:
             root._pass_through = True
+
+    def __repr__(self) -> str:
+        return f"<InvocationContext {self._handle._name} depth={self._depth}>"
 
 
 class Fetcher:
@@ -317,10 +364,12 @@ class Fetcher:
     def fetch(
         self, input: Any, *, method: Any = None, headers: Any = None, body: Any = None
     ) -> BindingCall:
-        caller = _INVOCATION.get()
+        """Run the bound Worker's fetch handler with a Request built as fetch() would."""
+        slot = _SLOT.get()
+        caller = None if slot is None else slot.current
         if caller is None:
             raise FastbindError(
-                f'env.{self._binding}.fetch() was called outside a fastbind invocation'
+                f"env.{self._binding}.fetch() was called outside a fastbind invocation"
             )
         if type(input) is Request and method is None and headers is None and body is None:
             request = _forward(input)
@@ -352,54 +401,81 @@ def _forward(src: Request) -> Request:
 class BindingCall:
     """The awaitable a binding returns: runs the child in the caller's task."""
 
-    __slots__ = ("_inv", "_request", "_http")
+    __slots__ = ("_inv", "_request", "_http", "_started")
 
     def __init__(self, inv: InvocationContext, request: Any, http: bool) -> None:
         self._inv = inv
         self._request = request
         self._http = http
+        self._started = False
 
     @property
-    def invocation(self) -> InvocationContext | None:
+    def invocation(self) -> InvocationContext:
         return self._inv
 
     def __await__(self) -> Any:
         inv = self._inv
-        if inv is None or inv._outcome is not None:
+        if self._started:
             raise RuntimeError("A binding call can be awaited only once")
-        request = self._request
-        self._request = None
+        self._started = True
+        slot = _SLOT.get()
+        if slot is None:
+            inv._record.finish("error")
+            raise FastbindError("A binding call was awaited outside a fastbind invocation")
+        request, self._request = self._request, None
         pipeline = inv._pipeline
-        token = _INVOCATION.set(inv)
         pipeline._running += 1
         _live["invocations"] += 1
+        outcome = "error"
         try:
-            result = yield from inv._handle.invoke(request, inv).__await__()
-        except asyncio.CancelledError:
-            inv.finish("canceled")
-            raise
-        except BaseException:
-            inv.finish("error")
+            previous, slot.current = slot.current, inv
+            try:
+                coro = inv._handle.invoke(request, inv)
+            finally:
+                slot.current = previous
+            del request
+            # Drive the child step by step so ``slot.current`` names it while it runs.
+            send, throw = coro.send, coro.throw
+            value: Any = None
+            error: BaseException | None = None
+            while True:
+                previous, slot.current = slot.current, inv
+                try:
+                    future = send(value) if error is None else throw(error)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                finally:
+                    slot.current = previous
+                try:
+                    value, error = (yield future), None
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:  # thrown in by the task: pass it down
+                    value, error = None, exc
+            if self._http and not isinstance(result, Response):
+                raise TypeError(
+                    f'Worker "{inv._handle._name}" fetch handler returned '
+                    f"{type(result).__name__}, expected a Response"
+                )
+            outcome = "ok"
+            return result
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "canceled"
             raise
         finally:
             pipeline._running -= 1
             _live["invocations"] -= 1
-            try:
-                _INVOCATION.reset(token)
-            except ValueError:  # closed from another context (e.g. by the GC)
-                pass
-        if self._http and not isinstance(result, Response):
-            inv.finish("error")
-            raise TypeError(
-                f'Worker "{inv._target}" fetch handler returned '
-                f"{type(result).__name__}, expected a Response"
-            )
-        inv.finish("ok")
-        return result
+            inv._record.finish(outcome)
 
 
 class TaskFactory:
-    """A loop task factory that accounts new tasks to the spawning invocation."""
+    """A loop task factory that accounts new tasks to the spawning invocation.
+
+    Each task spawned inside an invocation runs with its own ExecutionSlot, so two
+    tasks never share the ``current`` that binding calls swap.
+    """
 
     __slots__ = ("previous",)
     fastbind_implementation = IMPLEMENTATION
@@ -408,13 +484,19 @@ class TaskFactory:
         self.previous = previous
 
     def __call__(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context")
+        slot = _SLOT.get() if context is None else context.get(_SLOT)
+        inv = None if slot is None else slot.current
+        if inv is not None:
+            if context is None:
+                context = contextvars.copy_context()
+            context.run(_SLOT.set, ExecutionSlot(inv))
+            kwargs["context"] = context
         previous = self.previous
         if previous is not None:
             task = previous(loop, coro, **kwargs)
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
-        context = kwargs.get("context")
-        inv = _INVOCATION.get() if context is None else context.get(_INVOCATION)
         if inv is not None:
             inv._pipeline.adopt(task)
         return task

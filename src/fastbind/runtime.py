@@ -169,6 +169,7 @@ class Runtime:
         call = pipeline.root_call(handle, request)
         body = request.body
         error: BaseException | None = None
+        slot_token = self._core.enter_dispatch()
         try:
             response = await call
         except asyncio.CancelledError as exc:
@@ -180,6 +181,8 @@ class Runtime:
         except BaseException as exc:
             await end_pipeline(pipeline, self._reporter(pipeline, None, exc), cancelled=True)
             raise
+        finally:
+            self._core.exit_dispatch(slot_token)
         done = self._reporter(pipeline, response.status, error)
         rbody = response.body
         if rbody is None or isinstance(rbody, _PLAIN_BODIES):
@@ -194,11 +197,11 @@ class Runtime:
             return _nothing
 
         def report() -> None:
-            start = pipeline.start_ns
-            root = pipeline.root
-            duration = root.duration_ns if root is not None else -1
             try:
-                hook(PipelineReport(pipeline.entry, status, start, duration, pipeline.ledger, error))
+                hook(PipelineReport(
+                    pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
+                    pipeline.ledger, error,
+                ))
             except Exception:
                 logger.exception("on_pipeline_end hook raised")
 
