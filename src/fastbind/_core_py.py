@@ -401,19 +401,42 @@ def _forward(src: Request) -> Request:
 class BindingCall:
     """The awaitable a binding returns: runs the child in the caller's task."""
 
-    __slots__ = ("_inv", "_request", "_http", "_started")
+    __slots__ = ("_inv", "_request", "_http", "_started", "_driver")
 
     def __init__(self, inv: InvocationContext, request: Any, http: bool) -> None:
         self._inv = inv
         self._request = request
         self._http = http
         self._started = False
+        self._driver: Any = None
 
     @property
     def invocation(self) -> InvocationContext:
         return self._inv
 
+    # send/throw/close make it a Coroutine (collections.abc), so create_task() takes it.
+    def send(self, value: Any) -> Any:
+        if self._driver is None:
+            self._driver = self.__await__()
+        return self._driver.send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        if self._driver is None:
+            self._driver = self.__await__()
+        return self._driver.throw(*exc)
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+        elif not self._started:
+            self._started = True
+            self._request = None
+            self._inv._record.finish("canceled")
+
     def __await__(self) -> Any:
+        return self._run()
+
+    def _run(self) -> Any:
         inv = self._inv
         if self._started:
             raise RuntimeError("A binding call can be awaited only once")

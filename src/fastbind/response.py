@@ -59,7 +59,7 @@ class Response(BodyMixin):
     def __init__(
         self, body: BodyInit = None, *, status: int = 200, headers: HeadersInit = None
     ) -> None:
-        if status != 200:
+        if status != 200 or type(status) is not int:
             _check_status(status)
             if body is not None and status in _NULL_BODY_STATUSES:
                 raise TypeError(f"Response with null body status {status} cannot have body")
