@@ -4,6 +4,11 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
 
+cdef class Env:
+    cdef str _worker
+    cdef dict __dict__
+
+
 cdef class ExecutionSlot:
     cdef readonly InvocationContext current
 
@@ -19,6 +24,16 @@ cdef class WorkerHandle:
     cdef object invoke(self, object request, InvocationContext ctx)
 
 
+cdef struct LedgerEntry:
+    PyObject* caller      # str, owned; NULL for the top-level request
+    PyObject* target      # str, owned
+    PyObject* kind        # str, owned
+    long depth
+    int64_t start_ns
+    int64_t duration_ns   # -1 while running
+    PyObject* outcome     # str, owned; NULL while running
+
+
 cdef class SubrequestRecord:
     cdef readonly str caller
     cdef readonly str target
@@ -28,7 +43,10 @@ cdef class SubrequestRecord:
     cdef readonly int64_t duration_ns
     cdef readonly str outcome
 
-    cdef void _finish(self, str outcome) noexcept
+
+cdef class OpenSubrequest:
+    cdef PipelineContext pipeline
+    cdef Py_ssize_t index
 
 
 cdef class PipelineContext:
@@ -37,14 +55,20 @@ cdef class PipelineContext:
     cdef readonly long max_subrequests
     cdef readonly long open_connections
     cdef readonly double wait_until_s
-    cdef list _ledger
+    cdef LedgerEntry* _entries
+    cdef Py_ssize_t _count
+    cdef Py_ssize_t _capacity
     cdef set _tasks
     cdef set _waiting
     cdef readonly long running
     cdef readonly bint closed
     cdef readonly InvocationContext root
-    cdef SubrequestRecord _root_record
+    cdef readonly int64_t start_ns
+    cdef readonly int64_t duration_ns
     cdef object __weakref__
+
+    cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1
+    cdef void _finish_entry(self, Py_ssize_t index, str outcome) noexcept
 
 
 cdef class InvocationContext:
@@ -55,7 +79,9 @@ cdef class InvocationContext:
     cdef readonly object props
     cdef readonly long subrequests
     cdef bint pass_through
-    cdef readonly SubrequestRecord record
+    cdef Py_ssize_t ledger_index   # -1: the top-level invocation
+
+    cdef void _finish(self, str outcome) noexcept
 
     cdef int _charge(self) except -1
     cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props)

@@ -4,6 +4,7 @@
 cimport cython
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContextVar_Set
 from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -35,6 +36,7 @@ cdef extern from "_core_capi.h":
 cdef extern from "Python.h":
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
     object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (object type, object args, PyObject* kw)
+    object PyObject_GenericGetDict(object obj, void* context)
 
 IMPLEMENTATION = "c"
 
@@ -54,6 +56,7 @@ cdef Py_ssize_t _REQ_HEADERS = fastbind_slot_offset(Request, "headers")
 cdef Py_ssize_t _REQ_BODY = fastbind_slot_offset(Request, "body")
 cdef Py_ssize_t _REQ_BODY_USED = fastbind_slot_offset(Request, "body_used")
 cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
+cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
 cdef str _KIND_REQUEST = "request"
 cdef str _KIND_BINDING = "binding"
 cdef str _KIND_FETCH = "fetch"
@@ -112,6 +115,66 @@ def exit_dispatch(token):
         PyContextVar_Reset(_SLOT, token)
 
 
+cdef str _missing_binding(str worker, str name):
+    return f'Worker "{worker}" has no binding or var named "{name}".'
+
+
+class MissingBindingError(AttributeError, KeyError):
+    """``env.NAME`` or ``env["NAME"]`` for a name the Worker has not bound."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+@cython.final
+cdef class Env:
+    """Attribute and item access to one Worker's bindings and vars, read-only.
+
+    Built once per Worker; values live in the instance dict, so ``env.AUTH`` is a
+    C-level attribute load, and only a miss reaches ``__getattr__``.
+    """
+
+    def __init__(self, str worker not None, values):
+        self._worker = worker
+        _env_dict(self).update(values)
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        raise MissingBindingError(_missing_binding(self._worker, name))
+
+    def __getitem__(self, name):
+        try:
+            return _env_dict(self)[name]
+        except KeyError:
+            raise MissingBindingError(_missing_binding(self._worker, name)) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f'The env of Worker "{self._worker}" is read-only')
+
+    def __delattr__(self, name):
+        raise AttributeError(f'The env of Worker "{self._worker}" is read-only')
+
+    def __contains__(self, name):
+        return name in _env_dict(self)
+
+    def __iter__(self):
+        return iter(list(_env_dict(self)))
+
+    def __len__(self):
+        return len(_env_dict(self))
+
+    def get(self, name, default=None):
+        return _env_dict(self).get(name, default)
+
+    def __repr__(self):
+        return f"<Env of {self._worker!r}: {', '.join(_env_dict(self))}>"
+
+
+cdef inline dict _env_dict(Env env):
+    return <dict>PyObject_GenericGetDict(env, NULL)
+
+
 @cython.final
 cdef class ExecutionSlot:
     """Which invocation the code of one task is running now.
@@ -161,24 +224,17 @@ cdef class WorkerHandle:
         return f"<WorkerHandle {self.name}>"
 
 
-# Records hold only strings and numbers, so they cannot be part of a reference cycle:
-# leaving them out of the GC keeps a long ledger from slowing every collection.
+# Records hold only strings and numbers, so they cannot be part of a reference cycle.
 @cython.final
 @cython.no_gc
 cdef class SubrequestRecord:
-    """One ledger entry: who called what, how deep, when, for how long, and how it ended."""
+    """One ledger entry: who called what, how deep, when, for how long, and how it ended.
+
+    A snapshot: the pipeline keeps its ledger as C structs and builds these on reading.
+    """
 
     def __init__(self):
         raise TypeError("SubrequestRecord is created by the runtime only")
-
-    cdef void _finish(self, str outcome) noexcept:
-        if self.outcome is None:
-            self.duration_ns = _now() - self.start_ns
-            self.outcome = outcome
-
-    def finish(self, str outcome not None):
-        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
-        self._finish(outcome)
 
     def as_dict(self):
         return {
@@ -194,15 +250,20 @@ cdef class SubrequestRecord:
         )
 
 
-cdef SubrequestRecord _new_record(str caller, str target, str kind, long depth):
-    cdef SubrequestRecord rec = SubrequestRecord.__new__(SubrequestRecord)
-    rec.caller = caller
-    rec.target = target
-    rec.kind = kind
-    rec.depth = depth
-    rec.start_ns = _now()
-    rec.duration_ns = -1
-    return rec
+@cython.final
+cdef class OpenSubrequest:
+    """A subrequest in progress (an outbound fetch): ``finish(outcome)`` closes its entry."""
+
+    def __init__(self):
+        raise TypeError("OpenSubrequest is created by the runtime only")
+
+    def finish(self, str outcome not None):
+        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
+        self.pipeline._finish_entry(self.index, outcome)
+
+
+cdef inline object _borrowed_or_none(PyObject* p):
+    return None if p == NULL else <object>p
 
 
 @cython.final
@@ -216,33 +277,79 @@ cdef class PipelineContext:
         self.max_subrequests = limits.subrequests
         self.open_connections = limits.open_connections
         self.wait_until_s = limits.wait_until_s
-        self._ledger = []
         self._tasks = set()
         self._waiting = set()
         self.running = 0
         self.closed = False
         self.root = None
-        self._root_record = _new_record(None, entry, _KIND_REQUEST, 1)
+        self.start_ns = _now()
+        self.duration_ns = -1
         _live_pipelines += 1
+
+    # The ledger is a C array of entries: a binding call adds one without allocating
+    # a Python object, and entries become SubrequestRecords only when read.
+    cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
+        cdef Py_ssize_t capacity
+        cdef LedgerEntry* entries
+        if self._count == self._capacity:
+            capacity = self._capacity * 2 if self._capacity else 8
+            entries = <LedgerEntry*>PyMem_Realloc(self._entries, capacity * sizeof(LedgerEntry))
+            if entries == NULL:
+                raise MemoryError()
+            self._entries = entries
+            self._capacity = capacity
+        cdef LedgerEntry* e = &self._entries[self._count]
+        Py_INCREF(caller)
+        e.caller = <PyObject*>caller
+        Py_INCREF(target)
+        e.target = <PyObject*>target
+        Py_INCREF(kind)
+        e.kind = <PyObject*>kind
+        e.depth = depth
+        e.start_ns = _now()
+        e.duration_ns = -1
+        e.outcome = NULL
+        self._count += 1
+        return self._count - 1
+
+    cdef void _finish_entry(self, Py_ssize_t index, str outcome) noexcept:
+        cdef LedgerEntry* e
+        if index < 0:  # the top-level invocation
+            if self.duration_ns < 0:
+                self.duration_ns = _now() - self.start_ns
+            return
+        if index >= self._count:
+            return
+        e = &self._entries[index]
+        if e.outcome == NULL:
+            e.duration_ns = _now() - e.start_ns
+            Py_INCREF(outcome)
+            e.outcome = <PyObject*>outcome
 
     @property
     def ledger(self):
         """Every subrequest of the pipeline so far, in the order they were made."""
-        return tuple(self._ledger)
-
-    @property
-    def start_ns(self):
-        return self._root_record.start_ns
-
-    @property
-    def duration_ns(self):
-        return self._root_record.duration_ns
-
+        cdef list records = []
+        cdef SubrequestRecord rec
+        cdef LedgerEntry* e
+        cdef Py_ssize_t i
+        for i in range(self._count):
+            e = &self._entries[i]
+            rec = SubrequestRecord.__new__(SubrequestRecord)
+            rec.caller = <str>e.caller
+            rec.target = <str>e.target
+            rec.kind = <str>e.kind
+            rec.depth = e.depth
+            rec.start_ns = e.start_ns
+            rec.duration_ns = e.duration_ns
+            rec.outcome = _borrowed_or_none(e.outcome)
+            records.append(rec)
+        return tuple(records)
     def root_call(self, WorkerHandle handle not None, request):
         """The awaitable that runs the top-level Worker at depth 1."""
         if self.root is not None:
             raise FastbindError("This pipeline already has its top-level invocation")
-        cdef InvocationContext inv = _new_invocation(self, None, handle, 1, _EMPTY_PROPS, self._root_record)
+        cdef InvocationContext inv = _new_invocation(self, None, handle, 1, _EMPTY_PROPS, -1)
         self.root = inv
         return _new_call(inv, request, True)
 
@@ -288,14 +395,23 @@ cdef class PipelineContext:
     def charge_fetch(self, InvocationContext caller not None, str target not None):
         """Count one outbound fetch (or redirect) of ``caller``; returns its ledger record."""
         caller._charge()
-        rec = _new_record(caller.handle.name, target, _KIND_FETCH, caller.depth)
-        self._ledger.append(rec)
-        return rec
+        cdef OpenSubrequest sub = OpenSubrequest.__new__(OpenSubrequest)
+        sub.pipeline = self
+        sub.index = self._add_entry(caller.handle.name, target, _KIND_FETCH, caller.depth)
+        return sub
 
     def __dealloc__(self):
         global _live_pipelines
+        cdef Py_ssize_t i
         if not self.closed:
             _live_pipelines -= 1
+        for i in range(self._count):
+            Py_XDECREF(self._entries[i].caller)
+            Py_XDECREF(self._entries[i].target)
+            Py_XDECREF(self._entries[i].kind)
+            Py_XDECREF(self._entries[i].outcome)
+        PyMem_Free(self._entries)
+        self._entries = NULL
 
 
 @cython.final
@@ -329,9 +445,11 @@ cdef class InvocationContext:
         if self.depth >= pipeline.max_depth:
             raise SubrequestDepthError()
         self._charge()
-        cdef SubrequestRecord record = _new_record(self.handle.name, handle.name, kind, self.depth + 1)
-        pipeline._ledger.append(record)
-        return _new_invocation(pipeline, self, handle, self.depth + 1, props, record)
+        cdef Py_ssize_t index = pipeline._add_entry(self.handle.name, handle.name, kind, self.depth + 1)
+        return _new_invocation(pipeline, self, handle, self.depth + 1, props, index)
+
+    cdef void _finish(self, str outcome) noexcept:
+        self.pipeline._finish_entry(self.ledger_index, outcome)
 
     def wait_until(self, awaitable):
         """Let ``awaitable`` run on after the response, up to ``Limits.wait_until_s``."""
@@ -362,7 +480,7 @@ cdef class InvocationContext:
 
 cdef InvocationContext _new_invocation(
     PipelineContext pipeline, InvocationContext parent, WorkerHandle handle,
-    long depth, object props, SubrequestRecord record,
+    long depth, object props, Py_ssize_t ledger_index,
 ):
     cdef InvocationContext inv = InvocationContext.__new__(InvocationContext)
     inv.pipeline = pipeline
@@ -370,7 +488,7 @@ cdef InvocationContext _new_invocation(
     inv.handle = handle
     inv.depth = depth
     inv.props = props
-    inv.record = record
+    inv.ledger_index = ledger_index
     return inv
 
 
@@ -422,9 +540,11 @@ cdef object _forward(object src):
     src_headers = fastbind_slot_get(src, _REQ_HEADERS, "headers")
     if type(src_headers) is not _HeadersType:
         raise TypeError(f"Request.headers must be a Headers, not {type(src_headers).__name__}")
+    # Copy-on-write, as Headers.copy(): both sides share the list until one writes.
     headers = PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
-    items = fastbind_slot_get(src_headers, _HDR_ITEMS, "_items")
-    fastbind_slot_set(headers, _HDR_ITEMS, list(<list?>items))
+    fastbind_slot_set(headers, _HDR_ITEMS, fastbind_slot_get(src_headers, _HDR_ITEMS, "_items"))
+    fastbind_slot_set(headers, _HDR_SHARED, True)
+    fastbind_slot_set(src_headers, _HDR_SHARED, True)
     req = PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
     fastbind_slot_set(req, _REQ_URL, fastbind_slot_get(src, _REQ_URL, "url"))
     fastbind_slot_set(req, _REQ_METHOD, fastbind_slot_get(src, _REQ_METHOD, "method"))
@@ -469,7 +589,7 @@ cdef class BindingCall:
         self.started = True
         cdef ExecutionSlot slot = _current_slot()
         if slot is None:
-            inv.record._finish(_ERROR)
+            inv._finish(_ERROR)
             raise FastbindError("A binding call was awaited outside a fastbind invocation")
         self.slot = slot
         inv.pipeline.running += 1
@@ -494,7 +614,7 @@ cdef class BindingCall:
         _live_invocations -= 1
         self.coro = None
         self.slot = None
-        inv.record._finish(outcome)
+        inv._finish(outcome)
 
     cdef int _check_result(self, object value) except -1:
         if self.http and type(value) is not _ResponseType and not isinstance(value, _ResponseType):
@@ -585,7 +705,7 @@ cdef class BindingCall:
                 self._exit(_CANCELED)
         elif not self.started:
             self.started = True
-            self.inv.record._finish(_CANCELED)
+            self.inv._finish(_CANCELED)
             self.request = None
 
 

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .entrypoint import WorkerEntrypoint
+from .env import Env
 from .errors import (
     BODY_USED_MESSAGE,
     FastbindError,
@@ -22,10 +23,12 @@ from .response import Response
 
 __all__ = (
     "IMPLEMENTATION",
+    "Env",
     "ExecutionSlot",
     "WorkerHandle",
     "PipelineContext",
     "SubrequestRecord",
+    "OpenSubrequest",
     "InvocationContext",
     "Fetcher",
     "BindingCall",
@@ -174,6 +177,19 @@ class SubrequestRecord:
         )
 
 
+class OpenSubrequest:
+    """A subrequest in progress (an outbound fetch): ``finish(outcome)`` closes its entry."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: SubrequestRecord) -> None:
+        self._record = record
+
+    def finish(self, outcome: str) -> None:
+        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
+        self._record.finish(outcome)
+
+
 class PipelineContext:
     """One top-level request and everything it reaches: limits, ledger, tasks."""
 
@@ -263,7 +279,7 @@ class PipelineContext:
         caller._charge()
         rec = SubrequestRecord(caller._handle._name, target, "fetch", caller._depth)
         self._ledger.append(rec)
-        return rec
+        return OpenSubrequest(rec)
 
 
 class InvocationContext:
@@ -299,7 +315,6 @@ class InvocationContext:
     subrequests = property(lambda self: self._subrequests)
     props = property(lambda self: self._props)
     env = property(lambda self: self._handle.env)
-    record = property(lambda self: self._record)
     passes_through_on_exception = property(lambda self: self._pass_through)
 
     def _charge(self) -> None:

@@ -49,16 +49,19 @@ class Headers:
     """Case-insensitive header list that keeps order and repeated names.
 
     Names are stored lower-cased, as the Fetch API exposes them; values keep their
-    case. Items are immutable tuples, so a shallow copy of the list is a full copy.
+    case. Items are immutable tuples, so copies share one list until either side
+    writes (copy-on-write): forwarding a request through a binding copies nothing.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_shared")
 
     _items: list[tuple[str, str]]
+    _shared: bool
 
     def __init__(self, init: HeadersInit = None) -> None:
         items: list[tuple[str, str]] = []
         self._items = items
+        self._shared = False
         if init is None:
             return
         if type(init) is Headers:
@@ -79,8 +82,15 @@ class Headers:
 
     def copy(self) -> Headers:
         new = Headers.__new__(Headers)
-        new._items = self._items.copy()
+        new._items = self._items
+        new._shared = self._shared = True
         return new
+
+    def _writable(self) -> list[tuple[str, str]]:
+        if self._shared:
+            self._items = self._items.copy()
+            self._shared = False
+        return self._items
 
     def get(self, name: str, default: str | None = None) -> str | None:
         lname = name.lower()
@@ -100,7 +110,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         lname = _check_name(name)
         value = _check_value(lname, value)
-        items = self._items
+        items = self._writable()
         for i, (n, _) in enumerate(items):
             if n == lname:
                 items[i] = (lname, value)
@@ -112,11 +122,13 @@ class Headers:
 
     def append(self, name: str, value: str) -> None:
         lname = _check_name(name)
-        self._items.append((lname, _check_value(lname, value)))
+        value = _check_value(lname, value)
+        self._writable().append((lname, value))
 
     def delete(self, name: str) -> None:
         lname = name.lower()
         self._items = [it for it in self._items if it[0] != lname]
+        self._shared = False
 
     def keys(self) -> Iterator[str]:
         seen: set[str] = set()

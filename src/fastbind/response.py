@@ -42,7 +42,7 @@ def _build_json(cls: type[Response], obj: Any, *, status: int = 200, headers: He
     """A Response whose body is ``obj`` serialised with orjson."""
     resp = cls(orjson.dumps(obj), status=status, headers=headers)
     if not resp.headers.has("content-type"):
-        resp.headers._items.append(_JSON_TYPE)
+        resp.headers.append(*_JSON_TYPE)
     return resp
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from . import _impl
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
-from .env import Env
 from .errors import ConfigError
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .limits import Limits
@@ -132,7 +131,7 @@ class Runtime:
             values: dict[str, Any] = dict(spec.vars)
             for binding, target in spec.services.items():
                 values[binding] = self._make_binding(core, spec.name, binding, target)
-            envs[spec.name] = Env(spec.name, values)
+            envs[spec.name] = core.Env(spec.name, values)
         for name, env in envs.items():
             self._handles[name].env = env
         self._resolved = True
