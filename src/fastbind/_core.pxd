@@ -19,6 +19,9 @@ cdef class WorkerHandle:
     cdef public object env
     cdef bint is_class
     cdef bint fast_init
+    cdef dict _rpc
+
+    cdef bint has_rpc_method(self, str name) except -1
 
     cdef object instantiate(self, InvocationContext ctx)
     cdef object invoke(self, object request, InvocationContext ctx)
@@ -91,6 +94,12 @@ cdef class Fetcher:
     cdef WorkerHandle _target
     cdef str _binding
     cdef object _props
+    cdef dict __dict__
+
+
+cdef class RpcMethod:
+    cdef Fetcher _fetcher
+    cdef str _name
 
 
 cdef class BindingCall:
@@ -100,10 +109,16 @@ cdef class BindingCall:
     cdef object coro
     cdef bint http
     cdef bint started
+    cdef bint has_immediate
+    cdef str rpc_name
+    cdef tuple rpc_args
+    cdef dict rpc_kwargs
+    cdef object immediate
 
     cdef int _enter(self) except -1
+    cdef int _call_method(self, InvocationContext inv) except -1
     cdef void _exit(self, str outcome) noexcept
-    cdef int _check_result(self, object value) except -1
+    cdef object _check_result(self, object value)
     cdef int _send(self, object arg, PyObject** result) except? -1
 
 

@@ -25,6 +25,7 @@ from fastbind.errors import (
 from fastbind.headers import Headers
 from fastbind.request import Request
 from fastbind.response import Response
+from fastbind.rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 
 cdef extern from "_core_capi.h":
     ctypedef int (*fastbind_send_fn)(PyObject*, PyObject*, PyObject**)
@@ -37,6 +38,7 @@ cdef extern from "Python.h":
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
     object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (object type, object args, PyObject* kw)
     object PyObject_GenericGetDict(object obj, void* context)
+    bint PyCoro_CheckExact(object obj)
 
 IMPLEMENTATION = "c"
 
@@ -46,6 +48,9 @@ cdef object _RequestType = Request
 cdef object _ResponseType = Response
 cdef object _HeadersType = Headers
 cdef object _CancelledError = asyncio.CancelledError
+cdef object _isolate = isolate
+cdef frozenset _RESERVED = RESERVED_METHODS
+cdef str _KIND_RPC = "rpc"
 cdef object _Task = asyncio.Task
 cdef object _copy_context = contextvars.copy_context
 cdef object _EMPTY_PROPS = MappingProxyType({})
@@ -206,6 +211,14 @@ cdef class WorkerHandle:
             self.fast_init = False
         else:
             raise TypeError(name)
+        self._rpc = {}
+
+    cdef bint has_rpc_method(self, str name) except -1:
+        known = self._rpc.get(name)
+        if known is None:
+            attr = getattr(self.handler, name, None) if self.is_class else None
+            known = self._rpc[name] = callable(attr) and not isinstance(attr, type)
+        return known
 
     cdef object instantiate(self, InvocationContext ctx):
         if self.fast_init:
@@ -494,20 +507,26 @@ cdef InvocationContext _new_invocation(
 
 @cython.final
 cdef class Fetcher:
-    """A service binding: ``env.X``. ``fetch`` runs the bound Worker in place."""
+    """A service binding: ``env.X``. ``fetch`` runs the bound Worker in place.
+
+    Any other public name is an RPC method of the bound WorkerEntrypoint
+    (``await env.USERS.get_user(42)``); its stub is cached in the instance dict so
+    later look-ups are plain attribute loads.
+    """
 
     def __init__(self, WorkerHandle target not None, str binding not None, props=None):
         self._target = target
         self._binding = binding
         self._props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
 
-    @property
-    def binding(self):
-        return self._binding
-
-    @property
-    def target(self):
-        return self._target.name
+    def __getattr__(self, str name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        cdef RpcMethod method = RpcMethod.__new__(RpcMethod)
+        method._fetcher = self
+        method._name = name
+        (<dict>PyObject_GenericGetDict(self, NULL))[name] = method
+        return method
 
     def fetch(self, input, *, method=None, headers=None, body=None):
         """Run the bound Worker's fetch handler with a Request built as fetch() would."""
@@ -525,6 +544,57 @@ cdef class Fetcher:
 
     def __repr__(self):
         return f"<Fetcher {self._binding} -> {self._target.name}>"
+
+
+cdef inline object _isolated(object value):
+    # Fast path for the values RPC passes most: immutable scalars need no copy.
+    cdef type kind = type(value)
+    if kind is int or kind is str or value is None or kind is bool or kind is float or kind is bytes:
+        return value
+    return _isolate(value)
+
+
+@cython.final
+cdef class RpcMethod:
+    """``env.X.name``: calling it runs method ``name`` of the bound Worker in place."""
+
+    def __init__(self):
+        raise TypeError("RpcMethod is created by a Fetcher only")
+
+    def __call__(self, *args, **kwargs):
+        cdef str name = self._name
+        if name in _RESERVED or name.startswith("_"):
+            raise TypeError(reserved_message(name))
+        cdef Fetcher fetcher = self._fetcher
+        cdef WorkerHandle target = fetcher._target
+        if not target.has_rpc_method(name):
+            raise TypeError(unknown_message(name))
+        cdef InvocationContext caller = _current()
+        if caller is None:
+            raise FastbindError(
+                f"env.{fetcher._binding}.{name}() was called outside a fastbind invocation"
+            )
+        cdef Py_ssize_t i, n = len(args)
+        cdef list copied = None
+        for i in range(n):
+            value = _isolated(args[i])
+            if value is not args[i] and copied is None:
+                copied = list(args)
+            if copied is not None:
+                copied[i] = value
+        if copied is not None:
+            args = tuple(copied)
+        if kwargs:
+            kwargs = {k: _isolated(v) for k, v in kwargs.items()}
+        inv = caller._child(target, _KIND_RPC, fetcher._props)
+        cdef BindingCall call = _new_call(inv, None, False)
+        call.rpc_name = name
+        call.rpc_args = args
+        call.rpc_kwargs = kwargs if kwargs else None
+        return call
+
+    def __repr__(self):
+        return f"<RpcMethod {self._fetcher._binding}.{self._name}>"
 
 
 cdef object _forward(object src):
@@ -599,12 +669,32 @@ cdef class BindingCall:
         previous = slot.current
         slot.current = inv
         try:
-            self.coro = inv.handle.invoke(request, inv)
+            if self.rpc_name is None:
+                self.coro = inv.handle.invoke(request, inv)
+            else:
+                self._call_method(inv)
         except BaseException:
             slot.current = previous
             self._exit(_ERROR)
             raise
         slot.current = previous
+        return 0
+
+    cdef int _call_method(self, InvocationContext inv) except -1:
+        """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
+        method = getattr(inv.handle.instantiate(inv), self.rpc_name)
+        args = self.rpc_args
+        kwargs = self.rpc_kwargs
+        self.rpc_args = None
+        self.rpc_kwargs = None
+        result = method(*args, **kwargs) if kwargs else method(*args)
+        if PyCoro_CheckExact(result):
+            self.coro = result
+        elif hasattr(result, "__await__"):
+            self.coro = result.__await__()
+        else:
+            self.immediate = result
+            self.has_immediate = True
         return 0
 
     cdef void _exit(self, str outcome) noexcept:
@@ -616,20 +706,33 @@ cdef class BindingCall:
         self.slot = None
         inv._finish(outcome)
 
-    cdef int _check_result(self, object value) except -1:
-        if self.http and type(value) is not _ResponseType and not isinstance(value, _ResponseType):
-            self._exit(_ERROR)
-            raise TypeError(
-                f'Worker "{self.inv.handle.name}" fetch handler returned '
-                f"{type(value).__name__}, expected a Response"
-            )
+    cdef object _check_result(self, object value):
+        if self.http:
+            if type(value) is not _ResponseType and not isinstance(value, _ResponseType):
+                self._exit(_ERROR)
+                raise TypeError(
+                    f'Worker "{self.inv.handle.name}" fetch handler returned '
+                    f"{type(value).__name__}, expected a Response"
+                )
+        else:
+            try:
+                value = _isolated(value)
+            except BaseException:
+                self._exit(_ERROR)
+                raise
         self._exit(_OK)
-        return 0
+        return value
 
     cdef int _send(self, object arg, PyObject** result) except? -1:
         if not self.started:
             self._enter()
             arg = None
+            if self.has_immediate:  # a synchronous RPC method has already returned
+                value = self._check_result(self.immediate)
+                self.immediate = None
+                Py_INCREF(value)
+                result[0] = <PyObject*>value
+                return 0
         elif self.coro is None:
             raise RuntimeError("cannot reuse already awaited binding call")
         cdef ExecutionSlot slot = self.slot
@@ -652,7 +755,7 @@ cdef class BindingCall:
         value = <object>result[0]
         Py_XDECREF(result[0])
         result[0] = NULL
-        self._check_result(value)
+        value = self._check_result(value)
         Py_INCREF(value)
         result[0] = <PyObject*>value
         return 0
@@ -670,8 +773,11 @@ cdef class BindingCall:
         raise StopIteration(out)
 
     def throw(self, typ, val=None, tb=None):
-        if not self.started:
-            self._enter()
+        if not self.started:  # cancelled before it ever ran: the child never starts
+            self.started = True
+            self.request = None
+            self.inv._finish(_CANCELED)
+            raise (typ if val is None else val)
         if self.coro is None:
             raise RuntimeError("cannot reuse already awaited binding call")
         cdef ExecutionSlot slot = self.slot
@@ -684,8 +790,7 @@ cdef class BindingCall:
                 out = self.coro.throw(typ, val, tb)
         except StopIteration as stop:
             slot.current = previous
-            self._check_result(stop.value)
-            raise StopIteration(stop.value)
+            raise StopIteration(self._check_result(stop.value))
         except _CancelledError:
             slot.current = previous
             self._exit(_CANCELED)

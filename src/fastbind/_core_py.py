@@ -20,6 +20,7 @@ from .errors import (
 )
 from .request import Request
 from .response import Response
+from .rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 
 __all__ = (
     "IMPLEMENTATION",
@@ -31,6 +32,7 @@ __all__ = (
     "OpenSubrequest",
     "InvocationContext",
     "Fetcher",
+    "RpcMethod",
     "BindingCall",
     "TaskFactory",
     "current_invocation",
@@ -93,7 +95,7 @@ def exit_dispatch(token: Any) -> None:
 class WorkerHandle:
     """What the core needs to invoke one Worker: its name, handler and env."""
 
-    __slots__ = ("_name", "_handler", "_is_class", "_fast_init", "env")
+    __slots__ = ("_name", "_handler", "_is_class", "_fast_init", "env", "_rpc")
 
     def __init__(self, name: str, handler: Any) -> None:
         self._name = name
@@ -108,6 +110,15 @@ class WorkerHandle:
             self._fast_init = False
         else:
             raise TypeError(name)
+        self._rpc: dict[str, bool] = {}
+
+    def has_rpc_method(self, name: str) -> bool:
+        """Whether the Worker's class has a public method ``name`` callable over RPC."""
+        known = self._rpc.get(name)
+        if known is None:
+            attr = getattr(self._handler, name, None) if self._is_class else None
+            known = self._rpc[name] = callable(attr) and not isinstance(attr, type)
+        return known
 
     @property
     def name(self) -> str:
@@ -359,22 +370,26 @@ class InvocationContext:
 
 
 class Fetcher:
-    """A service binding: ``env.X``. ``fetch`` runs the bound Worker in place."""
+    """A service binding: ``env.X``. ``fetch`` runs the bound Worker in place.
 
-    __slots__ = ("_target", "_binding", "_props")
+    Any other public name is an RPC method of the bound WorkerEntrypoint
+    (``await env.USERS.get_user(42)``); its stub is cached in the instance dict so
+    later look-ups are plain attribute loads.
+    """
+
+    __slots__ = ("_target", "_binding", "_props", "__dict__")
 
     def __init__(self, target: WorkerHandle, binding: str, props: Any = None) -> None:
         self._target = target
         self._binding = binding
         self._props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
 
-    @property
-    def binding(self) -> str:
-        return self._binding
-
-    @property
-    def target(self) -> str:
-        return self._target._name
+    def __getattr__(self, name: str) -> RpcMethod:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        method = RpcMethod(self, name)
+        self.__dict__[name] = method
+        return method
 
     def fetch(
         self, input: Any, *, method: Any = None, headers: Any = None, body: Any = None
@@ -397,6 +412,38 @@ class Fetcher:
         return f"<Fetcher {self._binding} -> {self._target._name}>"
 
 
+class RpcMethod:
+    """``env.X.name``: calling it runs method ``name`` of the bound Worker in place."""
+
+    __slots__ = ("_fetcher", "_name")
+
+    def __init__(self, fetcher: Fetcher, name: str) -> None:
+        self._fetcher = fetcher
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> BindingCall:
+        name = self._name
+        if name in RESERVED_METHODS or name.startswith("_"):
+            raise TypeError(reserved_message(name))
+        fetcher = self._fetcher
+        target = fetcher._target
+        if not target.has_rpc_method(name):
+            raise TypeError(unknown_message(name))
+        slot = _SLOT.get()
+        caller = None if slot is None else slot.current
+        if caller is None:
+            raise FastbindError(
+                f"env.{fetcher._binding}.{name}() was called outside a fastbind invocation"
+            )
+        args = isolate(args)
+        kwargs = {k: isolate(v) for k, v in kwargs.items()} if kwargs else kwargs
+        inv = caller._child(target, "rpc", fetcher._props)
+        return BindingCall(inv, None, False, name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RpcMethod {self._fetcher._binding}.{self._name}>"
+
+
 def _forward(src: Request) -> Request:
     """The child's copy of ``src``: same body object, headers copied, src marked used."""
     body = src.body
@@ -416,14 +463,29 @@ def _forward(src: Request) -> Request:
 class BindingCall:
     """The awaitable a binding returns: runs the child in the caller's task."""
 
-    __slots__ = ("_inv", "_request", "_http", "_started", "_driver")
+    __slots__ = (
+        "_inv", "_request", "_http", "_started", "_driver", "_method", "_args", "_kwargs",
+        "_immediate",
+    )
 
-    def __init__(self, inv: InvocationContext, request: Any, http: bool) -> None:
+    def __init__(
+        self,
+        inv: InvocationContext,
+        request: Any,
+        http: bool,
+        method: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self._inv = inv
         self._request = request
         self._http = http
         self._started = False
         self._driver: Any = None
+        self._method = method
+        self._args = args
+        self._kwargs = kwargs
+        self._immediate: Any = None
 
     @property
     def invocation(self) -> InvocationContext:
@@ -468,15 +530,22 @@ class BindingCall:
         try:
             previous, slot.current = slot.current, inv
             try:
-                coro = inv._handle.invoke(request, inv)
+                if self._method is None:
+                    coro = inv._handle.invoke(request, inv)
+                else:
+                    coro = self._call_method(inv)
             finally:
                 slot.current = previous
             del request
+            if coro is None:  # a synchronous RPC method: its value is already there
+                result = self._immediate
+                self._immediate = None
+                coro = _DONE
             # Drive the child step by step so ``slot.current`` names it while it runs.
             send, throw = coro.send, coro.throw
             value: Any = None
             error: BaseException | None = None
-            while True:
+            while coro is not _DONE:
                 previous, slot.current = slot.current, inv
                 try:
                     future = send(value) if error is None else throw(error)
@@ -492,11 +561,14 @@ class BindingCall:
                     raise
                 except BaseException as exc:  # thrown in by the task: pass it down
                     value, error = None, exc
-            if self._http and not isinstance(result, Response):
-                raise TypeError(
-                    f'Worker "{inv._handle._name}" fetch handler returned '
-                    f"{type(result).__name__}, expected a Response"
-                )
+            if self._http:
+                if not isinstance(result, Response):
+                    raise TypeError(
+                        f'Worker "{inv._handle._name}" fetch handler returned '
+                        f"{type(result).__name__}, expected a Response"
+                    )
+            else:
+                result = isolate(result)
             outcome = "ok"
             return result
         except (asyncio.CancelledError, GeneratorExit):
@@ -506,6 +578,32 @@ class BindingCall:
             pipeline._running -= 1
             _live["invocations"] -= 1
             inv._record.finish(outcome)
+
+
+    def _call_method(self, inv: InvocationContext) -> Any:
+        """Run RPC method ``_method`` on a new instance; its awaitable, or None if sync."""
+        method = getattr(inv._handle.instantiate(inv), self._method)  # type: ignore[arg-type]
+        args, self._args = self._args, ()
+        kwargs, self._kwargs = self._kwargs, None
+        result = method(*args, **kwargs) if kwargs else method(*args)
+        if inspect.iscoroutine(result):
+            return result
+        if inspect.isawaitable(result):
+            return result.__await__()
+        self._immediate = result
+        return None
+
+
+class _Done:
+    """Stands for a child that finished before its first step (a sync RPC method)."""
+
+    def send(self, value: Any) -> Any:
+        raise StopIteration
+
+    throw = send
+
+
+_DONE = _Done()
 
 
 class TaskFactory:

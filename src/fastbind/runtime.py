@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import _impl
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
+from .entrypoint import WorkerEntrypoint
 from .errors import ConfigError
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .limits import Limits
@@ -38,6 +40,7 @@ class _WorkerSpec:
     handler: Any
     services: dict[str, ServiceBinding | RemoteBinding]
     vars: dict[str, Any]
+    entrypoints: dict[str, Any]
 
 
 def _has_factory(factory: Any, implementation: str) -> bool:
@@ -95,8 +98,15 @@ class Runtime:
         *,
         services: Mapping[str, Any] | None = None,
         vars: Mapping[str, Any] | None = None,
+        entrypoints: Mapping[str, Any] | None = None,
     ) -> None:
-        """Register Worker ``name``: a WorkerEntrypoint subclass or ``async def (request, env, ctx)``."""
+        """Register Worker ``name``: a WorkerEntrypoint subclass or ``async def (request, env, ctx)``.
+
+        ``services`` maps binding names to a Worker name, ``fastbind.service(...)`` or
+        ``fastbind.remote(url)``; ``vars`` are plain values; ``entrypoints`` names extra
+        WorkerEntrypoint classes that bindings may pick (by default, those exported by
+        the module that defines ``handler``).
+        """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"A Worker name must be a non-empty str, not {name!r}.")
         if name in self._specs:
@@ -119,7 +129,13 @@ class Runtime:
                 raise ConfigError(f'Worker "{name}" has a var with an invalid name {key!r}.')
             if key in bindings:
                 raise ConfigError(f'Worker "{name}" defines "{key}" both as a binding and a var.')
-        self._specs[name] = _WorkerSpec(name, handler, bindings, vars)
+        named = dict(entrypoints or {})
+        for ep_name, ep in named.items():
+            if not (isinstance(ep, type) and issubclass(ep, WorkerEntrypoint)):
+                raise ConfigError(
+                    f'Worker "{name}" entrypoint "{ep_name}" must be a WorkerEntrypoint subclass, not {ep!r}.'
+                )
+        self._specs[name] = _WorkerSpec(name, handler, bindings, vars, named)
         self._handles[name] = handle
         self._resolved = False
 
@@ -127,6 +143,7 @@ class Runtime:
         """Resolve every binding; raise ConfigError naming the first that is wrong."""
         core = self._core
         envs = {}
+        self._entry_handles: dict[tuple[str, str], Any] = {}
         for spec in self._specs.values():
             values: dict[str, Any] = dict(spec.vars)
             for binding, target in spec.services.items():
@@ -134,6 +151,8 @@ class Runtime:
             envs[spec.name] = core.Env(spec.name, values)
         for name, env in envs.items():
             self._handles[name].env = env
+        for (service, _), handle in self._entry_handles.items():
+            handle.env = envs[service]  # a named entrypoint runs with its Worker's env
         self._resolved = True
 
     def _make_binding(self, core: Any, worker: str, binding: str, target: Any) -> Any:
@@ -147,7 +166,28 @@ class Runtime:
                 f'Worker "{worker}" binding "{binding}" refers to a service '
                 f'"{target.service}", but no such service is defined.'
             )
+        if target.entrypoint is not None:
+            handle = self._entrypoint_handle(core, worker, binding, target)
         return core.Fetcher(handle, binding, target.props or None)
+
+    def _entrypoint_handle(self, core: Any, worker: str, binding: str, target: Any) -> Any:
+        key = (target.service, target.entrypoint)
+        handle = self._entry_handles.get(key)
+        if handle is not None:
+            return handle
+        spec = self._specs[target.service]
+        cls = spec.entrypoints.get(target.entrypoint)
+        if cls is None:
+            module = sys.modules.get(getattr(spec.handler, "__module__", ""), None)
+            cls = getattr(module, target.entrypoint, None)
+        if not (isinstance(cls, type) and issubclass(cls, WorkerEntrypoint)):
+            raise ConfigError(
+                f'Worker "{worker}" binding "{binding}" refers to service "{target.service}" '
+                f'with a named entrypoint "{target.entrypoint}", but "{target.service}" has '
+                "no such named entrypoint."
+            )
+        handle = self._entry_handles[key] = core.WorkerHandle(target.service, cls)
+        return handle
 
     def _install_task_factory(self, loop: asyncio.AbstractEventLoop) -> None:
         current = loop.get_task_factory()

@@ -1,0 +1,101 @@
+"""What crosses an RPC boundary: immutable values as they are, mutable ones copied."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from .errors import BODY_USED_MESSAGE
+from .headers import Headers
+from .request import Request
+from .response import Response
+
+__all__ = ("isolate", "RESERVED_METHODS", "reserved_message", "unknown_message")
+
+# Names a Fetcher keeps for itself (DESIGN.md section 6); `_`-names are private too.
+RESERVED_METHODS = frozenset(("fetch", "connect", "dup", "constructor"))
+
+_SCALARS = frozenset((type(None), bool, int, float, complex, str, bytes))
+
+
+def reserved_message(name: str) -> str:
+    return f"'{name}' is a reserved method and cannot be called over RPC."
+
+
+def unknown_message(name: str) -> str:
+    return f'The RPC receiver does not implement the method "{name}".'
+
+
+def isolate(value: Any) -> Any:
+    """Return ``value`` as the other side of an RPC call may hold it.
+
+    Immutable values (None, bool, int, float, str, bytes, enums, and tuples and
+    frozensets of them) pass as they are; dict, list, set, bytearray, memoryview and
+    dataclass instances are copied, recursively, so caller and callee never share
+    mutable state; a Request or Response is handed over (the sender's becomes used)
+    and a stream (async iterator) is handed over as it is. Anything else raises
+    TypeError naming its type.
+    """
+    kind = type(value)
+    if kind in _SCALARS or isinstance(value, enum.Enum):
+        return value
+    if kind is tuple:
+        items = tuple(isolate(v) for v in value)
+        return value if all(a is b for a, b in zip(items, value)) else items
+    if kind is frozenset:
+        return frozenset(isolate(v) for v in value)
+    if kind is dict:
+        return {isolate(k): isolate(v) for k, v in value.items()}
+    if kind is list:
+        return [isolate(v) for v in value]
+    if kind is set:
+        return {isolate(v) for v in value}
+    if kind is bytearray:
+        return bytearray(value)
+    if kind is memoryview:
+        return value.tobytes()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        copy = object.__new__(kind)
+        for field in dataclasses.fields(value):
+            object.__setattr__(copy, field.name, isolate(getattr(value, field.name)))
+        return copy
+    if isinstance(value, Request):
+        return _hand_over_request(value)
+    if isinstance(value, Response):
+        return _hand_over_response(value)
+    if hasattr(value, "__aiter__"):
+        return value
+    raise TypeError(
+        f"Cannot pass a value of type {kind.__qualname__} over RPC: use None, bool, int, "
+        "float, str, bytes, tuple, list, dict, set, a dataclass, a Request, a Response "
+        "or a stream"
+    )
+
+
+def _take(message: Any) -> Any:
+    body = message.body
+    if body is not None:
+        if message.body_used:
+            raise TypeError(BODY_USED_MESSAGE)
+        message.body_used = True
+    return body
+
+
+def _hand_over_request(src: Request) -> Request:
+    req = Request.__new__(Request)
+    req.url = src.url
+    req.method = src.method
+    req.headers = src.headers.copy()
+    req.body = _take(src)
+    req.body_used = False
+    return req
+
+
+def _hand_over_response(src: Response) -> Response:
+    resp = Response.__new__(Response)
+    resp.status = src.status
+    resp.headers = Headers(src.headers) if type(src.headers) is not Headers else src.headers.copy()
+    resp.body = _take(src)
+    resp.body_used = False
+    return resp
