@@ -22,6 +22,7 @@ cdef class WorkerHandle:
     cdef dict _rpc
 
     cdef bint has_rpc_method(self, str name) except -1
+    cdef object rpc_function(self, str name)
 
     cdef object instantiate(self, InvocationContext ctx)
     cdef object invoke(self, object request, InvocationContext ctx)
@@ -100,6 +101,8 @@ cdef class Fetcher:
 cdef class RpcMethod:
     cdef Fetcher _fetcher
     cdef str _name
+    cdef object _error      # the TypeError message when the name cannot be called
+    cdef object _function   # the plain function on the class, called with the instance
 
 
 cdef class BindingCall:
@@ -111,6 +114,7 @@ cdef class BindingCall:
     cdef bint started
     cdef bint has_immediate
     cdef str rpc_name
+    cdef object rpc_function
     cdef tuple rpc_args
     cdef dict rpc_kwargs
     cdef object immediate

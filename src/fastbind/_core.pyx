@@ -51,6 +51,7 @@ cdef object _CancelledError = asyncio.CancelledError
 cdef object _isolate = isolate
 cdef frozenset _RESERVED = RESERVED_METHODS
 cdef str _KIND_RPC = "rpc"
+cdef object _FunctionType = type(lambda: None)
 cdef object _Task = asyncio.Task
 cdef object _copy_context = contextvars.copy_context
 cdef object _EMPTY_PROPS = MappingProxyType({})
@@ -219,6 +220,11 @@ cdef class WorkerHandle:
             attr = getattr(self.handler, name, None) if self.is_class else None
             known = self._rpc[name] = callable(attr) and not isinstance(attr, type)
         return known
+
+    cdef object rpc_function(self, str name):
+        """The plain function behind method ``name``, or None if it is not one."""
+        attr = inspect.getattr_static(self.handler, name, None)
+        return attr if type(attr) is _FunctionType else None
 
     cdef object instantiate(self, InvocationContext ctx):
         if self.fast_init:
@@ -525,6 +531,13 @@ cdef class Fetcher:
         cdef RpcMethod method = RpcMethod.__new__(RpcMethod)
         method._fetcher = self
         method._name = name
+        # Decided once per binding and name: the class's methods do not change per call.
+        if name in _RESERVED or name.startswith("_"):
+            method._error = reserved_message(name)
+        elif not self._target.has_rpc_method(name):
+            method._error = unknown_message(name)
+        else:
+            method._function = self._target.rpc_function(name)
         (<dict>PyObject_GenericGetDict(self, NULL))[name] = method
         return method
 
@@ -563,12 +576,10 @@ cdef class RpcMethod:
 
     def __call__(self, *args, **kwargs):
         cdef str name = self._name
-        if name in _RESERVED or name.startswith("_"):
-            raise TypeError(reserved_message(name))
+        if self._error is not None:
+            raise TypeError(self._error)
         cdef Fetcher fetcher = self._fetcher
         cdef WorkerHandle target = fetcher._target
-        if not target.has_rpc_method(name):
-            raise TypeError(unknown_message(name))
         cdef InvocationContext caller = _current()
         if caller is None:
             raise FastbindError(
@@ -589,6 +600,7 @@ cdef class RpcMethod:
         inv = caller._child(target, _KIND_RPC, fetcher._props)
         cdef BindingCall call = _new_call(inv, None, False)
         call.rpc_name = name
+        call.rpc_function = self._function
         call.rpc_args = args
         call.rpc_kwargs = kwargs if kwargs else None
         return call
@@ -682,12 +694,17 @@ cdef class BindingCall:
 
     cdef int _call_method(self, InvocationContext inv) except -1:
         """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
-        method = getattr(inv.handle.instantiate(inv), self.rpc_name)
+        instance = inv.handle.instantiate(inv)
         args = self.rpc_args
         kwargs = self.rpc_kwargs
         self.rpc_args = None
         self.rpc_kwargs = None
-        result = method(*args, **kwargs) if kwargs else method(*args)
+        function = self.rpc_function
+        if function is not None:  # a plain function: call it unbound, no bound method
+            args = (instance,) + args
+        else:  # staticmethod, classmethod, callable object: ask the instance
+            function = getattr(instance, self.rpc_name)
+        result = function(*args, **kwargs) if kwargs else function(*args)
         if PyCoro_CheckExact(result):
             self.coro = result
         elif hasattr(result, "__await__"):
