@@ -455,3 +455,38 @@ def test_core_objects_cannot_be_built_or_changed_from_python(core) -> None:
         slot_type = core.ExecutionSlot
         with pytest.raises(TypeError):
             slot_type()
+
+
+def test_call_child_runs_any_callable_as_a_child_invocation(core, run) -> None:
+    reports, hook = collect()
+    seen: list[tuple[str, int]] = []
+    target = core.WorkerHandle.for_target("counter", None)
+
+    async def bump(ctx, state, by):
+        seen.append((ctx.worker, ctx.depth))
+        state["n"] += by
+        return dict(state)
+
+    def sync_value(ctx):
+        return [ctx.depth]
+
+    async def top(request, env, ctx):
+        state = {"n": 1}
+        snapshot = await core.call_child(target, "object", bump, (state, 2))
+        snapshot["n"] = 100  # isolated: the caller got a copy
+        depth = await core.call_child(target, "object", sync_value)
+        with pytest.raises(TypeError, match="expected a Response"):
+            await core.call_child(target, "object", sync_value, http=True)
+        return Response.json({"state": state, "depth": depth})
+
+    rt = Runtime(on_pipeline_end=hook)
+    rt.add_worker("top", top)
+
+    async def main():
+        return await (await rt.dispatch("top", Request("https://e/"))).json()
+
+    assert run(main()) == {"state": {"n": 3}, "depth": [2]}
+    assert seen == [("counter", 2)]
+    assert [(r.target, r.kind, r.outcome) for r in reports[0].subrequests] == [
+        ("counter", "object", "ok"), ("counter", "object", "ok"), ("counter", "object", "error")
+    ]

@@ -115,12 +115,14 @@ cdef class BindingCall:
     cdef bint has_immediate
     cdef str rpc_name
     cdef object rpc_function
+    cdef bint custom        # rpc_function(ctx, *args) rather than a method of a new instance
     cdef tuple rpc_args
     cdef dict rpc_kwargs
     cdef object immediate
 
     cdef int _enter(self) except -1
     cdef int _call_method(self, InvocationContext inv) except -1
+    cdef int _keep_result(self, object result) except -1
     cdef void _exit(self, str outcome) noexcept
     cdef object _check_result(self, object value)
     cdef int _send(self, object arg, PyObject** result) except? -1

@@ -210,9 +210,18 @@ cdef class WorkerHandle:
         elif inspect.iscoroutinefunction(handler):
             self.is_class = False
             self.fast_init = False
-        else:
+        elif handler is not None:
             raise TypeError(name)
         self._rpc = {}
+
+    @staticmethod
+    def for_target(str name not None, env):
+        """A handle for an in-process target that is not a Worker (e.g. a Durable Object)."""
+        cdef WorkerHandle handle = WorkerHandle.__new__(WorkerHandle)
+        handle.name = name
+        handle.env = env
+        handle._rpc = {}
+        return handle
 
     cdef bint has_rpc_method(self, str name) except -1:
         known = self._rpc.get(name)
@@ -609,6 +618,26 @@ cdef class RpcMethod:
         return f"<RpcMethod {self._fetcher._binding}.{self._name}>"
 
 
+def call_child(WorkerHandle target not None, str kind not None, function, tuple args=(),
+               props=None, bint http=False):
+    """Run ``function(ctx, *args)`` as a child invocation of the running one.
+
+    The child gets depth + 1, counts as one subrequest of ``kind`` of the caller, is
+    recorded in the ledger and follows the lifecycle rules, exactly as a binding call;
+    ``http`` requires a Response result, otherwise the result is isolated as RPC values.
+    """
+    cdef InvocationContext caller = _current()
+    if caller is None:
+        raise FastbindError(f'A call to "{target.name}" was made outside a fastbind invocation')
+    inv = caller._child(target, kind, _EMPTY_PROPS if not props else MappingProxyType(dict(props)))
+    cdef BindingCall call = _new_call(inv, None, http)
+    call.rpc_name = kind
+    call.rpc_function = function
+    call.rpc_args = args
+    call.custom = True
+    return call
+
+
 cdef object _forward(object src):
     """The child's copy of ``src``: same body object, headers copied, src marked used.
 
@@ -694,17 +723,25 @@ cdef class BindingCall:
 
     cdef int _call_method(self, InvocationContext inv) except -1:
         """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
-        instance = inv.handle.instantiate(inv)
         args = self.rpc_args
         kwargs = self.rpc_kwargs
         self.rpc_args = None
         self.rpc_kwargs = None
         function = self.rpc_function
+        if self.custom:
+            result = function(inv, *args, **kwargs) if kwargs else function(inv, *args)
+            self._keep_result(result)
+            return 0
+        instance = inv.handle.instantiate(inv)
         if function is not None:  # a plain function: call it unbound, no bound method
             args = (instance,) + args
         else:  # staticmethod, classmethod, callable object: ask the instance
             function = getattr(instance, self.rpc_name)
         result = function(*args, **kwargs) if kwargs else function(*args)
+        self._keep_result(result)
+        return 0
+
+    cdef int _keep_result(self, object result) except -1:
         if PyCoro_CheckExact(result):
             self.coro = result
         elif hasattr(result, "__await__"):

@@ -35,6 +35,7 @@ __all__ = (
     "RpcMethod",
     "BindingCall",
     "TaskFactory",
+    "call_child",
     "current_invocation",
     "enter_dispatch",
     "exit_dispatch",
@@ -105,12 +106,19 @@ class WorkerHandle:
             self._is_class = True
             # Skipping __init__ is only safe when nobody overrode it.
             self._fast_init = handler.__init__ is WorkerEntrypoint.__init__
-        elif inspect.iscoroutinefunction(handler):
+        elif inspect.iscoroutinefunction(handler) or handler is None:
             self._is_class = False
             self._fast_init = False
         else:
             raise TypeError(name)
         self._rpc: dict[str, bool] = {}
+
+    @staticmethod
+    def for_target(name: str, env: Any) -> WorkerHandle:
+        """A handle for an in-process target that is not a Worker (e.g. a Durable Object)."""
+        handle = WorkerHandle(name, None)
+        handle.env = env
+        return handle
 
     def has_rpc_method(self, name: str) -> bool:
         """Whether the Worker's class has a public method ``name`` callable over RPC."""
@@ -444,6 +452,31 @@ class RpcMethod:
         return f"<RpcMethod {self._fetcher._binding}.{self._name}>"
 
 
+def call_child(
+    target: WorkerHandle,
+    kind: str,
+    function: Any,
+    args: tuple[Any, ...] = (),
+    props: Any = None,
+    http: bool = False,
+) -> BindingCall:
+    """Run ``function(ctx, *args)`` as a child invocation of the running one.
+
+    The child gets depth + 1, counts as one subrequest of ``kind`` of the caller, is
+    recorded in the ledger and follows the lifecycle rules, exactly as a binding call;
+    ``http`` requires a Response result, otherwise the result is isolated as RPC values.
+    """
+    slot = _SLOT.get()
+    caller = None if slot is None else slot.current
+    if caller is None:
+        raise FastbindError(f'A call to "{target._name}" was made outside a fastbind invocation')
+    props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
+    inv = caller._child(target, kind, props)
+    call = BindingCall(inv, None, http, kind, args, None)
+    call._custom = function
+    return call
+
+
 def _forward(src: Request) -> Request:
     """The child's copy of ``src``: same body object, headers copied, src marked used."""
     body = src.body
@@ -465,7 +498,7 @@ class BindingCall:
 
     __slots__ = (
         "_inv", "_request", "_http", "_started", "_driver", "_method", "_args", "_kwargs",
-        "_immediate",
+        "_immediate", "_custom",
     )
 
     def __init__(
@@ -486,6 +519,7 @@ class BindingCall:
         self._args = args
         self._kwargs = kwargs
         self._immediate: Any = None
+        self._custom: Any = None
 
     @property
     def invocation(self) -> InvocationContext:
@@ -582,9 +616,13 @@ class BindingCall:
 
     def _call_method(self, inv: InvocationContext) -> Any:
         """Run RPC method ``_method`` on a new instance; its awaitable, or None if sync."""
-        method = getattr(inv._handle.instantiate(inv), self._method)  # type: ignore[arg-type]
         args, self._args = self._args, ()
         kwargs, self._kwargs = self._kwargs, None
+        if self._custom is not None:
+            method = self._custom
+            args = (inv, *args)
+        else:
+            method = getattr(inv._handle.instantiate(inv), self._method)  # type: ignore[arg-type]
         result = method(*args, **kwargs) if kwargs else method(*args)
         if inspect.iscoroutine(result):
             return result
