@@ -11,6 +11,8 @@ from .limits import Limits
 from .request import Request
 from .response import Response
 from .runtime import PipelineReport, Runtime
+from .errors import FetchError
+from .fetch import fetch
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,8 @@ __all__ = (
     "service",
     "remote",
     "current_invocation",
+    "fetch",
+    "FetchError",
 )
 
 

@@ -7,6 +7,7 @@ __all__ = (
     "SubrequestDepthError",
     "TooManySubrequestsError",
     "ConfigError",
+    "FetchError",
     "BODY_USED_MESSAGE",
 )
 
@@ -43,3 +44,7 @@ class TooManySubrequestsError(FastbindError):
 
 class ConfigError(FastbindError):
     """The set of Workers, their bindings or the config file is wrong."""
+
+
+class FetchError(FastbindError):
+    """An outbound fetch failed on the network: refused, unresolvable, timed out, cut short."""

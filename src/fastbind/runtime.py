@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,12 +13,13 @@ from . import _impl
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
 from .entrypoint import WorkerEntrypoint
 from .errors import ConfigError
+from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .limits import Limits
 from .request import Request
 from .response import Response
 
-__all__ = ("Runtime", "PipelineReport")
+__all__ = ("Runtime", "PipelineReport", "current_runtime")
 
 _PLAIN_BODIES = (bytes, str, bytearray, memoryview)
 
@@ -64,6 +66,7 @@ class Runtime:
         limits: Limits | None = None,
         origin: Any = None,
         on_pipeline_end: Callable[[PipelineReport], Any] | None = None,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
     ) -> None:
         if limits is None:
             limits = Limits()
@@ -72,6 +75,8 @@ class Runtime:
         self._limits = limits
         self._origin = origin
         self.on_pipeline_end = on_pipeline_end
+        # Default of fetch(timeout=...) in this Runtime's Workers, in seconds.
+        self.fetch_timeout = check_timeout(fetch_timeout, "Runtime fetch_timeout")
         self._core = _impl.core
         self._specs: dict[str, _WorkerSpec] = {}
         self._handles: dict[str, Any] = {}
@@ -209,6 +214,7 @@ class Runtime:
         body = request.body
         error: BaseException | None = None
         slot_token = self._core.enter_dispatch()
+        runtime_token = _current_runtime.set(self)
         try:
             response = await call
         except asyncio.CancelledError as exc:
@@ -221,6 +227,7 @@ class Runtime:
             await end_pipeline(pipeline, self._reporter(pipeline, None, exc), cancelled=True)
             raise
         finally:
+            _current_runtime.reset(runtime_token)
             self._core.exit_dispatch(slot_token)
         done = self._reporter(pipeline, response.status, error)
         rbody = response.body
@@ -284,3 +291,13 @@ class Runtime:
 
 def _nothing() -> None:
     return None
+
+
+# Which Runtime dispatched the running code: global fetch() uses its session and
+# timeout. Tasks spawned by Workers copy it with the rest of their context.
+_current_runtime: ContextVar[Runtime | None] = ContextVar("fastbind.runtime", default=None)
+
+
+def current_runtime() -> Runtime | None:
+    """The Runtime whose ``dispatch`` the running code is part of, or None."""
+    return _current_runtime.get()

@@ -1,0 +1,265 @@
+"""Global ``fetch()``: outbound HTTP from Workers, counted and gated (DESIGN.md 2.4, 2.5, 3)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohttp
+from yarl import URL
+
+from .body import BodyInit
+from .errors import FetchError
+from .gate import gate_for
+from .headers import HeadersInit
+from .http_client import (
+    DEFAULT_FETCH_TIMEOUT,
+    NetworkBody,
+    check_timeout,
+    new_session,
+    open_response,
+    outgoing_headers,
+    response_headers,
+    session_for,
+)
+from .request import Request
+from .response import Response
+from .runtime import current_runtime
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ("fetch", "send", "MAX_REDIRECTS", "RedirectMode")
+
+RedirectMode = Literal["follow", "manual", "error"]
+
+MAX_REDIRECTS = 20  # the Fetch standard's limit
+_REDIRECT_MODES = frozenset(("follow", "manual", "error"))
+_REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+_NULL_BODY_STATUSES = frozenset((101, 103, 204, 205, 304))
+_SCHEMES = frozenset(("http", "https"))
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+# Dropped when a redirect turns the request into a bodiless GET (Fetch standard,
+# "HTTP-redirect fetch", step 12).
+_BODY_HEADERS = frozenset((
+    "content-encoding", "content-language", "content-location", "content-type",
+))
+# Never carried to another origin by a redirect: they would hand it the caller's secrets.
+_CREDENTIAL_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie"))
+_TEXT_CONTENT_TYPE = ("content-type", "text/plain;charset=UTF-8")
+
+
+async def fetch(
+    input: str | Request,
+    *,
+    method: str | None = None,
+    headers: HeadersInit = None,
+    body: BodyInit = None,
+    redirect: RedirectMode = "follow",
+    timeout: float | None = None,
+) -> Response:
+    """Send an HTTP request to the network; return its Response once the headers are in.
+
+    The arguments build a Request as ``Request(input, method=..., headers=...,
+    body=...)`` does; a request body may be bytes-like, str or an async iterator of
+    bytes (sent chunked). The Response body streams from the network: it is read
+    only when the caller reads it, and its connection is released once it is read
+    to the end or ``await resp.aclose()`` drops it.
+
+    Inside a Worker, the fetch and every redirect it follows count as subrequests
+    of the calling invocation (``TooManySubrequestsError`` past the budget) and wait
+    at the pipeline's connection gate: at most ``Limits.open_connections`` fetches
+    of one pipeline wait for response headers at once, the others queue in order.
+    Outside any Worker, fetch is a plain HTTP client on a connection of its own.
+
+    ``redirect``: "follow" (at most 20, then ``TypeError("Too many redirects.")``),
+    "manual" (return the 3xx Response) or "error" (raise FetchError).
+    ``timeout``: seconds allowed for connecting and for each wait for data (the
+    headers, then each body chunk); by default the Runtime's ``fetch_timeout``, 30 s.
+
+    Raises TypeError for a malformed URL or a scheme other than http and https, and
+    FetchError, naming the URL, when the network fails.
+    """
+    request = Request(input, method=method, headers=headers, body=body)
+    runtime = current_runtime()
+    invocation = None if runtime is None else runtime._core.current_invocation()
+    return await send(request, runtime, invocation, redirect=redirect, timeout=timeout)
+
+
+async def send(
+    request: Request,
+    runtime: Runtime | None,
+    invocation: Any,
+    *,
+    url: str | None = None,
+    redirect: RedirectMode = "follow",
+    timeout: float | None = None,
+) -> Response:
+    """Fetch ``request`` (to ``url`` instead of ``request.url`` if given).
+
+    ``invocation`` is charged and gated when not None; the session is ``runtime``'s,
+    or one made for this request alone when there is no Runtime.
+    """
+    if redirect not in _REDIRECT_MODES:
+        raise TypeError(f'fetch() redirect must be "follow", "manual" or "error", not {redirect!r}')
+    if timeout is not None:
+        timeout = check_timeout(timeout)
+    elif runtime is not None:
+        timeout = runtime.fetch_timeout
+    else:
+        timeout = DEFAULT_FETCH_TIMEOUT
+    target = request.url if url is None else url
+    parsed = _parse_url(target)
+    headers = outgoing_headers(request.headers)
+    data = _payload(request, headers)
+    owned = None
+    if runtime is not None:
+        session = session_for(runtime)
+    else:
+        session = owned = new_session()
+    try:
+        resp, final_url = await _follow(
+            session, invocation, request.method, parsed, target, headers, data, redirect, timeout
+        )
+        response = Response.__new__(Response)
+        response.status = resp.status
+        response.headers = response_headers(resp.headers)
+        response.body_used = False
+        if request.method == "HEAD" or resp.status in _NULL_BODY_STATUSES:
+            resp.release()
+            response.body = None
+        else:
+            response.body = NetworkBody(resp, final_url, timeout, owned)
+            owned = None  # the body closes it once read or dropped
+        return response
+    finally:
+        if owned is not None:
+            await owned.close()
+
+
+async def _follow(
+    session: aiohttp.ClientSession,
+    invocation: Any,
+    method: str,
+    url: URL,
+    target: str,
+    headers: list[tuple[str, str]],
+    data: Any,
+    redirect: str,
+    timeout: float,
+) -> tuple[aiohttp.ClientResponse, URL]:
+    """Send, following redirects ourselves so that every hop is counted and gated."""
+    redirects = 0
+    while True:
+        resp = await _hop(session, invocation, method, url, target, headers, data, timeout)
+        status = resp.status
+        location = resp.headers.get("Location") if status in _REDIRECT_STATUSES else None
+        if location is None or redirect == "manual":
+            return resp, url
+        resp.release()  # the connection is reused if the redirect's body was read already
+        if redirect == "error":
+            raise FetchError(
+                f'Fetch to {url} was redirected ({status} to {location}) and redirect is "error".'
+            )
+        if redirects == MAX_REDIRECTS:
+            raise TypeError("Too many redirects.")
+        redirects += 1
+        next_url = _redirect_url(url, location, status)
+        if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+            method = "GET"
+            data = None
+            headers = [h for h in headers if h[0] not in _BODY_HEADERS]
+        elif data is not None and not isinstance(data, _BYTES_LIKE):
+            raise FetchError(
+                f"Fetch to {url} was redirected ({status} to {next_url}), but its streamed "
+                'body was sent already and cannot be sent again; send bytes or use redirect="manual".'
+            )
+        if next_url.origin() != url.origin():
+            headers = [h for h in headers if h[0] not in _CREDENTIAL_HEADERS]
+        url = next_url
+        target = str(next_url)
+
+
+async def _hop(
+    session: aiohttp.ClientSession,
+    invocation: Any,
+    method: str,
+    url: URL,
+    target: str,
+    headers: list[tuple[str, str]],
+    data: Any,
+    timeout: float,
+) -> aiohttp.ClientResponse:
+    """One request: a subrequest of ``invocation``, holding a gate slot until its headers."""
+    if invocation is None:
+        return await open_response(session, method, url, headers, data, timeout)
+    pipeline = invocation.pipeline
+    record = pipeline.charge_fetch(invocation, target)  # raises TooManySubrequestsError
+    gate = gate_for(pipeline)
+    try:
+        await gate.acquire()
+    except BaseException:
+        record.finish("canceled")
+        raise
+    try:
+        resp = await open_response(session, method, url, headers, data, timeout)
+    except asyncio.CancelledError:
+        record.finish("canceled")
+        raise
+    except BaseException:
+        record.finish("error")
+        raise
+    finally:
+        gate.release()
+    record.finish("ok")
+    return resp
+
+
+def _parse_url(target: str) -> URL:
+    try:
+        url = URL(target)
+        host = url.raw_host
+        url.port  # noqa: B018 -- yarl checks the port only when it is read
+    except (ValueError, TypeError):
+        raise TypeError(f"Invalid URL: {target}") from None
+    if url.scheme not in _SCHEMES:
+        raise TypeError(f'Fetch API cannot load: unsupported scheme "{url.scheme}"')
+    if not host:
+        raise TypeError(f"Invalid URL: {target}")
+    return url
+
+
+def _redirect_url(url: URL, location: str, status: int) -> URL:
+    try:
+        next_url = url.join(URL(location))
+        host = next_url.raw_host
+    except ValueError:
+        host = None
+    if not host or next_url.scheme not in _SCHEMES:
+        raise FetchError(f"Fetch to {url} was redirected ({status}) to an invalid URL {location!r}.")
+    return next_url
+
+
+def _payload(request: Request, headers: list[tuple[str, str]]) -> Any:
+    """What aiohttp sends for ``request.body``; marks the body used."""
+    body = request.body
+    if body is None:
+        return None
+    request.body_used = True
+    if isinstance(body, _BYTES_LIKE):
+        return body
+    if isinstance(body, str):
+        if not any(name == "content-type" for name, _ in headers):
+            headers.append(_TEXT_CONTENT_TYPE)
+        return body.encode()
+    return _stream_chunks(body)
+
+
+async def _stream_chunks(stream: Any) -> AsyncIterator[bytes | bytearray | memoryview]:
+    async for chunk in stream:
+        if isinstance(chunk, str):
+            chunk = chunk.encode()
+        elif not isinstance(chunk, _BYTES_LIKE):
+            raise TypeError(f"A request body stream must yield bytes, not {type(chunk).__name__}")
+        yield chunk

@@ -1,0 +1,89 @@
+"""The connection gate: at most N outbound fetches of one pipeline await headers (DESIGN.md 2.5)."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from typing import Any
+
+__all__ = ("ConnectionGate", "gate_for")
+
+
+class ConnectionGate:
+    """A FIFO counting gate: ``await acquire()`` takes a slot, ``release()`` gives it back.
+
+    Unlike ``asyncio.Semaphore`` it hands a freed slot straight to the oldest waiter,
+    so a newcomer can never overtake the queue, and it never fails a waiter: a fetch
+    waits as long as it takes. A waiter cancelled while queued leaves the queue
+    without a slot; one cancelled just after a slot was handed to it passes the slot
+    on, so cancellation can neither take nor leak a slot.
+    """
+
+    __slots__ = ("_limit", "_active", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        if type(limit) is not int or limit < 1:
+            raise ValueError(f"A connection gate needs a positive int limit, not {limit!r}")
+        self._limit = limit
+        self._active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def active(self) -> int:
+        """Slots taken now."""
+        return self._active
+
+    @property
+    def waiting(self) -> int:
+        """Acquirers queued for a slot."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in FIFO order while all are taken."""
+        if self._active < self._limit and not self._waiters:
+            self._active += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # release() handed us the slot as the cancel arrived: pass it on.
+                self.release()
+            elif waiter in self._waiters:  # release() may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the oldest live waiter if there is one."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; ``active`` stays
+                return
+        if self._active <= 0:
+            raise RuntimeError("ConnectionGate.release() called more times than acquire()")
+        self._active -= 1
+
+    def __repr__(self) -> str:
+        return f"<ConnectionGate active={self._active}/{self._limit} waiting={self.waiting}>"
+
+
+# One gate per pipeline, gone with it. Kept outside the pipeline so that the core's
+# types need not know about asyncio futures; the interface is small enough to move in.
+_gates: weakref.WeakKeyDictionary[Any, ConnectionGate] = weakref.WeakKeyDictionary()
+
+
+def gate_for(pipeline: Any) -> ConnectionGate:
+    """The connection gate of ``pipeline`` (a core PipelineContext), made on first use."""
+    gate = _gates.get(pipeline)
+    if gate is None:
+        gate = _gates[pipeline] = ConnectionGate(pipeline.open_connections)
+    return gate

@@ -1,0 +1,226 @@
+"""The aiohttp side of outbound fetch: one session per Runtime, streamed bodies, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from yarl import URL
+
+from .errors import FetchError
+from .headers import Headers
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = (
+    "DEFAULT_FETCH_TIMEOUT",
+    "NetworkBody",
+    "check_timeout",
+    "new_session",
+    "open_response",
+    "outgoing_headers",
+    "response_headers",
+    "session_for",
+)
+
+DEFAULT_FETCH_TIMEOUT = 30.0
+
+# Never forwarded: they describe one hop's connection, not the request (RFC 9110 7.6.1),
+# or aiohttp derives them from the URL and the body it sends.
+_HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+    "trailer", "upgrade", "host", "content-length",
+))
+# The encodings aiohttp's parser decodes (aiohttp/http_parser.py): such a body reaches
+# the Worker decoded, so the headers that describe the encoded bytes must go.
+_DECODED_ENCODINGS = frozenset(("gzip", "deflate", "br", "zstd"))
+
+
+def check_timeout(value: object, what: str = "fetch() timeout") -> float:
+    """``value`` as a float of seconds, or ValueError if it is not a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A ClientSession configured as the Fetch API behaves."""
+    return aiohttp.ClientSession(
+        # The per-pipeline gate bounds concurrency; a process-wide pool cap would make
+        # unrelated pipelines queue behind each other's long downloads.
+        connector=aiohttp.TCPConnector(limit=0),
+        # fetch() has no cookie jar: a shared one would leak cookies between Workers.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Fetch sends no Content-Type the caller did not give (aiohttp would add one).
+        skip_auto_headers=("Content-Type",),
+        timeout=aiohttp.ClientTimeout(total=None),  # set per request by open_response
+    )
+
+
+# One session per Runtime and event loop: a Runtime may be driven by several loops
+# in turn (tests), and a session cannot outlive the loop it was made on.
+_sessions: weakref.WeakKeyDictionary[Runtime, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def session_for(runtime: Runtime) -> aiohttp.ClientSession:
+    """The Runtime's shared session, made on first use; ``runtime.aclose()`` closes it."""
+    loop = asyncio.get_running_loop()
+    entry = _sessions.get(runtime)
+    if entry is not None and entry[0] is loop and not entry[1].closed:
+        return entry[1]
+    session = new_session()
+    _sessions[runtime] = (loop, session)
+    runtime.add_closer(functools.partial(_close_session, runtime, loop, session))
+    return session
+
+
+async def _close_session(
+    runtime: Runtime, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
+) -> None:
+    entry = _sessions.get(runtime)
+    if entry is not None and entry[1] is session:
+        del _sessions[runtime]
+    if loop is asyncio.get_running_loop():
+        await session.close()
+    else:
+        # Made on a loop that has since stopped: its sockets cannot be closed from here.
+        session.detach()
+
+
+@functools.lru_cache(maxsize=32)
+def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    # ``connect`` covers DNS, TCP and TLS; ``sock_read`` every wait for data: the
+    # response headers first, then each chunk of the body.
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+
+
+def outgoing_headers(headers: Headers) -> list[tuple[str, str]]:
+    """The request headers to send, without hop-by-hop ones."""
+    return [item for item in headers.items() if item[0] not in _HOP_BY_HOP]
+
+
+def response_headers(raw: Any) -> Headers:
+    """A fastbind Headers from aiohttp's parsed response headers."""
+    items = [(name.lower(), value) for name, value in raw.items()]
+    encoding = raw.get("Content-Encoding")
+    if encoding is not None and encoding.lower() in _DECODED_ENCODINGS:
+        items = [it for it in items if it[0] != "content-encoding" and it[0] != "content-length"]
+    # aiohttp's parser has validated every name and value, so skip re-checking them.
+    headers = Headers.__new__(Headers)
+    headers._items = items
+    headers._shared = False
+    return headers
+
+
+async def open_response(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: URL,
+    headers: list[tuple[str, str]],
+    data: Any,
+    timeout: float,
+) -> aiohttp.ClientResponse:
+    """Send one request and return once its response headers are in (no redirects)."""
+    try:
+        return await session.request(
+            method, url, headers=headers, data=data, allow_redirects=False,
+            timeout=_client_timeout(timeout),
+        )
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise network_error(exc, url, timeout) from exc
+
+
+def network_error(exc: BaseException, url: Any, timeout: float | None) -> FetchError:
+    """A FetchError that says what failed, on which URL, in words."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        what = f"timed out after {timeout:g} s while connecting to {url.host}:{url.port}"
+    elif isinstance(exc, asyncio.TimeoutError):
+        what = f"timed out after {timeout:g} s waiting for the server to send data"
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        what = f"could not resolve host {exc.host!r} ({exc.os_error.strerror or exc.os_error})"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        what = f"could not connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        what = "the server closed the connection before sending a complete response"
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        what = f"the response body was cut short or malformed ({exc})"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        what = f"the server sent an invalid response ({exc.message})"
+    else:
+        what = str(exc) or type(exc).__name__
+    return FetchError(f"Fetch to {url} failed: {what}.")
+
+
+class NetworkBody:
+    """The body of a fetched Response, streamed from the network as it arrives.
+
+    Nothing is buffered beyond what aiohttp has read from the socket. The connection
+    goes back to the pool when the body has been read to its end, and is closed when
+    ``aclose()`` drops the body early or reading fails or is cancelled.
+    """
+
+    __slots__ = ("_response", "_content", "_url", "_timeout", "_session", "_done")
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        url: URL,
+        timeout: float,
+        owned_session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._response = response
+        self._content = response.content
+        self._url = url
+        self._timeout = timeout
+        self._session = owned_session
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._content.readany()
+        except BaseException as exc:
+            await self._finish(abort=True)
+            if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError)):
+                raise network_error(exc, self._url, self._timeout) from exc
+            raise
+        if chunk:
+            return chunk
+        await self._finish(abort=False)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Drop the rest of the body and close its connection."""
+        await self._finish(abort=True)
+
+    @property
+    def done(self) -> bool:
+        """True once the body was read to its end or dropped."""
+        return self._done
+
+    async def _finish(self, *, abort: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        if abort:
+            self._response.close()
+        else:
+            self._response.release()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "open"
+        return f"<NetworkBody {self._url} {state}>"

@@ -1,0 +1,82 @@
+"""Bindings to Workers served by another process: their fetch is an outbound fetch (DESIGN.md 5)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from yarl import URL
+
+from .body import BodyInit
+from .errors import FastbindError
+from .fetch import send
+from .headers import HeadersInit
+from .request import Request
+from .response import Response
+
+if TYPE_CHECKING:
+    from .fetch import RedirectMode
+    from .runtime import Runtime
+
+__all__ = ("RemoteFetcher",)
+
+
+class RemoteFetcher:
+    """``env.X`` for a binding declared with ``fastbind.remote(base_url)``.
+
+    ``fetch`` sends the request to ``base_url`` (its path, if any, prefixed) with
+    the path and query of the request's own URL, so a pipeline can span processes.
+    It is an outbound fetch of the calling invocation: one subrequest, and a slot
+    of the pipeline's connection gate while it waits for the response headers.
+    """
+
+    __slots__ = ("_runtime", "_binding", "_base", "_prefix")
+
+    def __init__(self, runtime: Runtime, binding: str, base_url: str) -> None:
+        base = URL(base_url)
+        if base.scheme not in ("http", "https") or not base.raw_host:
+            raise ValueError(f'Remote binding "{binding}" needs an http(s) URL, not {base_url!r}')
+        self._runtime = runtime
+        self._binding = binding
+        self._base = str(base.origin())
+        self._prefix = base.raw_path.rstrip("/")
+
+    @property
+    def binding(self) -> str:
+        return self._binding
+
+    @property
+    def target(self) -> str:
+        """The base URL the requests go to."""
+        return self._base + self._prefix
+
+    def url_for(self, url: str) -> str:
+        """Where a request for ``url`` is sent: the remote origin, ``url``'s path and query."""
+        parsed = URL(url)
+        path_qs = parsed.raw_path_qs
+        return self._base + self._prefix + (path_qs if path_qs.startswith("/") else "/" + path_qs)
+
+    async def fetch(
+        self,
+        input: str | Request,
+        *,
+        method: str | None = None,
+        headers: HeadersInit = None,
+        body: BodyInit = None,
+        redirect: RedirectMode = "follow",
+        timeout: float | None = None,
+    ) -> Response:
+        """Send the request, built as ``fetch()`` would, to the remote Worker."""
+        runtime = self._runtime
+        invocation = runtime._core.current_invocation()
+        if invocation is None:
+            raise FastbindError(
+                f"env.{self._binding}.fetch() was called outside a fastbind invocation"
+            )
+        request = Request(input, method=method, headers=headers, body=body)
+        return await send(
+            request, runtime, invocation,
+            url=self.url_for(request.url), redirect=redirect, timeout=timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RemoteFetcher {self._binding} -> {self.target}>"
