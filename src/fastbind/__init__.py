@@ -5,7 +5,13 @@ from __future__ import annotations
 from .bindings import remote, service
 from .entrypoint import WorkerEntrypoint
 from .env import Env
-from .errors import ConfigError, FastbindError, SubrequestDepthError, TooManySubrequestsError
+from .errors import (
+    ConfigError,
+    CpuLimitExceeded,
+    FastbindError,
+    SubrequestDepthError,
+    TooManySubrequestsError,
+)
 from .headers import Headers
 from .limits import Limits
 from .request import Request
@@ -29,6 +35,7 @@ __all__ = (
     "SubrequestDepthError",
     "TooManySubrequestsError",
     "ConfigError",
+    "CpuLimitExceeded",
     "service",
     "remote",
     "current_invocation",

@@ -11,6 +11,7 @@ cdef class Env:
 
 cdef class ExecutionSlot:
     cdef readonly InvocationContext current
+    cdef int64_t segment_start   # when ``current`` last began running (CPU metering)
 
 
 cdef class WorkerHandle:
@@ -36,6 +37,7 @@ cdef struct LedgerEntry:
     int64_t start_ns
     int64_t duration_ns   # -1 while running
     PyObject* outcome     # str, owned; NULL while running
+    int64_t cpu_ns        # CPU charged to the invocation (metered pipelines), else -1
 
 
 cdef class SubrequestRecord:
@@ -46,6 +48,7 @@ cdef class SubrequestRecord:
     cdef readonly int64_t start_ns
     cdef readonly int64_t duration_ns
     cdef readonly str outcome
+    cdef readonly int64_t cpu_ns
 
 
 cdef class OpenSubrequest:
@@ -69,10 +72,14 @@ cdef class PipelineContext:
     cdef readonly InvocationContext root
     cdef readonly int64_t start_ns
     cdef readonly int64_t duration_ns
+    cdef readonly bint cpu_enabled
+    cdef readonly int64_t cpu_limit_ns   # -1: no limit
+    cdef readonly int64_t cpu_ns
+    cdef readonly bint cpu_exceeded
     cdef object __weakref__
 
     cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1
-    cdef void _finish_entry(self, Py_ssize_t index, str outcome) noexcept
+    cdef void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept
 
 
 cdef class InvocationContext:
@@ -84,6 +91,7 @@ cdef class InvocationContext:
     cdef readonly long subrequests
     cdef bint pass_through
     cdef Py_ssize_t ledger_index   # -1: the top-level invocation
+    cdef readonly int64_t cpu_ns
 
     cdef void _finish(self, str outcome) noexcept
 
@@ -125,7 +133,16 @@ cdef class BindingCall:
     cdef int _keep_result(self, object result) except -1
     cdef void _exit(self, str outcome) noexcept
     cdef object _check_result(self, object value)
-    cdef int _send(self, object arg, PyObject** result) except? -1
+    cdef int _send(self, object arg, object exc, PyObject** result) except? -1
+    cdef void _leave(self, InvocationContext previous, int metered) noexcept
+
+
+cdef class SliceMeter:
+    cdef object coro
+    cdef PipelineContext pipeline
+    cdef ExecutionSlot slot
+
+    cdef object _step(self, object value, object exc)
 
 
 cdef class TaskFactory:

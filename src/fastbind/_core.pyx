@@ -7,7 +7,7 @@ from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime, timespec
 
 import asyncio
 import contextvars
@@ -18,6 +18,7 @@ from types import MappingProxyType
 from fastbind.entrypoint import WorkerEntrypoint
 from fastbind.errors import (
     BODY_USED_MESSAGE,
+    CpuLimitExceeded,
     FastbindError,
     SubrequestDepthError,
     TooManySubrequestsError,
@@ -34,7 +35,14 @@ cdef extern from "_core_capi.h":
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
 
+cdef extern from "pthread.h" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+    int pthread_getcpuclockid(pthread_t thread, int* clock_id)
+
 cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident()
+    int PyThreadState_SetAsyncExc(unsigned long id, PyObject* exc)
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
     object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (object type, object args, PyObject* kw)
     object PyObject_GenericGetDict(object obj, void* context)
@@ -97,6 +105,108 @@ cdef inline ExecutionSlot _current_slot():
 cdef inline InvocationContext _current():
     cdef ExecutionSlot slot = _current_slot()
     return None if slot is None else slot.current
+
+
+# --- CPU metering (issue 8) ------------------------------------------------------
+# A *slice* is one step of a task that runs a pipeline's code: a step of the
+# dispatching task inside the top-level call, or a step of a task the pipeline's
+# Workers spawned. The pipeline's total is read from the thread CPU clock at the two
+# edges of each slice (a system call, so once per step, never per binding call);
+# inside a slice, binding calls split it between invocations with the cheap monotonic
+# clock. None of this runs for pipelines without ``cpu_ms`` or ``measure_cpu``.
+cdef PipelineContext _slice_pipeline = None
+cdef int64_t _slice_cpu_start = 0
+cdef unsigned long long _slice_id = 0
+cdef unsigned long long _interrupted_slice = 0
+cdef unsigned long _slice_thread = 0
+cdef int _slice_clock = CLOCK_THREAD_CPUTIME_ID
+cdef object _cpu_limit_exceeded = CpuLimitExceeded
+
+
+cdef inline int64_t _clock(int clock) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(clock, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef int _slice_open(PipelineContext pipeline) noexcept:
+    """Start metering a slice of ``pipeline``; 1 if this step opened it, 0 if nested."""
+    global _slice_pipeline, _slice_cpu_start, _slice_id, _slice_thread, _slice_clock
+    if _slice_pipeline is not None:
+        return 0
+    cdef int clock_id
+    _slice_pipeline = pipeline
+    _slice_id += 1
+    _slice_thread = PyThread_get_thread_ident()
+    if pthread_getcpuclockid(pthread_self(), &clock_id) == 0:
+        _slice_clock = clock_id  # readable from the watchdog thread too
+    _slice_cpu_start = _clock(CLOCK_THREAD_CPUTIME_ID)
+    return 1
+
+
+cdef void _slice_close(PipelineContext pipeline) noexcept:
+    global _slice_pipeline, _interrupted_slice
+    pipeline.cpu_ns += _clock(CLOCK_THREAD_CPUTIME_ID) - _slice_cpu_start
+    if pipeline.cpu_limit_ns >= 0 and pipeline.cpu_ns > pipeline.cpu_limit_ns:
+        pipeline.cpu_exceeded = True
+    if _interrupted_slice == _slice_id:
+        # The watchdog asked to interrupt this slice; if the exception has not been
+        # raised yet (the slice ended first), withdraw it so no other code gets it.
+        PyThreadState_SetAsyncExc(_slice_thread, NULL)
+        _interrupted_slice = 0
+    _slice_pipeline = None
+
+
+cdef inline int _meter_enter(ExecutionSlot slot, InvocationContext leaving, PipelineContext pipeline) noexcept:
+    cdef int opened = _slice_open(pipeline)
+    cdef int64_t now = _now()
+    if leaving is not None and not opened:
+        leaving.cpu_ns += now - slot.segment_start
+    slot.segment_start = now
+    return opened
+
+
+cdef inline void _meter_exit(ExecutionSlot slot, InvocationContext leaving, PipelineContext pipeline, int opened) noexcept:
+    cdef int64_t now = _now()
+    if leaving is not None:
+        leaving.cpu_ns += now - slot.segment_start
+    slot.segment_start = now
+    if opened:
+        _slice_close(pipeline)
+
+
+def watchdog_tick():
+    """Interrupt the running slice if its pipeline is past ``cpu_ms``.
+
+    Called by the watchdog thread, holding the GIL: the main thread is then stopped
+    between two bytecodes, so the slice it reads is the one that will get the
+    exception. Returns True when it interrupted.
+    """
+    global _interrupted_slice
+    cdef PipelineContext pipeline = _slice_pipeline
+    if pipeline is None or pipeline.cpu_limit_ns < 0 or _interrupted_slice == _slice_id:
+        return False
+    cdef int64_t used = pipeline.cpu_ns + _clock(_slice_clock) - _slice_cpu_start
+    if used <= pipeline.cpu_limit_ns:
+        return False
+    pipeline.cpu_exceeded = True
+    _interrupted_slice = _slice_id
+    PyThreadState_SetAsyncExc(_slice_thread, <PyObject*>_cpu_limit_exceeded)
+    return True
+
+
+cdef int _throw_into(object coro, object exc, PyObject** result) except? -1:
+    """``coro.throw(exc)`` with PyIter_Send's result convention."""
+    try:
+        value = coro.throw(exc)
+    except StopIteration as stop:
+        value = stop.value
+        Py_INCREF(value)
+        result[0] = <PyObject*>value
+        return 0
+    Py_INCREF(value)
+    result[0] = <PyObject*>value
+    return 1
 
 
 def live_counts():
@@ -269,6 +379,7 @@ cdef class SubrequestRecord:
             "caller": self.caller, "target": self.target, "kind": self.kind,
             "depth": self.depth, "start_ns": self.start_ns,
             "duration_ns": self.duration_ns, "outcome": self.outcome,
+            "cpu_ns": self.cpu_ns,
         }
 
     def __repr__(self):
@@ -287,7 +398,7 @@ cdef class OpenSubrequest:
 
     def finish(self, str outcome not None):
         """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
-        self.pipeline._finish_entry(self.index, outcome)
+        self.pipeline._finish_entry(self.index, outcome, -1)
 
 
 cdef inline object _borrowed_or_none(PyObject* p):
@@ -312,6 +423,10 @@ cdef class PipelineContext:
         self.root = None
         self.start_ns = _now()
         self.duration_ns = -1
+        cpu_ms = limits.cpu_ms
+        self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>(cpu_ms * 1_000_000)
+        self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
+        self.cpu_ns = 0
         _live_pipelines += 1
 
     # The ledger is a C array of entries: a binding call adds one without allocating
@@ -337,10 +452,11 @@ cdef class PipelineContext:
         e.start_ns = _now()
         e.duration_ns = -1
         e.outcome = NULL
+        e.cpu_ns = -1
         self._count += 1
         return self._count - 1
 
-    cdef void _finish_entry(self, Py_ssize_t index, str outcome) noexcept:
+    cdef void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept:
         cdef LedgerEntry* e
         if index < 0:  # the top-level invocation
             if self.duration_ns < 0:
@@ -351,6 +467,7 @@ cdef class PipelineContext:
         e = &self._entries[index]
         if e.outcome == NULL:
             e.duration_ns = _now() - e.start_ns
+            e.cpu_ns = cpu_ns if self.cpu_enabled else -1
             Py_INCREF(outcome)
             e.outcome = <PyObject*>outcome
 
@@ -371,6 +488,7 @@ cdef class PipelineContext:
             rec.start_ns = e.start_ns
             rec.duration_ns = e.duration_ns
             rec.outcome = _borrowed_or_none(e.outcome)
+            rec.cpu_ns = e.cpu_ns
             records.append(rec)
         return tuple(records)
     def root_call(self, WorkerHandle handle not None, request):
@@ -477,7 +595,7 @@ cdef class InvocationContext:
         return _new_invocation(pipeline, self, handle, self.depth + 1, props, index)
 
     cdef void _finish(self, str outcome) noexcept:
-        self.pipeline._finish_entry(self.ledger_index, outcome)
+        self.pipeline._finish_entry(self.ledger_index, outcome, self.cpu_ns)
 
     def wait_until(self, awaitable):
         """Let ``awaitable`` run on after the response, up to ``Limits.wait_until_s``."""
@@ -777,8 +895,13 @@ cdef class BindingCall:
         self._exit(_OK)
         return value
 
-    cdef int _send(self, object arg, PyObject** result) except? -1:
+    cdef int _send(self, object arg, object exc, PyObject** result) except? -1:
         if not self.started:
+            if exc is not None:  # cancelled before it ever ran: the child never starts
+                self.started = True
+                self.request = None
+                self.inv._finish(_CANCELED)
+                raise exc
             self._enter()
             arg = None
             if self.has_immediate:  # a synchronous RPC method has already returned
@@ -790,20 +913,30 @@ cdef class BindingCall:
         elif self.coro is None:
             raise RuntimeError("cannot reuse already awaited binding call")
         cdef ExecutionSlot slot = self.slot
+        cdef InvocationContext inv = self.inv
+        cdef PipelineContext pipeline = inv.pipeline
+        cdef InvocationContext previous = slot.current
         cdef int status
-        previous = slot.current
-        slot.current = self.inv
+        cdef int metered = -1  # -1: not metered; else 1 when this step opened the slice
+        if pipeline.cpu_enabled:
+            metered = _meter_enter(slot, previous, pipeline)
+            if metered == 1 and pipeline.cpu_exceeded and exc is None:
+                exc = _cpu_limit_exceeded()  # stop the pipeline at its next step
+        slot.current = inv
         try:
-            status = PyIter_Send(self.coro, arg, result)
+            if exc is None:
+                status = PyIter_Send(self.coro, arg, result)
+            else:
+                status = _throw_into(self.coro, exc, result)
         except _CancelledError:
-            slot.current = previous
+            self._leave(previous, metered)
             self._exit(_CANCELED)
             raise
         except BaseException:
-            slot.current = previous
+            self._leave(previous, metered)
             self._exit(_ERROR)
             raise
-        slot.current = previous
+        self._leave(previous, metered)
         if status == 1:  # PYGEN_NEXT: the child yielded a future to the loop
             return 1
         value = <object>result[0]
@@ -814,12 +947,17 @@ cdef class BindingCall:
         result[0] = <PyObject*>value
         return 0
 
+    cdef void _leave(self, InvocationContext previous, int metered) noexcept:
+        if metered >= 0:
+            _meter_exit(self.slot, self.inv, self.inv.pipeline, metered)
+        self.slot.current = previous
+
     def __next__(self):
         return self.send(None)
 
     def send(self, value):
         cdef PyObject* result = NULL
-        cdef int status = self._send(value, &result)
+        cdef int status = self._send(value, None, &result)
         out = <object>result
         Py_XDECREF(result)
         if status == 1:
@@ -827,34 +965,13 @@ cdef class BindingCall:
         raise StopIteration(out)
 
     def throw(self, typ, val=None, tb=None):
-        if not self.started:  # cancelled before it ever ran: the child never starts
-            self.started = True
-            self.request = None
-            self.inv._finish(_CANCELED)
-            raise (typ if val is None else val)
-        if self.coro is None:
-            raise RuntimeError("cannot reuse already awaited binding call")
-        cdef ExecutionSlot slot = self.slot
-        previous = slot.current
-        slot.current = self.inv
-        try:
-            if val is None and tb is None:
-                out = self.coro.throw(typ)
-            else:
-                out = self.coro.throw(typ, val, tb)
-        except StopIteration as stop:
-            slot.current = previous
-            raise StopIteration(self._check_result(stop.value))
-        except _CancelledError:
-            slot.current = previous
-            self._exit(_CANCELED)
-            raise
-        except BaseException:
-            slot.current = previous
-            self._exit(_ERROR)
-            raise
-        slot.current = previous
-        return out
+        cdef PyObject* result = NULL
+        cdef int status = self._send(None, typ if val is None else val, &result)
+        out = <object>result
+        Py_XDECREF(result)
+        if status == 1:
+            return out
+        raise StopIteration(out)
 
     def close(self):
         if self.coro is not None:
@@ -869,10 +986,48 @@ cdef class BindingCall:
 
 
 cdef int _binding_call_send(object self, object arg, PyObject** result) except? -1:
-    return (<BindingCall>self)._send(arg, result)
+    return (<BindingCall>self)._send(arg, None, result)
 
 
 fastbind_install_am_send(BindingCall, <fastbind_send_fn>_binding_call_send)
+
+
+@cython.final
+cdef class SliceMeter:
+    """Wraps the coroutine of a task spawned by a metered pipeline: meters each step."""
+
+    def __init__(self):
+        raise TypeError("SliceMeter is created by the task factory only")
+
+    def __await__(self):
+        return self
+
+    def __next__(self):
+        return self._step(None, None)
+
+    def send(self, value):
+        return self._step(value, None)
+
+    def throw(self, typ, val=None, tb=None):
+        return self._step(None, typ if val is None else val)
+
+    def close(self):
+        return self.coro.close()
+
+    cdef object _step(self, object value, object exc):
+        if self.slot is None:
+            self.slot = _current_slot()
+        cdef ExecutionSlot slot = self.slot
+        cdef PipelineContext pipeline = self.pipeline
+        cdef int opened = _meter_enter(slot, None, pipeline)
+        if opened and pipeline.cpu_exceeded and exc is None:
+            exc = _cpu_limit_exceeded()
+        try:
+            if exc is None:
+                return self.coro.send(value)
+            return self.coro.throw(exc)
+        finally:
+            _meter_exit(slot, slot.current, pipeline, opened)
 
 
 @cython.final
@@ -903,6 +1058,8 @@ cdef class TaskFactory:
             slot.current = inv
             context.run(_SLOT.set, slot)
             kwargs["context"] = context
+            if inv.pipeline.cpu_enabled:
+                coro = _meter(coro, inv.pipeline)
         if self.previous is not None:
             task = self.previous(loop, coro, **kwargs)
         else:
@@ -910,6 +1067,13 @@ cdef class TaskFactory:
         if inv is not None:
             inv.pipeline.adopt(task)
         return task
+
+
+cdef SliceMeter _meter(object coro, PipelineContext pipeline):
+    cdef SliceMeter meter = SliceMeter.__new__(SliceMeter)
+    meter.coro = coro
+    meter.pipeline = pipeline
+    return meter
 
 
 def make_task_factory(previous):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
 import inspect
+import threading
 import time
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -14,6 +16,7 @@ from .entrypoint import WorkerEntrypoint
 from .env import Env
 from .errors import (
     BODY_USED_MESSAGE,
+    CpuLimitExceeded,
     FastbindError,
     SubrequestDepthError,
     TooManySubrequestsError,
@@ -41,6 +44,8 @@ __all__ = (
     "exit_dispatch",
     "live_counts",
     "make_task_factory",
+    "SliceMeter",
+    "watchdog_tick",
 )
 
 IMPLEMENTATION = "py"
@@ -61,13 +66,91 @@ class ExecutionSlot:
     mapping per call (DESIGN.md 2.8).
     """
 
-    __slots__ = ("current",)
+    __slots__ = ("current", "segment_start")
 
     def __init__(self, current: InvocationContext | None = None) -> None:
         self.current = current
+        self.segment_start = 0
 
 
 _SLOT: ContextVar[ExecutionSlot | None] = ContextVar("fastbind.execution_slot", default=None)
+
+
+# --- CPU metering (issue 8): the same rules as the compiled core ----------------
+# A slice is one step of a task that runs a pipeline's code; its total comes from
+# the thread CPU clock at the slice's edges, the split between invocations from the
+# monotonic clock at binding-call switches.
+class _SliceState:
+    pipeline: PipelineContext | None = None
+    cpu_start = 0
+    slice_id = 0
+    interrupted = 0
+    thread = 0
+    clock = time.CLOCK_THREAD_CPUTIME_ID
+
+
+_slice = _SliceState()
+# Two prototypes of one C function: raise a given exception, or withdraw (NULL).
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+
+
+def _slice_open(pipeline: PipelineContext) -> bool:
+    if _slice.pipeline is not None:
+        return False
+    _slice.pipeline = pipeline
+    _slice.slice_id += 1
+    _slice.thread = threading.get_ident()
+    _slice.clock = time.pthread_getcpuclockid(_slice.thread)
+    _slice.cpu_start = time.thread_time_ns()
+    return True
+
+
+def _slice_close(pipeline: PipelineContext) -> None:
+    pipeline._cpu_ns += time.thread_time_ns() - _slice.cpu_start
+    if pipeline._cpu_limit_ns >= 0 and pipeline._cpu_ns > pipeline._cpu_limit_ns:
+        pipeline._cpu_exceeded = True
+    if _slice.interrupted == _slice.slice_id:
+        # The slice ended before the watchdog's exception was raised: withdraw it.
+        _clear_async_exc(_slice.thread, None)
+        _slice.interrupted = 0
+    _slice.pipeline = None
+
+
+def _meter_enter(slot: ExecutionSlot, leaving: InvocationContext | None, pipeline: PipelineContext) -> bool:
+    opened = _slice_open(pipeline)
+    now = _now()
+    if leaving is not None and not opened:
+        leaving._cpu_ns += now - slot.segment_start
+    slot.segment_start = now
+    return opened
+
+
+def _meter_exit(slot: ExecutionSlot, leaving: InvocationContext | None, pipeline: PipelineContext, opened: bool) -> None:
+    now = _now()
+    if leaving is not None:
+        leaving._cpu_ns += now - slot.segment_start
+    slot.segment_start = now
+    if opened:
+        _slice_close(pipeline)
+
+
+def watchdog_tick() -> bool:
+    """Interrupt the running slice if its pipeline is past ``cpu_ms`` (see _core.pyx)."""
+    pipeline = _slice.pipeline
+    if pipeline is None or pipeline._cpu_limit_ns < 0 or _slice.interrupted == _slice.slice_id:
+        return False
+    used = pipeline._cpu_ns + time.clock_gettime_ns(_slice.clock) - _slice.cpu_start
+    if used <= pipeline._cpu_limit_ns:
+        return False
+    pipeline._cpu_exceeded = True
+    _slice.interrupted = _slice.slice_id
+    _set_async_exc(_slice.thread, CpuLimitExceeded)
+    return True
 
 
 def live_counts() -> dict[str, int]:
@@ -157,7 +240,9 @@ class WorkerHandle:
 class SubrequestRecord:
     """One ledger entry: who called what, how deep, when, for how long, and how it ended."""
 
-    __slots__ = ("_caller", "_target", "_kind", "_depth", "_start_ns", "_duration_ns", "_outcome")
+    __slots__ = (
+        "_caller", "_target", "_kind", "_depth", "_start_ns", "_duration_ns", "_outcome", "_cpu_ns",
+    )
 
     def __init__(self, caller: str | None, target: str, kind: str, depth: int) -> None:
         self._caller = caller
@@ -167,6 +252,7 @@ class SubrequestRecord:
         self._start_ns = _now()
         self._duration_ns = -1
         self._outcome: str | None = None
+        self._cpu_ns = -1
 
     caller = property(lambda self: self._caller)
     target = property(lambda self: self._target)
@@ -175,6 +261,7 @@ class SubrequestRecord:
     start_ns = property(lambda self: self._start_ns)
     duration_ns = property(lambda self: self._duration_ns)
     outcome = property(lambda self: self._outcome)
+    cpu_ns = property(lambda self: self._cpu_ns)
 
     def finish(self, outcome: str) -> None:
         """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
@@ -187,6 +274,7 @@ class SubrequestRecord:
             "caller": self._caller, "target": self._target, "kind": self._kind,
             "depth": self._depth, "start_ns": self._start_ns,
             "duration_ns": self._duration_ns, "outcome": self._outcome,
+            "cpu_ns": self._cpu_ns,
         }
 
     def __repr__(self) -> str:
@@ -215,7 +303,8 @@ class PipelineContext:
     __slots__ = (
         "_entry", "_max_depth", "_max_subrequests", "_open_connections",
         "_wait_until_s", "_ledger", "_tasks", "_waiting", "_running", "_closed",
-        "_root", "_root_record", "__weakref__",
+        "_root", "_root_record", "_cpu_enabled", "_cpu_limit_ns", "_cpu_ns", "_cpu_exceeded",
+        "__weakref__",
     )
 
     def __init__(self, entry: str, limits: Any) -> None:
@@ -231,6 +320,11 @@ class PipelineContext:
         self._closed = False
         self._root: InvocationContext | None = None
         self._root_record = SubrequestRecord(None, entry, "request", 1)
+        cpu_ms = limits.cpu_ms
+        self._cpu_limit_ns = -1 if cpu_ms is None else int(cpu_ms * 1_000_000)
+        self._cpu_enabled = cpu_ms is not None or limits.measure_cpu
+        self._cpu_ns = 0
+        self._cpu_exceeded = False
         _live["pipelines"] += 1
 
     entry = property(lambda self: self._entry)
@@ -243,6 +337,10 @@ class PipelineContext:
     root = property(lambda self: self._root)
     start_ns = property(lambda self: self._root_record._start_ns)
     duration_ns = property(lambda self: self._root_record._duration_ns)
+    cpu_enabled = property(lambda self: self._cpu_enabled)
+    cpu_limit_ns = property(lambda self: self._cpu_limit_ns)
+    cpu_ns = property(lambda self: self._cpu_ns)
+    cpu_exceeded = property(lambda self: self._cpu_exceeded)
 
     @property
     def ledger(self) -> tuple[SubrequestRecord, ...]:
@@ -306,7 +404,7 @@ class InvocationContext:
 
     __slots__ = (
         "_pipeline", "_parent", "_handle", "_depth", "_props", "_subrequests",
-        "_pass_through", "_record",
+        "_pass_through", "_record", "_cpu_ns",
     )
 
     def __init__(
@@ -326,6 +424,7 @@ class InvocationContext:
         self._subrequests = 0
         self._pass_through = False
         self._record = record
+        self._cpu_ns = 0
 
     pipeline = property(lambda self: self._pipeline)
     parent = property(lambda self: self._parent)
@@ -334,6 +433,13 @@ class InvocationContext:
     subrequests = property(lambda self: self._subrequests)
     props = property(lambda self: self._props)
     env = property(lambda self: self._handle.env)
+    cpu_ns = property(lambda self: self._cpu_ns)
+
+    def _finish(self, outcome: str) -> None:
+        record = self._record
+        if record._outcome is None and self._pipeline._cpu_enabled:
+            record._cpu_ns = self._cpu_ns
+        record.finish(outcome)
     passes_through_on_exception = property(lambda self: self._pass_through)
 
     def _charge(self) -> None:
@@ -542,7 +648,7 @@ class BindingCall:
         elif not self._started:
             self._started = True
             self._request = None
-            self._inv._record.finish("canceled")
+            self._inv._finish("canceled")
 
     def __await__(self) -> Any:
         return self._run()
@@ -554,7 +660,7 @@ class BindingCall:
         self._started = True
         slot = _SLOT.get()
         if slot is None:
-            inv._record.finish("error")
+            inv._finish("error")
             raise FastbindError("A binding call was awaited outside a fastbind invocation")
         request, self._request = self._request, None
         pipeline = inv._pipeline
@@ -579,14 +685,22 @@ class BindingCall:
             send, throw = coro.send, coro.throw
             value: Any = None
             error: BaseException | None = None
+            metered = pipeline._cpu_enabled
             while coro is not _DONE:
-                previous, slot.current = slot.current, inv
+                previous = slot.current
+                if metered:
+                    opened = _meter_enter(slot, previous, pipeline)
+                    if opened and pipeline._cpu_exceeded and error is None:
+                        error = CpuLimitExceeded()  # stop the pipeline at its next step
+                slot.current = inv
                 try:
                     future = send(value) if error is None else throw(error)
                 except StopIteration as stop:
                     result = stop.value
                     break
                 finally:
+                    if metered:
+                        _meter_exit(slot, inv, pipeline, opened)
                     slot.current = previous
                 try:
                     value, error = (yield future), None
@@ -611,7 +725,7 @@ class BindingCall:
         finally:
             pipeline._running -= 1
             _live["invocations"] -= 1
-            inv._record.finish(outcome)
+            inv._finish(outcome)
 
 
     def _call_method(self, inv: InvocationContext) -> Any:
@@ -644,6 +758,47 @@ class _Done:
 _DONE = _Done()
 
 
+class SliceMeter:
+    """Wraps the coroutine of a task spawned by a metered pipeline: meters each step."""
+
+    __slots__ = ("_coro", "_pipeline", "_slot")
+
+    def __init__(self, coro: Any, pipeline: PipelineContext) -> None:
+        self._coro = coro
+        self._pipeline = pipeline
+        self._slot: ExecutionSlot | None = None
+
+    def __await__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        return self._step(None, None)
+
+    def send(self, value: Any) -> Any:
+        return self._step(value, None)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._step(None, typ if val is None else val)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def _step(self, value: Any, exc: Any) -> Any:
+        if self._slot is None:
+            self._slot = _SLOT.get()
+        slot = self._slot
+        pipeline = self._pipeline
+        opened = _meter_enter(slot, None, pipeline)  # type: ignore[arg-type]
+        if opened and pipeline._cpu_exceeded and exc is None:
+            exc = CpuLimitExceeded()
+        try:
+            if exc is None:
+                return self._coro.send(value)
+            return self._coro.throw(exc)
+        finally:
+            _meter_exit(slot, slot.current, pipeline, opened)  # type: ignore[union-attr,arg-type]
+
+
 class TaskFactory:
     """A loop task factory that accounts new tasks to the spawning invocation.
 
@@ -666,6 +821,8 @@ class TaskFactory:
                 context = contextvars.copy_context()
             context.run(_SLOT.set, ExecutionSlot(inv))
             kwargs["context"] = context
+            if inv._pipeline._cpu_enabled:
+                coro = SliceMeter(coro, inv._pipeline)
         previous = self.previous
         if previous is not None:
             task = previous(loop, coro, **kwargs)

@@ -8,7 +8,9 @@ __all__ = (
     "TooManySubrequestsError",
     "ConfigError",
     "FetchError",
+    "CpuLimitExceeded",
     "BODY_USED_MESSAGE",
+    "CPU_LIMIT_MESSAGE",
 )
 
 # The exact wording Cloudflare Workers uses; users grep their logs for it.
@@ -22,6 +24,7 @@ DEPTH_MESSAGE = (
     "Workers or objects recursively."
 )
 TOO_MANY_SUBREQUESTS_MESSAGE = "Too many subrequests."
+CPU_LIMIT_MESSAGE = "Worker exceeded CPU time limit."
 
 
 class FastbindError(Exception):
@@ -44,6 +47,18 @@ class TooManySubrequestsError(FastbindError):
 
 class ConfigError(FastbindError):
     """The set of Workers, their bindings or the config file is wrong."""
+
+
+class CpuLimitExceeded(BaseException):
+    """A pipeline used more CPU than ``Limits.cpu_ms``; it is being stopped.
+
+    A BaseException, like CancelledError: ``except Exception`` in a Worker must not
+    swallow it, or a busy loop could outlive its budget. It is raised into the
+    pipeline's code, by a watchdog thread when that code does not yield.
+    """
+
+    def __init__(self, message: str = CPU_LIMIT_MESSAGE) -> None:
+        super().__init__(message)
 
 
 class FetchError(FastbindError):

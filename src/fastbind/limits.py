@@ -13,13 +13,18 @@ class Limits:
 
     ``depth`` counts the top-level Worker as 1; ``subrequests`` is per invocation;
     ``open_connections`` bounds outbound fetches waiting for headers per pipeline;
-    ``wait_until_s`` is how long ``ctx.wait_until`` work may outlive the response.
+    ``wait_until_s`` is how long ``ctx.wait_until`` work may outlive the response;
+    ``cpu_ms`` is the CPU the whole pipeline may use (None: unlimited), and
+    ``measure_cpu`` records CPU per pipeline and invocation without a limit (implied
+    by ``cpu_ms``).
     """
 
     depth: int = 32
     subrequests: int = 10_000
     open_connections: int = 6
     wait_until_s: float = 30.0
+    cpu_ms: float | None = None
+    measure_cpu: bool = False
 
     def __post_init__(self) -> None:
         for name in ("depth", "subrequests", "open_connections"):
@@ -29,3 +34,6 @@ class Limits:
         w = self.wait_until_s
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
             raise ValueError(f"Limits.wait_until_s must be a number >= 0, not {w!r}")
+        c = self.cpu_ms
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0):
+            raise ValueError(f"Limits.cpu_ms must be a number > 0 or None, not {c!r}")

@@ -12,12 +12,13 @@ from typing import Any
 from . import _impl
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
 from .entrypoint import WorkerEntrypoint
-from .errors import ConfigError
+from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded
 from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .limits import Limits
 from .request import Request
 from .response import Response
+from .watchdog import watchdog
 
 __all__ = ("Runtime", "PipelineReport", "current_runtime")
 
@@ -34,6 +35,7 @@ class PipelineReport:
     duration_ns: int
     subrequests: tuple[Any, ...]  # SubrequestRecord: caller, target, kind, depth, ...
     error: BaseException | None
+    cpu_ns: int | None = None  # the pipeline's CPU, when Limits.cpu_ms or measure_cpu is set
 
 
 @dataclass(slots=True)
@@ -213,6 +215,8 @@ class Runtime:
         call = pipeline.root_call(handle, request)
         body = request.body
         error: BaseException | None = None
+        if pipeline.cpu_limit_ns >= 0:
+            watchdog.watch(self._core)
         slot_token = self._core.enter_dispatch()
         runtime_token = _current_runtime.set(self)
         try:
@@ -220,6 +224,9 @@ class Runtime:
         except asyncio.CancelledError as exc:
             await end_pipeline(pipeline, self._reporter(pipeline, None, exc), cancelled=True)
             raise
+        except CpuLimitExceeded as exc:
+            error = exc
+            response = self._cpu_exceeded(name)
         except Exception as exc:
             error = exc
             response = await self._uncaught(pipeline, name, request, body, exc)
@@ -229,6 +236,8 @@ class Runtime:
         finally:
             _current_runtime.reset(runtime_token)
             self._core.exit_dispatch(slot_token)
+        if pipeline.cpu_exceeded and error is None:  # over budget in its last step
+            response = self._cpu_exceeded(name)
         done = self._reporter(pipeline, response.status, error)
         rbody = response.body
         if rbody is None or isinstance(rbody, _PLAIN_BODIES):
@@ -239,14 +248,19 @@ class Runtime:
 
     def _reporter(self, pipeline: Any, status: int | None, error: BaseException | None) -> Callable[[], None]:
         hook = self.on_pipeline_end
-        if hook is None:
+        limited = pipeline.cpu_limit_ns >= 0
+        if hook is None and not limited:
             return _nothing
 
         def report() -> None:
+            if limited:
+                watchdog.unwatch()
+            if hook is None:
+                return
             try:
                 hook(PipelineReport(
                     pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
-                    pipeline.ledger, error,
+                    pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
                 ))
             except Exception:
                 logger.exception("on_pipeline_end hook raised")
@@ -265,6 +279,12 @@ class Runtime:
         logger.error('Uncaught exception in Worker "%s"', name, exc_info=exc)
         return Response(
             "Internal Server Error", status=500, headers={"content-type": "text/plain; charset=utf-8"}
+        )
+
+    def _cpu_exceeded(self, name: str) -> Response:
+        logger.error('%s (Worker "%s")', CPU_LIMIT_MESSAGE, name)
+        return Response(
+            CPU_LIMIT_MESSAGE, status=503, headers={"content-type": "text/plain; charset=utf-8"}
         )
 
     def live_counts(self) -> dict[str, int]:
