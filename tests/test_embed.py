@@ -1,0 +1,257 @@
+"""The raw embedding API (fastbind.embed) and the two embedding examples, on both cores."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from fastbind import ConfigError, Request, Response, Runtime
+from fastbind.embed import RawDispatcher, raw_request, raw_response
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "embedding"
+
+
+def load_example(name: str) -> ModuleType:
+    module_name = f"fastbind_example_{name}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+# -- raw_request / raw_response ---------------------------------------------------------
+
+
+def test_raw_request_decodes_parser_output() -> None:
+    body = memoryview(b"payload")
+    request = raw_request(
+        b"POST", "https://example.com/a?b=1",
+        [(b"Host", b"example.com"), (b"X-Caf\xe9", b"cr\xe8me"), [b"accept", b"*/*"]],  # type: ignore[list-item]
+        body,
+    )
+    assert type(request) is Request and request.method == "POST"
+    assert request.url == "https://example.com/a?b=1"
+    assert list(request.headers) == [
+        ("host", "example.com"), ("x-caf\xe9", "cr\xe8me"), ("accept", "*/*"),
+    ]
+    assert request.body is body and not request.body_used
+
+
+def test_raw_request_methods_bodies_and_urls() -> None:
+    assert raw_request("get", "http://h/", [], None).method == "GET"
+    assert raw_request(b"PURGE", "http://h/", [], b"").method == "PURGE"
+    assert raw_request(b"GET", "http://h/", [], b"").body is None
+    assert raw_request(b"GET", "ws://h/socket", [], None).url == "ws://h/socket"  # full check
+    with pytest.raises(TypeError, match="Invalid HTTP method"):
+        raw_request(b"GE T", "http://h/", [], None)
+    for bad in ("/relative", "https://", "http:///x", "http://h/a b", "http://h/\n"):
+        with pytest.raises(TypeError, match="Invalid URL"):
+            raw_request(b"GET", bad, [], None)
+    with pytest.raises(TypeError, match="pairs of bytes"):
+        raw_request(b"GET", "http://h/", [("host", "h")], None)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="Request body must be"):
+        raw_request(b"POST", "http://h/", [], 42)  # type: ignore[arg-type]
+
+
+def test_raw_response_encodes_headers_and_hands_the_body_over() -> None:
+    body = bytearray(b"data")
+    response = Response(body, status=203, headers=[("X-A", "1"), ("x-name", "Zo\xeb"), ("x-emoji", "\u2603")])
+    status, headers, out = raw_response(response)
+    assert (status, out) == (203, body) and out is body and response.body_used
+    assert headers == [(b"x-a", b"1"), (b"x-name", b"Zo\xeb"), (b"x-emoji", "\u2603".encode())]
+    assert raw_response(Response("h\xe9"))[2] == "h\xe9".encode()
+    assert raw_response(Response(None))[2] == b""
+
+
+# -- RawDispatcher on a Runtime ---------------------------------------------------------
+
+
+def test_round_trip_through_a_binding(core: Any, run: Any) -> None:
+    seen: dict[str, Any] = {}
+    reports: list[Any] = []
+
+    async def child(request: Request, env: Any, ctx: Any) -> Response:
+        seen["child_body"] = request.body
+        return Response(request.body, headers={"x-depth": str(ctx.depth)})
+
+    async def entry(request: Request, env: Any, ctx: Any) -> Response:
+        seen["headers"] = list(request.headers)
+        return await env.CHILD.fetch(request)
+
+    rt = Runtime(on_pipeline_end=reports.append)
+    rt.add_worker("entry", entry, services={"CHILD": "child"})
+    rt.add_worker("child", child)
+    raw = RawDispatcher(rt, "entry")
+    payload = b"x" * 1000
+    status, headers, body = run(raw(b"PUT", "http://h/p", [(b"Content-Type", b"a/b")], payload))
+    assert (status, headers) == (200, [(b"x-depth", b"2")])
+    assert body is payload and seen["child_body"] is payload  # zero copy both ways
+    assert seen["headers"] == [("content-type", "a/b")]
+    assert len(reports) == 1 and [r.target for r in reports[0].subrequests] == ["child"]
+    assert (raw.entry, raw.runtime) == ("entry", rt)
+
+
+def test_streams_keep_the_pipeline_until_read(core: Any, run: Any) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield b"up"
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        assert await request.bytes() == b"up"
+        return Response(chunks())
+
+    rt = Runtime()
+    rt.add_worker("w", worker)
+
+    async def go() -> tuple[int, int, list[bytes]]:
+        status, _, body = await RawDispatcher(rt, "w")(b"POST", "http://h/", [], upload())
+        assert not isinstance(body, (bytes, bytearray, memoryview))
+        open_before = rt.live_counts()["pipelines"]
+        got = [chunk async for chunk in body]
+        return status, open_before, got
+
+    assert run(go()) == (200, 1, [b"a", b"b"])
+
+
+def test_errors_are_those_of_dispatch(core: Any, run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(request: Request, env: Any, ctx: Any) -> Response:
+        raise RuntimeError("boom")
+
+    rt = Runtime()
+    rt.add_worker("broken", broken)
+    status, _, body = run(RawDispatcher(rt, "broken")(b"GET", "http://h/", [], None))
+    assert (status, body) == (500, b"Internal Server Error")
+    with pytest.raises(ConfigError, match='No Worker named "nope"'):
+        run(RawDispatcher(rt, "nope")(b"GET", "http://h/", [], None))
+    with pytest.raises(TypeError, match="needs a fastbind.Runtime"):
+        RawDispatcher(object(), "x")  # type: ignore[arg-type]
+
+
+# -- examples/embedding: ASGI ---------------------------------------------------------------
+
+
+async def call_asgi(app: Any, scope: dict[str, Any], body_parts: list[bytes]) -> list[dict[str, Any]]:
+    incoming = [
+        {"type": "http.request", "body": part, "more_body": i < len(body_parts) - 1}
+        for i, part in enumerate(body_parts or [b""])
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def asgi_scope(method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b"") -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http",
+        "method": method, "path": path, "raw_path": path.encode(), "query_string": query,
+        "root_path": "", "headers": headers, "server": ("127.0.0.1", 8000),
+    }
+
+
+def test_asgi_app_in_process(core: Any, run: Any) -> None:
+    example = load_example("asgi_app")
+    app = example.FastbindASGI(example.build_runtime(), "gateway")
+    auth = [(b"host", b"api.test"), (b"authorization", b"Bearer demo")]
+
+    sent = run(call_asgi(app, asgi_scope("GET", "/me", auth, b"x=1"), []))
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == b'{"user":"42","url":"http://api.test/me?x=1"}'
+    sent = run(call_asgi(app, asgi_scope("POST", "/me", auth), [b'{"a":', b" [1]}"]))
+    assert sent[1]["body"] == b'{"user":"42","got":{"a":[1]}}'
+    sent = run(call_asgi(app, asgi_scope("GET", "/", [(b"host", b"x")]), []))
+    assert (sent[0]["status"], sent[1]["body"]) == (401, b"unauthorized")
+    assert example.request_url({"scheme": "https", "headers": [], "server": ("h", 443), "path": "/p"}) == "https://h/p"
+
+
+async def http_get(port: int, request: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_asgi_app_under_uvicorn(core: Any, run: Any) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    example = load_example("asgi_app")
+    app = example.FastbindASGI(example.build_runtime(), "gateway")
+
+    async def go() -> list[tuple[int, bytes]]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        try:
+            for _ in range(500):
+                if server.started:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.started
+            return [
+                await http_get(port, b"GET /me HTTP/1.1\r\nhost: api.test\r\n"
+                               b"authorization: Bearer demo\r\nconnection: close\r\n\r\n"),
+                await http_get(port, b"GET / HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\n\r\n"),
+            ]
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 10)
+            sock.close()
+
+    assert run(go()) == [
+        (200, b'{"user":"42","url":"http://api.test/me"}'),
+        (401, b"unauthorized"),
+    ]
+
+
+# -- examples/embedding: asyncio.Protocol on httptools ---------------------------------------
+
+
+def test_httptools_server(core: Any, run: Any) -> None:
+    example = load_example("httptools_server")
+
+    async def go() -> list[tuple[int, bytes]]:
+        server = await example.serve(example.build_runtime(), "gateway", "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return [
+                await http_get(port, b"GET /me?q=1 HTTP/1.0\r\nHost: api.test\r\n"
+                               b"Authorization: Bearer demo\r\n\r\n"),
+                await http_get(port, b"GET / HTTP/1.0\r\nHost: api.test\r\n\r\n"),
+                await http_get(port, b"NOT HTTP AT ALL\r\n\r\n"),
+            ]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert run(go()) == [
+        (200, b'{"user":"42","url":"http://api.test/me?q=1"}'),
+        (401, b"unauthorized"),
+        (400, b""),
+    ]
