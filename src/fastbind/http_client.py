@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -146,7 +147,7 @@ def network_error(exc: BaseException, url: Any, timeout: float | None) -> FetchE
     elif isinstance(exc, aiohttp.ClientConnectorDNSError):
         what = f"could not resolve host {exc.host!r} ({exc.os_error.strerror or exc.os_error})"
     elif isinstance(exc, aiohttp.ClientConnectorError):
-        what = f"could not connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+        what = f"could not connect to {exc.host}:{exc.port} ({_reason(exc.os_error)})"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
         what = "the server closed the connection before sending a complete response"
     elif isinstance(exc, aiohttp.ClientPayloadError):
@@ -156,6 +157,14 @@ def network_error(exc: BaseException, url: Any, timeout: float | None) -> FetchE
     else:
         what = str(exc) or type(exc).__name__
     return FetchError(f"Fetch to {url} failed: {what}.")
+
+
+def _reason(error: OSError) -> str:
+    # The event loops word a refused connect as "Connect call failed ('host', port)";
+    # the errno says what happened.
+    if error.errno is not None and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error)
 
 
 class NetworkBody:
