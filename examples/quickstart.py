@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import uvloop
 
@@ -17,8 +17,8 @@ class Auth(WorkerEntrypoint):
         return Response(None, headers={"x-user": "42"})
 
 
-async def gateway(request: Request, env, ctx) -> Response:
-    auth = await env.AUTH.fetch(request)
+async def gateway(request: Request, env: Any, ctx: Any) -> Response:
+    auth: Response = await env.AUTH.fetch(request)
     if not auth.ok:
         return auth
     return Response.json({"user": auth.headers.get("x-user"), "mode": env.MODE})

@@ -99,7 +99,7 @@ def request_url(scope: Scope) -> str:
 
 async def _request_body(receive: Receive) -> RawRequestBody:
     message = await receive()
-    first = message.get("body", b"")
+    first: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         return first  # the whole body in one message: handed on as it is
     return _more_body(first, receive)
@@ -131,7 +131,7 @@ class Auth(WorkerEntrypoint):
 
 async def gateway(request: Request, env: Any, ctx: Any) -> Response:
     # Only the headers go to auth: the body stays readable here.
-    auth = await env.AUTH.fetch(request.url, headers=request.headers)
+    auth: Response = await env.AUTH.fetch(request.url, headers=request.headers)
     if not auth.ok:
         return auth
     if request.method == "POST":

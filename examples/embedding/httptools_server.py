@@ -146,7 +146,7 @@ class Auth(WorkerEntrypoint):
 
 async def gateway(request: Request, env: Any, ctx: Any) -> Response:
     # Only the headers go to auth: the body stays readable here.
-    auth = await env.AUTH.fetch(request.url, headers=request.headers)
+    auth: Response = await env.AUTH.fetch(request.url, headers=request.headers)
     if not auth.ok:
         return auth
     return Response.json({"user": auth.headers.get("x-user"), "url": request.url})

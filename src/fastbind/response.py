@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import orjson
 
@@ -23,7 +24,11 @@ def _check_status(status: object) -> int:
     return status
 
 
-class _ClassOrInstance:
+_Build = TypeVar("_Build")
+_Read = TypeVar("_Read")
+
+
+class _ClassOrInstance(Generic[_Build, _Read]):
     """``Response.json(obj)`` builds a Response; ``resp.json()`` reads one (as in JS)."""
 
     __slots__ = ("_build", "_read")
@@ -32,10 +37,18 @@ class _ClassOrInstance:
         self._build = build
         self._read = read
 
+    @overload
+    def __get__(self, instance: None, owner: type) -> _Build: ...
+    @overload
+    def __get__(self, instance: object, owner: type) -> _Read: ...
     def __get__(self, instance: Any, owner: type) -> Any:
         if instance is None:
             return self._build.__get__(owner, owner)
         return self._read.__get__(instance, owner)
+
+
+class _JsonBuilder(Protocol):
+    def __call__(self, obj: Any, *, status: int = 200, headers: HeadersInit = None) -> Response: ...
 
 
 def _build_json(cls: type[Response], obj: Any, *, status: int = 200, headers: HeadersInit = None) -> Response:
@@ -68,7 +81,9 @@ class Response(BodyMixin):
         self.body = body if body is None or type(body) is bytes or type(body) is str else check_body(body, "Response")
         self.body_used = False
 
-    json = _ClassOrInstance(_build_json, BodyMixin.json)  # type: ignore[assignment]
+    json: _ClassOrInstance[_JsonBuilder, Callable[[], Coroutine[Any, Any, Any]]] = (  # type: ignore[assignment]
+        _ClassOrInstance(_build_json, BodyMixin.json)
+    )
 
     @classmethod
     def redirect(cls, url: str, status: int = 302) -> Response:

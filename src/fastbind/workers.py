@@ -46,11 +46,11 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
@@ -61,6 +61,9 @@ from .headers import Headers, HeadersInit
 from .request import Request
 from .response import Response as _BaseResponse
 from .response import _ClassOrInstance
+
+if TYPE_CHECKING:
+    from .fetch import fetch
 
 __all__ = (
     "WorkerEntrypoint",
@@ -213,7 +216,19 @@ class Response(_BaseResponse):
         return resp
 
     # ``Response.json(data)`` builds a response, ``await resp.json()`` reads one.
-    json = _ClassOrInstance(from_json.__func__, BodyMixin.json)  # type: ignore[assignment]
+    json: _ClassOrInstance[_JsonBuilder, Callable[[], Coroutine[Any, Any, Any]]] = (  # type: ignore[assignment]
+        _ClassOrInstance(from_json.__func__, BodyMixin.json)
+    )
+
+
+class _JsonBuilder(Protocol):
+    def __call__(
+        self,
+        data: Any,
+        status: HTTPStatus | int = ...,
+        status_text: str = ...,
+        headers: HeadersInit = ...,
+    ) -> Response: ...
 
 
 def handler(func: F) -> F:

@@ -1,0 +1,1 @@
+from fastbind.workers import *
