@@ -47,11 +47,13 @@ def test_three_workers_are_charged_the_sum(core, run) -> None:
     (report,) = reports
     expected = 3 * BURN_MS * 1e6
     assert 0.8 * expected <= report.cpu_ns <= 1.2 * expected
-    # Each invocation's own share (binding calls split the slice between them).
+    # Each invocation's own share: binding calls split a slice between invocations
+    # with the monotonic clock, which can only read more than the CPU used (the
+    # thread may be preempted), so only the lower bound is exact.
     shares = {r.target: r.cpu_ns for r in report.subrequests}
     assert shares.keys() == {"middle", "leaf"}
     for share in shares.values():
-        assert 0.8 * BURN_MS * 1e6 <= share < 2 * BURN_MS * 1e6
+        assert share >= 0.8 * BURN_MS * 1e6
 
 
 def test_unmetered_pipelines_report_no_cpu(core, run) -> None:

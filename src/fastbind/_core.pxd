@@ -6,7 +6,7 @@ from libc.stdint cimport int64_t
 
 cdef class Env:
     cdef str _worker
-    cdef dict __dict__
+    cdef dict _values
 
 
 cdef class ExecutionSlot:
@@ -103,7 +103,7 @@ cdef class Fetcher:
     cdef WorkerHandle _target
     cdef str _binding
     cdef object _props
-    cdef dict __dict__
+    cdef dict _members   # "fetch" bound once, and RPC stubs by name
 
 
 cdef class RpcMethod:

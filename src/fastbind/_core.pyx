@@ -46,6 +46,8 @@ cdef extern from "Python.h":
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
     object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (object type, object args, PyObject* kw)
     object PyObject_GenericGetDict(object obj, void* context)
+    object PyObject_GenericGetAttr(object obj, object name)
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     bint PyCoro_CheckExact(object obj)
 
 IMPLEMENTATION = "c"
@@ -246,22 +248,25 @@ class MissingBindingError(AttributeError, KeyError):
 cdef class Env:
     """Attribute and item access to one Worker's bindings and vars, read-only.
 
-    Built once per Worker; values live in the instance dict, so ``env.AUTH`` is a
-    C-level attribute load, and only a miss reaches ``__getattr__``.
+    Built once per Worker. ``env.AUTH`` is one dict look-up in C: bindings and vars
+    come before the few methods (``get``), which a binding of the same name hides.
     """
 
     def __init__(self, str worker not None, values):
         self._worker = worker
-        _env_dict(self).update(values)
+        self._values = dict(values)
 
-    def __getattr__(self, name):
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
+    def __getattribute__(self, str name):
+        cdef PyObject* value = PyDict_GetItemWithError(self._values, name)
+        if value != NULL:
+            return <object>value
+        if name.startswith("__") and name.endswith("__") or name == "get":
+            return PyObject_GenericGetAttr(self, name)
         raise MissingBindingError(_missing_binding(self._worker, name))
 
     def __getitem__(self, name):
         try:
-            return _env_dict(self)[name]
+            return self._values[name]
         except KeyError:
             raise MissingBindingError(_missing_binding(self._worker, name)) from None
 
@@ -272,23 +277,22 @@ cdef class Env:
         raise AttributeError(f'The env of Worker "{self._worker}" is read-only')
 
     def __contains__(self, name):
-        return name in _env_dict(self)
+        return name in self._values
 
     def __iter__(self):
-        return iter(list(_env_dict(self)))
+        return iter(list(self._values))
 
     def __len__(self):
-        return len(_env_dict(self))
+        return len(self._values)
 
     def get(self, name, default=None):
-        return _env_dict(self).get(name, default)
+        return self._values.get(name, default)
+
+    def __dir__(self):
+        return list(self._values)
 
     def __repr__(self):
-        return f"<Env of {self._worker!r}: {', '.join(_env_dict(self))}>"
-
-
-cdef inline dict _env_dict(Env env):
-    return <dict>PyObject_GenericGetDict(env, NULL)
+        return f"<Env of {self._worker!r}: {', '.join(self._values)}>"
 
 
 @cython.final
@@ -651,10 +655,15 @@ cdef class Fetcher:
         self._target = target
         self._binding = binding
         self._props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
+        self._members = {"fetch": PyObject_GenericGetAttr(self, "fetch")}
 
-    def __getattr__(self, str name):
+    def __getattribute__(self, str name):
+        # ``fetch`` (bound once) and RPC stubs come from one C dict look-up.
+        cdef PyObject* member = PyDict_GetItemWithError(self._members, name)
+        if member != NULL:
+            return <object>member
         if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
+            return PyObject_GenericGetAttr(self, name)
         cdef RpcMethod method = RpcMethod.__new__(RpcMethod)
         method._fetcher = self
         method._name = name
@@ -665,7 +674,7 @@ cdef class Fetcher:
             method._error = unknown_message(name)
         else:
             method._function = self._target.rpc_function(name)
-        (<dict>PyObject_GenericGetDict(self, NULL))[name] = method
+        self._members[name] = method
         return method
 
     def fetch(self, input, *, method=None, headers=None, body=None):
