@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+# The submodule fastbind.remote shares its name with the function remote(): it is
+# loaded first, so that binding the function below wins and a later
+# `import fastbind.remote` (Runtime does one for remote bindings) finds it loaded
+# instead of rebinding fastbind.remote to the module.
+from . import remote as _remote_module  # noqa: F401
 from .bindings import remote, service
 from .entrypoint import WorkerEntrypoint
 from .env import Env
@@ -19,6 +26,10 @@ from .response import Response
 from .runtime import PipelineReport, Runtime
 from .errors import FetchError
 from .fetch import fetch
+from .embed import RawDispatcher
+
+if TYPE_CHECKING:
+    from ._core_py import InvocationContext
 
 __version__ = "0.1.0"
 
@@ -41,10 +52,11 @@ __all__ = (
     "current_invocation",
     "fetch",
     "FetchError",
+    "RawDispatcher",
 )
 
 
-def current_invocation() -> object | None:
+def current_invocation() -> InvocationContext | None:
     """The InvocationContext whose code runs now (the ``ctx`` of that Worker), or None."""
     from . import _impl
 
