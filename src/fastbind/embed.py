@@ -137,7 +137,7 @@ def raw_request(
 
 def raw_response(response: Response) -> RawResponse:
     """``(status, headers, body)`` of ``response``, which hands its body over."""
-    headers = []
+    headers: list[tuple[bytes, bytes]] = []
     append = headers.append
     names = _ENCODED_NAMES
     for name, value in response.headers.items():
@@ -184,7 +184,7 @@ def _headers(raw: RawHeaders) -> Headers:
     append = items.append
     try:
         for raw_name, raw_value in raw:
-            name = names.get(raw_name)  # type: ignore[call-overload]
+            name = names.get(raw_name)
             if name is None:
                 name = raw_name.decode("latin-1").lower()
                 if len(names) < _NAME_CACHE_SIZE:

@@ -81,7 +81,7 @@ class Response(BodyMixin):
         self.body = body if body is None or type(body) is bytes or type(body) is str else check_body(body, "Response")
         self.body_used = False
 
-    json: _ClassOrInstance[_JsonBuilder, Callable[[], Coroutine[Any, Any, Any]]] = (  # type: ignore[assignment]
+    json: _ClassOrInstance[_JsonBuilder, Callable[[], Coroutine[Any, Any, Any]]] = (
         _ClassOrInstance(_build_json, BodyMixin.json)
     )
 

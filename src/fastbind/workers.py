@@ -174,7 +174,7 @@ class WorkerEntrypoint(_BaseEntrypoint):
         # the class's own calls to them keep returning plain values.
         fetch = cls.__dict__.get("fetch")
         if callable(fetch) and not inspect.iscoroutinefunction(fetch):
-            cls.fetch = _awaiting(fetch)  # type: ignore[method-assign]
+            setattr(cls, "fetch", _awaiting(fetch))
 
 
 class Response(_BaseResponse):
@@ -216,8 +216,8 @@ class Response(_BaseResponse):
         return resp
 
     # ``Response.json(data)`` builds a response, ``await resp.json()`` reads one.
-    json: _ClassOrInstance[_JsonBuilder, Callable[[], Coroutine[Any, Any, Any]]] = (  # type: ignore[assignment]
-        _ClassOrInstance(from_json.__func__, BodyMixin.json)
+    json: _ClassOrInstance[_JsonBuilder, Callable[[], Coroutine[Any, Any, Any]]] = _ClassOrInstance(
+        from_json.__func__, BodyMixin.json  # type: ignore[attr-defined]
     )
 
 
