@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator
 from typing import Any, Union
 
@@ -101,7 +102,7 @@ class BodyMixin:
             raise TypeError(BODY_USED_MESSAGE)
         body = self.body
         if body is not None:
-            self.body_used = True
+            self.body_used = True  # type: ignore[misc]  # a slot of Request and Response
         return body
 
     async def bytes(self) -> bytes:
@@ -134,7 +135,7 @@ class BodyMixin:
             body = await _drain(body)
         return orjson.loads(body)
 
-    async def array_buffer(self) -> bytes:
+    async def array_buffer(self) -> builtins.bytes:  # ``bytes`` here is the method above
         return await self.bytes()
 
     def _split_body(self) -> tuple[Any, Any]:

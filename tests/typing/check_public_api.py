@@ -43,6 +43,7 @@ async def public_api(rt: Runtime, env: Any) -> None:
     reveal_type(response)  # R: fastbind.response.Response
     reveal_type(response.status)  # R: int
     reveal_type(await response.json())  # R: Any
+    reveal_type(await response.array_buffer())  # R: bytes
     reveal_type(await fetch("https://example.com/"))  # R: fastbind.response.Response
     reveal_type(Limits().depth)  # R: int
     reveal_type(Headers([("a", "b")]).get_all("a"))  # R: list[str]
