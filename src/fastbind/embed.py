@@ -22,7 +22,9 @@ The contract, which lets the fast path skip the validation ``Request(...)`` does
   (h11, httptools and ASGI servers all reject CR, LF and NUL, which fastbind does not
   check again). Names are lower-cased, both are decoded as latin-1 (byte for byte).
 - ``body`` is ``bytes``, ``bytearray``, ``memoryview``, an async iterator of bytes (a
-  streamed body) or None; it reaches the Worker as it is (an empty one as None).
+  streamed body) or None; it reaches the Worker as it is (an empty one as None),
+  also on a GET or HEAD, which ``Request(...)`` would refuse: whether to accept such
+  a request is the host's decision.
 
 The response comes back as ``status`` (int), ``headers`` (``list[tuple[bytes,
 bytes]]``, lower-case names; values encoded as latin-1, or UTF-8 when a value holds a
