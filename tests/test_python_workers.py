@@ -6,6 +6,7 @@ import asyncio
 import sys
 import textwrap
 import types
+from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ from fastbind import Response as FastbindResponse
 from fastbind import WorkerEntrypoint as FastbindEntrypoint
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "python_workers"
+
+
+@pytest.fixture(autouse=True)
+def import_state(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Undo what loading Workers does to the import system: sys.path entries, modules."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield
+    roots = (str(EXAMPLES), str(tmp_path_factory.getbasetemp()))
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(roots):
+            del sys.modules[name]
 
 
 def write_module(tmp_path: Path, name: str, source: str) -> Path:
