@@ -6,11 +6,13 @@ import asyncio
 import sys
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any
 
 from . import _impl
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
+from .durable import DEFAULT_IDLE_S, DurableObjects, check_declarations
 from .entrypoint import WorkerEntrypoint
 from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded
 from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
@@ -45,6 +47,7 @@ class _WorkerSpec:
     services: dict[str, ServiceBinding | RemoteBinding]
     vars: dict[str, Any]
     entrypoints: dict[str, Any]
+    durable_objects: dict[str, type] = field(default_factory=dict)
 
 
 def _has_factory(factory: Any, implementation: str) -> bool:
@@ -69,6 +72,8 @@ class Runtime:
         origin: Any = None,
         on_pipeline_end: Callable[[PipelineReport], Any] | None = None,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+        durable_dir: str | PathLike[str] | None = None,
+        durable_idle_s: float | None = DEFAULT_IDLE_S,
     ) -> None:
         if limits is None:
             limits = Limits()
@@ -84,6 +89,9 @@ class Runtime:
         self._handles: dict[str, Any] = {}
         self._resolved = False
         self._closers: list[Callable[[], Any]] = []
+        # Durable Object storage: one SQLite file per namespace under durable_dir (in
+        # memory without one); objects idle for durable_idle_s seconds leave memory.
+        self._durable = DurableObjects(self, durable_dir, durable_idle_s)
 
     @property
     def limits(self) -> Limits:
@@ -106,13 +114,15 @@ class Runtime:
         services: Mapping[str, Any] | None = None,
         vars: Mapping[str, Any] | None = None,
         entrypoints: Mapping[str, Any] | None = None,
+        durable_objects: Mapping[str, type] | None = None,
     ) -> None:
         """Register Worker ``name``: a WorkerEntrypoint subclass or ``async def (request, env, ctx)``.
 
         ``services`` maps binding names to a Worker name, ``fastbind.service(...)`` or
         ``fastbind.remote(url)``; ``vars`` are plain values; ``entrypoints`` names extra
         WorkerEntrypoint classes that bindings may pick (by default, those exported by
-        the module that defines ``handler``).
+        the module that defines ``handler``); ``durable_objects`` maps binding names
+        to Durable Object classes (see ``fastbind.durable``).
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"A Worker name must be a non-empty str, not {name!r}.")
@@ -136,13 +146,20 @@ class Runtime:
                 raise ConfigError(f'Worker "{name}" has a var with an invalid name {key!r}.')
             if key in bindings:
                 raise ConfigError(f'Worker "{name}" defines "{key}" both as a binding and a var.')
+        durable = check_declarations(name, durable_objects)
+        for binding in durable:
+            if binding in bindings or binding in vars:
+                raise ConfigError(
+                    f'Worker "{name}" defines "{binding}" both as a Durable Object namespace '
+                    "and as a binding or var."
+                )
         named = dict(entrypoints or {})
         for ep_name, ep in named.items():
             if not (isinstance(ep, type) and issubclass(ep, WorkerEntrypoint)):
                 raise ConfigError(
                     f'Worker "{name}" entrypoint "{ep_name}" must be a WorkerEntrypoint subclass, not {ep!r}.'
                 )
-        self._specs[name] = _WorkerSpec(name, handler, bindings, vars, named)
+        self._specs[name] = _WorkerSpec(name, handler, bindings, vars, named, durable)
         self._handles[name] = handle
         self._resolved = False
 
@@ -155,6 +172,8 @@ class Runtime:
             values: dict[str, Any] = dict(spec.vars)
             for binding, target in spec.services.items():
                 values[binding] = self._make_binding(core, spec.name, binding, target)
+            for binding, cls in spec.durable_objects.items():
+                values[binding] = self._durable.namespace(spec.name, binding, cls, self._handles[spec.name])
             envs[spec.name] = core.Env(spec.name, values)
         for name, env in envs.items():
             self._handles[name].env = env
