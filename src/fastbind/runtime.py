@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
 
-from . import _impl
+from . import _impl, hangwatch
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
 from .durable import DEFAULT_IDLE_S, DurableObjects, check_declarations
 from .entrypoint import WorkerEntrypoint
@@ -18,6 +18,7 @@ from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded
 from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .limits import Limits
+from .passthrough import OriginalRequest, check_origin, pass_through
 from .request import Request
 from .response import Response
 from .watchdog import watchdog
@@ -221,9 +222,15 @@ class Runtime:
             loop.set_task_factory(self._core.make_task_factory(current))
 
     async def dispatch(self, name: str, request: Request) -> Response:
-        """Serve one top-level request with Worker ``name`` and return its Response."""
+        """Serve one top-level request with Worker ``name`` and return its Response.
+
+        The pipeline lives until the Response's body is consumed or closed; cancelling
+        the awaiting task cancels the pipeline; a hung pipeline gets a 500 (see
+        ``fastbind.lifecycle`` for the rules).
+        """
         if not self._resolved:
             self.validate()
+            check_origin(self._origin, self._specs)
         handle = self._handles.get(name)
         if handle is None:
             raise ConfigError(f'No Worker named "{name}" is defined.')
@@ -232,29 +239,52 @@ class Runtime:
         self._install_task_factory(asyncio.get_running_loop())
         pipeline = self._core.PipelineContext(name, self._limits)
         call = pipeline.root_call(handle, request)
-        body = request.body
+        original = None if self._origin is None else OriginalRequest(request)
+        response: Response | None = None
         error: BaseException | None = None
+        gone: BaseException | None = None  # the caller went away (or the process is stopping)
         if pipeline.cpu_limit_ns >= 0:
             watchdog.watch(self._core)
+        # Awaiting the call's iterator rather than the call tells the hang detector
+        # which object holds all of the pipeline's code that runs in this task.
+        driver = call.__await__()
+        watched = hangwatch.watch(pipeline, driver)
         slot_token = self._core.enter_dispatch()
         runtime_token = _current_runtime.set(self)
         try:
-            response = await call
+            try:
+                response = await _Driven(driver)
+            finally:
+                hangwatch.unwatch(watched)
         except asyncio.CancelledError as exc:
-            await end_pipeline(pipeline, self._reporter(pipeline, None, exc), cancelled=True)
-            raise
+            gone = exc
         except CpuLimitExceeded as exc:
             error = exc
             response = self._cpu_exceeded(name)
         except Exception as exc:
             error = exc
-            response = await self._uncaught(pipeline, name, request, body, exc)
+            if watched is None or not watched.hung:
+                response = await self._uncaught(pipeline, name, original, exc)
         except BaseException as exc:
-            await end_pipeline(pipeline, self._reporter(pipeline, None, exc), cancelled=True)
-            raise
+            gone = exc
         finally:
             _current_runtime.reset(runtime_token)
             self._core.exit_dispatch(slot_token)
+        if watched is not None and watched.hung:
+            if watched.forgive():  # the cancel was the hang verdict's alone: answer for it
+                if response is not None:
+                    await response.aclose()
+                gone, error = None, hangwatch.WorkerHangError()
+                response = _hung_response()
+            elif gone is None:  # the caller cancelled too, and the Worker swallowed it
+                gone = asyncio.CancelledError()
+        if gone is not None:
+            done = self._reporter(pipeline, None, gone)
+            await end_pipeline(
+                pipeline, done, cancel_wait_until=not isinstance(gone, asyncio.CancelledError)
+            )
+            raise gone
+        assert response is not None
         if pipeline.cpu_exceeded and error is None:  # over budget in its last step
             response = self._cpu_exceeded(name)
         done = self._reporter(pipeline, response.status, error)
@@ -287,14 +317,12 @@ class Runtime:
         return report
 
     async def _uncaught(
-        self, pipeline: Any, name: str, request: Request, body: Any, exc: Exception
+        self, pipeline: Any, name: str, original: OriginalRequest | None, exc: Exception
     ) -> Response:
         root = pipeline.root
-        if root is not None and root.passes_through_on_exception and self._origin is not None:
+        if original is not None and root is not None and root.passes_through_on_exception:
             logger.warning('Worker "%s" raised %r; passing the request through to the origin', name, exc)
-            from .passthrough import pass_through
-
-            return await pass_through(self, request, body)
+            return await pass_through(self, original)
         logger.error('Uncaught exception in Worker "%s"', name, exc_info=exc)
         return Response(
             "Internal Server Error", status=500, headers={"content-type": "text/plain; charset=utf-8"}
@@ -328,8 +356,27 @@ class Runtime:
         await self.aclose()
 
 
+class _Driven:
+    """Awaits an iterator already obtained from ``__await__``."""
+
+    __slots__ = ("_iterator",)
+
+    def __init__(self, iterator: Any) -> None:
+        self._iterator = iterator
+
+    def __await__(self) -> Any:
+        return self._iterator
+
+
 def _nothing() -> None:
     return None
+
+
+def _hung_response() -> Response:
+    # The verdict was logged by the detector when it cancelled the pipeline.
+    return Response(
+        hangwatch.HANG_MESSAGE, status=500, headers={"content-type": "text/plain; charset=utf-8"}
+    )
 
 
 # Which Runtime dispatched the running code: global fetch() uses its session and

@@ -1,0 +1,312 @@
+"""Hang detection: end a pipeline whose Workers wait on what nothing can ever resolve."""
+
+# The rule, and why it can be trusted, is documented in lifecycle.py (DESIGN.md 2.7).
+# In short: every task of a pipeline is suspended on a future that only the pipeline's
+# own suspended code holds, so nothing can wake any of them. It is checked by one timer
+# per event loop, never on a binding call.
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import gc
+import sys
+import types
+import weakref
+from collections import deque
+from contextvars import Context
+from typing import Any
+
+from .errors import FastbindError
+
+__all__ = (
+    "HANG_MESSAGE",
+    "WorkerHangError",
+    "WatchedPipeline",
+    "watch",
+    "unwatch",
+    "is_closed_wait",
+    "settings",
+)
+
+HANG_MESSAGE = (
+    "The Workers runtime canceled this request because it detected that your Worker's "
+    "code had hung and would never generate a response."
+)
+
+
+class WorkerHangError(FastbindError):
+    """The pipeline was declared hung (given to ``on_pipeline_end`` as the error)."""
+
+    def __init__(self, message: str = HANG_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class _Settings:
+    """Knobs of the detector; tests lower ``interval_s`` to see a verdict sooner."""
+
+    __slots__ = ("interval_s", "graph_budget")
+
+    def __init__(self) -> None:
+        # A hang is declared after two checks that see the same stall: within
+        # 2 * interval_s of its start.
+        self.interval_s = 1.0
+        # The most objects the proof may visit for one pipeline; past it the pipeline
+        # is not declared hung (the proof is abandoned, never guessed).
+        self.graph_budget = 10_000
+
+
+settings = _Settings()
+
+_PLAIN_FUTURES = frozenset({asyncio.Future, getattr(asyncio.futures, "_PyFuture", asyncio.Future)})
+_GATHERING_FUTURE: type = getattr(asyncio.tasks, "_GatheringFuture", type(None))
+_BUILTINS = vars(builtins)
+
+
+def _handle_types() -> tuple[type, ...]:
+    found: list[type] = [asyncio.Handle]
+    try:
+        import uvloop.loop as uv
+    except ImportError:
+        pass
+    else:
+        found += [getattr(uv, "Handle"), getattr(uv, "TimerHandle")]  # not in uvloop's stubs
+    return tuple(found)
+
+
+_HANDLES = _handle_types()
+# Objects the proof does not walk into: code, classes and modules are shared by every
+# pipeline, a loop or a task has its own owners, and a Context is reached only by the
+# task or callback running in it. A future reachable only through one of them is not
+# proven closed (its reference from there is not counted), so stopping is always safe.
+_BOUNDARIES = (
+    type, types.ModuleType, types.CodeType, types.MethodDescriptorType,
+    types.WrapperDescriptorType, asyncio.AbstractEventLoop, asyncio.Task, Context, weakref.ref,
+)
+
+
+class WatchedPipeline:
+    """A pipeline whose top-level invocation is running, and what the detector saw of it."""
+
+    __slots__ = ("pipeline", "task", "driver", "owner", "stall", "disproved", "hung")
+
+    def __init__(self, pipeline: Any, task: asyncio.Task[Any], driver: Any, owner: _LoopWatch) -> None:
+        self.pipeline = pipeline
+        self.task = task  # the task awaiting dispatch()
+        # What dispatch awaits: the iterator of the root binding call, which holds all
+        # of the pipeline's code that runs in that task.
+        self.driver = driver
+        self.owner = owner
+        self.stall: frozenset[tuple[int, int]] | None = None
+        self.disproved: frozenset[tuple[int, int]] | None = None
+        self.hung = False
+
+    def forgive(self) -> bool:
+        """Withdraw the verdict's cancel; True if nobody else cancelled the task."""
+        return self.task.uncancel() == 0
+
+
+class _LoopWatch:
+    """The watched pipelines of one event loop, checked by one timer while there are any."""
+
+    # The loop is held weakly: this object is the value of a WeakKeyDictionary keyed
+    # by the loop, and would otherwise keep its own key alive.
+    __slots__ = ("loop_ref", "watched", "timer", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop_ref = weakref.ref(loop)
+        self.watched: set[WatchedPipeline] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        # An empty context: the check must not run inside (or be accounted to) a pipeline.
+        self.timer = loop.call_later(settings.interval_s, self.tick, context=Context())
+
+    def tick(self) -> None:
+        self.timer = None
+        loop = self.loop_ref()
+        if loop is None:
+            return
+        if not self.watched:
+            _watches.pop(loop, None)
+            return
+        for watched in tuple(self.watched):
+            if not watched.hung and _check(watched):
+                _declare_hung(watched)
+        self.start(loop)
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatch] = weakref.WeakKeyDictionary()
+_last: _LoopWatch | None = None  # the one loop a process usually has: no weakref made per call
+
+
+def watch(pipeline: Any, driver: Any) -> WatchedPipeline | None:
+    """Watch ``pipeline`` while the current task awaits ``driver``, its root call's iterator."""
+    global _last
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)
+    if task is None:
+        return None
+    owner = _last
+    if owner is None or owner.loop_ref() is not loop:
+        owner = _watches.get(loop)
+        if owner is None:
+            owner = _watches[loop] = _LoopWatch(loop)
+        _last = owner
+    watched = WatchedPipeline(pipeline, task, driver, owner)
+    owner.watched.add(watched)
+    if owner.timer is None:
+        owner.start(loop)
+    return watched
+
+
+def unwatch(watched: WatchedPipeline | None) -> None:
+    """Stop watching; the timer stops at its next tick if nothing is left."""
+    if watched is not None:
+        watched.owner.watched.discard(watched)
+        watched.driver = None
+
+
+def _declare_hung(watched: WatchedPipeline) -> None:
+    from .lifecycle import logger
+
+    watched.hung = True
+    logger.error('%s (Worker "%s")', HANG_MESSAGE, watched.pipeline.entry)
+    watched.task.cancel(HANG_MESSAGE)
+
+
+def _check(watched: WatchedPipeline) -> bool:
+    """One look at ``watched``: True once the same closed stall is seen twice."""
+    stall = _stall(watched)
+    if stall is None:
+        watched.stall = None
+        return False
+    tasks, waited, key = stall
+    if key != watched.stall:  # a new stall: look again at the next tick
+        watched.stall = key
+        return False
+    if key == watched.disproved:  # already proven open; nothing changed since
+        return False
+    roots = [watched.driver]
+    roots += [task.get_coro() for task in tasks[1:]]
+    del tasks, stall
+    if is_closed_wait(roots, waited):
+        return True
+    watched.disproved = key
+    return False
+
+
+def _stall(watched: WatchedPipeline) -> tuple[list[Any], dict[int, list[Any]], frozenset[tuple[int, int]]] | None:
+    """If every task of the pipeline is suspended on a future of a kind the proof covers:
+    the tasks, the plain futures they wait on (id -> [future, waiters]) and a key of the
+    stall; otherwise None."""
+    pipeline = watched.pipeline
+    tasks = [watched.task, *pipeline.take_tasks(), *pipeline.take_waiting()]
+    members = {id(task) for task in tasks}
+    waited: dict[int, list[Any]] = {}
+    pairs = []
+    for task in tasks:
+        future = getattr(task, "_fut_waiter", None)
+        if future is None or future.done():
+            return None  # runnable: it will run
+        pairs.append((id(task), id(future)))
+        if id(future) in members:
+            continue  # it waits for another task of the pipeline
+        kind = type(future)
+        if kind is _GATHERING_FUTURE:
+            # gather() of tasks of the pipeline resolves only when they end.
+            if all(child.done() or id(child) in members for child in future._children):
+                continue
+            return None
+        if kind not in _PLAIN_FUTURES:
+            return None
+        # Resolving a future runs its callbacks: one set by outside code can be the
+        # only way it was meant to end (shield, wrap_future, ...). Only the wake-up
+        # of the pipeline's own waiting tasks is allowed.
+        for callback, _ in future._callbacks or ():
+            if id(getattr(callback, "__self__", None)) not in members:
+                return None
+        entry = waited.get(id(future))
+        if entry is None:
+            waited[id(future)] = [future, 1]
+        else:
+            entry[1] += 1
+    return tasks, waited, frozenset(pairs)
+
+
+def is_closed_wait(roots: list[Any], waited: dict[int, list[Any]]) -> bool:
+    """Whether only the code below ``roots`` can reach the futures in ``waited``.
+
+    Walks the objects reachable from ``roots`` (suspended coroutines and the root
+    binding call's iterator), counting the references between them. A waited future, and every
+    object on a path from the roots to it, must have exactly as many references as
+    that walk found (plus one per task waiting on the future) and no weak reference.
+    Any other reference (a timer handle, a protocol, a global, another task, a thread's
+    local, a weak dictionary) could be used to resolve it, so the answer is then False;
+    so it is when the walk meets a pending callback or timer handle, or runs over
+    ``settings.graph_budget`` objects.
+    """
+    objects: dict[int, Any] = {id(root): root for root in roots}
+    parents: dict[int, list[int]] = {}
+    queue = deque(roots)
+    budget = settings.graph_budget
+    while queue:
+        obj = queue.popleft()
+        if isinstance(obj, _HANDLES) and not obj.cancelled():  # type: ignore[attr-defined]
+            return False  # a pending timer or callback of the pipeline will run
+        for ref in gc.get_referents(obj):
+            if not gc.is_tracked(ref) or isinstance(ref, _BOUNDARIES):
+                continue
+            if type(ref) is dict and (ref is _BUILTINS or "__builtins__" in ref):
+                continue  # a module's globals
+            key = id(ref)
+            if key in parents:
+                parents[key].append(id(obj))
+            else:
+                parents[key] = [id(obj)]
+            if key not in objects:
+                if len(objects) >= budget:
+                    return False
+                objects[key] = ref
+                queue.append(ref)
+        del obj
+    ref = None
+    # Every object from which a waited future is reachable, up to the roots.
+    root_ids = {id(root) for root in roots}
+    on_path: set[int] = set()
+    todo = list(waited)
+    while todo:
+        key = todo.pop()
+        if key in on_path or key in root_ids:
+            continue
+        if key not in objects:
+            return False  # the future is not even reachable from the pipeline's code
+        on_path.add(key)
+        todo += parents.get(key, ())
+    # What our own bookkeeping adds to a count, measured on two probes held exactly
+    # as a waited future and as any other object are.
+    probe_waited: list[Any] = []
+    probe_other: list[Any] = []
+    objects[id(probe_waited)] = probe_waited
+    objects[id(probe_other)] = probe_other
+    waited[id(probe_waited)] = [probe_waited, 0]
+    del probe_waited, probe_other
+    own_waited = own_other = 0
+    for key in (*list(waited)[-1:], next(reversed(objects))):
+        obj = objects[key]
+        if key in waited:
+            own_waited = sys.getrefcount(obj)
+        else:
+            own_other = sys.getrefcount(obj)
+        del obj
+    for key in on_path:
+        obj = objects[key]
+        count = sys.getrefcount(obj)
+        if key in waited:
+            expected = own_waited + len(parents.get(key, ())) + waited[key][1]
+        else:
+            expected = own_other + len(parents.get(key, ()))
+        if count != expected or weakref.getweakrefcount(obj):
+            return False
+        del obj
+    return True
