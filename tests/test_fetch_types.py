@@ -139,3 +139,24 @@ def test_headers_reject_wrong_types() -> None:
         Headers({"x": object()})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
         Headers(["ab"])  # type: ignore[list-item]
+
+
+def test_str_enum_methods_and_item_assignment() -> None:
+    import http
+
+    assert Request("https://e/", method=http.HTTPMethod.POST, body=b"x").method == "POST"
+    h = Headers()
+    h["X-A"] = "1"
+    assert h["x-a"] == "1"
+    del h["X-A"]
+    assert "x-a" not in h
+
+
+def test_missing_binding_error_is_one_class(core) -> None:
+    from fastbind.env import MissingBindingError
+
+    env = core.Env("w", {"A": 1})
+    with pytest.raises(MissingBindingError):
+        env.B  # noqa: B018
+    with pytest.raises(MissingBindingError):
+        env["B"]

@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 
 from fastbind.entrypoint import WorkerEntrypoint
+from fastbind.env import MissingBindingError
 from fastbind.errors import (
     BODY_USED_MESSAGE,
     CpuLimitExceeded,
@@ -235,13 +236,6 @@ def exit_dispatch(token):
 
 cdef str _missing_binding(str worker, str name):
     return f'Worker "{worker}" has no binding or var named "{name}".'
-
-
-class MissingBindingError(AttributeError, KeyError):
-    """``env.NAME`` or ``env["NAME"]`` for a name the Worker has not bound."""
-
-    def __str__(self):
-        return str(self.args[0]) if self.args else ""
 
 
 @cython.final

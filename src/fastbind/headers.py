@@ -149,6 +149,12 @@ class Headers:
             raise KeyError(name)
         return value
 
+    def __setitem__(self, name: str, value: str) -> None:
+        self.set(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self.delete(name)
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items.copy())
 

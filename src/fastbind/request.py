@@ -41,7 +41,11 @@ def check_url(url: object) -> str:
 
 
 def normalize_method(method: object) -> str:
-    if type(method) is not str or not method or not _TOKEN.issuperset(method):
+    if type(method) is not str:
+        if not isinstance(method, str):  # http.HTTPMethod and other str enums are fine
+            raise TypeError(f"Invalid HTTP method: {method!r}")
+        method = str.__str__(method)
+    if not method or not _TOKEN.issuperset(method):
         raise TypeError(f"Invalid HTTP method: {method!r}")
     return _NORMALIZED.get(method.lower(), method)
 
