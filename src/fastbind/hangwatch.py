@@ -27,6 +27,7 @@ __all__ = (
     "unwatch",
     "is_closed_wait",
     "settings",
+    "SUPPORTED",
 )
 
 HANG_MESSAGE = (
@@ -57,6 +58,10 @@ class _Settings:
 
 
 settings = _Settings()
+
+# The proof compares reference counts with what the collector sees: that needs
+# CPython's exact counts (with the GIL; a free-threaded build defers some counts).
+SUPPORTED = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
 
 _PLAIN_FUTURES = frozenset({asyncio.Future, getattr(asyncio.futures, "_PyFuture", asyncio.Future)})
 _GATHERING_FUTURE: type = getattr(asyncio.tasks, "_GatheringFuture", type(None))
@@ -143,6 +148,8 @@ _last: _LoopWatch | None = None  # the one loop a process usually has: no weakre
 def watch(pipeline: Any, driver: Any) -> WatchedPipeline | None:
     """Watch ``pipeline`` while the current task awaits ``driver``, its root call's iterator."""
     global _last
+    if not SUPPORTED:
+        return None
     loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)
     if task is None:
