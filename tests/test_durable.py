@@ -115,14 +115,16 @@ def test_counter_counts_a_thousand_concurrent_requests_exactly(core, run) -> Non
         assert data["method"] == "POST" and data["body"] == "hi"
         return data["n"]
 
-    async def main() -> list[int]:
+    async def main() -> tuple[list[int], int]:
         jobs = [by_fetch if i % 2 else bump() for i in range(1000)]
-        return await asyncio.gather(*(h.inside(job) for job in jobs))
+        counts = await asyncio.gather(*(h.inside(job) for job in jobs))
+        final = await h.inside(lambda env, ctx: env.COUNTERS.get_by_name("main").read())
+        await h.rt.aclose()
+        return counts, final
 
-    assert sorted(run(main())) == list(range(1, 1001))
-    assert run(h.inside(lambda env, ctx: env.COUNTERS.get_by_name("main").read())) == 1000
+    counts, final = run(main())
+    assert sorted(counts) == list(range(1, 1001)) and final == 1000
     assert len(h.built) == 1  # one live instance served every call
-    run(h.rt.aclose())
 
 
 def test_state_survives_closing_and_reopening_the_runtime_with_a_directory(core, run, tmp_path) -> None:
@@ -783,3 +785,96 @@ def test_namespace_specs_from_config_resolves_classes_from_the_workers_module() 
     assert 'binding "ROOMS" needs a class_name' in error([{"binding": "ROOMS"}])
     assert 'declares the Durable Object binding "ROOMS" twice' in error(entries * 2)
     assert 'module "no_such_module_xyz", which cannot be imported' in error(entries, "no_such_module_xyz")
+
+
+def test_objects_are_rebuilt_from_storage_when_another_loop_drives_the_runtime(core, run) -> None:
+    h = Harness({"COUNTERS": Counter})
+    assert run(h.inside(bump("a"))) == 1
+    assert run(h.inside(bump("a"))) == 2  # a new loop: the object is built again
+    assert len(h.built) == 2
+    run(h.rt.aclose())
+
+
+def test_objects_of_one_namespace_keep_separate_storage(core, run) -> None:
+    h = Harness({"COUNTERS": Counter})
+
+    async def job(env: Any, ctx: Any) -> list[int]:
+        first, second = env.COUNTERS.new_unique_id(), env.COUNTERS.new_unique_id()
+        a, b = env.COUNTERS.get(first), env.COUNTERS.get(second)
+        return [await a.increment(5), await b.increment(1), await a.read(), await b.read()]
+
+    assert run(h.inside(job)) == [5, 1, 5, 1]
+
+
+def test_a_blocking_callback_that_runs_too_long_resets_the_object(core, run, caplog, monkeypatch) -> None:
+    from fastbind import durable
+
+    monkeypatch.setattr(durable, "BLOCK_CONCURRENCY_TIMEOUT_S", 0.01)
+
+    class Room(DurableObject):
+        async def stuck(self) -> None:
+            await self.state.block_concurrency_while(asyncio.Event().wait)
+
+    h = Harness({"ROOMS": Room})
+
+    async def job(env: Any, ctx: Any) -> str:
+        with pytest.raises(FastbindError, match=r"block_concurrency_while\(\) of Durable Object Room:\w+ did not finish within 0.01 s"):
+            await env.ROOMS.get_by_name("r").stuck()
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, "fastbind"):
+        assert run(h.inside(job)) == "ok"
+    assert "was reset" in caplog.text
+
+
+def test_state_wait_until_outlives_the_call(core, run) -> None:
+    done: list[str] = []
+
+    class Room(DurableObject):
+        async def later(self) -> str:
+            async def flush() -> None:
+                await asyncio.sleep(0)
+                await self.state.storage.put("flushed", True)
+                done.append("flushed")
+
+            self.state.wait_until(flush())
+            return "answered"
+
+    h = Harness({"ROOMS": Room})
+
+    async def main() -> str:
+        answer = await h.inside(lambda env, ctx: env.ROOMS.get_by_name("r").later())
+        await _until(lambda: bool(done), "the wait_until work")
+        return answer
+
+    assert run(main()) == "answered" and done == ["flushed"]
+
+
+def test_storage_errors_name_the_namespace(core, run, tmp_path) -> None:
+    kept: list[Any] = []
+
+    class Room(DurableObject):
+        async def keep(self) -> None:
+            kept.append(self.state.storage)
+            await self.state.storage.get("k")  # the database opens on first use
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    h = Harness({"ROOMS": Room}, durable_dir=not_a_directory)
+
+    async def job(env: Any, ctx: Any) -> str:
+        with pytest.raises(FastbindError, match=r'Cannot open the storage of Durable Object namespace ROOMS \(class Room of Worker "gw"\) at .*file/gw.Room.sqlite3'):
+            await env.ROOMS.get_by_name("r").keep()
+        return "ok"
+
+    assert run(h.inside(job)) == "ok"
+
+    h = Harness({"ROOMS": Room})
+
+    async def main() -> None:
+        await h.inside(lambda env, ctx: env.ROOMS.get_by_name("r").keep())
+        await h.rt.aclose()
+        with pytest.raises(FastbindError, match="was closed with its Runtime"):
+            await kept[-1].get("k")
+
+    run(main())

@@ -29,23 +29,22 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
 import inspect
 import math
 import os
-import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+from .durable_config import check_declarations, namespace_specs_from_config
+from .durable_ids import DurableObjectId, IdMaker
 from .errors import ConfigError, FastbindError
-from .lifecycle import logger
-from .request import Request
-from .rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 from .input_gate import InputGate
+from .lifecycle import logger
+from .durable_stub import SUBREQUEST_KIND, DurableObjectStub
+from .request import Request
+from .rpc_values import RESERVED_METHODS, reserved_message, unknown_message
 from .storage import DurableObjectStorage, NamespaceDatabase
 
 if TYPE_CHECKING:
@@ -68,14 +67,10 @@ __all__ = (
 
 T = TypeVar("T")
 
-SUBREQUEST_KIND = "durable_object"  # the ledger kind of every call to an object
 DEFAULT_IDLE_S = 60.0
 # As Cloudflare: a callback that holds the gate longer resets the object, which also
 # ends a callback that deadlocked by waiting for a call to its own object.
 BLOCK_CONCURRENCY_TIMEOUT_S = 30.0
-
-_ID_BODY = 24  # random or name-derived bytes of an id; 8 more tag it with its namespace
-_ID_HEX = 2 * (_ID_BODY + 8)
 
 
 class DurableObject:
@@ -98,35 +93,6 @@ class DurableObject:
             f"{type(self).__name__} does not implement fetch(); "
             "define `async def fetch(self, request)` to handle stub.fetch()"
         )
-
-
-class DurableObjectId:
-    """Names one object of one namespace; ``str(id)`` is 64 hex digits.
-
-    Ids from ``id_from_name`` carry that ``name``; equal ids name the same object.
-    """
-
-    __slots__ = ("_raw", "_namespace", "name")
-
-    def __init__(self, raw: bytes, namespace: str, name: str | None = None) -> None:
-        self._raw = raw
-        self._namespace = namespace
-        self.name = name
-
-    def __str__(self) -> str:
-        return self._raw.hex()
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DurableObjectId):
-            return NotImplemented
-        return self._raw == other._raw and self._namespace == other._namespace
-
-    def __hash__(self) -> int:
-        return hash(self._raw)
-
-    def __repr__(self) -> str:
-        named = f" name={self.name!r}" if self.name is not None else ""
-        return f"<DurableObjectId {self._raw.hex()}{named}>"
 
 
 class DurableObjectState:
@@ -156,7 +122,9 @@ class DurableObjectState:
         fail with FastbindError, and the next call builds the object again.
         """
         live = self._live
-        awaitable = callback() if callable(callback) and not inspect.isawaitable(callback) else callback
+        awaitable: Any = callback
+        if callable(callback) and not inspect.isawaitable(callback):
+            awaitable = callback()
         if not inspect.isawaitable(awaitable):
             raise TypeError(
                 "block_concurrency_while() takes an async function or an awaitable, "
@@ -198,15 +166,17 @@ class _LiveObject:
     """One object while it is in memory: instance, gate, calls in progress, idle timer."""
 
     __slots__ = (
-        "namespace", "id", "label", "storage", "gate", "instance", "calls", "last_used",
+        "namespace", "id", "label", "loop", "storage", "gate", "instance", "calls", "last_used",
         "timer", "detached",
     )
 
     def __init__(self, namespace: DurableObjectNamespace, oid: DurableObjectId) -> None:
         self.namespace = namespace
+        # Its gate's futures, blocking tasks and idle timer all belong to this loop.
+        self.loop = asyncio.get_running_loop()
         self.id = oid
         self.label = f"{namespace.class_name}:{oid}"
-        self.storage = DurableObjectStorage(namespace._db, oid._raw)
+        self.storage = DurableObjectStorage(namespace._db, oid.raw)
         self.gate = InputGate()
         self.instance: Any = None
         self.calls = 0  # admitted or waiting
@@ -232,8 +202,8 @@ class DurableObjectNamespace:
     """``env.ROOMS``: makes ids and stubs for the objects of one Durable Object class."""
 
     __slots__ = (
-        "_registry", "_core", "_worker", "_binding", "_class", "_name", "_key", "_worker_handle",
-        "_db", "_live", "_rpc_names",
+        "_registry", "_core", "_worker", "_binding", "_class", "_ids", "_worker_handle", "_db",
+        "_live", "_rpc_names",
     )
 
     def __init__(
@@ -244,8 +214,7 @@ class DurableObjectNamespace:
         self._worker = worker
         self._binding = binding
         self._class = cls
-        self._name = f"{worker}/{cls.__name__}"  # what ids are derived from and tagged with
-        self._key = self._name.encode()
+        self._ids = IdMaker(f"{worker}/{cls.__name__}", self.label)
         self._worker_handle = worker_handle  # its env is the objects' env
         self._db = NamespaceDatabase(registry.database_path(worker, cls.__name__), self.label)
         self._live: dict[bytes, _LiveObject] = {}
@@ -271,55 +240,21 @@ class DurableObjectNamespace:
 
     # --- ids and stubs -----------------------------------------------------------
 
-    def _make_id(self, body: bytes, name: str | None = None) -> DurableObjectId:
-        tag = hashlib.sha256(b"fastbind id tag\0" + self._key + b"\0" + body).digest()[:8]
-        return DurableObjectId(body + tag, self._name, name)
-
     def id_from_name(self, name: str) -> DurableObjectId:
         """The id of the object called ``name``: always the same for the same name."""
-        if not isinstance(name, str):
-            raise TypeError(f"id_from_name() takes a str, not {type(name).__name__}")
-        body = hashlib.sha256(b"fastbind id name\0" + self._key + b"\0" + name.encode("utf-8", "surrogatepass")).digest()
-        return self._make_id(body[:_ID_BODY], name)
+        return self._ids.from_name(name)
 
     def new_unique_id(self) -> DurableObjectId:
         """The id of a new object that no other id names."""
-        return self._make_id(secrets.token_bytes(_ID_BODY))
+        return self._ids.unique()
 
     def id_from_string(self, value: str) -> DurableObjectId:
         """The id whose ``str()`` is ``value``; ValueError if it is not one of this namespace."""
-        if not isinstance(value, str):
-            raise TypeError(f"id_from_string() takes a str, not {type(value).__name__}")
-        try:
-            raw = bytes.fromhex(value) if len(value) == _ID_HEX else b""
-        except ValueError:
-            raw = b""
-        if not raw:
-            raise ValueError(
-                f"Invalid Durable Object id {value!r}: an id is {_ID_HEX} hexadecimal digits, "
-                "as str(id) gives."
-            )
-        oid = self._make_id(raw[:_ID_BODY])
-        if oid._raw != raw:
-            raise ValueError(
-                f'Durable Object id "{value}" is not an id of namespace {self.label}: it was '
-                "made by another namespace, or mistyped."
-            )
-        return oid
+        return self._ids.from_string(value)
 
     def get(self, id: DurableObjectId) -> DurableObjectStub:
-        """A stub for the object ``id``; building it starts nothing."""
-        if not isinstance(id, DurableObjectId):
-            raise TypeError(
-                f"{self._binding}.get() takes a DurableObjectId, not {type(id).__name__}; make "
-                "one with id_from_name(), id_from_string() or new_unique_id()"
-            )
-        if id._namespace != self._name:
-            raise ValueError(
-                f'{self._binding}.get() was given id "{id}" of namespace {id._namespace}, '
-                f"not of {self.label}"
-            )
-        return DurableObjectStub(self, id)
+        """A stub for the object ``id``; making it starts nothing."""
+        return DurableObjectStub(self, self._ids.check(id, self._binding))
 
     def get_by_name(self, name: str) -> DurableObjectStub:
         """``get(id_from_name(name))``."""
@@ -339,11 +274,15 @@ class DurableObjectNamespace:
 
     def _activate(self, oid: DurableObjectId) -> _LiveObject:
         """The live object of ``oid``, built now if it is not in memory."""
-        live = self._live.get(oid._raw)
+        live = self._live.get(oid.raw)
         if live is not None:
-            return live
+            if live.loop is asyncio.get_running_loop():
+                return live
+            # The Runtime is driven by another loop now (tests do this): the old loop's
+            # futures and timers can never fire here, so build the object afresh.
+            self._detach(live)
         self._registry.opened()
-        live = self._live[oid._raw] = _LiveObject(self, oid)
+        live = self._live[oid.raw] = _LiveObject(self, oid)
         try:
             live.instance = self._class(DurableObjectState(live), self._worker_handle.env)
         except BaseException:
@@ -413,8 +352,8 @@ class DurableObjectNamespace:
 
     def _detach(self, live: _LiveObject) -> None:
         live.detached = True
-        if self._live.get(live.id._raw) is live:
-            del self._live[live.id._raw]
+        if self._live.get(live.id.raw) is live:
+            del self._live[live.id.raw]
         if live.timer is not None:
             live.timer.cancel()
             live.timer = None
@@ -441,14 +380,12 @@ class DurableObjectNamespace:
         blockers = []
         for live in lives:
             self._detach(live)
-            live.gate.fail_waiting(
-                lambda: FastbindError(f"The Runtime of Durable Object namespace {self.label} was closed.")
-            )
+            live.gate.fail_waiting(lambda: FastbindError(f"The Runtime of {self!r} was closed."))
             blockers += [t for t in live.gate.blockers() if not t.done()]
         loop = asyncio.get_running_loop()
         for task in blockers:
             task.cancel()
-        await asyncio.gather(*(t for t in blockers if t.get_loop() is loop), return_exceptions=True)
+        await asyncio.gather(*[t for t in blockers if t.get_loop() is loop], return_exceptions=True)
         self._db.close()
         # A fresh handle for later use of the Runtime; objects still holding the old one
         # get a clear error instead of an empty in-memory database.
@@ -458,94 +395,26 @@ class DurableObjectNamespace:
         return f"<DurableObjectNamespace {self.label}>"
 
 
-class DurableObjectStub:
-    """``env.ROOMS.get(id)``: ``fetch()`` and the public methods of the object ``id``."""
-
-    __slots__ = ("_namespace", "_id", "_handle", "__dict__")
-
-    def __init__(self, namespace: DurableObjectNamespace, oid: DurableObjectId) -> None:
-        self._namespace = namespace
-        self._id = oid
-        self._handle: Any = None
-
-    @property
-    def id(self) -> DurableObjectId:
-        return self._id
-
-    @property
-    def name(self) -> str | None:
-        return self._id.name
-
-    def _target(self) -> Any:
-        """The core's handle for the object: its ledger name and its env."""
-        handle = self._handle
-        if handle is None:
-            ns = self._namespace
-            handle = self._handle = ns._core.WorkerHandle.for_target(
-                f"{ns.class_name}:{self._id}", ns._worker_handle.env
-            )
-        return handle
-
-    def fetch(
-        self, input: str | Request, *, method: str | None = None, headers: Any = None,
-        body: Any = None,
-    ) -> Awaitable[Response]:
-        """Run the object's ``fetch`` with a Request built as a binding's ``fetch`` builds it."""
-        if type(input) is Request and method is None and headers is None and body is None:
-            request = isolate(input)  # handed over: same body object, the caller's is used
-        else:
-            request = Request(input, method=method, headers=headers, body=body)
-        ns = self._namespace
-        return ns._core.call_child(  # type: ignore[no-any-return]
-            self._target(), SUBREQUEST_KIND, ns._serve, (self._id, None, (request,), None), None, True
-        )
-
-    def __getattr__(self, name: str) -> _StubMethod:
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
-        method = self.__dict__[name] = _StubMethod(self, name)
-        return method
-
-    def __repr__(self) -> str:
-        return f"<DurableObjectStub {self._namespace.class_name}:{self._id}>"
-
-
-class _StubMethod:
-    """``stub.name``: calling it runs method ``name`` of the object, arguments isolated."""
-
-    __slots__ = ("_stub", "_name")
-
-    def __init__(self, stub: DurableObjectStub, name: str) -> None:
-        self._stub = stub
-        self._name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        stub = self._stub
-        ns = stub._namespace
-        ns._check_rpc(self._name)
-        call_args = (stub._id, self._name, isolate(args),
-                     {k: isolate(v) for k, v in kwargs.items()} if kwargs else None)
-        return ns._core.call_child(  # type: ignore[no-any-return]
-            stub._target(), SUBREQUEST_KIND, ns._serve, call_args
-        )
-
-    def __repr__(self) -> str:
-        return f"<DurableObjectStub method {self._name}>"
-
-
 class DurableObjects:
     """A Runtime's Durable Object namespaces, their storage directory and idle time."""
 
     __slots__ = ("runtime", "directory", "idle_s", "_namespaces", "_closer_added")
 
-    def __init__(self, runtime: Runtime, directory: str | os.PathLike[str] | None, idle_s: float | None) -> None:
+    def __init__(
+        self, runtime: Runtime, directory: str | os.PathLike[str] | None, idle_s: float | None
+    ) -> None:
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(f"Runtime durable_dir must be a path or None, not {type(directory).__name__}")
+            raise TypeError(
+                f"Runtime durable_dir must be a path or None, not {type(directory).__name__}"
+            )
         if idle_s is not None and (
             isinstance(idle_s, bool) or not isinstance(idle_s, (int, float))
             or not 0 < idle_s < math.inf
         ):
-            raise ValueError(f"Runtime durable_idle_s must be a positive number of seconds or None, not {idle_s!r}")
+            raise ValueError(
+                "Runtime durable_idle_s must be a positive number of seconds or None, "
+                f"not {idle_s!r}"
+            )
         self.runtime = runtime
         self.directory = None if directory is None else Path(directory)
         self.idle_s = None if idle_s is None else float(idle_s)
@@ -560,12 +429,15 @@ class DurableObjects:
         parts = (quote(part, safe="").replace(".", "%2E") for part in (worker, class_name))
         return self.directory / (".".join(parts) + ".sqlite3")
 
-    def namespace(self, worker: str, binding: str, cls: type, worker_handle: Any) -> DurableObjectNamespace:
+    def namespace(
+        self, worker: str, binding: str, cls: type, worker_handle: Any
+    ) -> DurableObjectNamespace:
         """The namespace of ``cls`` in Worker ``worker``, the same one at every validate()."""
         key = (worker, cls.__name__)
         ns = self._namespaces.get(key)
         if ns is None:
-            ns = self._namespaces[key] = DurableObjectNamespace(self, worker, binding, cls, worker_handle)
+            ns = DurableObjectNamespace(self, worker, binding, cls, worker_handle)
+            self._namespaces[key] = ns
         elif ns._class is not cls:
             raise ConfigError(
                 f'Worker "{worker}" declares two Durable Object classes named "{cls.__name__}" '
@@ -584,77 +456,3 @@ class DurableObjects:
         self._closer_added = False
         for ns in self._namespaces.values():
             await ns._close()
-
-
-def check_declarations(worker: str, durable_objects: Mapping[str, Any] | None) -> dict[str, type]:
-    """``add_worker(durable_objects=...)`` checked: binding names to classes."""
-    if durable_objects is None:
-        return {}
-    if not isinstance(durable_objects, Mapping):
-        raise ConfigError(
-            f'Worker "{worker}" durable_objects must map binding names to classes, '
-            f"not {type(durable_objects).__name__}."
-        )
-    declared = {}
-    for binding, cls in durable_objects.items():
-        if not isinstance(binding, str) or not binding:
-            raise ConfigError(f'Worker "{worker}" has a Durable Object binding with an invalid name {binding!r}.')
-        if not isinstance(cls, type):
-            raise ConfigError(
-                f'Worker "{worker}" Durable Object binding "{binding}" must be a class, '
-                f"built as cls(state, env), not {cls!r}."
-            )
-        declared[binding] = cls
-    return declared
-
-
-def namespace_specs_from_config(
-    worker_name: str, entries: Any, module: ModuleType | str, *, source: str | None = None
-) -> dict[str, type]:
-    """The ``durable_objects`` argument of ``add_worker`` for a Worker of a config file.
-
-    ``entries`` is the Worker's ``durable_objects = [{ binding = "ROOMS", class_name =
-    "Room" }]``; each class is looked up in ``module``, the module of the Worker's
-    ``main`` (or its import name). Errors are ConfigErrors that name the Worker, the
-    binding and, when ``source`` (the file) is given, the file.
-    """
-    where = f"{source}: " if source else ""
-    worker = f'{where}Worker "{worker_name}"'
-    shape = '[{ binding = "ROOMS", class_name = "Room" }]'
-    if not isinstance(entries, list):
-        raise ConfigError(f"{worker} durable_objects must be a list like {shape}, not {type(entries).__name__}.")
-    if isinstance(module, str):
-        try:
-            module = importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f'{worker} Durable Object classes live in module "{module}", which cannot be imported: {exc}') from exc
-    declared: dict[str, type] = {}
-    for number, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{worker} durable_objects entry {number} must be a table like {shape}.")
-        if "script_name" in entry:
-            raise ConfigError(
-                f"{worker} durable_objects entry {number} names script_name; a namespace is "
-                "declared by the Worker whose module defines the class."
-            )
-        unknown = sorted(set(entry) - {"binding", "class_name"})
-        if unknown:
-            raise ConfigError(
-                f"{worker} durable_objects entry {number} has unknown keys {', '.join(unknown)}; "
-                "expected binding and class_name."
-            )
-        binding, class_name = entry.get("binding"), entry.get("class_name")
-        if not isinstance(binding, str) or not binding:
-            raise ConfigError(f'{worker} durable_objects entry {number} needs a binding name (a non-empty string).')
-        if not isinstance(class_name, str) or not class_name:
-            raise ConfigError(f'{worker} Durable Object binding "{binding}" needs a class_name (a non-empty string).')
-        if binding in declared:
-            raise ConfigError(f'{worker} declares the Durable Object binding "{binding}" twice.')
-        cls = getattr(module, class_name, None)
-        if not isinstance(cls, type):
-            raise ConfigError(
-                f'{worker} Durable Object binding "{binding}" refers to class "{class_name}", '
-                f'but module "{module.__name__}" has no such class.'
-            )
-        declared[binding] = cls
-    return declared

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (object_id, key)
 ) WITHOUT ROWID
 """
+_UPSERT = "INSERT OR REPLACE INTO kv (object_id, key, kind, value) VALUES (?, ?, ?, ?)"
+_DELETE = "DELETE FROM kv WHERE object_id = ? AND key = ?"
 # SQLite's default cap on bound parameters is 32766; stay far below it.
 _CHUNK = 500
 
@@ -156,10 +158,11 @@ def _check_limit(limit: object) -> int | None:
 class NamespaceDatabase:
     """The SQLite database of one namespace: a file under a directory, or in memory.
 
-    Opened on first use and closed by ``close()`` (the Runtime's ``aclose()``). Every call runs inline on the event loop's thread: a point read
-    or write takes microseconds, far less than handing it to a thread would (see
-    ``durable.py``). A file uses WAL with ``synchronous=NORMAL``: a committed write
-    survives the process dying; the last ones may be lost if the machine loses power.
+    Opened on first use and closed for good by ``close()`` (the Runtime's ``aclose()``).
+    Every call runs inline on the event loop's thread: a point read or write takes
+    microseconds, far less than handing it to a thread would (see ``durable.py``). A
+    file uses WAL with ``synchronous=NORMAL``: a committed write survives the process
+    dying; the last ones may be lost if the machine loses power.
     """
 
     __slots__ = ("_path", "_label", "_conn", "_closed")
@@ -183,31 +186,38 @@ class NamespaceDatabase:
             # Held by an object that outlived Runtime.aclose(): reopening would show it
             # an empty database in place of an in-memory one.
             raise FastbindError(
-                f"The storage of Durable Object namespace {self._label} was closed with its Runtime."
+                f"The storage of Durable Object namespace {self._label} was closed "
+                "with its Runtime."
             )
-        if self._path is None:
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-        else:
-            try:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self._path, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-            except (OSError, sqlite3.Error) as exc:
-                raise FastbindError(
-                    f"Cannot open the storage of Durable Object namespace {self._label} "
-                    f"at {os.fspath(self._path)!r}: {exc}"
-                ) from exc
-            conn.execute("PRAGMA synchronous=NORMAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
-            conn.close()
+        try:
+            conn = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            where = "in memory" if self._path is None else f"at {os.fspath(self._path)!r}"
             raise FastbindError(
-                f"The storage of Durable Object namespace {self._label} at {self._path} has "
-                f"schema version {version}; this fastbind reads version {_SCHEMA_VERSION}."
-            )
-        conn.execute(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                f"Cannot open the storage of Durable Object namespace {self._label} {where}: {exc}"
+            ) from exc
         self._conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self._path is not None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path or ":memory:", isolation_level=None)
+        try:
+            if self._path is not None:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(
+                    f"its schema version is {version}; "
+                    f"this fastbind reads version {_SCHEMA_VERSION}"
+                )
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:
@@ -247,24 +257,17 @@ class NamespaceDatabase:
         if len(puts) + len(deletes) == 1:  # one statement is its own transaction
             if puts:
                 ((key, (kind, value)),) = puts.items()
-                conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", (oid, key, kind, value))
+                conn.execute(_UPSERT, (oid, key, kind, value))
                 return 0
-            return conn.execute(
-                "DELETE FROM kv WHERE object_id = ? AND key = ?", (oid, deletes[0])
-            ).rowcount
+            return conn.execute(_DELETE, (oid, deletes[0])).rowcount
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
             if deletes:
-                conn.executemany(
-                    "DELETE FROM kv WHERE object_id = ? AND key = ?", [(oid, k) for k in deletes]
-                )
+                conn.executemany(_DELETE, [(oid, k) for k in deletes])
             deleted = conn.total_changes - before
             if puts:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
-                    [(oid, k, kind, v) for k, (kind, v) in puts.items()],
-                )
+                conn.executemany(_UPSERT, [(oid, k, kind, v) for k, (kind, v) in puts.items()])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -373,14 +376,14 @@ class DurableObjectStorage:
             txn = DurableObjectTransaction(self)
             self._transactions += 1
             try:
-                result = closure(txn)
-                if inspect.isawaitable(result):
-                    result = await result
+                outcome: Any = closure(txn)
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
                 if txn._rolled_back:
-                    return result  # type: ignore[return-value]
+                    return outcome  # type: ignore[no-any-return]
                 if not txn._conflicts():
                     txn._commit()
-                    return result  # type: ignore[return-value]
+                    return outcome  # type: ignore[no-any-return]
             finally:
                 txn._ended = True
                 self._transactions -= 1
@@ -422,7 +425,7 @@ class DurableObjectTransaction:
             if key in self._writes:
                 row = self._writes[key]
                 if row is not _DELETED:
-                    found[key] = row  # type: ignore[assignment]
+                    found[key] = row
             else:
                 missing.append(key)
         if missing:
@@ -519,5 +522,5 @@ class DurableObjectTransaction:
         puts = {k: row for k, row in self._writes.items() if row is not _DELETED}
         deletes = [k for k, row in self._writes.items() if row is _DELETED]
         storage = self._storage
-        storage._db.write(storage._oid, puts, deletes)  # type: ignore[arg-type]
+        storage._db.write(storage._oid, puts, deletes)
         storage._committed(frozenset(self._writes))

@@ -1,0 +1,100 @@
+"""Durable Object stubs: what ``env.ROOMS.get(id)`` gives a caller."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from .request import Request
+from .rpc_values import isolate
+
+if TYPE_CHECKING:
+    from .body import BodyInit
+    from .durable import DurableObjectNamespace
+    from .durable_ids import DurableObjectId
+    from .headers import HeadersInit
+    from .response import Response
+
+__all__ = ("DurableObjectStub", "SUBREQUEST_KIND")
+
+SUBREQUEST_KIND = "durable_object"  # the ledger kind of every call to an object
+
+
+class DurableObjectStub:
+    """``env.ROOMS.get(id)``: ``fetch()`` and the public methods of the object ``id``."""
+
+    __slots__ = ("_namespace", "_id", "_handle", "__dict__")
+
+    def __init__(self, namespace: DurableObjectNamespace, oid: DurableObjectId) -> None:
+        self._namespace = namespace
+        self._id = oid
+        self._handle: Any = None
+
+    @property
+    def id(self) -> DurableObjectId:
+        return self._id
+
+    @property
+    def name(self) -> str | None:
+        return self._id.name
+
+    def _target(self) -> Any:
+        """The core's handle for the object: its ledger name and its env."""
+        handle = self._handle
+        if handle is None:
+            ns = self._namespace
+            handle = self._handle = ns._core.WorkerHandle.for_target(
+                f"{ns.class_name}:{self._id}", ns._worker_handle.env
+            )
+        return handle
+
+    def fetch(
+        self,
+        input: str | Request,
+        *,
+        method: str | None = None,
+        headers: HeadersInit = None,
+        body: BodyInit = None,
+    ) -> Awaitable[Response]:
+        """Run the object's ``fetch`` with a Request built as a binding's ``fetch`` builds it."""
+        if type(input) is Request and method is None and headers is None and body is None:
+            request = isolate(input)  # handed over: same body object, the caller's is used
+        else:
+            request = Request(input, method=method, headers=headers, body=body)
+        ns = self._namespace
+        call_args = (self._id, None, (request,), None)
+        return ns._core.call_child(  # type: ignore[no-any-return]
+            self._target(), SUBREQUEST_KIND, ns._serve, call_args, None, True
+        )
+
+    def __getattr__(self, name: str) -> _StubMethod:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        method = self.__dict__[name] = _StubMethod(self, name)
+        return method
+
+    def __repr__(self) -> str:
+        return f"<DurableObjectStub {self._namespace.class_name}:{self._id}>"
+
+
+class _StubMethod:
+    """``stub.name``: calling it runs method ``name`` of the object, arguments isolated."""
+
+    __slots__ = ("_stub", "_name")
+
+    def __init__(self, stub: DurableObjectStub, name: str) -> None:
+        self._stub = stub
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        stub = self._stub
+        ns = stub._namespace
+        ns._check_rpc(self._name)
+        isolated = {k: isolate(v) for k, v in kwargs.items()} if kwargs else None
+        call_args = (stub._id, self._name, isolate(args), isolated)
+        return ns._core.call_child(  # type: ignore[no-any-return]
+            stub._target(), SUBREQUEST_KIND, ns._serve, call_args
+        )
+
+    def __repr__(self) -> str:
+        return f"<DurableObjectStub method {self._name}>"
