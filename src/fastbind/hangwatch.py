@@ -26,6 +26,7 @@ __all__ = (
     "watch",
     "unwatch",
     "is_closed_wait",
+    "checking",
     "settings",
     "SUPPORTED",
 )
@@ -133,8 +134,7 @@ class _LoopWatch:
         if loop is None:
             return
         if not self.watched:
-            _watches.pop(loop, None)
-            return
+            return  # idle: the next watch() starts the timer again
         for watched in tuple(self.watched):
             if not watched.hung and _check(watched):
                 _declare_hung(watched)
@@ -165,6 +165,12 @@ def watch(pipeline: Any, driver: Any) -> WatchedPipeline | None:
     if owner.timer is None:
         owner.start(loop)
     return watched
+
+
+def checking(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the check timer is scheduled on ``loop``."""
+    owner = _watches.get(loop)
+    return owner is not None and owner.timer is not None
 
 
 def unwatch(watched: WatchedPipeline | None) -> None:
