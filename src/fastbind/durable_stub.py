@@ -91,7 +91,7 @@ class _StubMethod:
         ns = stub._namespace
         ns._check_rpc(self._name)
         isolated = {k: isolate(v) for k, v in kwargs.items()} if kwargs else None
-        call_args = (stub._id, self._name, isolate(args), isolated)
+        call_args = (stub._id, self._name, isolate(args) if args else args, isolated)
         return ns._core.call_child(  # type: ignore[no-any-return]
             stub._target(), SUBREQUEST_KIND, ns._serve, call_args
         )

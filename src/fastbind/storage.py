@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 _UPSERT = "INSERT OR REPLACE INTO kv (object_id, key, kind, value) VALUES (?, ?, ?, ?)"
 _DELETE = "DELETE FROM kv WHERE object_id = ? AND key = ?"
+_SELECT_ONE = "SELECT kind, value FROM kv WHERE object_id = ? AND key = ?"
 # SQLite's default cap on bound parameters is 32766; stay far below it.
 _CHUNK = 500
 
@@ -202,7 +203,11 @@ class NamespaceDatabase:
     def _open(self) -> sqlite3.Connection:
         if self._path is not None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path or ":memory:", isolation_level=None)
+        # Used by one loop's thread at a time, but a Runtime may be driven by loops of
+        # different threads in turn (the module's own lock keeps each call whole).
+        conn = sqlite3.connect(
+            self._path or ":memory:", isolation_level=None, check_same_thread=False
+        )
         try:
             if self._path is not None:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -226,6 +231,9 @@ class NamespaceDatabase:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    def read_one(self, oid: bytes, key: str) -> Row | None:
+        return self._connect().execute(_SELECT_ONE, (oid, key)).fetchone()  # type: ignore[no-any-return]
 
     def read(self, oid: bytes, keys: Sequence[str]) -> dict[str, Row]:
         conn = self._connect()
@@ -309,7 +317,7 @@ class DurableObjectStorage:
     async def get(self, key: str | list[str] | tuple[str, ...]) -> Any:
         """The value of ``key`` (None if absent), or a dict of those of ``[keys]`` that exist."""
         if isinstance(key, str):
-            row = self._db.read(self._oid, (key,)).get(key)
+            row = self._db.read_one(self._oid, key)
             return None if row is None else decode_value(*row)
         keys = _check_keys(key)
         rows = self._db.read(self._oid, keys)
