@@ -733,22 +733,28 @@ def test_network_errors_name_the_url(core, run, origin) -> None:
         ("/relative", "Invalid URL: /relative"),
         ("http://[::1/", "Invalid URL: http://[::1/"),
         ("http://host:99999/", "Invalid URL: http://host:99999/"),
+        ("http://exa mple.com/", "Invalid URL: http://exa mple.com/"),
+        ("not a url", "Invalid URL: not a url"),
+        ("http:no-host", "Invalid URL: http:no-host"),
     ],
 )
 def test_bad_urls_raise_type_error(core, run, url: str, message: str) -> None:
     async def worker(request, env, ctx):
-        with pytest.raises(TypeError) as info:
-            await fetch(url)
-        return Response(str(info.value))
+        messages = []
+        for init in ({}, {"headers": {"x-a": "1"}}):  # with init, a Request is built first
+            with pytest.raises(TypeError) as info:
+                await fetch(url, **init)
+            messages.append(str(info.value))
+        return Response.json(messages)
 
     rt = Runtime()
     rt.add_worker("worker", worker)
 
     async def main():
         async with rt:
-            return await (await rt.dispatch("worker", Request("https://e/"))).text()
+            return await (await rt.dispatch("worker", Request("https://e/"))).json()
 
-    assert run(main()) == message
+    assert run(main()) == [message, message]
 
 
 def test_timeouts_must_be_positive_numbers() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,13 +18,14 @@ from .http_client import (
     DEFAULT_FETCH_TIMEOUT,
     NetworkBody,
     check_timeout,
+    client_timeout,
+    network_error,
     new_session,
-    open_response,
     outgoing_headers,
     response_headers,
     session_for,
 )
-from .request import Request
+from .request import Request, check_url
 from .response import Response
 from .runtime import current_runtime
 
@@ -39,6 +41,7 @@ _REDIRECT_MODES = frozenset(("follow", "manual", "error"))
 _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _NULL_BODY_STATUSES = frozenset((101, 103, 204, 205, 304))
 _SCHEMES = frozenset(("http", "https"))
+_URL_FORBIDDEN = frozenset("\r\n\0 \t")  # as Request's check_url: no whitespace, no NUL
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 # Dropped when a redirect turns the request into a bodiless GET (Fetch standard,
 # "HTTP-redirect fetch", step 12).
@@ -81,25 +84,34 @@ async def fetch(
     Raises TypeError for a malformed URL or a scheme other than http and https, and
     FetchError, naming the URL, when the network fails.
     """
-    request = Request(input, method=method, headers=headers, body=body)
     runtime = current_runtime()
     invocation = None if runtime is None else runtime._core.current_invocation()
-    return await send(request, runtime, invocation, redirect=redirect, timeout=timeout)
+    if type(input) is str and method is None and headers is None and body is None:
+        # The common ``fetch(url)``: there is no Request to build or copy.
+        return await send(runtime, invocation, input, "GET", [], None, redirect, timeout)
+    request = Request(input, method=method, headers=headers, body=body)
+    return await send(
+        runtime, invocation, request.url, request.method, outgoing_headers(request.headers),
+        request.body, redirect, timeout,
+    )
 
 
 async def send(
-    request: Request,
     runtime: Runtime | None,
     invocation: Any,
-    *,
-    url: str | None = None,
+    url: str,
+    method: str,
+    headers: list[tuple[str, str]],
+    body: Any,
     redirect: RedirectMode = "follow",
     timeout: float | None = None,
 ) -> Response:
-    """Fetch ``request`` (to ``url`` instead of ``request.url`` if given).
+    """Send one outbound request, following its redirects as ``redirect`` says.
 
-    ``invocation`` is charged and gated when not None; the session is ``runtime``'s,
-    or one made for this request alone when there is no Runtime.
+    ``headers`` are the pairs to send (see ``outgoing_headers``); ``body`` is
+    bytes-like, str, an async iterator of bytes or None. Each request is charged to
+    ``invocation`` and gated when it is not None. The session is ``runtime``'s, or
+    one made for this request alone (closed with its body) when there is no Runtime.
     """
     if redirect not in _REDIRECT_MODES:
         raise TypeError(f'fetch() redirect must be "follow", "manual" or "error", not {redirect!r}')
@@ -109,76 +121,60 @@ async def send(
         timeout = runtime.fetch_timeout
     else:
         timeout = DEFAULT_FETCH_TIMEOUT
-    target = request.url if url is None else url
-    parsed = _parse_url(target)
-    headers = outgoing_headers(request.headers)
-    data = _payload(request, headers)
+    target = url
+    parsed = _parse_url(url)
+    data, headers = _payload(body, headers)
     owned = None
     if runtime is not None:
         session = session_for(runtime)
     else:
         session = owned = new_session()
     try:
-        resp, final_url = await _follow(
-            session, invocation, request.method, parsed, target, headers, data, redirect, timeout
-        )
+        # Redirects are followed here, not by aiohttp, so that each hop is counted and gated.
+        redirects = 0
+        while True:
+            resp = await _hop(session, invocation, method, parsed, target, headers, data, timeout)
+            status = resp.status
+            location = resp.headers.get("Location") if status in _REDIRECT_STATUSES else None
+            if location is None or redirect == "manual":
+                break
+            resp.release()  # the connection is reused if the redirect's body was read already
+            if redirect == "error":
+                raise FetchError(
+                    f'Fetch to {parsed} was redirected ({status} to {location}) and redirect is "error".'
+                )
+            if redirects == MAX_REDIRECTS:
+                raise TypeError("Too many redirects.")
+            redirects += 1
+            next_url = _redirect_url(parsed, location, status)
+            if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+                method = "GET"
+                data = None
+                headers = [h for h in headers if h[0] not in _BODY_HEADERS]
+            elif data is not None and not isinstance(data, _BYTES_LIKE):
+                raise FetchError(
+                    f"Fetch to {parsed} was redirected ({status} to {next_url}), but its streamed "
+                    'body was sent already and cannot be sent again; send bytes or use redirect="manual".'
+                )
+            if next_url.origin() != parsed.origin():
+                headers = [h for h in headers if h[0] not in _CREDENTIAL_HEADERS]
+            parsed = next_url
+            target = str(next_url)
+
         response = Response.__new__(Response)
-        response.status = resp.status
+        response.status = status
         response.headers = response_headers(resp.headers)
         response.body_used = False
-        if request.method == "HEAD" or resp.status in _NULL_BODY_STATUSES:
+        if method == "HEAD" or status in _NULL_BODY_STATUSES:
             resp.release()
             response.body = None
         else:
-            response.body = NetworkBody(resp, final_url, timeout, owned)
+            response.body = NetworkBody(resp, parsed, timeout, owned)
             owned = None  # the body closes it once read or dropped
         return response
     finally:
         if owned is not None:
             await owned.close()
-
-
-async def _follow(
-    session: aiohttp.ClientSession,
-    invocation: Any,
-    method: str,
-    url: URL,
-    target: str,
-    headers: list[tuple[str, str]],
-    data: Any,
-    redirect: str,
-    timeout: float,
-) -> tuple[aiohttp.ClientResponse, URL]:
-    """Send, following redirects ourselves so that every hop is counted and gated."""
-    redirects = 0
-    while True:
-        resp = await _hop(session, invocation, method, url, target, headers, data, timeout)
-        status = resp.status
-        location = resp.headers.get("Location") if status in _REDIRECT_STATUSES else None
-        if location is None or redirect == "manual":
-            return resp, url
-        resp.release()  # the connection is reused if the redirect's body was read already
-        if redirect == "error":
-            raise FetchError(
-                f'Fetch to {url} was redirected ({status} to {location}) and redirect is "error".'
-            )
-        if redirects == MAX_REDIRECTS:
-            raise TypeError("Too many redirects.")
-        redirects += 1
-        next_url = _redirect_url(url, location, status)
-        if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
-            method = "GET"
-            data = None
-            headers = [h for h in headers if h[0] not in _BODY_HEADERS]
-        elif data is not None and not isinstance(data, _BYTES_LIKE):
-            raise FetchError(
-                f"Fetch to {url} was redirected ({status} to {next_url}), but its streamed "
-                'body was sent already and cannot be sent again; send bytes or use redirect="manual".'
-            )
-        if next_url.origin() != url.origin():
-            headers = [h for h in headers if h[0] not in _CREDENTIAL_HEADERS]
-        url = next_url
-        target = str(next_url)
 
 
 async def _hop(
@@ -191,40 +187,65 @@ async def _hop(
     data: Any,
     timeout: float,
 ) -> aiohttp.ClientResponse:
-    """One request: a subrequest of ``invocation``, holding a gate slot until its headers."""
-    if invocation is None:
-        return await open_response(session, method, url, headers, data, timeout)
-    pipeline = invocation.pipeline
-    record = pipeline.charge_fetch(invocation, target)  # raises TooManySubrequestsError
-    gate = gate_for(pipeline)
+    """One request, back once its response headers are in.
+
+    Inside a Worker it is a subrequest of ``invocation`` and holds a slot of the
+    pipeline's gate while it waits for the headers.
+    """
+    record = gate = None
+    if invocation is not None:
+        pipeline = invocation.pipeline
+        record = pipeline.charge_fetch(invocation, target)  # raises TooManySubrequestsError
+        gate = gate_for(pipeline)
+        try:
+            await gate.acquire()
+        except BaseException:
+            record.finish("canceled")
+            raise
     try:
-        await gate.acquire()
-    except BaseException:
-        record.finish("canceled")
-        raise
-    try:
-        resp = await open_response(session, method, url, headers, data, timeout)
-    except asyncio.CancelledError:
-        record.finish("canceled")
-        raise
-    except BaseException:
-        record.finish("error")
+        resp = await session.request(
+            method, url, headers=headers or None, data=data, allow_redirects=False,
+            timeout=client_timeout(timeout),
+        )
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        if record is not None:
+            record.finish("error")
+        raise network_error(exc, url, timeout) from exc
+    except BaseException as exc:
+        if record is not None:
+            record.finish("canceled" if isinstance(exc, asyncio.CancelledError) else "error")
         raise
     finally:
-        gate.release()
-    record.finish("ok")
+        if gate is not None:
+            gate.release()
+    if record is not None:
+        record.finish("ok")
     return resp
 
 
 def _parse_url(target: str) -> URL:
+    """``target`` parsed, or TypeError as ``Request(target)`` and the Fetch API raise it."""
+    if type(target) is not str:
+        check_url(target)  # raises the TypeError that names the type
+        target = str(target)
+    return _parse_str_url(target)
+
+
+@functools.lru_cache(maxsize=1024)  # Workers fetch the same few URLs again and again
+def _parse_str_url(target: str) -> URL:
     try:
+        if not _URL_FORBIDDEN.isdisjoint(target):
+            raise ValueError(target)
         url = URL(target)
         host = url.raw_host
         url.port  # noqa: B018 -- yarl checks the port only when it is read
     except (ValueError, TypeError):
         raise TypeError(f"Invalid URL: {target}") from None
-    if url.scheme not in _SCHEMES:
-        raise TypeError(f'Fetch API cannot load: unsupported scheme "{url.scheme}"')
+    scheme = url.scheme
+    if not scheme:
+        raise TypeError(f"Invalid URL: {target}")
+    if scheme not in _SCHEMES:
+        raise TypeError(f'Fetch API cannot load: unsupported scheme "{scheme}"')
     if not host:
         raise TypeError(f"Invalid URL: {target}")
     return url
@@ -241,19 +262,15 @@ def _redirect_url(url: URL, location: str, status: int) -> URL:
     return next_url
 
 
-def _payload(request: Request, headers: list[tuple[str, str]]) -> Any:
-    """What aiohttp sends for ``request.body``; marks the body used."""
-    body = request.body
-    if body is None:
-        return None
-    request.body_used = True
-    if isinstance(body, _BYTES_LIKE):
-        return body
+def _payload(body: Any, headers: list[tuple[str, str]]) -> tuple[Any, list[tuple[str, str]]]:
+    """What aiohttp sends for ``body``, and the headers to send with it."""
+    if body is None or isinstance(body, _BYTES_LIKE):
+        return body, headers
     if isinstance(body, str):
         if not any(name == "content-type" for name, _ in headers):
-            headers.append(_TEXT_CONTENT_TYPE)
-        return body.encode()
-    return _stream_chunks(body)
+            headers = [*headers, _TEXT_CONTENT_TYPE]  # the Fetch API's type for a str body
+        return body.encode(), headers
+    return _stream_chunks(body), headers
 
 
 async def _stream_chunks(stream: Any) -> AsyncIterator[bytes | bytearray | memoryview]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 __all__ = ("ConnectionGate", "gate_for")
@@ -43,11 +44,14 @@ class ConnectionGate:
         """Acquirers queued for a slot."""
         return sum(1 for waiter in self._waiters if not waiter.done())
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in FIFO order while all are taken."""
+    def acquire(self) -> Awaitable[None]:
+        """Take a slot, waiting in FIFO order while all are taken: ``await gate.acquire()``."""
         if self._active < self._limit and not self._waiters:
             self._active += 1
-            return
+            return _TAKEN  # nothing to wait for, so no coroutine to make
+        return self._wait()
+
+    async def _wait(self) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -74,6 +78,18 @@ class ConnectionGate:
 
     def __repr__(self) -> str:
         return f"<ConnectionGate active={self._active}/{self._limit} waiting={self.waiting}>"
+
+
+class _Taken:
+    """The awaitable of a slot taken at once: awaiting it returns None without suspending."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_TAKEN = _Taken()
 
 
 # One gate per pipeline, gone with it. Kept outside the pipeline so that the core's

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,9 @@ __all__ = (
     "DEFAULT_FETCH_TIMEOUT",
     "NetworkBody",
     "check_timeout",
+    "client_timeout",
+    "network_error",
     "new_session",
-    "open_response",
     "outgoing_headers",
     "response_headers",
     "session_for",
@@ -59,25 +59,22 @@ def new_session() -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         # Fetch sends no Content-Type the caller did not give (aiohttp would add one).
         skip_auto_headers=("Content-Type",),
-        timeout=aiohttp.ClientTimeout(total=None),  # set per request by open_response
+        timeout=aiohttp.ClientTimeout(total=None),  # each fetch gives its own
     )
 
 
-# One session per Runtime and event loop: a Runtime may be driven by several loops
-# in turn (tests), and a session cannot outlive the loop it was made on.
-_sessions: weakref.WeakKeyDictionary[Runtime, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def session_for(runtime: Runtime) -> aiohttp.ClientSession:
-    """The Runtime's shared session, made on first use; ``runtime.aclose()`` closes it."""
+    """The Runtime's shared session, made on first use; ``runtime.aclose()`` closes it.
+
+    Kept on the Runtime with the loop it was made on: a Runtime may be driven by
+    several loops in turn (tests do), and a session cannot outlive its loop.
+    """
     loop = asyncio.get_running_loop()
-    entry = _sessions.get(runtime)
-    if entry is not None and entry[0] is loop and not entry[1].closed:
+    entry = runtime._fetch_session
+    if entry is not None and entry[0] is loop:
         return entry[1]
     session = new_session()
-    _sessions[runtime] = (loop, session)
+    runtime._fetch_session = (loop, session)
     runtime.add_closer(functools.partial(_close_session, runtime, loop, session))
     return session
 
@@ -85,9 +82,9 @@ def session_for(runtime: Runtime) -> aiohttp.ClientSession:
 async def _close_session(
     runtime: Runtime, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
 ) -> None:
-    entry = _sessions.get(runtime)
+    entry = runtime._fetch_session
     if entry is not None and entry[1] is session:
-        del _sessions[runtime]
+        runtime._fetch_session = None
     if loop is asyncio.get_running_loop():
         await session.close()
     else:
@@ -96,9 +93,10 @@ async def _close_session(
 
 
 @functools.lru_cache(maxsize=32)
-def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
-    # ``connect`` covers DNS, TCP and TLS; ``sock_read`` every wait for data: the
-    # response headers first, then each chunk of the body.
+def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """aiohttp's form of a fetch timeout of ``seconds``."""
+    # ``connect`` covers DNS, TCP and TLS (and is free on a pooled connection);
+    # ``sock_read`` every wait for data: the response headers, then each body chunk.
     return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
 
 
@@ -109,7 +107,7 @@ def outgoing_headers(headers: Headers) -> list[tuple[str, str]]:
 
 def response_headers(raw: Any) -> Headers:
     """A fastbind Headers from aiohttp's parsed response headers."""
-    items = [(name.lower(), value) for name, value in raw.items()]
+    items = list(zip(map(str.lower, raw.keys()), raw.values()))
     encoding = raw.get("Content-Encoding")
     if encoding is not None and encoding.lower() in _DECODED_ENCODINGS:
         items = [it for it in items if it[0] != "content-encoding" and it[0] != "content-length"]
@@ -120,25 +118,7 @@ def response_headers(raw: Any) -> Headers:
     return headers
 
 
-async def open_response(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: URL,
-    headers: list[tuple[str, str]],
-    data: Any,
-    timeout: float,
-) -> aiohttp.ClientResponse:
-    """Send one request and return once its response headers are in (no redirects)."""
-    try:
-        return await session.request(
-            method, url, headers=headers, data=data, allow_redirects=False,
-            timeout=_client_timeout(timeout),
-        )
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        raise network_error(exc, url, timeout) from exc
-
-
-def network_error(exc: BaseException, url: Any, timeout: float | None) -> FetchError:
+def network_error(exc: BaseException, url: Any, timeout: float) -> FetchError:
     """A FetchError that says what failed, on which URL, in words."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         what = f"timed out after {timeout:g} s while connecting to {url.host}:{url.port}"
@@ -200,32 +180,41 @@ class NetworkBody:
         try:
             chunk = await self._content.readany()
         except BaseException as exc:
-            await self._finish(abort=True)
+            self._finish(abort=True)
+            if self._session is not None:
+                await self._close_session()
             if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError)):
                 raise network_error(exc, self._url, self._timeout) from exc
             raise
+        if self._content.at_eof():
+            # The last chunk: give the connection back now, not one more read later.
+            self._finish(abort=False)
+            if self._session is not None:
+                await self._close_session()
         if chunk:
             return chunk
-        await self._finish(abort=False)
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
         """Drop the rest of the body and close its connection."""
-        await self._finish(abort=True)
+        self._finish(abort=True)
+        if self._session is not None:
+            await self._close_session()
 
     @property
     def done(self) -> bool:
         """True once the body was read to its end or dropped."""
         return self._done
 
-    async def _finish(self, *, abort: bool) -> None:
-        if self._done:
-            return
-        self._done = True
-        if abort:
-            self._response.close()
-        else:
-            self._response.release()
+    def _finish(self, *, abort: bool) -> None:
+        if not self._done:
+            self._done = True
+            if abort:
+                self._response.close()
+            else:
+                self._response.release()
+
+    async def _close_session(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()

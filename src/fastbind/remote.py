@@ -10,6 +10,7 @@ from .body import BodyInit
 from .errors import FastbindError
 from .fetch import send
 from .headers import HeadersInit
+from .http_client import outgoing_headers
 from .request import Request
 from .response import Response
 
@@ -74,8 +75,8 @@ class RemoteFetcher:
             )
         request = Request(input, method=method, headers=headers, body=body)
         return await send(
-            request, runtime, invocation,
-            url=self.url_for(request.url), redirect=redirect, timeout=timeout,
+            runtime, invocation, self.url_for(request.url), request.method,
+            outgoing_headers(request.headers), request.body, redirect, timeout,
         )
 
     def __repr__(self) -> str:

@@ -90,6 +90,7 @@ class Runtime:
         self._handles: dict[str, Any] = {}
         self._resolved = False
         self._closers: list[Callable[[], Any]] = []
+        self._fetch_session: Any = None  # (loop, aiohttp session) of fetch(): http_client.session_for
         # Durable Object storage: one SQLite file per namespace under durable_dir (in
         # memory without one); objects idle for durable_idle_s seconds leave memory.
         self._durable = DurableObjects(self, durable_dir, durable_idle_s)
