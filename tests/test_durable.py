@@ -878,3 +878,22 @@ def test_storage_errors_name_the_namespace(core, run, tmp_path) -> None:
             await kept[-1].get("k")
 
     run(main())
+
+
+def test_a_storage_directory_has_one_owning_runtime_at_a_time(core, run, tmp_path) -> None:
+    first = Harness({"COUNTERS": Counter}, durable_dir=tmp_path)
+    second = Harness({"COUNTERS": Counter}, durable_dir=tmp_path)
+
+    async def refused(env: Any, ctx: Any) -> str:
+        with pytest.raises(FastbindError, match="database is locked by another Runtime or process"):
+            await env.COUNTERS.get_by_name("a").increment()
+        return "refused"
+
+    async def main() -> list[Any]:
+        results = [await first.inside(bump("a")), await second.inside(refused)]
+        await first.rt.aclose()  # releases the file
+        results.append(await second.inside(bump("a")))
+        await second.rt.aclose()
+        return results
+
+    assert run(main()) == [1, "refused", 2]

@@ -10,16 +10,16 @@ made through the core's ``call_child``.
 Decisions:
 
 - Storage is SQLite (storage.py), one database per namespace: a file under
-  ``Runtime(durable_dir=...)``, or memory when no directory is given. Its calls run
-  inline on the loop's thread. Measured on a 2-core CI machine (best of 7 runs of
-  5,000): a point read takes 4-5 us inline and at least 33 us through
-  ``asyncio.to_thread`` (100-150 us under load); a committed write 5-7 us in memory,
-  16 us to a WAL file with ``synchronous=NORMAL``, 1.9 ms with ``synchronous=FULL``
-  (an fsync per commit). Blocking the loop for microseconds costs less than the thread
-  hop, and a storage operation that never suspends is what makes the input gate rule
-  below cheap and exact. A large value blocks in proportion to its size (590 kB of
-  JSON: about 4 ms). A call through a stub costs about 2-3 us with the compiled core
-  (a binding's RPC: 1 us); an increment (get + put) about 14 us.
+  ``Runtime(durable_dir=...)``, locked by the Runtime that opened it, or memory when no
+  directory is given. Its calls run inline on the loop's thread. Measured on a 2-core
+  CI machine (best of 7 runs of 5,000): a point read takes 3-5 us inline and at least
+  29 us through ``asyncio.to_thread`` (100-150 us under load); a committed write 5 us
+  in memory, 11-16 us to a WAL file with ``synchronous=NORMAL``, 1.9 ms with
+  ``synchronous=FULL`` (an fsync per commit). Blocking the loop for microseconds costs
+  less than the thread hop, and a storage operation that never suspends is what makes
+  the input gate rule below cheap and exact. A large value blocks in proportion to its
+  size (590 kB of JSON: about 4 ms). A call through a stub costs about 2 us with the
+  compiled core (a binding's RPC: 0.6 us); an increment (get + put) about 11 us.
 - Values are JSON data through orjson (or bytes on their own), not pickle: see storage.py.
 - The input gate rule is in input_gate.py. In short: calls start in arrival order; a
   call runs alone until it awaits something other than its own storage;

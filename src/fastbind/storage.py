@@ -163,7 +163,8 @@ class NamespaceDatabase:
     Every call runs inline on the event loop's thread: a point read or write takes
     microseconds, far less than handing it to a thread would (see ``durable.py``). A
     file uses WAL with ``synchronous=NORMAL``: a committed write survives the process
-    dying; the last ones may be lost if the machine loses power.
+    dying; the last ones may be lost if the machine loses power. The file is locked for
+    as long as it is open: one Runtime owns a namespace's storage.
     """
 
     __slots__ = ("_path", "_label", "_conn", "_closed")
@@ -194,8 +195,14 @@ class NamespaceDatabase:
             conn = self._open()
         except (OSError, sqlite3.Error) as exc:
             where = "in memory" if self._path is None else f"at {os.fspath(self._path)!r}"
+            why = str(exc)
+            if "locked" in why:
+                why += (
+                    " by another Runtime or process: the objects of a namespace live in one "
+                    "Runtime at a time, so its storage has one owner"
+                )
             raise FastbindError(
-                f"Cannot open the storage of Durable Object namespace {self._label} {where}: {exc}"
+                f"Cannot open the storage of Durable Object namespace {self._label} {where}: {why}"
             ) from exc
         self._conn = conn
         return conn
@@ -204,12 +211,16 @@ class NamespaceDatabase:
         if self._path is not None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         # Used by one loop's thread at a time, but a Runtime may be driven by loops of
-        # different threads in turn (the module's own lock keeps each call whole).
+        # different threads in turn. No busy timeout: waiting for a lock would block
+        # the loop, and the lock is never released while its owner runs (below).
         conn = sqlite3.connect(
-            self._path or ":memory:", isolation_level=None, check_same_thread=False
+            self._path or ":memory:", isolation_level=None, check_same_thread=False, timeout=0
         )
         try:
             if self._path is not None:
+                # One owner: two Runtimes (or two `fastbind serve --workers` processes)
+                # sharing a file would each build their own object of one id.
+                conn.execute("PRAGMA locking_mode=EXCLUSIVE")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -233,7 +244,8 @@ class NamespaceDatabase:
             conn.close()
 
     def read_one(self, oid: bytes, key: str) -> Row | None:
-        return self._connect().execute(_SELECT_ONE, (oid, key)).fetchone()  # type: ignore[no-any-return]
+        row: Row | None = self._connect().execute(_SELECT_ONE, (oid, key)).fetchone()
+        return row
 
     def read(self, oid: bytes, keys: Sequence[str]) -> dict[str, Row]:
         conn = self._connect()
