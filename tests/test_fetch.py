@@ -262,10 +262,11 @@ def test_gate_is_fifo_and_cancellation_neither_takes_nor_leaks_a_slot(run) -> No
             await gate.acquire()
             order.append(name)
 
-        tasks = {}
+        tasks: dict[str, asyncio.Task[None]] = {}
         for name in "abcd":
             tasks[name] = asyncio.create_task(take(name))
-            await until(lambda n=len(tasks): gate.waiting == n, f"{name} queued")
+            queued = len(tasks)
+            await until(lambda: gate.waiting == queued, f"{name} queued")
         tasks["b"].cancel()  # cancelled while queued: leaves the queue
         await asyncio.gather(tasks["b"], return_exceptions=True)
         assert (gate.active, gate.waiting) == (2, 3)
@@ -332,6 +333,21 @@ def test_fetch_from_a_worker_is_a_subrequest_with_a_streamed_body(core, run, ori
     assert (record.caller, record.target, record.depth, record.outcome) == (
         "worker", origin.url("/hello"), 1, "ok"
     )
+
+
+def test_a_host_name_is_resolved(core, run, origin) -> None:
+    async def worker(request, env, ctx):
+        resp = await fetch(f"http://localhost:{origin.port}/hello")
+        return Response(await resp.bytes())
+
+    rt = Runtime()
+    rt.add_worker("worker", worker)
+
+    async def main():
+        async with rt:
+            return await (await rt.dispatch("worker", Request("https://e/"))).text()
+
+    assert run(main()) == "hello"
 
 
 def test_twenty_fetches_from_three_workers_never_exceed_six_awaiting_headers(core, run, origin) -> None:
@@ -484,7 +500,7 @@ def test_each_redirect_is_a_subrequest_and_the_21st_raises(core, run, origin) ->
     rt = Runtime(on_pipeline_end=hook)
     rt.add_worker("worker", worker)
 
-    async def main(n: int) -> Response:
+    async def main(n: int) -> tuple[int, str]:
         async with rt:
             resp = await rt.dispatch("worker", Request("https://e/", headers={"x-n": str(n)}))
             return resp.status, await resp.text()
@@ -758,7 +774,8 @@ def test_bad_urls_raise_type_error(core, run, url: str, message: str) -> None:
 
 
 def test_timeouts_must_be_positive_numbers() -> None:
-    for bad in (0, -1, "5", True, float("inf")):
+    bad_values: list[Any] = [0, -1, "5", True, float("inf")]
+    for bad in bad_values:
         with pytest.raises(ValueError, match="positive number of seconds"):
             Runtime(fetch_timeout=bad)
 
@@ -886,3 +903,13 @@ def test_a_remote_binding_outside_a_worker_raises(core, run) -> None:
     assert binding.url_for("https://x/a/b?c=d#e") == "http://127.0.0.1:9/a/b?c=d"
     with pytest.raises(fastbind.FastbindError, match=r"env.USERS.fetch\(\) was called outside"):
         run(binding.fetch("https://x/"))
+
+
+def test_a_remote_binding_needs_an_http_url() -> None:
+    async def gateway(request, env, ctx):
+        return Response(None)
+
+    rt = Runtime()
+    rt.add_worker("gateway", gateway, services={"FILES": remote("ftp://files.example/")})
+    with pytest.raises(fastbind.ConfigError, match='Remote binding "FILES" needs an http'):
+        rt.validate()

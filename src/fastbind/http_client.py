@@ -54,7 +54,13 @@ def new_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         # The per-pipeline gate bounds concurrency; a process-wide pool cap would make
         # unrelated pipelines queue behind each other's long downloads.
-        connector=aiohttp.TCPConnector(limit=0),
+        #
+        # No DNS cache: with one, aiohttp resolves a host once for all concurrent
+        # requests in a task of its own, which the task factory would give to the
+        # pipeline that happened to ask first; that pipeline ending would then cancel
+        # the lookup under every other one. Names are resolved per new connection
+        # (pooled ones need none) and the system resolver caches.
+        connector=aiohttp.TCPConnector(limit=0, use_dns_cache=False),
         # fetch() has no cookie jar: a shared one would leak cookies between Workers.
         cookie_jar=aiohttp.DummyCookieJar(),
         # Fetch sends no Content-Type the caller did not give (aiohttp would add one).
@@ -70,7 +76,7 @@ def session_for(runtime: Runtime) -> aiohttp.ClientSession:
     several loops in turn (tests do), and a session cannot outlive its loop.
     """
     loop = asyncio.get_running_loop()
-    entry = runtime._fetch_session
+    entry: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = runtime._fetch_session
     if entry is not None and entry[0] is loop:
         return entry[1]
     session = new_session()

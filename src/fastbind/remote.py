@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from yarl import URL
 
 from .body import BodyInit
-from .errors import FastbindError
+from .errors import ConfigError, FastbindError
 from .fetch import send
 from .headers import HeadersInit
 from .http_client import outgoing_headers
@@ -35,7 +35,7 @@ class RemoteFetcher:
     def __init__(self, runtime: Runtime, binding: str, base_url: str) -> None:
         base = URL(base_url)
         if base.scheme not in ("http", "https") or not base.raw_host:
-            raise ValueError(f'Remote binding "{binding}" needs an http(s) URL, not {base_url!r}')
+            raise ConfigError(f'Remote binding "{binding}" needs an http(s) URL, not {base_url!r}.')
         self._runtime = runtime
         self._binding = binding
         self._base = str(base.origin())
