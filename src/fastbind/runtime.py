@@ -165,6 +165,16 @@ class Runtime:
         self._handles[name] = handle
         self._resolved = False
 
+    @classmethod
+    def from_config(cls, path: str | PathLike[str]) -> Runtime:
+        """A Runtime built from a ``fastbind.toml`` file (DESIGN.md section 4).
+
+        Raises ConfigError, naming the file, the Worker and the key, when it is wrong.
+        """
+        from .config import load_config
+
+        return load_config(path, runtime_class=cls)
+
     def validate(self) -> None:
         """Resolve every binding; raise ConfigError naming the first that is wrong."""
         core = self._core

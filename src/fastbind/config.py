@@ -1,0 +1,336 @@
+"""fastbind.toml: Workers, their bindings and limits, read into a Runtime (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from .bindings import RemoteBinding, ServiceBinding, remote, service
+from .errors import ConfigError
+from .limits import Limits
+from .runtime import Runtime
+
+__all__ = ("Config", "WorkerConfig", "read_config", "build_runtime", "load_config", "binding_cycles")
+
+_TOP_KEYS = ("limits", "workers")
+_WORKER_KEYS = ("name", "main", "vars", "services")
+_SERVICE_KEYS = ("binding", "service", "entrypoint", "props")
+_REMOTE_KEYS = ("binding", "url")
+_LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One ``[[workers]]`` table, checked but not imported yet."""
+
+    name: str
+    main: str
+    vars: dict[str, Any]
+    services: dict[str, ServiceBinding | RemoteBinding]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole config file: where it is, its limits and its Workers in file order."""
+
+    path: Path
+    label: str  # the file as the user named it, for messages
+    limits: Limits
+    workers: tuple[WorkerConfig, ...]
+
+    @property
+    def entry(self) -> str:
+        """The Worker served by default: the first one in the file."""
+        return self.workers[0].name
+
+
+def load_config(path: str | os.PathLike[str], *, runtime_class: type[Runtime] = Runtime) -> Runtime:
+    """A Runtime with every Worker of the config file at ``path``, its bindings resolved.
+
+    Every error (TOML syntax, a wrong type, a missing or unknown key, a ``main`` that
+    cannot be imported, a binding to an unknown service) is a ConfigError naming the
+    file, the Worker and the key, raised before anything is served.
+    """
+    return build_runtime(read_config(path), runtime_class=runtime_class)
+
+
+def read_config(path: str | os.PathLike[str]) -> Config:
+    """Read and check the file's shape (types, required and unknown keys); imports nothing."""
+    label = os.fspath(path)
+    file = Path(path)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read the config file: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: the config file is not UTF-8 text: {exc}.") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: invalid TOML: {exc}.") from None
+    _check_keys(label, "the top level", data, _TOP_KEYS)
+    limits = _read_limits(label, data.get("limits", {}))
+    workers_data = data.get("workers")
+    if workers_data is None:
+        raise ConfigError(f"{label}: no Workers are defined; add a [[workers]] table.")
+    if not isinstance(workers_data, list) or not all(isinstance(w, dict) for w in workers_data):
+        raise ConfigError(
+            f'{label}: "workers" must be an array of tables ([[workers]]), not {_kind(workers_data)}.'
+        )
+    if not workers_data:
+        raise ConfigError(f"{label}: no Workers are defined; add a [[workers]] table.")
+    workers: list[WorkerConfig] = []
+    seen: set[str] = set()
+    for index, table in enumerate(workers_data, start=1):
+        worker = _read_worker(label, index, table)
+        if worker.name in seen:
+            raise ConfigError(f'{label}: Worker "{worker.name}" is defined twice.')
+        seen.add(worker.name)
+        workers.append(worker)
+    return Config(file.resolve(), label, limits, tuple(workers))
+
+
+def build_runtime(config: Config, *, runtime_class: type[Runtime] = Runtime) -> Runtime:
+    """Import every Worker's ``main``, add it to a new Runtime and resolve the bindings."""
+    runtime = runtime_class(limits=config.limits)
+    folder = config.path.parent
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # main modules are found beside the config file
+    importlib.invalidate_caches()
+    label = config.label
+    for worker in config.workers:
+        handler = _import_main(label, worker, folder)
+        try:
+            runtime.add_worker(worker.name, handler, services=worker.services, vars=worker.vars)
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {_worker_error(worker, exc)}") from None
+    try:
+        runtime.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    return runtime
+
+
+def binding_cycles(config: Config) -> set[tuple[str, str]]:
+    """The (Worker, binding) pairs that are part of a cycle of service bindings.
+
+    Cycles are allowed (the depth limit stops runaway recursion at run time); ``fastbind
+    check`` marks them so that a reader sees them.
+    """
+    edges = {
+        w.name: {b: t.service for b, t in w.services.items() if isinstance(t, ServiceBinding)}
+        for w in config.workers
+    }
+
+    def reaches(start: str, goal: str) -> bool:
+        stack, seen = [start], set()
+        while stack:
+            node = stack.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                stack.extend(edges.get(node, {}).values())
+        return False
+
+    return {
+        (worker, binding)
+        for worker, bindings in edges.items()
+        for binding, target in bindings.items()
+        if reaches(target, worker)
+    }
+
+
+# -- reading the tables --------------------------------------------------------------------
+
+
+def _read_limits(label: str, table: Any) -> Limits:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{label}: [limits] must be a table, not {_kind(table)}.")
+    _check_keys(label, "[limits]", table, _LIMIT_KEYS)
+    try:
+        return Limits(**table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{label}: [limits] {str(exc).removeprefix('Limits.')}.") from None
+
+
+def _read_worker(label: str, index: int, table: dict[str, Any]) -> WorkerConfig:
+    name = table.get("name")
+    if name is None:
+        raise ConfigError(f'{label}: Worker #{index} has no "name".')
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f'{label}: Worker #{index} "name" must be a non-empty string, not {_kind(name)}.')
+    where = f'Worker "{name}"'
+    _check_keys(label, where, table, _WORKER_KEYS)
+    main = table.get("main")
+    if main is None:
+        raise ConfigError(f'{label}: {where} has no "main" (e.g. main = "{name}:Default").')
+    if not isinstance(main, str) or not main.strip():
+        raise ConfigError(f'{label}: {where} "main" must be a non-empty string, not {_kind(main)}.')
+    vars_ = table.get("vars", {})
+    if not isinstance(vars_, dict):
+        raise ConfigError(f'{label}: {where} "vars" must be a table, not {_kind(vars_)}.')
+    services_data = table.get("services", [])
+    if not isinstance(services_data, list):
+        raise ConfigError(
+            f'{label}: {where} "services" must be an array of tables, not {_kind(services_data)}.'
+        )
+    services: dict[str, ServiceBinding | RemoteBinding] = {}
+    for position, entry in enumerate(services_data):
+        binding, spec = _read_binding(label, where, position, entry)
+        if binding in services:
+            raise ConfigError(f'{label}: {where} binding "{binding}" is defined twice.')
+        if binding in vars_:
+            raise ConfigError(f'{label}: {where} defines "{binding}" both as a binding and a var.')
+        services[binding] = spec
+    return WorkerConfig(name, main.strip(), dict(vars_), services)
+
+
+def _read_binding(label: str, where: str, position: int, entry: Any) -> tuple[str, ServiceBinding | RemoteBinding]:
+    at = f"{where} services[{position}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f'{label}: {at} must be a table such as {{ binding = "AUTH", service = "auth" }}, '
+            f"not {_kind(entry)}."
+        )
+    binding = entry.get("binding")
+    if binding is None:
+        raise ConfigError(f'{label}: {at} has no "binding" (the name the Worker uses, e.g. "AUTH").')
+    if not isinstance(binding, str) or not binding.isidentifier():
+        raise ConfigError(f'{label}: {at} "binding" must be an identifier string, not {binding!r}.')
+    at = f'{where} binding "{binding}"'
+    if "url" in entry:
+        if "service" in entry:
+            raise ConfigError(f'{label}: {at} has both "service" and "url"; give one of them.')
+        _check_keys(label, at + " (a remote binding)", entry, _REMOTE_KEYS)
+        url = entry["url"]
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f'{label}: {at} "url" must be an http:// or https:// URL, not {url!r}.')
+        try:
+            return binding, remote(url)
+        except TypeError:
+            raise ConfigError(f'{label}: {at} "url" is not a valid URL: {url!r}.') from None
+    if "service" not in entry:
+        raise ConfigError(
+            f'{label}: {at} needs "service" (a Worker of this file) or "url" (a Worker served elsewhere).'
+        )
+    _check_keys(label, at, entry, _SERVICE_KEYS)
+    target = entry["service"]
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f'{label}: {at} "service" must be a Worker name (a string), not {_kind(target)}.')
+    entrypoint = entry.get("entrypoint")
+    if entrypoint is not None and (not isinstance(entrypoint, str) or not entrypoint.isidentifier()):
+        raise ConfigError(f'{label}: {at} "entrypoint" must be a class name (a string), not {entrypoint!r}.')
+    props = entry.get("props", {})
+    if not isinstance(props, dict):
+        raise ConfigError(f'{label}: {at} "props" must be a table, not {_kind(props)}.')
+    return binding, service(target, entrypoint=entrypoint, props=props)
+
+
+def _check_keys(label: str, where: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f'did you mean "{close[0]}"?' if close else "expected one of: " + ", ".join(allowed)
+            raise ConfigError(f'{label}: {where} has an unknown key "{key}"; {hint}')
+
+
+# -- importing main ----------------------------------------------------------------------------
+
+
+def _import_main(label: str, worker: WorkerConfig, folder: Path) -> Any:
+    """The handler named by ``main``: ``module:attribute``, a module, or a ``.py`` file."""
+    main = worker.main
+    where = f'{label}: Worker "{worker.name}" main "{main}"'
+    if main.endswith(".py") or "/" in main or os.sep in main:
+        return _load_python_worker(where, folder / main)
+    module_name, colon, attribute = main.partition(":")
+    if colon and (not attribute or not all(p.isidentifier() for p in attribute.split("."))):
+        raise ConfigError(f'{where} must be "module:attribute", e.g. "{worker.name}:Default".')
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise ConfigError(f'{where} must be "module:attribute", e.g. "{worker.name}:Default".')
+    module = _import_module(where, module_name, folder)
+    if not colon:
+        return _load_python_worker(where, module)  # Default or on_fetch, as Cloudflare picks
+    value: Any = module
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise ConfigError(f'{where}: module "{module_name}" has no attribute "{attribute}".') from None
+    return value
+
+
+def _import_module(where: str, name: str, folder: Path) -> Any:
+    top = name.partition(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        # Another module of that name is imported already: an import would quietly
+        # return it instead of the one beside the config file.
+        origin = getattr(loaded, "__file__", None)
+        local = folder / top
+        if origin and (local.is_dir() or local.with_suffix(".py").is_file()):
+            if not Path(origin).resolve().is_relative_to(folder):
+                raise ConfigError(
+                    f'{where}: a different module "{top}" is already imported (from {origin}); '
+                    "rename one of the two."
+                )
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise ConfigError(f'{where}: no module named "{name}" (looked in {folder} and sys.path).') from None
+        raise ConfigError(f"{where}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(f"{where}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_python_worker(where: str, module_or_path: Any) -> Any:
+    from . import workers
+
+    if isinstance(module_or_path, Path) and not module_or_path.is_file():
+        raise ConfigError(f"{where}: no such file {module_or_path}.")
+    try:
+        return workers.load(module_or_path)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"{where}: importing failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _worker_error(worker: WorkerConfig, exc: ConfigError) -> str:
+    message = str(exc)
+    if "handler must be" in message:
+        return (
+            f'Worker "{worker.name}" main "{worker.main}" is not a Worker: it must name a '
+            "WorkerEntrypoint subclass or an async function (request, env, ctx)."
+        )
+    return message
+
+
+def _kind(value: object) -> str:
+    """The TOML name of a value's type, for messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return f"a string ({value!r})" if value else "an empty string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, (datetime, date, time)):
+        return "a date or time"
+    return type(value).__name__

@@ -1,0 +1,195 @@
+"""The gateway server: a Runtime's entry Worker on HTTP/1.1, uvloop, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+
+from .http11 import Exchange, HTTPConnection, HTTPLimits, ServerState
+from .runtime import Runtime
+
+__all__ = ("Server", "HTTPLimits", "serve", "run", "format_address")
+
+# How often connections are checked for timeouts (at most; less when timeouts are short).
+_SWEEP_INTERVAL = 1.0
+
+
+class Server:
+    """Serves Worker ``entry`` of ``runtime`` on the sockets it listens on.
+
+    ``await start(host, port)`` listens; ``await shutdown(timeout)`` stops accepting,
+    lets every request already received finish and the pipelines' pending work
+    (``ctx.wait_until``) end, up to ``timeout`` seconds, then cancels what is left.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        entry: str,
+        *,
+        limits: HTTPLimits | None = None,
+        access_log: bool = False,
+    ) -> None:
+        runtime.validate()  # a wrong binding fails here, before anything is served
+        if entry not in runtime.workers:
+            from .errors import ConfigError
+
+            raise ConfigError(f'No Worker named "{entry}" is defined.')
+        self.runtime = runtime
+        self.entry = entry
+        self.limits = limits or HTTPLimits()
+        self._access_log = access_log
+        self._server: asyncio.AbstractServer | None = None
+        self._state: ServerState | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._force = asyncio.Event()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) of every socket served."""
+        if self._server is None:
+            return []
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8787, *, reuse_port: bool = False,
+                    backlog: int = 2048) -> None:
+        loop = asyncio.get_running_loop()
+        state = self._state = ServerState(
+            self.runtime, self.entry, self.limits, default_host=_host_header(host, port),
+            access_log=_print_access if self._access_log else None,
+        )
+        self._server = await loop.create_server(
+            lambda: HTTPConnection(state), host, port,
+            reuse_address=True, reuse_port=reuse_port or None, backlog=backlog,
+        )
+        if port == 0:
+            state.default_host = _host_header(host, self.addresses[0][1])
+        limits = self.limits
+        self._interval = min(_SWEEP_INTERVAL, limits.read_timeout / 4, limits.keep_alive_timeout / 4)
+        self._sweeper = loop.call_later(self._interval, self._sweep)
+
+    def _sweep(self) -> None:
+        state = self._state
+        assert state is not None
+        state.refresh_date()
+        now = asyncio.get_running_loop().time()
+        for connection in list(state.connections):
+            connection.check_timeouts(now)
+        self._sweeper = asyncio.get_running_loop().call_later(self._interval, self._sweep)
+
+    @property
+    def forced(self) -> bool:
+        """Whether a second signal cut the shutdown short."""
+        return self._force.is_set()
+
+    def force(self) -> None:
+        """Cut a running ``shutdown`` short: cancel what is still running now."""
+        self._force.set()
+
+    async def shutdown(self, timeout: float = 30.0) -> bool:
+        """Drain and stop; returns True when everything ended before the deadline."""
+        state = self._state
+        server = self._server
+        if state is None or server is None:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        state.draining = True
+        server.close()  # stop accepting; connections already open are drained
+        for connection in list(state.connections):
+            connection.drain()
+        clean = await self._until(lambda: not state.connections, deadline)
+        clean = clean and await self._until(
+            lambda: self.runtime.live_counts()["pipelines"] == 0, deadline
+        )
+        if not clean:
+            for connection in list(state.connections):
+                connection.abort()  # connection_lost cancels its pipeline
+            await self._until(lambda: not state.connections, loop.time() + 1.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await server.wait_closed()
+        await self.runtime.aclose()
+        return clean
+
+    async def _until(self, done: Callable[[], bool], deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        while not done():
+            if self._force.is_set() or loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+
+async def serve(
+    runtime: Runtime,
+    entry: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    limits: HTTPLimits | None = None,
+    access_log: bool = False,
+    shutdown_timeout: float = 30.0,
+    reuse_port: bool = False,
+    on_ready: Callable[[Server], None] | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; returns an exit code.
+
+    A second signal during the shutdown cancels what is still running at once (exit 1).
+    """
+    server = Server(runtime, entry, limits=limits, access_log=access_log)
+    await server.start(host, port, reuse_port=reuse_port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            server.force()
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+        await server.shutdown(shutdown_timeout)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 1 if server.forced else 0
+
+
+def run(runtime: Runtime, entry: str, **options: Any) -> int:
+    """``serve`` on a new uvloop event loop; returns the exit code."""
+    return uvloop.run(serve(runtime, entry, **options))
+
+
+def format_address(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _host_header(host: str, port: int) -> str:
+    # What an HTTP/1.0 request without Host is taken to have asked for.
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _print_access(connection: HTTPConnection, ex: Exchange, status: int, sent: int) -> None:
+    peer = connection.peer
+    client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+    request = ex.request
+    method = request.method if request is not None else "-"
+    target = ex.target.decode("latin-1") if ex.target else "-"
+    took = (time.perf_counter() - ex.start) * 1000 if ex.start else 0.0
+    sys.stdout.write(
+        f'{client} "{method} {target} HTTP/{ex.version}" {status} {sent} {took:.1f}ms\n'
+    )
