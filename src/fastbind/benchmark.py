@@ -1,0 +1,477 @@
+"""``fastbind bench``: a binding round trip beside a direct await and in-process HTTP peers."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from importlib import metadata
+from time import perf_counter_ns
+from types import ModuleType
+from typing import Any
+
+from . import _core_py, _impl
+from .request import Request
+from .response import Response
+from .runtime import Runtime
+
+__all__ = (
+    "CALLS",
+    "Case",
+    "CaseResult",
+    "PeerMissing",
+    "child",
+    "runtime_on",
+    "timed_dispatch",
+    "measure",
+    "core_cases",
+    "main",
+)
+
+CALLS = 1000  # calls per batch: one dispatch of a timing parent, well inside the 10,000 subrequest budget
+URL = "https://example.com/bench"
+CALLS_HEADER = "x-calls"  # the one header of the forwarded Request: how many calls the parent makes
+ELAPSED_HEADER = "x-elapsed-ns"  # how the parent reports the time its calls took
+
+Batch = Callable[[int], Awaitable[int]]  # makes ``calls`` calls and returns the ns they took
+Opener = Callable[[AsyncExitStack], Awaitable[Batch]]
+
+
+class PeerMissing(Exception):
+    """A peer's library is not installed (or a core is not built): its case is skipped."""
+
+
+# --- fastbind: Workers that time their own calls ------------------------------------
+# Each batch is one dispatch of a parent Worker that makes K calls in a loop and reports
+# the time of the loop alone, so the cost of dispatch itself stays out of the figure.
+
+
+async def child(request: Request, env: Any, ctx: Any) -> Response:
+    """The Worker every round trip reaches: a small Response, nothing read."""
+    return Response("ok")
+
+
+def _elapsed(start: int) -> Response:
+    return Response(None, headers={ELAPSED_HEADER: str(perf_counter_ns() - start)})
+
+
+async def binding_parent(request: Request, env: Any, ctx: Any) -> Response:
+    """K binding calls with the Request the parent was given (no body: forwarded again and again)."""
+    calls = int(request.headers.get(CALLS_HEADER) or CALLS)
+    start = perf_counter_ns()
+    for _ in range(calls):
+        await env.CHILD.fetch(request)
+    return _elapsed(start)
+
+
+async def floor_parent(request: Request, env: Any, ctx: Any) -> Response:
+    """The floor: the same K calls as a direct await of the same child, same objects."""
+    calls = int(request.headers.get(CALLS_HEADER) or CALLS)
+    start = perf_counter_ns()
+    for _ in range(calls):
+        await child(request, env, ctx)
+    return _elapsed(start)
+
+
+def runtime_on(core: ModuleType | None, **kwargs: Any) -> Runtime:
+    """A Runtime run by ``core`` (``_impl.compiled`` or ``_core_py``) whatever the default is."""
+    if core is None:
+        raise PeerMissing("the compiled core is not built")
+    previous = _impl.core
+    _impl.core = core  # read once, by Runtime.__init__: the Runtime keeps its core
+    try:
+        return Runtime(**kwargs)
+    finally:
+        _impl.core = previous
+
+
+def round_trip_runtime(core: ModuleType | None) -> Runtime:
+    """Workers ``binding`` and ``floor`` that time K calls of ``child`` each way."""
+    rt = runtime_on(core)
+    rt.add_worker("binding", binding_parent, services={"CHILD": "child"})
+    rt.add_worker("floor", floor_parent)
+    rt.add_worker("child", child)
+    return rt
+
+
+async def timed_dispatch(rt: Runtime, worker: str, calls: int, body: Any = None) -> int:
+    """Dispatch one batch to timing parent ``worker``; the ns its ``calls`` calls took."""
+    method = "GET" if body is None else "POST"
+    request = Request(URL, method=method, headers={CALLS_HEADER: str(calls)}, body=body)
+    response = await rt.dispatch(worker, request)
+    return int(response.headers.get(ELAPSED_HEADER) or 0)
+
+
+def dispatcher(rt: Runtime, worker: str) -> Opener:
+    async def open_(stack: AsyncExitStack) -> Batch:
+        return lambda calls: timed_dispatch(rt, worker, calls)
+
+    return open_
+
+
+# --- peers: the same round trip through the ASGI and HTTP stacks users have today ----
+
+
+Message = MutableMapping[str, Any]  # an ASGI scope or event
+
+
+async def asgi_hello(
+    scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+) -> None:
+    """A raw ASGI app answering what ``child`` answers."""
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+_ASGI_HEADERS = [(CALLS_HEADER.encode(), str(CALLS).encode())]
+
+
+async def call_asgi(app: Any) -> tuple[int, bytes]:
+    """One request to ``app`` with a hand-built scope, receive and send, as a server makes them."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "https", "path": "/bench", "raw_path": b"/bench", "query_string": b"",
+        "root_path": "", "headers": _ASGI_HEADERS, "server": ("example.com", 443), "client": None,
+    }
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    await app(scope, receive, send)
+    return messages[0]["status"], messages[1]["body"]
+
+
+async def open_raw_asgi(stack: AsyncExitStack) -> Batch:
+    async def batch(calls: int) -> int:
+        start = perf_counter_ns()
+        for _ in range(calls):
+            await call_asgi(asgi_hello)
+        return perf_counter_ns() - start
+
+    return batch
+
+
+async def open_httpx(stack: AsyncExitStack) -> Batch:
+    try:
+        import httpx
+    except ImportError:
+        raise PeerMissing("httpx is not installed (pip install httpx)") from None
+    client = await stack.enter_async_context(
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi_hello)))
+    headers = {CALLS_HEADER: str(CALLS)}
+
+    async def batch(calls: int) -> int:
+        start = perf_counter_ns()
+        for _ in range(calls):
+            (await client.get(URL, headers=headers)).content
+        return perf_counter_ns() - start
+
+    return batch
+
+
+async def open_aiohttp(stack: AsyncExitStack) -> Batch:
+    try:
+        import aiohttp
+        from aiohttp import web
+    except ImportError:
+        raise PeerMissing("aiohttp is not installed (pip install aiohttp)") from None
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/bench", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # loopback only
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/bench"
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    headers = {CALLS_HEADER: str(CALLS)}
+
+    async def batch(calls: int) -> int:
+        start = perf_counter_ns()
+        for _ in range(calls):
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+        return perf_counter_ns() - start
+
+    return batch
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One way of making a call: ``role`` is "floor", "fastbind" or "peer"."""
+
+    name: str
+    role: str
+    open: Opener
+    short: str = ""  # the heading of its ratio column, for the floor and peers
+
+
+@dataclass(slots=True)
+class CaseResult:
+    name: str
+    role: str
+    short: str = ""
+    samples: list[float] = field(default_factory=list)  # ns per call, one per round
+    skipped: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        stats = {} if self.skipped else {
+            "median": self.median, "min": min(self.samples), "max": max(self.samples)}
+        return {"name": self.name, "role": self.role, "skipped": self.skipped,
+                **stats, "samples": self.samples}
+
+
+async def measure(cases: Sequence[Case], calls: int, rounds: int, sample_ns: int) -> list[CaseResult]:
+    """ns per call of each case: the cases take turns, one sample each per round.
+
+    Taking turns makes a busy moment of the machine weigh on all cases alike; a sample
+    is as many batches of ``calls`` as fill ``sample_ns``, so that fast cases are not
+    timed over a fraction of a millisecond.
+    """
+    results = [CaseResult(case.name, case.role, case.short) for case in cases]
+    batches: dict[int, tuple[Batch, int]] = {}
+    async with AsyncExitStack() as stack:
+        for i, case in enumerate(cases):
+            try:
+                batch = await case.open(stack)
+            except PeerMissing as missing:
+                results[i].skipped = str(missing)
+                continue
+            await batch(calls)  # warm-up: caches, lazy imports, connection set-up
+            once = max(await batch(calls), 1)
+            batches[i] = batch, max(1, min(1000, sample_ns // once))
+        live = list(batches)
+        for round_ in range(rounds):
+            gc.collect()
+            shift = round_ % len(live) if live else 0
+            for i in live[shift:] + live[:shift]:
+                batch, repeat = batches[i]
+                total = 0
+                for _ in range(repeat):
+                    total += await batch(calls)
+                results[i].samples.append(total / (repeat * calls))
+    return results
+
+
+def core_cases() -> list[Case]:
+    """The core comparison of ``fastbind bench``."""
+    compiled = _impl.compiled
+    floor_rt = round_trip_runtime(compiled or _core_py)
+    cases = [Case("direct await", "floor", dispatcher(floor_rt, "floor"), "floor")]
+    if compiled is not None:
+        cases.append(Case("binding [c]", "fastbind", dispatcher(floor_rt, "binding")))
+    else:
+        cases.append(Case("binding [c]", "fastbind", _missing("the compiled core is not built")))
+    cases += [
+        Case("binding [py]", "fastbind", dispatcher(round_trip_runtime(_core_py), "binding")),
+        Case("raw ASGI by hand", "peer", open_raw_asgi, "raw ASGI"),
+        Case("httpx ASGITransport", "peer", open_httpx, "httpx"),
+        Case("aiohttp loopback", "peer", open_aiohttp, "aiohttp"),
+    ]
+    return cases
+
+
+def _missing(reason: str) -> Opener:
+    async def open_(stack: AsyncExitStack) -> Batch:
+        raise PeerMissing(reason)
+
+    return open_
+
+
+# --- reporting ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """median(case) / median(ref) must be at most (or at least) ``bound``."""
+
+    title: str
+    case: str
+    ref: str
+    bound: float
+    at_most: bool
+
+    def met(self, ratio: float) -> bool:
+        return ratio <= self.bound if self.at_most else ratio >= self.bound
+
+
+# The targets of issue 6 that the core comparison measures (bench/README.md has the rest).
+TARGETS = (
+    Target("binding [c] at most 1.5x a direct await", "binding [c]", "direct await", 1.5, True),
+    Target("binding [c] at least 100x faster than httpx", "httpx ASGITransport", "binding [c]", 100.0, False),
+    Target("compiled core at least 2.5x faster than the twin", "binding [py]", "binding [c]", 2.5, False),
+)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: nproc, CPU model, Python, uvloop."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        uvloop_version: str | None = metadata.version("uvloop")
+    except metadata.PackageNotFoundError:
+        uvloop_version = None
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"nproc": nproc, "cpu": cpu, "python": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "uvloop": uvloop_version, "platform": platform.platform()}
+
+
+def ratios(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
+    """For each measured case, its median over the median of the floor and of each peer."""
+    medians = {r.name: r.median for r in results if not r.skipped}
+    refs = [r.name for r in results if r.role in ("floor", "peer") and not r.skipped]
+    return {name: {ref: value / medians[ref] for ref in refs} for name, value in medians.items()}
+
+
+def check_targets(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
+    medians = {r.name: r.median for r in results if not r.skipped}
+    checks: list[dict[str, Any]] = []
+    for target in TARGETS:
+        if target.case not in medians or target.ref not in medians:
+            checks.append({"target": target.title, "measured": None, "met": None})
+            continue
+        ratio = medians[target.case] / medians[target.ref]
+        checks.append({"target": target.title, "measured": ratio, "met": target.met(ratio)})
+    return checks
+
+
+def _ratio(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
+def table(results: Sequence[CaseResult], calls: int, rounds: int) -> str:
+    """The text table: case, ns/op (median, min, max), ratio to the floor and to each peer."""
+    by_case = ratios(results)
+    refs = [r for r in results if r.role in ("floor", "peer")]
+    head = ["case", "median ns/op", "min", "max"] + [f"x {r.short or r.name}" for r in refs]
+    rows = [head]
+    notes = []
+    for r in results:
+        if r.skipped:
+            notes.append(f"{r.name}: skipped, {r.skipped}")
+            rows.append([r.name, "skipped"] + [""] * (len(head) - 2))
+            continue
+        rows.append([r.name, f"{r.median:,.0f}", f"{min(r.samples):,.0f}", f"{max(r.samples):,.0f}"]
+                    + [_ratio(by_case[r.name][ref.name]) if ref.name in by_case[r.name] else "-"
+                       for ref in refs])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    info = machine()
+    lines.insert(0, f"{calls} calls per batch, median of {rounds} rounds, uvloop {info['uvloop']}, "
+                    f"{info['python_implementation']} {info['python']}, {info['nproc']} x {info['cpu']}")
+    lines += [f"note: {note}" for note in notes]
+    for check in check_targets(results):
+        verdict = "not measured" if check["met"] is None else (
+            f"{check['measured']:.3g}x: {'met' if check['met'] else 'NOT met'}")
+        lines.append(f"target: {check['target']}: {verdict}")
+    return "\n".join(lines)
+
+
+def report(results: Sequence[CaseResult], calls: int, rounds: int) -> dict[str, Any]:
+    """Everything ``--json`` saves."""
+    by_case = ratios(results)
+    return {
+        "unit": "ns per call", "calls_per_batch": calls, "rounds": rounds, "machine": machine(),
+        "cases": [{**r.as_dict(), "ratios": by_case.get(r.name, {})} for r in results],
+        "targets": check_targets(results),
+    }
+
+
+def plot(results: Sequence[CaseResult], path: str) -> None:
+    """A bar chart of each case's time over the floor's, on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed: the chart goes to a file
+    import matplotlib.pyplot as plt
+
+    floor = next(r for r in results if r.role == "floor")
+    shown = [r for r in results if not r.skipped]
+    values = [r.median / floor.median for r in shown]
+    colors = {"floor": "#888888", "fastbind": "#f38020", "peer": "#4a6fa5"}
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(shown) + 1.5))
+    bars = ax.barh([r.name for r in shown], values, color=[colors[r.role] for r in shown])
+    ax.bar_label(bars, labels=[f"{v:.3g}x" if v < 1000 else f"{v:,.0f}x" for v in values], padding=3)
+    ax.set_xscale("log")
+    ax.set_xlim(0.5, max(values) * 4)  # room for the labels of the longest bars
+    ax.invert_yaxis()
+    ax.set_xlabel("time per call / direct await (log scale)")
+    ax.set_title("fastbind: one call between two handlers in one process")
+    ax.axvline(1.5, color="#f38020", linestyle=":", linewidth=1, label="target for a binding: 1.5x")
+    ax.legend(loc="lower right", frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fastbind bench``: print the core comparison; save it with ``--json``, chart it with ``--plot``."""
+    parser = argparse.ArgumentParser(
+        prog="fastbind bench",
+        description="Time a binding round trip against a direct await and in-process HTTP peers.")
+    parser.add_argument("--calls", type=int, default=CALLS, help="calls per batch (one dispatch)")
+    parser.add_argument("--rounds", type=int, default=21, help="samples per case; the median is shown")
+    parser.add_argument("--sample-ms", type=float, default=20.0,
+                        help="least time of one sample: fast cases repeat batches to fill it")
+    parser.add_argument("--quick", action="store_true", help="a few short rounds (a smoke run)")
+    parser.add_argument("--json", metavar="FILE", help="save the figures as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
+        args.sample_ms = min(args.sample_ms, 1.0)
+    if args.calls < 1 or args.rounds < 1:
+        parser.error("--calls and --rounds must be at least 1")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'fastbind[plot]'")
+    import uvloop  # a dependency of fastbind: the figures are for the loop it serves on
+
+    results = uvloop.run(measure(core_cases(), args.calls, args.rounds, int(args.sample_ms * 1e6)))
+    print(table(results, args.calls, args.rounds))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report(results, args.calls, args.rounds), out, indent=2)
+            out.write("\n")
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
