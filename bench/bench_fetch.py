@@ -5,6 +5,9 @@ runs in a process of its own (uvloop, 127.0.0.1), and read its body to the end:
 
 - ``aiohttp``: ``async with session.get(url) as resp: await resp.read()`` on one
   ``aiohttp.ClientSession()`` with its defaults, as an application would write it.
+- ``aiohttp+t``: the same with fetch()'s timeout policy (30 s to connect and for
+  each wait for data, ``sock_read``), to tell the price of that policy, a timer
+  re-armed on every read, from the price of fastbind itself.
 - ``fastbind``: inside a running Worker, ``resp = await fetch(url)`` then
   ``await resp.bytes()``: a subrequest charged to the invocation, a slot of the
   pipeline's connection gate, a fastbind Response with a streamed body, on the
@@ -40,6 +43,7 @@ import uvloop
 from aiohttp import web
 
 from fastbind import Limits, Request, Response, Runtime, fetch
+from fastbind.http_client import DEFAULT_FETCH_TIMEOUT, client_timeout
 
 BODY = b'{"id":42,"name":"ada","roles":["admin"]}'
 
@@ -125,9 +129,14 @@ async def per_call_us(run: Callable[[int], Awaitable[None]], calls: int) -> tupl
 async def bench(url: str, calls: int, rounds: int, batch: int) -> dict[str, list[tuple[float, float]]]:
     runtime = Runtime(limits=Limits(subrequests=batch))
     runtime.add_worker("client", client_worker(url, batch))
-    results: dict[str, list[tuple[float, float]]] = {"aiohttp": [], "fastbind": []}
-    async with aiohttp.ClientSession() as session, runtime:
-        cases = {"aiohttp": aiohttp_round(session, url), "fastbind": fastbind_round(runtime, batch)}
+    same_policy = aiohttp.ClientSession(timeout=client_timeout(DEFAULT_FETCH_TIMEOUT))
+    async with aiohttp.ClientSession() as session, same_policy, runtime:
+        cases = {
+            "aiohttp": aiohttp_round(session, url),
+            "aiohttp+t": aiohttp_round(same_policy, url),
+            "fastbind": fastbind_round(runtime, batch),
+        }
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         for run in cases.values():  # warm-up: connections, caches, allocator
             await run(max(batch, 1000))
         for i in range(rounds):
@@ -138,15 +147,23 @@ async def bench(url: str, calls: int, rounds: int, batch: int) -> dict[str, list
     return results
 
 
+def paired_ratio(rounds: list[tuple[float, float]], base: list[tuple[float, float]], i: int) -> float:
+    """Median over rounds of one case's time over the base case's, measured side by side."""
+    return statistics.median(r[i] / b[i] for r, b in zip(rounds, base))
+
+
 def report(results: dict[str, list[tuple[float, float]]]) -> None:
     base = results["aiohttp"]
     print(f"{'case':<10} {'wall us':>8} {'x aiohttp':>10} {'cpu us':>8} {'x aiohttp':>10}   (medians over rounds)")
     for name, rounds in results.items():
         wall = statistics.median(w for w, _ in rounds)
         cpu = statistics.median(c for _, c in rounds)
-        wall_x = statistics.median(w / b[0] for (w, _), b in zip(rounds, base))
-        cpu_x = statistics.median(c / b[1] for (_, c), b in zip(rounds, base))
-        print(f"{name:<10} {wall:>8.1f} {wall_x:>10.3f} {cpu:>8.1f} {cpu_x:>10.3f}")
+        print(f"{name:<10} {wall:>8.1f} {paired_ratio(rounds, base, 0):>10.3f} "
+              f"{cpu:>8.1f} {paired_ratio(rounds, base, 1):>10.3f}")
+    same_policy = results["aiohttp+t"]
+    print(f"fastbind over aiohttp+t (same timeout policy): wall x "
+          f"{paired_ratio(results['fastbind'], same_policy, 0):.3f}, cpu x "
+          f"{paired_ratio(results['fastbind'], same_policy, 1):.3f}")
 
 
 def main() -> None:
