@@ -13,7 +13,7 @@ class Gateway(WorkerEntrypoint):
         if path.startswith("/api/"):
             return await self.api(request)
         if path == "/whoami":
-            auth = await self.env.AUTH.fetch(request.url, headers=request.headers)
+            auth: Response = await self.env.AUTH.fetch(request.url, headers=request.headers)
             if not auth.ok:
                 return auth
             return Response.json({"user": auth.headers.get("x-user"), "role": auth.headers.get("x-role")})

@@ -258,9 +258,12 @@ def _import_main(label: str, worker: WorkerConfig, folder: Path) -> Any:
         raise ConfigError(f'{where} must be "module:attribute", e.g. "{worker.name}:Default".')
     if not all(part.isidentifier() for part in module_name.split(".")):
         raise ConfigError(f'{where} must be "module:attribute", e.g. "{worker.name}:Default".')
+    if not colon:  # a Python Worker's module: Default or on_fetch, as Cloudflare picks
+        from . import workers
+
+        workers.install()  # its code imports the SDK as `workers`
+        return _load_python_worker(where, _import_module(where, module_name, folder))
     module = _import_module(where, module_name, folder)
-    if not colon:
-        return _load_python_worker(where, module)  # Default or on_fetch, as Cloudflare picks
     value: Any = module
     for part in attribute.split("."):
         try:

@@ -590,8 +590,9 @@ class HTTPConnection(asyncio.Protocol):
 
     def _finish(self, ex: Exchange, status: int, sent: int) -> None:
         ex.finished = True
-        if self._access_log:
-            self._state.log(self, ex, status, sent)
+        log = self._state.log
+        if log is not None:
+            log(self, ex, status, sent)
         self._task = None
         self._active = None
         if self._lost:
@@ -743,8 +744,9 @@ class HTTPConnection(asyncio.Protocol):
         )
         self._stopped = True
         transport.close()
-        if self._access_log:
-            self._state.log(self, ex, status, len(body))
+        log = self._state.log
+        if log is not None:
+            log(self, ex, status, len(body))
 
     # -- timeouts and shutdown, called by the server ------------------------------------
 

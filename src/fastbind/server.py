@@ -46,7 +46,7 @@ class Server:
         self.entry = entry
         self.limits = limits or HTTPLimits()
         self._access_log = access_log
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._state: ServerState | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._force = asyncio.Event()
