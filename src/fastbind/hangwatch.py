@@ -22,9 +22,8 @@ from .errors import FastbindError
 __all__ = (
     "HANG_MESSAGE",
     "WorkerHangError",
-    "WatchedPipeline",
+    "LoopWatch",
     "watch",
-    "unwatch",
     "is_closed_wait",
     "checking",
     "settings",
@@ -91,38 +90,43 @@ _BOUNDARIES = (
 )
 
 
-class WatchedPipeline:
-    """A pipeline whose top-level invocation is running, and what the detector saw of it."""
+class _Sighting:
+    """What the check saw of a pipeline found stalled (kept for stalled pipelines only)."""
 
-    __slots__ = ("pipeline", "task", "driver", "owner", "stall", "disproved", "hung")
+    __slots__ = ("stall", "disproved", "hung")
 
-    def __init__(self, pipeline: Any, task: asyncio.Task[Any], driver: Any, owner: _LoopWatch) -> None:
-        self.pipeline = pipeline
-        self.task = task  # the task awaiting dispatch()
-        # What dispatch awaits: the iterator of the root binding call, which holds all
-        # of the pipeline's code that runs in that task.
-        self.driver = driver
-        self.owner = owner
-        self.stall: frozenset[tuple[int, int]] | None = None
+    def __init__(self, stall: frozenset[tuple[int, int]]) -> None:
+        self.stall = stall  # which task waited on which future, by id
         self.disproved: frozenset[tuple[int, int]] | None = None
         self.hung = False
 
-    def forgive(self) -> bool:
-        """Withdraw the verdict's cancel; True if nobody else cancelled the task."""
-        return self.task.uncancel() == 0
 
+class LoopWatch:
+    """The pipelines of one event loop whose top-level invocation runs, checked by one timer.
 
-class _LoopWatch:
-    """The watched pipelines of one event loop, checked by one timer while there are any."""
+    A dispatch costs one dict insert and one delete; the timer runs while the dict is
+    not empty.
+    """
 
     # The loop is held weakly: this object is the value of a WeakKeyDictionary keyed
     # by the loop, and would otherwise keep its own key alive.
-    __slots__ = ("loop_ref", "watched", "timer", "__weakref__")
+    __slots__ = ("loop_ref", "running", "sightings", "timer", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop_ref = weakref.ref(loop)
-        self.watched: set[WatchedPipeline] = set()
+        # pipeline -> (the task awaiting dispatch, the iterator of its root binding call,
+        # which holds all of the pipeline's code that runs in that task)
+        self.running: dict[Any, tuple[asyncio.Task[Any], Any]] = {}
+        self.sightings: dict[Any, _Sighting] = {}
         self.timer: asyncio.TimerHandle | None = None
+
+    def release(self, pipeline: Any) -> bool:
+        """Stop watching ``pipeline``; True if it was declared hung (its task was cancelled)."""
+        del self.running[pipeline]
+        if not self.sightings:
+            return False
+        sighting = self.sightings.pop(pipeline, None)
+        return sighting is not None and sighting.hung
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         # An empty context: the check must not run inside (or be accounted to) a pipeline.
@@ -131,26 +135,52 @@ class _LoopWatch:
     def tick(self) -> None:
         self.timer = None
         loop = self.loop_ref()
-        if loop is None:
-            return
-        if not self.watched:
+        if loop is None or not self.running:
             return  # idle: the next watch() starts the timer again
-        for watched in tuple(self.watched):
-            if not watched.hung and _check(watched):
-                _declare_hung(watched)
+        for pipeline, (task, driver) in tuple(self.running.items()):
+            sighting = self.sightings.get(pipeline)
+            if sighting is not None and sighting.hung:
+                continue
+            if self._check(pipeline, task, driver, sighting):
+                self.sightings[pipeline].hung = True
+                _declare_hung(pipeline, task)
         self.start(loop)
 
+    def _check(self, pipeline: Any, task: asyncio.Task[Any], driver: Any, seen: _Sighting | None) -> bool:
+        """One look at ``pipeline``: True once the same closed stall is seen twice."""
+        stall = _stall(pipeline, task)
+        if stall is None:
+            if seen is not None:
+                del self.sightings[pipeline]
+            return False
+        tasks, waited, key = stall
+        if seen is None or key != seen.stall:  # a new stall: look again at the next tick
+            self.sightings[pipeline] = _Sighting(key)
+            return False
+        if key == seen.disproved:  # already proven open; nothing changed since
+            return False
+        roots = [driver]
+        roots += [t.get_coro() for t in tasks[1:]]
+        del tasks, stall
+        if is_closed_wait(roots, waited):
+            return True
+        seen.disproved = key
+        return False
 
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatch] = weakref.WeakKeyDictionary()
-_last: _LoopWatch | None = None  # the one loop a process usually has: no weakref made per call
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatch] = weakref.WeakKeyDictionary()
+_last: LoopWatch | None = None  # the one loop a process usually has: no weakref made per call
 
 
-def watch(pipeline: Any, driver: Any) -> WatchedPipeline | None:
-    """Watch ``pipeline`` while the current task awaits ``driver``, its root call's iterator."""
+def watch(loop: asyncio.AbstractEventLoop, pipeline: Any, driver: Any) -> LoopWatch | None:
+    """Watch ``pipeline`` while the current task awaits ``driver``, its root call's iterator.
+
+    Returns the loop's watch, whose ``release(pipeline)`` must follow; None when hangs
+    are not checked here.
+    """
     global _last
     if not SUPPORTED:
         return None
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)
     if task is None:
         return None
@@ -158,13 +188,12 @@ def watch(pipeline: Any, driver: Any) -> WatchedPipeline | None:
     if owner is None or owner.loop_ref() is not loop:
         owner = _watches.get(loop)
         if owner is None:
-            owner = _watches[loop] = _LoopWatch(loop)
+            owner = _watches[loop] = LoopWatch(loop)
         _last = owner
-    watched = WatchedPipeline(pipeline, task, driver, owner)
-    owner.watched.add(watched)
+    owner.running[pipeline] = (task, driver)
     if owner.timer is None:
         owner.start(loop)
-    return watched
+    return owner
 
 
 def checking(loop: asyncio.AbstractEventLoop) -> bool:
@@ -173,48 +202,21 @@ def checking(loop: asyncio.AbstractEventLoop) -> bool:
     return owner is not None and owner.timer is not None
 
 
-def unwatch(watched: WatchedPipeline | None) -> None:
-    """Stop watching; the timer stops at its next tick if nothing is left."""
-    if watched is not None:
-        watched.owner.watched.discard(watched)
-        watched.driver = None
-
-
-def _declare_hung(watched: WatchedPipeline) -> None:
+def _declare_hung(pipeline: Any, task: asyncio.Task[Any]) -> None:
     from .lifecycle import logger
 
-    watched.hung = True
-    logger.error('%s (Worker "%s")', HANG_MESSAGE, watched.pipeline.entry)
-    watched.task.cancel(HANG_MESSAGE)
+    logger.error('%s (Worker "%s")', HANG_MESSAGE, pipeline.entry)
+    task.cancel(HANG_MESSAGE)
 
 
-def _check(watched: WatchedPipeline) -> bool:
-    """One look at ``watched``: True once the same closed stall is seen twice."""
-    stall = _stall(watched)
-    if stall is None:
-        watched.stall = None
-        return False
-    tasks, waited, key = stall
-    if key != watched.stall:  # a new stall: look again at the next tick
-        watched.stall = key
-        return False
-    if key == watched.disproved:  # already proven open; nothing changed since
-        return False
-    roots = [watched.driver]
-    roots += [task.get_coro() for task in tasks[1:]]
-    del tasks, stall
-    if is_closed_wait(roots, waited):
-        return True
-    watched.disproved = key
-    return False
+_Stall = tuple[list[Any], dict[int, list[Any]], frozenset[tuple[int, int]]]
 
 
-def _stall(watched: WatchedPipeline) -> tuple[list[Any], dict[int, list[Any]], frozenset[tuple[int, int]]] | None:
+def _stall(pipeline: Any, dispatching: asyncio.Task[Any]) -> _Stall | None:
     """If every task of the pipeline is suspended on a future of a kind the proof covers:
     the tasks, the plain futures they wait on (id -> [future, waiters]) and a key of the
     stall; otherwise None."""
-    pipeline = watched.pipeline
-    tasks = [watched.task, *pipeline.take_tasks(), *pipeline.take_waiting()]
+    tasks = [dispatching, *pipeline.take_tasks(), *pipeline.take_waiting()]
     members = {id(task) for task in tasks}
     waited: dict[int, list[Any]] = {}
     pairs = []

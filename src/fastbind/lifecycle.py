@@ -136,7 +136,9 @@ async def _cancel_and_wait(tasks: list[asyncio.Future[Any]], msg: str) -> None:
             logger.warning("%r raised while its pipeline ended", task, exc_info=error)
 
 
-async def end_pipeline(pipeline: Any, done: Callable[[], None], *, cancel_wait_until: bool = False) -> None:
+async def end_pipeline(
+    pipeline: Any, done: Callable[[], None], *, cancel_wait_until: bool = False
+) -> None:
     """End ``pipeline``: cancel its running tasks and await them, then supervise wait_until work.
 
     Returns once every task of the pipeline but its wait_until work has ended. That
@@ -247,7 +249,9 @@ class PipelineStream:
         )
 
 
-def _end_abandoned(loop: asyncio.AbstractEventLoop, source: Any, end: Callable[[], Awaitable[None]]) -> None:
+def _end_abandoned(
+    loop: asyncio.AbstractEventLoop, source: Any, end: Callable[[], Awaitable[None]]
+) -> None:
     async def close_and_end() -> None:
         try:
             closer = getattr(source, "aclose", None)

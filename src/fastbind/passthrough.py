@@ -1,4 +1,4 @@
-"""``ctx.pass_through_on_exception()``: serve a failed top-level request from the Runtime's origin (DESIGN.md 2.6)."""
+"""``ctx.pass_through_on_exception()``: a failed top-level request goes to the origin (DESIGN.md 2.6)."""
 
 # ``Runtime(origin=...)`` takes one of:
 #   * an http(s) URL string: the request goes there with ``fastbind.fetch`` (redirects
@@ -90,7 +90,7 @@ def check_origin(origin: Any, workers: Collection[str]) -> None:
 
 
 def origin_url(origin: str, url: str) -> str:
-    """Where ``url`` goes at ``origin``: its scheme, host and port, path prefix, then ``url``'s path and query."""
+    """Where ``url`` goes at ``origin``: its scheme, host, port and path prefix, ``url``'s path and query."""
     base = URL(origin)
     path_qs = URL(url).raw_path_qs
     if not path_qs.startswith("/"):
@@ -126,7 +126,9 @@ async def pass_through(runtime: Runtime, original: OriginalRequest) -> Response:
             return await runtime.dispatch(origin, request)
         response = await origin(request)
         if not isinstance(response, Response):
-            raise TypeError(f"The origin {origin!r} returned {type(response).__name__}, expected a Response")
+            raise TypeError(
+                f"The origin {origin!r} returned {type(response).__name__}, expected a Response"
+            )
         return response
     except Exception:
         logger.exception("The origin failed to serve %s %s", original.method, original.url)

@@ -247,7 +247,8 @@ class Runtime:
             raise ConfigError(f'No Worker named "{name}" is defined.')
         if not isinstance(request, Request):
             raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
-        self._install_task_factory(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._install_task_factory(loop)
         pipeline = self._core.PipelineContext(name, self._limits)
         call = pipeline.root_call(handle, request)
         original = None if self._origin is None else OriginalRequest(request)
@@ -259,14 +260,15 @@ class Runtime:
         # Awaiting the call's iterator rather than the call tells the hang detector
         # which object holds all of the pipeline's code that runs in this task.
         driver = call.__await__()
-        watched = hangwatch.watch(pipeline, driver)
+        hang_watch = hangwatch.watch(loop, pipeline, driver)
+        hung = False
         slot_token = self._core.enter_dispatch()
         runtime_token = _current_runtime.set(self)
         try:
             try:
                 response = await _Driven(driver)
             finally:
-                hangwatch.unwatch(watched)
+                hung = hang_watch is not None and hang_watch.release(pipeline)
         except asyncio.CancelledError as exc:
             gone = exc
         except CpuLimitExceeded as exc:
@@ -274,15 +276,17 @@ class Runtime:
             response = self._cpu_exceeded(name)
         except Exception as exc:
             error = exc
-            if watched is None or not watched.hung:
+            if not hung:
                 response = await self._uncaught(pipeline, name, original, exc)
         except BaseException as exc:
             gone = exc
         finally:
             _current_runtime.reset(runtime_token)
             self._core.exit_dispatch(slot_token)
-        if watched is not None and watched.hung:
-            if watched.forgive():  # the cancel was the hang verdict's alone: answer for it
+        if hung:
+            task = asyncio.current_task()
+            assert task is not None
+            if task.uncancel() == 0:  # the cancel was the hang verdict's alone: answer for it
                 if response is not None:
                     await response.aclose()
                 gone, error = None, hangwatch.WorkerHangError()

@@ -180,7 +180,9 @@ def measure(core: Any, count: int) -> dict[str, Any]:
             "baseline": objects_base, "after_round_1": objects_1, "after_round_2": objects_2,
             "after_round_3": objects_3,
         },
-        "refcounts_changed": {k: (refs_base[k], refs_end[k]) for k in watched if refs_base[k] != refs_end[k]},
+        "refcounts_changed": {
+            k: (refs_base[k], refs_end[k]) for k in watched if refs_base[k] != refs_end[k]
+        },
         "rss_kib": {"baseline": rss_base, "after_round_1": rss_1, "after_round_2": rss_2},
         "traced_bytes_kept_by_round_3": traced,
         "grown_types": dict(grown.most_common(5)),
