@@ -6,8 +6,9 @@ The rules, as ``Runtime.dispatch`` applies them:
   when it is None, bytes-like or str (before ``dispatch`` returns), else when the
   stream is read to its end, fails, or is closed (``await resp.aclose()``). A
   streamed body dropped unread is closed when it is garbage collected, with a
-  ResourceWarning. The top-level Worker's code that makes the stream (an async
-  generator) runs in the reader's task.
+  ResourceWarning. The code that makes the stream (say an async generator of the
+  top-level Worker) runs in the reader's task, outside any invocation: binding
+  calls from it fail, and tasks it starts are not the pipeline's.
 * **Cancel.** When it ends, every task a Worker of the pipeline started (with
   ``create_task``, ``ensure_future`` or ``gather``, from a Worker or from such a task)
   that is still running is cancelled and awaited to its end, and with it every child
@@ -50,7 +51,7 @@ The rules, as ``Runtime.dispatch`` applies them:
   ``hangwatch.settings.graph_budget`` objects) are never called hung.
 
   Cost: nothing per binding call. ``dispatch`` registers the pipeline while its
-  top-level invocation runs; one timer per loop looks every
+  top-level invocation runs (a dict insert and delete); one timer per loop looks every
   ``hangwatch.settings.interval_s`` (1 s) at each registered pipeline's tasks, and
   only a stall seen unchanged at two looks (the same tasks on the same pending
   futures) is proven, once. A hung pipeline's dispatching task is cancelled with
@@ -58,7 +59,9 @@ The rules, as ``Runtime.dispatch`` applies them:
   logged, ``dispatch`` returns a 500 carrying it and the pipeline ends as above.
   Blind spot: a pipeline task cancelled by a callback the pipeline scheduled
   without keeping its handle (``loop.call_later(5, task.cancel)``) is not seen;
-  ``asyncio.timeout()`` and ``wait_for()`` keep theirs and are.
+  ``asyncio.timeout()`` and ``wait_for()`` keep theirs and are. The check needs
+  CPython's exact reference counts: it is off on other interpreters and on
+  free-threaded builds (``hangwatch.SUPPORTED``).
 """
 
 from __future__ import annotations
@@ -196,10 +199,11 @@ class PipelineStream:
     __slots__ = ("_source", "_end", "_ended", "_loop")
 
     def __init__(self, source: Any, end: Callable[[], Awaitable[None]]) -> None:
+        self._ended = True  # until built: __del__ has nothing to end if __aiter__ raises
         self._source = source.__aiter__()
         self._end = end
-        self._ended = False
         self._loop = asyncio.get_running_loop()
+        self._ended = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
