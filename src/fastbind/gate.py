@@ -45,7 +45,10 @@ class ConnectionGate:
         return sum(1 for waiter in self._waiters if not waiter.done())
 
     def acquire(self) -> Awaitable[None]:
-        """Take a slot, waiting in FIFO order while all are taken: ``await gate.acquire()``."""
+        """Take a slot, waiting in FIFO order while all are taken: ``await gate.acquire()``.
+
+        A free slot is taken by the call itself, so await the result at once.
+        """
         if self._active < self._limit and not self._waiters:
             self._active += 1
             return _TAKEN  # nothing to wait for, so no coroutine to make
