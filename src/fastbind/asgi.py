@@ -283,10 +283,11 @@ class _MountedApp:
         if startup is None or startup.get_loop() is not loop:
             startup = self._startup = loop.create_future()
             # Outside any pipeline: the app's lifespan outlives every request.
-            loop.create_task(self._run_lifespan(startup), context=contextvars.Context())
+            lifespan = self._run_lifespan(startup, current_runtime())
+            loop.create_task(lifespan, context=contextvars.Context())
         await asyncio.shield(startup)
 
-    async def _run_lifespan(self, startup: asyncio.Future[None]) -> None:
+    async def _run_lifespan(self, startup: asyncio.Future[None], runtime: Runtime | None) -> None:
         inbox: asyncio.Queue[Message] = asyncio.Queue()
         stopped = asyncio.get_running_loop().create_future()
         self.state = {}
@@ -306,7 +307,6 @@ class _MountedApp:
             await inbox.put({"type": "lifespan.shutdown"})
             await asyncio.wait_for(asyncio.shield(stopped), 30)
 
-        runtime = current_runtime()
         await inbox.put({"type": "lifespan.startup"})
         try:
             if runtime is not None:
