@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import select
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -396,28 +398,33 @@ def test_outside_a_worker_fetch_is_a_plain_client(run, origin) -> None:
 # -- a pipeline across processes -----------------------------------------------------
 
 
+PEER_CONFIG = Path(__file__).with_name("fetch_peer") / "fastbind.toml"
+SERVING = re.compile(r'serving "api" on http://127\.0\.0\.1:(?P<port>\d+) \(pid (?P<pid>\d+)\)')
+
+
 @pytest.fixture(scope="module")
 def peer() -> Iterator[int]:
-    """A second Python process serving a Runtime; yields its port."""
-    script = Path(__file__).with_name("fetch_peer.py")
+    """A second process, ``fastbind serve`` of tests/fetch_peer/fastbind.toml; yields its port."""
     proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ),
+        [sys.executable, "-m", "fastbind", "serve", str(PEER_CONFIG), "--port", "0"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    assert proc.stdout is not None
     try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        if not ready:
-            raise RuntimeError("the peer process did not start")
-        yield int(proc.stdout.readline())
+        ready, _, _ = select.select([proc.stdout], [], [], WAIT_S)
+        first = proc.stdout.readline() if ready else ""
+        match = SERVING.search(first)
+        if match is None:
+            raise RuntimeError(f"fastbind serve did not start: {first!r}")
+        yield int(match["port"])
     finally:
-        proc.stdin.close()  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGTERM)  # a graceful shutdown, as in production
         try:
             proc.wait(WAIT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(WAIT_S)
-        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stdout.close()
 
 
 def test_a_remote_binding_reaches_a_worker_in_another_process(core, run, peer) -> None:
