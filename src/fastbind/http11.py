@@ -67,6 +67,7 @@ _PLACEHOLDER_METHOD = b"POST"
 _MAX_METHOD = 64
 
 _new_request = Request.__new__
+_Task = asyncio.Task
 _new_headers = Headers.__new__
 
 
@@ -537,7 +538,7 @@ class HTTPConnection(asyncio.Protocol):
             self._write_rejection(ex)
             return
         self._active = ex
-        self._task = self._loop.create_task(self._serve(ex))
+        self._task = _Task(self._serve(ex), loop=self._loop)
 
     def _serve_next(self) -> None:
         queue = self._queue
