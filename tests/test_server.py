@@ -272,6 +272,22 @@ def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None
     assert rest == b""
 
 
+def test_upgrade_connect_and_other_request_targets(server: ServerProcess) -> None:
+    import json
+
+    # No protocol is switched to: after an Upgrade request, HTTP/1.1 goes on.
+    replies, _ = exchange(server, b"GET /request HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                          + get("/request?after", "Connection: close"), replies=2)
+    assert json.loads(replies[0].body)["headers"][-1] == ["upgrade", "websocket"]
+    assert json.loads(replies[1].body)["url"] == "http://test.local/request?after"
+    # After CONNECT the bytes are a tunnel's, not HTTP: answered, then closed.
+    (reply,), rest = exchange(server, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n" + get("/pid"))
+    assert reply.status == 404 and reply.header("connection") == "close" and rest == b""
+    # The absolute form, as sent to a proxy, is the URL itself.
+    (reply,), _ = exchange(server, b"GET http://other.example/request?q HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert json.loads(reply.body)["url"] == "http://other.example/request?q"
+
+
 def test_responses_with_no_body_head_and_errors(server: ServerProcess) -> None:
     data = (
         get("/status?code=204") + get("/status?code=304") + get("/status?code=418")

@@ -64,6 +64,8 @@ _HOST = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-
 _REQUEST_LINE_START = re.compile(rb"[\r\n]*([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ")
 _TOKEN_PREFIX = re.compile(rb"[\r\n]*[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _PLACEHOLDER_METHOD = b"POST"
+# HttpParserUpgrade is not an HttpParserError: it says where the HTTP part ended.
+_PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 _MAX_METHOD = 64
 
 _new_request = Request.__new__
@@ -263,7 +265,7 @@ class HTTPConnection(asyncio.Protocol):
         self._completed = 0
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as error:
+        except _PARSER_ERRORS as error:
             self._parse_failed(data, error)
 
     # -- parsing -------------------------------------------------------------------------
@@ -273,10 +275,10 @@ class HTTPConnection(asyncio.Protocol):
         self._completed = 0
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as error:
+        except _PARSER_ERRORS as error:
             self._parse_failed(data, error)
 
-    def _parse_failed(self, data: bytes, error: httptools.HttpParserError) -> None:
+    def _parse_failed(self, data: bytes, error: Exception) -> None:
         if isinstance(error, httptools.HttpParserUpgrade):
             self._upgraded(data, error.args[0])
         elif isinstance(error, httptools.HttpParserCallbackError):
