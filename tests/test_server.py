@@ -409,6 +409,23 @@ def test_content_length_bodies_both_ways(server: ServerProcess) -> None:
     assert replies[3].body == payload  # echoed while it was still arriving
 
 
+def test_an_unread_request_body_is_skipped_or_the_connection_closed(server: ServerProcess) -> None:
+    # /hello never reads its body: a small rest is skipped and the connection goes on...
+    with server.connect() as sock:
+        sock.sendall(b"POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 500)
+        reader = sock.makefile("rb")
+        reply = read_reply(reader)  # answered while half the body is still to come
+        assert reply.body == b"hello from leaf" and reply.header("connection") is None
+        sock.sendall(b"y" * 500 + get("/pid", "Connection: close"))
+        assert read_reply(reader).body == str(server.pid).encode()
+    # ...a large one is not read: the response closes the connection.
+    with server.connect() as sock:
+        sock.sendall(b"POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 1000)
+        reader = sock.makefile("rb")
+        reply = read_reply(reader)
+        assert reply.body == b"hello from leaf" and reply.header("connection") == "close"
+
+
 # -- the client goes away -----------------------------------------------------------------------------
 
 
@@ -516,6 +533,20 @@ def test_sigterm_drains_in_flight_work_then_exits_0(start_server: Callable[..., 
         server.connect()  # no longer listening
     idle.close()
     busy.close()
+
+
+def test_a_second_signal_cuts_the_drain_short(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server()
+    with server.connect() as sock:
+        sock.sendall(get("/slow?id=stuck"))
+        server.wait_for_mark("stuck.started")
+        server.proc.send_signal(signal.SIGINT)  # the drain waits for /slow...
+        time.sleep(0.2)
+        assert server.proc.poll() is None
+        server.proc.send_signal(signal.SIGINT)  # ...until a second signal
+        assert server.proc.wait(timeout=TIMEOUT) == 1
+        server.wait_for_mark("stuck.cancelled")
+        assert sock.recv(1) == b""
 
 
 def test_two_processes_share_the_port(start_server: Callable[..., ServerProcess]) -> None:
