@@ -24,10 +24,14 @@ from .runtime import Runtime
 
 __all__ = (
     "CALLS",
+    "Batch",
+    "Opener",
     "Case",
     "CaseResult",
     "PeerMissing",
     "child",
+    "calls_of",
+    "elapsed_response",
     "runtime_on",
     "timed_dispatch",
     "measure",
@@ -58,26 +62,32 @@ async def child(request: Request, env: Any, ctx: Any) -> Response:
     return Response("ok")
 
 
-def _elapsed(start: int) -> Response:
+def calls_of(request: Request) -> int:
+    """How many calls a timing parent makes: its request's one header."""
+    return int(request.headers.get(CALLS_HEADER) or CALLS)
+
+
+def elapsed_response(start: int) -> Response:
+    """What a timing parent answers: the ns since ``start`` in a header."""
     return Response(None, headers={ELAPSED_HEADER: str(perf_counter_ns() - start)})
 
 
 async def binding_parent(request: Request, env: Any, ctx: Any) -> Response:
     """K binding calls with the Request the parent was given (no body: forwarded again and again)."""
-    calls = int(request.headers.get(CALLS_HEADER) or CALLS)
+    calls = calls_of(request)
     start = perf_counter_ns()
     for _ in range(calls):
         await env.CHILD.fetch(request)
-    return _elapsed(start)
+    return elapsed_response(start)
 
 
 async def floor_parent(request: Request, env: Any, ctx: Any) -> Response:
     """The floor: the same K calls as a direct await of the same child, same objects."""
-    calls = int(request.headers.get(CALLS_HEADER) or CALLS)
+    calls = calls_of(request)
     start = perf_counter_ns()
     for _ in range(calls):
         await child(request, env, ctx)
-    return _elapsed(start)
+    return elapsed_response(start)
 
 
 def runtime_on(core: ModuleType | None, **kwargs: Any) -> Runtime:
@@ -109,8 +119,11 @@ async def timed_dispatch(rt: Runtime, worker: str, calls: int, body: Any = None)
     return int(response.headers.get(ELAPSED_HEADER) or 0)
 
 
-def dispatcher(rt: Runtime, worker: str) -> Opener:
+def dispatcher(make_runtime: Callable[[], Runtime], worker: str) -> Opener:
+    """Open a case that dispatches batches to timing parent ``worker`` of a new Runtime."""
+
     async def open_(stack: AsyncExitStack) -> Batch:
+        rt = make_runtime()  # raises PeerMissing when its core is not built
         return lambda calls: timed_dispatch(rt, worker, calls)
 
     return open_
@@ -279,27 +292,14 @@ async def measure(cases: Sequence[Case], calls: int, rounds: int, sample_ns: int
 
 def core_cases() -> list[Case]:
     """The core comparison of ``fastbind bench``."""
-    compiled = _impl.compiled
-    floor_rt = round_trip_runtime(compiled or _core_py)
-    cases = [Case("direct await", "floor", dispatcher(floor_rt, "floor"), "floor")]
-    if compiled is not None:
-        cases.append(Case("binding [c]", "fastbind", dispatcher(floor_rt, "binding")))
-    else:
-        cases.append(Case("binding [c]", "fastbind", _missing("the compiled core is not built")))
-    cases += [
-        Case("binding [py]", "fastbind", dispatcher(round_trip_runtime(_core_py), "binding")),
+    return [
+        Case("direct await", "floor", dispatcher(lambda: round_trip_runtime(_impl.core), "floor"), "floor"),
+        Case("binding [c]", "fastbind", dispatcher(lambda: round_trip_runtime(_impl.compiled), "binding")),
+        Case("binding [py]", "fastbind", dispatcher(lambda: round_trip_runtime(_core_py), "binding")),
         Case("raw ASGI by hand", "peer", open_raw_asgi, "raw ASGI"),
         Case("httpx ASGITransport", "peer", open_httpx, "httpx"),
         Case("aiohttp loopback", "peer", open_aiohttp, "aiohttp"),
     ]
-    return cases
-
-
-def _missing(reason: str) -> Opener:
-    async def open_(stack: AsyncExitStack) -> Batch:
-        raise PeerMissing(reason)
-
-    return open_
 
 
 # --- reporting ------------------------------------------------------------------------

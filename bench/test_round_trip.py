@@ -1,0 +1,38 @@
+"""One call from a Worker to another: a binding on each core, the direct-await floor and the peers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fastbind import _impl
+from fastbind import benchmark as fb
+from fastbind.benchmark import Batch, Opener
+
+
+@pytest.mark.benchmark(group="round trip")
+def test_binding(benchmark: Any, core: Any, run_batches: Any) -> None:
+    """``await env.CHILD.fetch(request)``: the same GET Request (one header) forwarded each time."""
+    rt = fb.round_trip_runtime(core)
+    run_batches(lambda calls: fb.timed_dispatch(rt, "binding", calls))
+
+
+@pytest.mark.benchmark(group="round trip")
+def test_floor_direct_await(benchmark: Any, run_batches: Any) -> None:
+    """``await child(request, env, ctx)``: the same child and Request, in the same kind of parent."""
+    rt = fb.round_trip_runtime(_impl.core)
+    run_batches(lambda calls: fb.timed_dispatch(rt, "floor", calls))
+
+
+@pytest.mark.benchmark(group="round trip")
+@pytest.mark.parametrize(("opener", "rounds"), [
+    pytest.param(fb.open_raw_asgi, 30, id="raw-asgi-by-hand"),
+    pytest.param(fb.open_httpx, 10, id="httpx-asgi-transport"),
+    pytest.param(fb.open_aiohttp, 10, id="aiohttp-loopback"),
+])
+def test_peer(benchmark: Any, open_peer: Callable[[Opener], Batch], run_batches: Any,
+              opener: Opener, rounds: int) -> None:
+    """The same round trip through the HTTP stacks users have today, in this process."""
+    run_batches(open_peer(opener), rounds=rounds)
