@@ -1,0 +1,97 @@
+"""Instructions per call of a binding round trip and of a direct await, counted by callgrind.
+
+Timings on a small shared VM move by tens of percent from one run to the next;
+instruction counts do not. Each case runs in a process of its own under
+``valgrind --tool=callgrind``: one warm-up dispatch, then one dispatch of a timing
+parent that makes N calls (the same parents as ``fastbind bench``: ``await
+env.CHILD.fetch(request)`` or ``await child(request, env, ctx)``, same Request, same
+child). Every case runs twice, with N = --calls and N = 5 x --calls, and the
+difference of the two totals over the difference of N is the count per call: start-up,
+imports, the Runtime and the dispatches themselves cancel out.
+
+    python bench/callgrind_binding.py [--calls 1000] [--json FILE]
+
+Needs valgrind on PATH; takes a few minutes (the interpreter runs about 50 times slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = {  # name: (core, timing parent)
+    "direct await": ("c", "floor"),
+    "binding [c]": ("c", "binding"),
+    "binding [py]": ("py", "binding"),
+}
+SUMMARY = re.compile(rb"^summary:\s+(\d+)", re.MULTILINE)
+
+
+def run_case(core: str, worker: str, calls: int) -> None:
+    """The process callgrind watches: a warm-up batch, then one batch of ``calls``."""
+    import uvloop
+
+    from fastbind import _core_py, _impl
+    from fastbind.benchmark import round_trip_runtime, timed_dispatch
+
+    rt = round_trip_runtime(_impl.compiled if core == "c" else _core_py)
+
+    async def batches() -> None:
+        await timed_dispatch(rt, worker, 100)
+        await timed_dispatch(rt, worker, calls)
+
+    uvloop.run(batches())
+
+
+def instructions(case: str, calls: int, workdir: Path) -> int:
+    core, worker = CASES[case]
+    out = workdir / f"callgrind.{worker}.{core}.{calls}"
+    # A fixed hash seed: the same dict and set layouts, so the same instructions, each run.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+         "--dump-line=no", sys.executable, __file__, "--run", core, worker, str(calls)],
+        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    match = SUMMARY.search(out.read_bytes())
+    if match is None:
+        raise RuntimeError(f"no summary line in {out}")
+    return int(match[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--run", nargs=3, metavar=("CORE", "WORKER", "CALLS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        core, worker, calls = args.run
+        run_case(core, worker, int(calls))
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    low, high = args.calls, 5 * args.calls
+    per_call: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in CASES:
+            counts = [instructions(case, n, Path(tmp)) for n in (low, high)]
+            per_call[case] = (counts[1] - counts[0]) / (high - low)
+            print(f"{case:14s} {per_call[case]:9,.0f} instructions per call", flush=True)
+    floor = per_call["direct await"]
+    print(f"binding [c] / direct await:  {per_call['binding [c]'] / floor:.2f}x")
+    print(f"binding [py] / binding [c]:  {per_call['binding [py]'] / per_call['binding [c]']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"unit": "instructions per call", "calls": [low, high], "cases": per_call}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
