@@ -490,3 +490,29 @@ def test_call_child_runs_any_callable_as_a_child_invocation(core, run) -> None:
     assert [(r.target, r.kind, r.outcome) for r in reports[0].subrequests] == [
         ("counter", "object", "ok"), ("counter", "object", "ok"), ("counter", "object", "error")
     ]
+
+
+def test_a_streamed_body_runs_as_the_top_level_invocation(core, run) -> None:
+    async def child(request, env, ctx):
+        return Response(f"chunk at depth {ctx.depth}")
+
+    async def top(request, env, ctx):
+        async def body():
+            for _ in range(2):  # read after dispatch returned, in the reader's task
+                part = await env.C.fetch("https://e/")
+                yield (await part.text() + ";").encode()
+
+        return Response(body())
+
+    reports, hook = collect()
+    rt = Runtime(on_pipeline_end=hook)
+    rt.add_worker("top", top, services={"C": "child"})
+    rt.add_worker("child", child)
+
+    async def main():
+        resp = await rt.dispatch("top", Request("https://e/"))
+        assert not reports  # the pipeline lives while its body is read
+        return await resp.text()
+
+    assert run(main()) == "chunk at depth 2;chunk at depth 2;"
+    assert [(r.caller, r.target) for r in reports[0].subrequests] == [("top", "child")] * 2

@@ -58,6 +58,7 @@ cdef class OpenSubrequest:
 
 cdef class PipelineContext:
     cdef readonly str entry
+    cdef readonly object owner   # the Runtime that dispatched it
     cdef readonly long max_depth
     cdef readonly long max_subrequests
     cdef readonly long open_connections
@@ -124,6 +125,8 @@ cdef class BindingCall:
     cdef str rpc_name
     cdef object rpc_function
     cdef bint custom        # rpc_function(ctx, *args) rather than a method of a new instance
+    cdef bint borrowed      # runs code as an existing invocation (InvocationContext.run)
+    cdef object slot_token  # set when run() had to give the awaiting task a slot
     cdef tuple rpc_args
     cdef dict rpc_kwargs
     cdef object immediate

@@ -407,9 +407,10 @@ cdef inline object _borrowed_or_none(PyObject* p):
 cdef class PipelineContext:
     """One top-level request and everything it reaches: limits, ledger, tasks."""
 
-    def __init__(self, str entry not None, limits):
+    def __init__(self, str entry not None, limits, owner=None):
         global _live_pipelines
         self.entry = entry
+        self.owner = owner
         self.max_depth = limits.depth
         self.max_subrequests = limits.subrequests
         self.open_connections = limits.open_connections
@@ -545,10 +546,9 @@ cdef class PipelineContext:
         return sub
 
     def __dealloc__(self):
-        global _live_pipelines
+        # An unclosed pipeline that is collected stays counted: a leak shows in
+        # live_counts() (the twin behaves the same).
         cdef Py_ssize_t i
-        if not self.closed:
-            _live_pipelines -= 1
         for i in range(self._count):
             Py_XDECREF(self._entries[i].caller)
             Py_XDECREF(self._entries[i].target)
@@ -611,6 +611,16 @@ cdef class InvocationContext:
             slot.current = previous
         pipeline.adopt(task)
         pipeline.keep_alive(task)
+
+    def run(self, awaitable):
+        """Await ``awaitable`` as this invocation: its code sees this ``ctx`` as current.
+
+        No ledger entry, depth or subrequest is added: it is the same invocation,
+        resumed from another task (e.g. the reader of a streamed response body).
+        """
+        cdef BindingCall call = _new_call(self, awaitable, False)
+        call.borrowed = True
+        return call
 
     def pass_through_on_exception(self):
         """On an uncaught exception, forward the request to the Runtime's origin."""
@@ -821,8 +831,12 @@ cdef class BindingCall:
         self.started = True
         cdef ExecutionSlot slot = _current_slot()
         if slot is None:
-            inv._finish(_ERROR)
-            raise FastbindError("A binding call was awaited outside a fastbind invocation")
+            if not self.borrowed:
+                inv._finish(_ERROR)
+                raise FastbindError("A binding call was awaited outside a fastbind invocation")
+            # run() from a task that never dispatched (e.g. a server's body writer).
+            slot = ExecutionSlot.__new__(ExecutionSlot)
+            self.slot_token = PyContextVar_Set(_SLOT, slot)
         self.slot = slot
         inv.pipeline.running += 1
         _live_invocations += 1
@@ -831,7 +845,9 @@ cdef class BindingCall:
         previous = slot.current
         slot.current = inv
         try:
-            if self.rpc_name is None:
+            if self.borrowed:
+                self.coro = request if PyCoro_CheckExact(request) else request.__await__()
+            elif self.rpc_name is None:
                 self.coro = inv.handle.invoke(request, inv)
             else:
                 self._call_method(inv)
@@ -879,9 +895,20 @@ cdef class BindingCall:
         _live_invocations -= 1
         self.coro = None
         self.slot = None
-        inv._finish(outcome)
+        if not self.borrowed:
+            inv._finish(outcome)
+        elif self.slot_token is not None:
+            token = self.slot_token
+            self.slot_token = None
+            try:
+                PyContextVar_Reset(_SLOT, token)
+            except BaseException:  # finished from another context (e.g. closed by the GC)
+                pass
 
     cdef object _check_result(self, object value):
+        if self.borrowed:
+            self._exit(_OK)
+            return value
         if self.http:
             if type(value) is not _ResponseType and not isinstance(value, _ResponseType):
                 self._exit(_ERROR)
@@ -903,7 +930,8 @@ cdef class BindingCall:
             if exc is not None:  # cancelled before it ever ran: the child never starts
                 self.started = True
                 self.request = None
-                self.inv._finish(_CANCELED)
+                if not self.borrowed:
+                    self.inv._finish(_CANCELED)
                 raise exc
             self._enter()
             arg = None

@@ -303,12 +303,13 @@ class PipelineContext:
     __slots__ = (
         "_entry", "_max_depth", "_max_subrequests", "_open_connections",
         "_wait_until_s", "_ledger", "_tasks", "_waiting", "_running", "_closed",
-        "_root", "_root_record", "_cpu_enabled", "_cpu_limit_ns", "_cpu_ns", "_cpu_exceeded",
+        "_root", "_root_record", "_owner", "_cpu_enabled", "_cpu_limit_ns", "_cpu_ns", "_cpu_exceeded",
         "__weakref__",
     )
 
-    def __init__(self, entry: str, limits: Any) -> None:
+    def __init__(self, entry: str, limits: Any, owner: Any = None) -> None:
         self._entry = entry
+        self._owner = owner
         self._max_depth = limits.depth
         self._max_subrequests = limits.subrequests
         self._open_connections = limits.open_connections
@@ -328,6 +329,7 @@ class PipelineContext:
         _live["pipelines"] += 1
 
     entry = property(lambda self: self._entry)
+    owner = property(lambda self: self._owner)
     max_depth = property(lambda self: self._max_depth)
     max_subrequests = property(lambda self: self._max_subrequests)
     open_connections = property(lambda self: self._open_connections)
@@ -472,6 +474,16 @@ class InvocationContext:
         pipeline.adopt(task)
         pipeline.keep_alive(task)
 
+    def run(self, awaitable: Any) -> BindingCall:
+        """Await ``awaitable`` as this invocation: its code sees this ``ctx`` as current.
+
+        No ledger entry, depth or subrequest is added: it is the same invocation,
+        resumed from another task (e.g. the reader of a streamed response body).
+        """
+        call = BindingCall(self, awaitable, False)
+        call._borrowed = True
+        return call
+
     def pass_through_on_exception(self) -> None:
         """On an uncaught exception, forward the request to the Runtime's origin."""
         self._pass_through = True
@@ -604,7 +616,7 @@ class BindingCall:
 
     __slots__ = (
         "_inv", "_request", "_http", "_started", "_driver", "_method", "_args", "_kwargs",
-        "_immediate", "_custom",
+        "_immediate", "_custom", "_borrowed",
     )
 
     def __init__(
@@ -626,6 +638,7 @@ class BindingCall:
         self._kwargs = kwargs
         self._immediate: Any = None
         self._custom: Any = None
+        self._borrowed = False
 
     @property
     def invocation(self) -> InvocationContext:
@@ -648,7 +661,8 @@ class BindingCall:
         elif not self._started:
             self._started = True
             self._request = None
-            self._inv._finish("canceled")
+            if not self._borrowed:
+                self._inv._finish("canceled")
 
     def __await__(self) -> Any:
         return self._run()
@@ -659,9 +673,14 @@ class BindingCall:
             raise RuntimeError("A binding call can be awaited only once")
         self._started = True
         slot = _SLOT.get()
+        slot_token = None
         if slot is None:
-            inv._finish("error")
-            raise FastbindError("A binding call was awaited outside a fastbind invocation")
+            if not self._borrowed:
+                inv._finish("error")
+                raise FastbindError("A binding call was awaited outside a fastbind invocation")
+            # run() from a task that never dispatched (e.g. a server's body writer).
+            slot = ExecutionSlot()
+            slot_token = _SLOT.set(slot)
         request, self._request = self._request, None
         pipeline = inv._pipeline
         pipeline._running += 1
@@ -670,7 +689,9 @@ class BindingCall:
         try:
             previous, slot.current = slot.current, inv
             try:
-                if self._method is None:
+                if self._borrowed:
+                    coro = request if inspect.iscoroutine(request) else request.__await__()
+                elif self._method is None:
                     coro = inv._handle.invoke(request, inv)
                 else:
                     coro = self._call_method(inv)
@@ -709,7 +730,9 @@ class BindingCall:
                     raise
                 except BaseException as exc:  # thrown in by the task: pass it down
                     value, error = None, exc
-            if self._http:
+            if self._borrowed:
+                pass
+            elif self._http:
                 if not isinstance(result, Response):
                     raise TypeError(
                         f'Worker "{inv._handle._name}" fetch handler returned '
@@ -725,7 +748,13 @@ class BindingCall:
         finally:
             pipeline._running -= 1
             _live["invocations"] -= 1
-            inv._finish(outcome)
+            if not self._borrowed:
+                inv._finish(outcome)
+            elif slot_token is not None:
+                try:
+                    _SLOT.reset(slot_token)
+                except ValueError:  # finished from another context (e.g. closed by the GC)
+                    pass
 
 
     def _call_method(self, inv: InvocationContext) -> Any:

@@ -196,12 +196,17 @@ async def _supervise_wait_until(pipeline: Any, done: Callable[[], None], deadlin
 class PipelineStream:
     """A streamed top-level body: the pipeline ends when it is read to its end, fails or is closed."""
 
-    __slots__ = ("_source", "_end", "_ended", "_loop")
+    __slots__ = ("_source", "_end", "_ended", "_loop", "_owner")
 
-    def __init__(self, source: Any, end: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, source: Any, end: Callable[[], Awaitable[None]], owner: Any = None
+    ) -> None:
         self._ended = True  # until built: __del__ has nothing to end if __aiter__ raises
         self._source = source.__aiter__()
         self._end = end
+        # The top-level invocation: the body's code runs as it, in the reader's task,
+        # so its binding calls, fetches and tasks belong to the pipeline.
+        self._owner = owner
         self._loop = asyncio.get_running_loop()
         self._ended = False
 
@@ -212,7 +217,10 @@ class PipelineStream:
         if self._ended:
             raise StopAsyncIteration
         try:
-            return await self._source.__anext__()
+            owner = self._owner
+            if owner is None:
+                return await self._source.__anext__()
+            return await owner.run(self._source.__anext__())
         except GeneratorExit:  # this coroutine itself is being closed: it may not await
             raise
         except BaseException:  # its end, an error, or the reader was cancelled
@@ -226,7 +234,7 @@ class PipelineStream:
         closer = getattr(self._source, "aclose", None)
         try:
             if closer is not None:
-                await closer()
+                await (closer() if self._owner is None else self._owner.run(closer()))
         finally:
             await self._finish()
 

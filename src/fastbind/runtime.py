@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -191,6 +190,7 @@ class Runtime:
             self._handles[name].env = env
         for (service, _), handle in self._entry_handles.items():
             handle.env = envs[service]  # a named entrypoint runs with its Worker's env
+        check_origin(self._origin, self._specs)
         self._resolved = True
 
     def _make_binding(self, core: Any, worker: str, binding: str, target: Any) -> Any:
@@ -241,7 +241,6 @@ class Runtime:
         """
         if not self._resolved:
             self.validate()
-            check_origin(self._origin, self._specs)
         handle = self._handles.get(name)
         if handle is None:
             raise ConfigError(f'No Worker named "{name}" is defined.')
@@ -249,7 +248,7 @@ class Runtime:
             raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
         loop = asyncio.get_running_loop()
         self._install_task_factory(loop)
-        pipeline = self._core.PipelineContext(name, self._limits)
+        pipeline = self._core.PipelineContext(name, self._limits, self)
         call = pipeline.root_call(handle, request)
         original = None if self._origin is None else OriginalRequest(request)
         response: Response | None = None
@@ -263,7 +262,6 @@ class Runtime:
         hang_watch = hangwatch.watch(loop, pipeline, driver)
         hung = False
         slot_token = self._core.enter_dispatch()
-        runtime_token = _current_runtime.set(self)
         try:
             try:
                 response = await _Driven(driver)
@@ -281,7 +279,6 @@ class Runtime:
         except BaseException as exc:
             gone = exc
         finally:
-            _current_runtime.reset(runtime_token)
             self._core.exit_dispatch(slot_token)
         if hung:
             task = asyncio.current_task()
@@ -307,7 +304,9 @@ class Runtime:
         if rbody is None or isinstance(rbody, _PLAIN_BODIES):
             await end_pipeline(pipeline, done)
         else:
-            response.body = PipelineStream(rbody, lambda: end_pipeline(pipeline, done))
+            response.body = PipelineStream(
+                rbody, lambda: end_pipeline(pipeline, done), pipeline.root
+            )
         return response
 
     def _reporter(self, pipeline: Any, status: int | None, error: BaseException | None) -> Callable[[], None]:
@@ -394,11 +393,13 @@ def _hung_response() -> Response:
     )
 
 
-# Which Runtime dispatched the running code: global fetch() uses its session and
-# timeout. Tasks spawned by Workers copy it with the rest of their context.
-_current_runtime: ContextVar[Runtime | None] = ContextVar("fastbind.runtime", default=None)
-
-
 def current_runtime() -> Runtime | None:
-    """The Runtime whose ``dispatch`` the running code is part of, or None."""
-    return _current_runtime.get()
+    """The Runtime whose pipeline the running code belongs to, or None outside one."""
+    from . import _core_py, _impl
+
+    for core in (_impl.compiled, _core_py):
+        if core is not None:
+            inv = core.current_invocation()
+            if inv is not None:
+                return inv.pipeline.owner  # type: ignore[no-any-return]
+    return None
