@@ -1,0 +1,58 @@
+"""``fastbind bench`` (fastbind.benchmark.main): the shape of its table and JSON, never its timings."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastbind import benchmark
+
+CASES = ["direct await", "binding [c]", "binding [py]", "raw ASGI by hand",
+         "httpx ASGITransport", "aiohttp loopback"]
+
+
+def test_quick_run_prints_the_table_and_saves_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--quick", "--calls", "20", "--rounds", "1", "--json", str(out)]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    head = lines[1].split()
+    assert head[:5] == ["case", "median", "ns/op", "min", "max"]
+    assert "x floor" in lines[1] and "x raw ASGI" in lines[1]
+    rows = {case: next(line for line in lines if line.startswith(case)) for case in CASES}
+    assert rows["direct await"].split()[-4] == "1"  # the floor against itself
+    assert sum(line.startswith("target: ") for line in lines) == len(benchmark.TARGETS)
+
+    report = json.loads(out.read_text())
+    assert report["calls_per_batch"] == 20 and report["rounds"] == 1
+    assert {"nproc", "cpu", "python", "uvloop"} <= report["machine"].keys()
+    assert [case["name"] for case in report["cases"]] == CASES
+    for case in report["cases"]:
+        if case["skipped"]:  # a peer or core that is not installed here
+            assert case["ratios"] == {}
+            continue
+        assert case["min"] <= case["median"] <= case["max"]
+        assert len(case["samples"]) == 1
+        assert case["ratios"]["direct await"] > 0
+    assert [t["target"] for t in report["targets"]] == [t.title for t in benchmark.TARGETS]
+
+
+def test_missing_peer_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "httpx", None)  # import httpx now raises ImportError
+    assert benchmark.main(["--quick", "--calls", "5", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "httpx ASGITransport" in out
+    assert "note: httpx ASGITransport: skipped, httpx is not installed" in out
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main(["--quick", "--plot", "chart.png"])
+    assert exit_.value.code == 2
+    assert "pip install 'fastbind[plot]'" in capsys.readouterr().err
