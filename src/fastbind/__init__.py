@@ -10,23 +10,25 @@ from typing import TYPE_CHECKING
 # instead of rebinding fastbind.remote to the module.
 from . import remote as _remote_module  # noqa: F401
 from .bindings import remote, service
+from .durable import DurableObject
+from .embed import RawDispatcher
 from .entrypoint import WorkerEntrypoint
 from .env import Env
 from .errors import (
     ConfigError,
     CpuLimitExceeded,
     FastbindError,
+    FetchError,
     SubrequestDepthError,
     TooManySubrequestsError,
 )
+from .fetch import fetch
+from .hangwatch import WorkerHangError
 from .headers import Headers
 from .limits import Limits
 from .request import Request
 from .response import Response
 from .runtime import PipelineReport, Runtime
-from .errors import FetchError
-from .fetch import fetch
-from .embed import RawDispatcher
 
 if TYPE_CHECKING:
     from ._core_py import InvocationContext
@@ -47,6 +49,8 @@ __all__ = (
     "TooManySubrequestsError",
     "ConfigError",
     "CpuLimitExceeded",
+    "WorkerHangError",
+    "DurableObject",
     "service",
     "remote",
     "current_invocation",
