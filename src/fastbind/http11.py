@@ -39,6 +39,12 @@ _DISCARD_MAX = 64 * 1024
 # A plain body up to this size goes out in one write with the head.
 _COALESCE_MAX = 64 * 1024
 
+# What the headers of the message being parsed said, besides Host and Content-Length.
+_CHUNKED = 1
+_EXPECT = 2
+_CONNECTION = 4
+_TWO_HOSTS = 8
+
 _PAUSE_BODY = 1
 _PAUSE_QUEUE = 2
 _PAUSE_STOPPED = 4
@@ -188,11 +194,8 @@ class HTTPConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._head_size = 0
         self._host: str | None = None
-        self._hosts = 0
         self._length: int | None = None
-        self._chunked = False
-        self._expect = False
-        self._connection_header = False
+        self._flags = 0
         self._method_override: str | None = None
         self._stash = b""  # the start of a request line with a method llhttp does not know
         self._in_message = False
@@ -293,22 +296,14 @@ class HTTPConnection(asyncio.Protocol):
         else:
             self._reject_message(400, f"Malformed request: {error}.")
 
-    def on_message_begin(self) -> None:
-        self._in_message = True
-        self._in_head = True
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
-        self._host = None
-        self._hosts = 0
-        self._length = None
-        self._chunked = False
-        self._expect = False
-        self._connection_header = False
-
     def on_url(self, url: bytes) -> None:
-        self._url = self._url + url if self._url else url
-        self._head_size += len(url)
+        if self._in_head:
+            self._url += url
+            self._head_size += len(url)
+        else:  # the first piece of a request line: a new message (no on_message_begin call)
+            self._in_message = self._in_head = True
+            self._url = url
+            self._head_size = len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
@@ -324,24 +319,36 @@ class HTTPConnection(asyncio.Protocol):
         headers.append((lname, text))
         if lname in _WATCHED:
             if lname == "host":
+                if self._host is not None:
+                    self._flags |= _TWO_HOSTS
                 self._host = text
-                self._hosts += 1
             elif lname == "content-length":
                 self._length = int(text)  # llhttp has checked the digits
             elif lname == "transfer-encoding":
-                self._chunked = True
+                self._flags |= _CHUNKED
             elif lname == "connection":
-                self._connection_header = True
+                self._flags |= _CONNECTION
             elif text.lower() == "100-continue":
-                self._expect = True
+                self._flags |= _EXPECT
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
+        flags = self._flags
+        host = self._host
+        length = self._length
+        headers = _new_headers(Headers)
+        headers._items = self._headers
+        headers._shared = False
+        # Ready for the next message on this connection.
+        self._headers = []
+        self._host = None
+        self._length = None
+        self._flags = 0
         ex = Exchange()
         ex.keep_alive = keep_alive = parser.should_keep_alive()
         version = "1.1"
-        if not keep_alive or self._connection_header:
+        if not keep_alive or flags & _CONNECTION:
             # Without a Connection header, only HTTP/1.1 keeps the connection open:
             # the version (a string httptools formats per call) is needed otherwise.
             version = ex.version = parser.get_http_version()
@@ -351,12 +358,11 @@ class HTTPConnection(asyncio.Protocol):
             method = self._method_override or raw_method.decode("ascii")
             self._method_override = None
         target = ex.target = self._url
-        host = self._host
         if host is None:
             if version != "1.0":
                 raise _Reject(400, "A Host header is required.")
             host = self._state.default_host
-        elif self._hosts > 1:
+        elif flags & _TWO_HOSTS:
             raise _Reject(400, "More than one Host header.")
         elif not _HOSTS.get(host) and not _valid_host(host):
             raise _Reject(400, "Invalid Host header.")
@@ -365,9 +371,6 @@ class HTTPConnection(asyncio.Protocol):
         else:
             url = _other_form(target, host)
             ex.tunnel = method == "CONNECT"
-        headers = _new_headers(Headers)
-        headers._items = self._headers
-        headers._shared = False
         request = ex.request = _new_request(Request)
         request.method = method
         request.url = url
@@ -376,8 +379,8 @@ class HTTPConnection(asyncio.Protocol):
         request.body_used = False
         if method == "HEAD":
             ex.head_only = True
-        if self._length is not None or self._chunked:
-            self._expect_body(ex)
+        if length is not None or flags & _CHUNKED:
+            self._expect_body(ex, length, flags & _EXPECT)
         if self._access_log:
             ex.start = time.perf_counter()
         self._current = ex
@@ -388,8 +391,7 @@ class HTTPConnection(asyncio.Protocol):
             if len(self._queue) >= _QUEUE_HIGH:
                 self._pause_reading(_PAUSE_QUEUE)
 
-    def _expect_body(self, ex: Exchange) -> None:
-        length = self._length
+    def _expect_body(self, ex: Exchange, length: int | None, expect: int) -> None:
         if length is not None:
             ex.length = length
             if length > self._limits.max_body:
@@ -398,7 +400,7 @@ class HTTPConnection(asyncio.Protocol):
                 return
         ex.body_done = False
         ex.chunks = []
-        ex.expect_continue = self._expect
+        ex.expect_continue = bool(expect)
 
     def on_body(self, body: bytes) -> None:
         ex = self._current
@@ -785,10 +787,6 @@ class HTTPConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-    @property
-    def busy(self) -> bool:
-        return self._active is not None
 
 
 def _skippable(ex: Exchange) -> bool:
