@@ -9,6 +9,8 @@ same with direct awaits of the same functions.
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from time import perf_counter_ns
 from types import ModuleType
@@ -25,6 +27,7 @@ from fastbind.benchmark import (
     child,
     elapsed_response,
     runtime_on,
+    timed_dispatch,
 )
 
 Handler = Callable[[Request, Any, Any], Awaitable[Response]]
@@ -49,7 +52,8 @@ def direct_parent(target: Handler) -> Handler:
 
 async def hop(request: Request, env: Any, ctx: Any) -> Response:
     """Forward the request to the next Worker and hand back its Response."""
-    return await env.NEXT.fetch(request)
+    response: Response = await env.NEXT.fetch(request)
+    return response
 
 
 def chain_runtime(core: ModuleType | None, depth: int) -> Runtime:
@@ -113,6 +117,16 @@ def fan_out_runtime(core: ModuleType | None, width: int) -> Runtime:
 # --- a body through hops: POST it, the last Worker echoes it, the parent reads it -------
 
 
+_bodies: dict[int, bytes] = {}
+
+
+def body_of(size: int) -> bytes:
+    """``size`` zero bytes, built once per run: building 100 MB is not what is timed."""
+    if size not in _bodies:
+        _bodies[size] = bytes(size)
+    return _bodies[size]
+
+
 async def echo(request: Request, env: Any, ctx: Any) -> Response:
     """Answer with the request's body: the same object comes back (zero copy)."""
     return Response(await request.bytes())
@@ -144,6 +158,21 @@ def body_runtime(core: ModuleType | None, hops: int, body: bytes) -> Runtime:
         rt.add_worker(f"hop{i}", hop, services={"NEXT": f"hop{i + 1}" if i + 1 < hops else "echo"})
     rt.add_worker("echo", echo)
     return rt
+
+
+async def peak_growth(rt: Runtime, worker: str, calls: int) -> int:
+    """Bytes allocated at the peak of one batch, above what was allocated before it.
+
+    Objects that exist before (the body itself) are not counted: only what the calls add.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await timed_dispatch(rt, worker, calls)
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
 
 
 # --- JSON in, JSON out, with orjson ---------------------------------------------------
