@@ -8,6 +8,8 @@ run, on 127.0.0.1 only:
   one pipeline, one subrequest per request.
 - ``uvicorn``: ``python -m uvicorn`` with ``--loop uvloop --http httptools`` serving a
   raw ASGI 3 app (no framework, no hop): the floor of Python ASGI serving.
+- ``leaf`` (with ``--leaf``): ``fastbind serve --entry auth``-style, one Worker answering
+  with no binding hop, to show what the hop costs.
 
 The load comes from ``wrk`` when it is on PATH (``apt-get install wrk``), else from a
 Python generator (asyncio, keep-alive connections; it is slower than the servers, so
@@ -49,6 +51,10 @@ services = [{ binding = "AUTH", service = "auth" }]
 [[workers]]
 name = "auth"
 main = "bench_workers:Auth"
+
+[[workers]]
+name = "hello"
+main = "bench_workers:hello"
 """
 
 WORKERS = '''
@@ -58,6 +64,10 @@ from fastbind import Response, WorkerEntrypoint
 class Auth(WorkerEntrypoint):
     async def fetch(self, request):
         return Response(None, headers={"x-user": "42"})
+
+
+async def hello(request, env, ctx):
+    return Response(b"Hello, world!", headers={"content-type": "text/plain", "x-user": "42"})
 
 
 async def gateway(request, env, ctx):
@@ -70,7 +80,7 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"x-user", b"42")]})
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13"), (b"x-user", b"42")]})
     await send({"type": "http.response.body", "body": b"Hello, world!"})
 '''
 
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator (default: wrk if installed)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate CPUs")
+    parser.add_argument("--leaf", action="store_true", help="also measure fastbind serving one Worker, no hop")
     args = parser.parse_args(argv)
 
     try:
@@ -226,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
                 [sys.executable, "-m", "fastbind", "serve", "fastbind.toml", "--port", str(port)],
                 folder, port, server_cpus,
             ))
+            if args.leaf:
+                port = _free_port()
+                servers.append(Server(
+                    "leaf", "fastbind serve (one Worker, no hop)",
+                    [sys.executable, "-m", "fastbind", "serve", "fastbind.toml", "--entry", "hello",
+                     "--port", str(port)],
+                    folder, port, server_cpus,
+                ))
             port = _free_port()
             servers.append(Server(
                 "uvicorn", "uvicorn + httptools + uvloop (raw ASGI hello, no hop)",
@@ -258,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         medians[server.name] = rps
         print(f"{server.label:58} {rps:10,.0f} {p99:7.2f} ms")
     print(f"ratio fastbind / uvicorn (requests/s): {medians['fastbind'] / medians['uvicorn']:.2f}x")
+    if "leaf" in medians:
+        print(f"ratio fastbind one Worker / uvicorn (requests/s): {medians['leaf'] / medians['uvicorn']:.2f}x")
     return 0
 
 
