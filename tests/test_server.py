@@ -594,3 +594,17 @@ def test_config_errors_are_reported_before_serving(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 1
     assert '--entry "nope" is not a Worker of this file (its Workers: gateway, leaf).' in proc.stderr
+
+
+def test_a_port_in_use_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for extra in ([], ["--workers", "2"]):
+            proc = subprocess.run(
+                [sys.executable, "-m", "fastbind", "serve", str(APP), "--port", str(port), *extra],
+                capture_output=True, text=True, timeout=TIMEOUT,
+            )
+            assert proc.returncode == 1 and proc.stdout == ""
+            assert proc.stderr == f"fastbind: cannot listen on 127.0.0.1:{port}: Address already in use\n"

@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(options: argparse.Namespace) -> int:
-    from .server import format_address, run
+    from .server import ListenError, format_address, run
 
     config = read_config(options.config)
     runtime = build_runtime(config)
@@ -112,7 +112,11 @@ def _serve(options: argparse.Namespace) -> int:
             for host, port in getattr(server, "addresses"):
                 _say(f'serving "{entry}" on {format_address(host, port)} (pid {os.getpid()})')
 
-        return run(runtime, entry, host=options.host, port=options.port, on_ready=announce, **settings)
+        try:
+            return run(runtime, entry, host=options.host, port=options.port, on_ready=announce, **settings)
+        except ListenError as exc:
+            print(f"fastbind: {exc.strerror}", file=sys.stderr)
+            return 1
 
     from .supervisor import reserve_port, supervise
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -15,10 +16,14 @@ import uvloop
 from .http11 import Exchange, HTTPConnection, HTTPLimits, ServerState
 from .runtime import Runtime
 
-__all__ = ("Server", "HTTPLimits", "serve", "run", "format_address")
+__all__ = ("Server", "HTTPLimits", "ListenError", "serve", "run", "format_address")
 
 # How often connections are checked for timeouts (at most; less when timeouts are short).
 _SWEEP_INTERVAL = 1.0
+
+
+class ListenError(OSError):
+    """The server could not listen on the address it was given."""
 
 
 class Server:
@@ -65,10 +70,14 @@ class Server:
             self.runtime, self.entry, self.limits, default_host=_host_header(host, port),
             access_log=_print_access if self._access_log else None,
         )
-        self._server = await loop.create_server(
-            lambda: HTTPConnection(state), host, port,
-            reuse_address=True, reuse_port=reuse_port or None, backlog=backlog,
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: HTTPConnection(state), host, port,
+                reuse_address=True, reuse_port=reuse_port or None, backlog=backlog,
+            )
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from exc
         if port == 0:
             state.default_host = _host_header(host, self.addresses[0][1])
         limits = self.limits
