@@ -439,6 +439,14 @@ def test_a_disconnect_cancels_the_pipeline(server: ServerProcess) -> None:
     assert reply.status == 200  # and the server serves on
 
 
+def test_a_disconnect_closes_a_streamed_response(server: ServerProcess) -> None:
+    sock = server.connect()
+    sock.sendall(get(f"/download?size={10 * 1024 * MB}&id=endless"))
+    assert sock.recv(65536)  # the head and the first chunks
+    sock.close()
+    server.wait_for_mark("endless.closed")  # the server closed the body's generator
+
+
 # -- limits: 400, 408, 413, 431 -------------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ async def gateway(request: Request, env: Any, ctx: Any) -> Response:
             kind = "bytes"
         return Response.json({"size": size, "sha256": digest.hexdigest(), "kind": kind})
     if path == "/download":
-        return Response(_pattern(int(query["size"])), headers={"content-type": "application/octet-stream"})
+        return Response(_pattern(int(query["size"]), query.get("id")), headers={"content-type": "application/octet-stream"})
     if path == "/sized-stream":
         return Response(_pattern(int(query["size"])), headers={"content-length": query["size"]})
     if path == "/slow":
@@ -87,11 +87,15 @@ async def gateway(request: Request, env: Any, ctx: Any) -> Response:
     return Response("not found", status=404)
 
 
-async def _pattern(size: int) -> AsyncIterator[bytes]:
-    while size > 0:
-        chunk = CHUNK if size >= len(CHUNK) else CHUNK[:size]
-        size -= len(chunk)
-        yield chunk
+async def _pattern(size: int, name: str | None = None) -> AsyncIterator[bytes]:
+    try:
+        while size > 0:
+            chunk = CHUNK if size >= len(CHUNK) else CHUNK[:size]
+            size -= len(chunk)
+            yield chunk
+    finally:
+        if name is not None:
+            mark(name + ".closed")  # read to its end, or closed by the server
 
 
 async def _later(name: str) -> None:
