@@ -414,6 +414,7 @@ def plot(results: Sequence[CaseResult], path: str) -> None:
 
     matplotlib.use("Agg")  # no display needed: the chart goes to a file
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     floor = next(r for r in results if r.role == "floor")
     shown = [r for r in results if not r.skipped]
@@ -424,11 +425,12 @@ def plot(results: Sequence[CaseResult], path: str) -> None:
     ax.bar_label(bars, labels=[f"{v:.3g}x" if v < 1000 else f"{v:,.0f}x" for v in values], padding=3)
     ax.set_xscale("log")
     ax.set_xlim(0.5, max(values) * 4)  # room for the labels of the longest bars
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.invert_yaxis()
     ax.set_xlabel("time per call / direct await (log scale)")
     ax.set_title("fastbind: one call between two handlers in one process")
     ax.axvline(1.5, color="#f38020", linestyle=":", linewidth=1, label="target for a binding: 1.5x")
-    ax.legend(loc="lower right", frameon=False)
+    ax.legend(loc="upper right", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
