@@ -314,6 +314,16 @@ def test_responses_with_no_body_head_and_errors(server: ServerProcess) -> None:
         assert reader.read() == b""
 
 
+def test_a_get_body_is_read_and_dropped(server: ServerProcess) -> None:
+    import json
+
+    # The Fetch API has no body on a GET: the Worker sees none, and the connection goes on.
+    data = b"GET /request HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello" + get("/pid", "Connection: close")
+    replies, _ = exchange(server, data, replies=2)
+    assert replies[0].status == 200 and json.loads(replies[0].body)["body"] == ""
+    assert replies[1].body == str(server.pid).encode()
+
+
 def test_http_1_0(server: ServerProcess) -> None:
     with server.connect() as sock:
         sock.sendall(b"GET /request HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
@@ -482,9 +492,12 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, b"Malformed request"),
         (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, b"Malformed request"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, b"Malformed request"),  # TLS to a plain port
+        (b"GET /x HTTP/2.0\r\nHost: t\r\n\r\n", 505, b"HTTP/2.0 is not served here"),
+        (b"GET /x HTTP/0.9\r\nHost: t\r\n\r\n", 400, b"no HTTP/1.x version"),
+        (b"GET /x\r\nHost: t\r\n\r\n", 400, b"no HTTP/1.x version"),
     ],
     ids=["header", "url", "count", "content-length", "chunked", "no-host", "two-hosts", "bad-host",
-         "request-line", "header-line", "chunk-size", "two-lengths", "tls"],
+         "request-line", "header-line", "chunk-size", "two-lengths", "tls", "http-2", "http-0.9", "no-version"],
 )
 def test_limits_and_malformed_requests(strict: ServerProcess, data: bytes, status: int, reason: bytes) -> None:
     (reply,), rest = exchange(strict, data)
@@ -511,6 +524,25 @@ def test_a_slow_client_gets_408(strict: ServerProcess) -> None:
             reply = read_reply(reader)
             assert reply.status == 408 and reply.header("connection") == "close"
             assert reader.read() == b""
+
+
+def test_a_head_trickled_byte_by_byte_is_cut_off(strict: ServerProcess) -> None:
+    # Each byte comes well within the read timeout (0.4 s), but the head as a whole does not.
+    with strict.connect() as sock:
+        sock.settimeout(0.1)
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Trickle: ")
+        data = b""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                sock.sendall(b"a")
+                continue
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
 
 
 def test_an_idle_keep_alive_connection_is_closed(strict: ServerProcess) -> None:

@@ -214,10 +214,14 @@ class HTTPConnection(asyncio.Protocol):
         self._write_paused = False
         self._write_paused_at = 0.0
         self._drain_waiter: asyncio.Future[None] | None = None
-        # progress, read by ServerState's sweep for timeouts
-        self.reads = 0
-        self.seen_reads = 0
-        self.quiet_since = self._loop.time()
+        # Progress counters, cheap to bump per request; the server's sweep turns them
+        # into times (see check_timeouts).
+        self.reads = 0  # data_received calls
+        self.heads = 0  # request heads begun
+        self.answers = 0  # responses finished
+        now = self._loop.time()
+        self._seen = (0, 0, 0)
+        self._read_at = self._head_at = self._answer_at = now
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -304,6 +308,7 @@ class HTTPConnection(asyncio.Protocol):
             self._in_message = self._in_head = True
             self._url = url
             self._head_size = len(url)
+            self.heads += 1
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
@@ -349,9 +354,13 @@ class HTTPConnection(asyncio.Protocol):
         ex.keep_alive = keep_alive = parser.should_keep_alive()
         version = "1.1"
         if not keep_alive or flags & _CONNECTION:
-            # Without a Connection header, only HTTP/1.1 keeps the connection open:
+            # Without a Connection header, llhttp keeps only HTTP/1.1 (1.x, x > 0) open:
             # the version (a string httptools formats per call) is needed otherwise.
             version = ex.version = parser.get_http_version()
+            if version != "1.0" and version != "1.1":
+                if version[0] >= "2":
+                    raise _Reject(505, f"HTTP/{version} is not served here; use HTTP/1.1.")
+                raise _Reject(400, "Malformed request: the request line has no HTTP/1.x version.")
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) if self._method_override is None else None
         if method is None:
@@ -381,6 +390,10 @@ class HTTPConnection(asyncio.Protocol):
             ex.head_only = True
         if length is not None or flags & _CHUNKED:
             self._expect_body(ex, length, flags & _EXPECT)
+            if method == "GET" or method == "HEAD":
+                # The Fetch API has no body on GET or HEAD: it is read and dropped.
+                ex.chunks = None
+                ex.discard = True
         if self._access_log:
             ex.start = time.perf_counter()
         self._current = ex
@@ -521,7 +534,6 @@ class HTTPConnection(asyncio.Protocol):
         self._pause &= ~reason
         if not self._pause and self._transport is not None and not self._lost:
             self._transport.resume_reading()
-            self.quiet_since = self._loop.time()
 
     def _stop_reading(self) -> None:
         self._stopped = True
@@ -609,7 +621,7 @@ class HTTPConnection(asyncio.Protocol):
             self._stopped = True
             self._transport.close()
             return
-        self.reads += 1  # the keep-alive timeout counts from here
+        self.answers += 1  # the keep-alive timeout counts from here
         if self._queue:
             self._serve_next()
         elif self._state.draining:
@@ -756,10 +768,23 @@ class HTTPConnection(asyncio.Protocol):
     # -- timeouts and shutdown, called by the server ------------------------------------
 
     def check_timeouts(self, now: float) -> None:
-        if self.reads != self.seen_reads:
-            self.seen_reads = self.reads
-            self.quiet_since = now
-            return
+        """Called by the server every fraction of a timeout (DESIGN.md 3, limits).
+
+        A request head must arrive whole within the read timeout from its first line
+        (a head trickled byte by byte is cut off too); a body may take as long as it
+        needs while it keeps coming, but not stall for the read timeout; an idle
+        keep-alive connection is closed the keep-alive timeout after its last answer,
+        whatever bytes it trickles that start no request.
+        """
+        seen = (self.reads, self.heads, self.answers)
+        if seen != self._seen:
+            if seen[0] != self._seen[0]:
+                self._read_at = now
+            if seen[1] != self._seen[1]:
+                self._head_at = now
+            if seen[2] != self._seen[2]:
+                self._answer_at = now
+            self._seen = seen
         transport = self._transport
         if transport is None or self._lost:
             return
@@ -767,15 +792,17 @@ class HTTPConnection(asyncio.Protocol):
         if self._write_paused and now - self._write_paused_at >= limits.read_timeout:
             transport.abort()  # the client stopped reading what it asked for
             return
-        if self._pause:
-            self.quiet_since = now  # the server stopped reading, not the client sending
+        if self._pause or (self._active is not None and self._active is not self._current):
+            # The server is not reading, or is busy with an earlier request: not the client's delay.
+            self._read_at = self._head_at = now
             return
-        quiet = now - self.quiet_since
-        if self._in_message:
-            if self._active is None or self._active is self._current:
-                if quiet >= limits.read_timeout:
-                    self.read_timed_out()
-        elif self._active is None and not self._queue and quiet >= limits.keep_alive_timeout:
+        if self._in_head:
+            if now - self._head_at >= limits.read_timeout:
+                self.read_timed_out()
+        elif self._in_message:
+            if now - self._read_at >= limits.read_timeout:
+                self.read_timed_out()
+        elif self._active is None and not self._queue and now - self._answer_at >= limits.keep_alive_timeout:
             transport.close()
 
     def drain(self) -> None:
