@@ -24,22 +24,38 @@ from .runtime import Runtime
 
 __all__ = (
     "CALLS",
+    "URL",
+    "CALLS_HEADER",
+    "ELAPSED_HEADER",
     "Batch",
     "Opener",
-    "Case",
-    "CaseResult",
     "PeerMissing",
     "child",
     "calls_of",
     "elapsed_response",
+    "binding_parent",
+    "floor_parent",
     "runtime_on",
+    "round_trip_runtime",
     "timed_dispatch",
+    "dispatcher",
+    "asgi_hello",
+    "call_asgi",
+    "open_raw_asgi",
+    "open_httpx",
+    "open_aiohttp",
+    "Case",
+    "CaseResult",
     "measure",
     "core_cases",
+    "Target",
+    "TARGETS",
+    "machine",
     "main",
 )
 
 CALLS = 1000  # calls per batch: one dispatch of a timing parent, well inside the 10,000 subrequest budget
+MAX_CALLS = 10_000  # Limits().subrequests: what one invocation may make
 URL = "https://example.com/bench"
 CALLS_HEADER = "x-calls"  # the one header of the forwarded Request: how many calls the parent makes
 ELAPSED_HEADER = "x-elapsed-ns"  # how the parent reports the time its calls took
@@ -111,12 +127,13 @@ def round_trip_runtime(core: ModuleType | None) -> Runtime:
     return rt
 
 
-async def timed_dispatch(rt: Runtime, worker: str, calls: int, body: Any = None) -> int:
+async def timed_dispatch(rt: Runtime, worker: str, calls: int) -> int:
     """Dispatch one batch to timing parent ``worker``; the ns its ``calls`` calls took."""
-    method = "GET" if body is None else "POST"
-    request = Request(URL, method=method, headers={CALLS_HEADER: str(calls)}, body=body)
-    response = await rt.dispatch(worker, request)
-    return int(response.headers.get(ELAPSED_HEADER) or 0)
+    response = await rt.dispatch(worker, Request(URL, headers={CALLS_HEADER: str(calls)}))
+    elapsed = response.headers.get(ELAPSED_HEADER)
+    if response.status != 200 or elapsed is None:  # it failed (logged): no figure to give
+        raise RuntimeError(f'Timing parent "{worker}" answered {response.status} without a time.')
+    return int(elapsed)
 
 
 def dispatcher(make_runtime: Callable[[], Runtime], worker: str) -> Opener:
@@ -189,7 +206,7 @@ async def open_httpx(stack: AsyncExitStack) -> Batch:
     async def batch(calls: int) -> int:
         start = perf_counter_ns()
         for _ in range(calls):
-            (await client.get(URL, headers=headers)).content
+            await client.get(URL, headers=headers)  # the body is read before it returns
         return perf_counter_ns() - start
 
     return batch
@@ -279,7 +296,7 @@ async def measure(cases: Sequence[Case], calls: int, rounds: int, sample_ns: int
             batches[i] = batch, max(1, min(1000, sample_ns // once))
         live = list(batches)
         for round_ in range(rounds):
-            gc.collect()
+            gc.collect()  # what earlier rounds left is not collected inside one case's sample
             shift = round_ % len(live) if live else 0
             for i in live[shift:] + live[:shift]:
                 batch, repeat = batches[i]
@@ -455,8 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.rounds = min(args.rounds, 3)
         args.sample_ms = min(args.sample_ms, 1.0)
-    if args.calls < 1 or args.rounds < 1:
-        parser.error("--calls and --rounds must be at least 1")
+    if not 1 <= args.calls <= MAX_CALLS or args.rounds < 1:
+        parser.error(f"--calls must be 1..{MAX_CALLS:,} (one invocation's subrequests), --rounds at least 1")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
