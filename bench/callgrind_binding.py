@@ -76,6 +76,8 @@ def main() -> None:
         core, worker, calls = args.run
         run_case(core, worker, int(calls))
         return
+    if not 1 <= 5 * args.calls <= 10_000:  # one invocation's subrequest budget
+        parser.error("--calls must be 1..2000: the second run makes 5 x --calls calls")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     low, high = args.calls, 5 * args.calls
