@@ -523,6 +523,17 @@ cdef class PipelineContext:
             self._tasks.discard(task)
             self._waiting.add(task)
 
+    @property
+    def idle(self):
+        """True when no task of the pipeline, wait_until work included, is still running."""
+        for task in self._tasks:
+            if not task.done():
+                return False
+        for task in self._waiting:
+            if not task.done():
+                return False
+        return True
+
     def take_tasks(self):
         """Pending tasks to cancel when the response is done (not wait_until ones)."""
         return [t for t in self._tasks if not t.done()]

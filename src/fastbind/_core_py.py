@@ -380,6 +380,11 @@ class PipelineContext:
             self._tasks.discard(task)
             self._waiting.add(task)
 
+    @property
+    def idle(self) -> bool:
+        """True when no task of the pipeline, wait_until work included, is still running."""
+        return all(t.done() for t in self._tasks) and all(t.done() for t in self._waiting)
+
     def take_tasks(self) -> list[asyncio.Future[Any]]:
         """Pending tasks to cancel when the response is done (not wait_until ones)."""
         return [t for t in self._tasks if not t.done()]

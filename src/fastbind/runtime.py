@@ -302,7 +302,11 @@ class Runtime:
         done = self._reporter(pipeline, response.status, error)
         rbody = response.body
         if rbody is None or isinstance(rbody, _PLAIN_BODIES):
-            await end_pipeline(pipeline, done)
+            if pipeline.idle:  # the common case: nothing left to cancel or wait for
+                pipeline.close()
+                done()
+            else:
+                await end_pipeline(pipeline, done)
         else:
             response.body = PipelineStream(
                 rbody, lambda: end_pipeline(pipeline, done), pipeline.root
