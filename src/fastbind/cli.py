@@ -14,7 +14,7 @@ from . import __version__
 from .bindings import RemoteBinding
 from .config import Config, binding_cycles, build_runtime, read_config
 from .errors import ConfigError
-from .http11 import HTTPLimits
+from .http_exchange import HTTPLimits
 
 __all__ = ("main",)
 

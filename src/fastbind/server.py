@@ -13,7 +13,8 @@ from typing import Any
 
 import uvloop
 
-from .http11 import Exchange, HTTPConnection, HTTPLimits, ServerState
+from .http11 import HTTPConnection
+from .http_exchange import Exchange, HTTPLimits, ServerState
 from .runtime import Runtime
 
 __all__ = ("Server", "HTTPLimits", "ListenError", "serve", "run", "format_address")
