@@ -218,15 +218,24 @@ async def client(session: Session, base: str, rng: random.Random, until: float, 
         tally.record(kind, label, expected)
 
 
-async def traffic(base: str, seconds: float, concurrency: int, seed: int) -> Tally:
+async def sample_rss(server: SoakServer, until: float, every_s: float, samples: list[int]) -> None:
+    """The server's resident memory every ``every_s`` seconds: a leak shows as a steady climb."""
+    while time.monotonic() < until:
+        await asyncio.sleep(min(every_s, max(0.0, until - time.monotonic())))
+        samples.append(server.memory_kb("VmRSS"))
+
+
+async def traffic(server: SoakServer, seconds: float, concurrency: int, seed: int,
+                  samples: list[int] | None = None) -> Tally:
     tally = Tally()
     master = random.Random(seed)
     until = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        await asyncio.gather(*(
-            client(session, base, random.Random(master.random()), until, tally) for _ in range(concurrency)
-        ))
+        clients = [client(session, server.url, random.Random(master.random()), until, tally)
+                   for _ in range(concurrency)]
+        sampler = [] if samples is None else [sample_rss(server, until, max(1.0, seconds / 10), samples)]
+        await asyncio.gather(*clients, *sampler)
     return tally
 
 
@@ -253,11 +262,12 @@ def soak(seconds: float, warmup: float, concurrency: int, seed: int, max_growth_
         server = SoakServer(log or Path(folder) / "server.log")
         try:
             rss_boot = server.memory_kb("VmRSS")
-            warmed = asyncio.run(traffic(server.url, warmup, concurrency, seed))  # the allocator settles
+            warmed = asyncio.run(traffic(server, warmup, concurrency, seed))  # the allocator settles
             asyncio.run(counters_at_rest(server.url, 30))
             rss_start, logged_before = server.memory_kb("VmRSS"), server.logged()
+            samples: list[int] = []
             began = time.monotonic()
-            tally = asyncio.run(traffic(server.url, seconds, concurrency, seed + 1))
+            tally = asyncio.run(traffic(server, seconds, concurrency, seed + 1, samples))
             elapsed = time.monotonic() - began
             counters = asyncio.run(counters_at_rest(server.url, 30))
             rss_end, rss_peak = server.memory_kb("VmRSS"), server.memory_kb("VmHWM")
@@ -275,7 +285,7 @@ def soak(seconds: float, warmup: float, concurrency: int, seed: int, max_growth_
         "server_log": dict(logged.most_common()),
         "counters_at_end": counters,
         "rss_kb": {"boot": rss_boot, "start": rss_start, "end": rss_end, "peak": rss_peak,
-                   "growth": rss_end - rss_start},
+                   "growth": rss_end - rss_start, "during": samples},
         "server_exit_code": exit_code,
     }
     result["passed"] = (not result["unexpected"] and counters == AT_REST and rss_end - rss_start <= max_growth_kb
@@ -301,6 +311,7 @@ def report(result: dict[str, Any]) -> str:
         f"live counters at the end: {result['counters_at_end']} (at rest: {AT_REST})",
         f"RSS: {rss['boot'] / 1024:.1f} MB at boot, {rss['start'] / 1024:.1f} MB after warm-up, "
         f"{rss['end'] / 1024:.1f} MB at the end ({rss['growth'] / 1024:+.1f} MB), peak {rss['peak'] / 1024:.1f} MB",
+        "RSS during the soak, MB: " + ", ".join(f"{kb / 1024:.1f}" for kb in rss["during"]),
         f"server exit code after SIGTERM: {result['server_exit_code']}",
         "PASSED" if result["passed"] else "FAILED",
     ]
