@@ -130,8 +130,6 @@ def test_a_gateways_bindings_do_not_expose_the_bound_workers_env(core: Any, run:
     assert reachable == [own]
 
 
-@pytest.mark.xfail(strict=True, reason="ctx.parent.env and ctx.pipeline.root.env hand a child its caller's "
-                                       "env: its vars and its bindings to Workers the child is not bound to")
 def test_a_child_reaches_no_env_but_its_own_from_ctx(core: Any, run: Run) -> None:
     own, reachable = _envs_seen_by(core, run, "child")
     assert reachable == [own]
@@ -252,8 +250,6 @@ def test_spawned_tasks_keep_the_depth_of_the_invocation_that_spawned_them(core: 
     assert serve_one(run, rt, "gateway") == {"mine": 2, "children": ["3"] * 6}
 
 
-@pytest.mark.xfail(strict=True, reason="runtime.py: Runtime.dispatch() called from inside a Worker starts a "
-                                       "new pipeline at depth 1, so recursion through it escapes Limits.depth")
 def test_dispatching_again_from_inside_a_worker_does_not_reset_depth(core: Any, run: Run) -> None:
     depths: list[int] = []
 

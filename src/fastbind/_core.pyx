@@ -583,6 +583,9 @@ cdef class InvocationContext:
 
     @property
     def env(self):
+        """This invocation's env, readable only by its own code (not by a child via ``parent``)."""
+        if _current() is not self:
+            raise AttributeError("An invocation's env is readable only by its own code")
         return self.handle.env
 
     @property

@@ -439,7 +439,12 @@ class InvocationContext:
     depth = property(lambda self: self._depth)
     subrequests = property(lambda self: self._subrequests)
     props = property(lambda self: self._props)
-    env = property(lambda self: self._handle.env)
+    @property
+    def env(self) -> Any:
+        """This invocation's env, readable only by its own code (not by a child via ``parent``)."""
+        if current_invocation() is not self:
+            raise AttributeError("An invocation's env is readable only by its own code")
+        return self._handle.env
     cpu_ns = property(lambda self: self._cpu_ns)
 
     def _finish(self, outcome: str) -> None:

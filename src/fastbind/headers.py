@@ -23,10 +23,16 @@ def _check_name(name: object) -> str:
             name = str(name)
         else:
             raise TypeError(f"Header name must be str, not {type(name).__name__}")
-    lname = name.lower()
-    if not lname or not _TOKEN.issuperset(lname):
+    # Checked before lower(): some non-ASCII letters lower-case to ASCII (U+212A -> "k").
+    if not name or not _TOKEN.issuperset(name):
         raise ValueError(f"Invalid header name: {name!r}")
-    return lname
+    return name.lower()
+
+
+def _lookup_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"Header name must be str, not {type(name).__name__}")
+    return name.lower()
 
 
 def _check_value(name: str, value: object) -> str:
@@ -93,18 +99,18 @@ class Headers:
         return self._items
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        lname = name.lower()
+        lname = _lookup_name(name)
         found = [v for n, v in self._items if n == lname]
         if not found:
             return default
         return found[0] if len(found) == 1 else ", ".join(found)
 
     def get_all(self, name: str) -> list[str]:
-        lname = name.lower()
+        lname = _lookup_name(name)
         return [v for n, v in self._items if n == lname]
 
     def has(self, name: str) -> bool:
-        lname = name.lower()
+        lname = _lookup_name(name)
         return any(n == lname for n, _ in self._items)
 
     def set(self, name: str, value: str) -> None:
@@ -126,7 +132,7 @@ class Headers:
         self._writable().append((lname, value))
 
     def delete(self, name: str) -> None:
-        lname = name.lower()
+        lname = _lookup_name(name)
         self._items = [it for it in self._items if it[0] != lname]
         self._shared = False
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ("Limits",)
+
+
+def _finite(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +41,10 @@ class Limits:
             if type(value) is not int or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, not {value!r}")
         w = self.wait_until_s
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-            raise ValueError(f"Limits.wait_until_s must be a number >= 0, not {w!r}")
+        if not _finite(w) or w < 0:
+            raise ValueError(f"Limits.wait_until_s must be a number >= 0 (finite), not {w!r}")
         c = self.cpu_ms
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0):
-            raise ValueError(f"Limits.cpu_ms must be a number > 0 or None, not {c!r}")
+        if c is not None and (not _finite(c) or c <= 0):
+            raise ValueError(f"Limits.cpu_ms must be a number > 0 (finite) or None, not {c!r}")
+        if type(self.measure_cpu) is not bool:
+            raise ValueError(f"Limits.measure_cpu must be a bool, not {self.measure_cpu!r}")

@@ -10,7 +10,9 @@ from .headers import Headers, HeadersInit
 
 __all__ = ("Request", "check_url", "normalize_method")
 
-_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
+_SCHEME_CHARS_ANY_CASE = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+)
 # Schemes that must have an authority ("special" schemes of the URL standard).
 _SPECIAL = frozenset(("http", "https", "ws", "wss", "ftp"))
 _NORMALIZED = {m.lower(): m for m in ("DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH")}
@@ -29,9 +31,11 @@ def check_url(url: object) -> str:
     if "\r" in url or "\n" in url or "\0" in url or " " in url or "\t" in url:
         raise TypeError(f"Invalid URL: {url}")
     colon = url.find(":")
-    scheme = url[:colon].lower()
-    if colon < 1 or not scheme[0].isalpha() or not _SCHEME_CHARS.issuperset(scheme):
+    scheme = url[:colon]
+    # Checked before lower(): some non-ASCII letters lower-case to ASCII (U+212A -> "k").
+    if colon < 1 or not scheme[0].isalpha() or not _SCHEME_CHARS_ANY_CASE.issuperset(scheme):
         raise TypeError(f"Invalid URL: {url}")
+    scheme = scheme.lower()
     if scheme in _SPECIAL and (
         url[colon + 1 : colon + 3] != "//" or len(url) <= colon + 3 or url[colon + 3] in "/?#"
     ):

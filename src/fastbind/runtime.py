@@ -13,7 +13,7 @@ from . import _impl, hangwatch
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
 from .durable import DEFAULT_IDLE_S, DurableObjects, check_declarations
 from .entrypoint import WorkerEntrypoint
-from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded
+from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded, FastbindError
 from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .limits import Limits
@@ -244,6 +244,12 @@ class Runtime:
         handle = self._handles.get(name)
         if handle is None:
             raise ConfigError(f'No Worker named "{name}" is defined.')
+        if self._core.current_invocation() is not None:
+            # A new top-level request would start again at depth 1 with a fresh budget.
+            raise FastbindError(
+                "Runtime.dispatch() cannot be called from inside a Worker: call other "
+                "Workers through a service binding (env.X.fetch)"
+            )
         if not isinstance(request, Request):
             raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
         loop = asyncio.get_running_loop()
