@@ -293,7 +293,7 @@ def test_responses_with_no_body_head_and_errors(server: ServerProcess) -> None:
         get("/status?code=204") + get("/status?code=304") + get("/status?code=418")
         + b"HEAD /download?size=1000 HTTP/1.1\r\nHost: t\r\n\r\n"
         + b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n"
-        + get("/boom") + get("/unicode-header", "Connection: close")
+        + get("/boom") + get("/empty") + get("/unicode-header", "Connection: close")
     )
     with server.connect() as sock:
         sock.sendall(data)
@@ -309,6 +309,8 @@ def test_responses_with_no_body_head_and_errors(server: ServerProcess) -> None:
         assert head.status == 200 and head.header("content-length") == "15"
         boom = read_reply(reader)
         assert (boom.status, boom.body) == (500, b"Internal Server Error")
+        empty = read_reply(reader)
+        assert (empty.status, empty.header("content-length"), empty.body) == (200, "0", b"")
         unicode = read_reply(reader)
         assert unicode.header("x-name") == "café ✓".encode().decode("latin-1")
         assert reader.read() == b""
@@ -444,7 +446,7 @@ def test_a_disconnect_cancels_the_pipeline(server: ServerProcess) -> None:
     sock.sendall(get("/slow?id=gone"))
     server.wait_for_mark("gone.started")
     sock.close()
-    server.wait_for_mark("gone.cancelled")  # the Worker saw CancelledError
+    server.wait_for_mark("gone.cancelled")  # the child Worker, behind a binding, saw CancelledError
     (reply,), _ = exchange(server, get("/hello", "Connection: close"))
     assert reply.status == 200  # and the server serves on
 

@@ -26,6 +26,16 @@ def mark(name: str, text: str = "") -> None:
 
 class Leaf(WorkerEntrypoint):
     async def fetch(self, request: Request) -> Response:
+        url = urlsplit(request.url)
+        if url.path == "/slow":  # a child at depth 2 that outlives its client
+            name = parse_qs(url.query)["id"][0]
+            mark(name + ".started")
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                mark(name + ".cancelled")
+                raise
+            return Response("slept")
         return Response("hello from leaf", headers={"x-leaf": "1"})
 
 
@@ -57,13 +67,9 @@ async def gateway(request: Request, env: Any, ctx: Any) -> Response:
     if path == "/sized-stream":
         return Response(_pattern(int(query["size"])), headers={"content-length": query["size"]})
     if path == "/slow":
-        mark(query["id"] + ".started")
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            mark(query["id"] + ".cancelled")
-            raise
-        return Response("slept")
+        return await env.LEAF.fetch(request)  # type: ignore[no-any-return]
+    if path == "/empty":
+        return Response(None)
     if path == "/sleep":
         mark(query["id"] + ".started")
         await asyncio.sleep(float(query["s"]))
