@@ -415,8 +415,8 @@ cdef class PipelineContext:
         self.max_subrequests = limits.subrequests
         self.open_connections = limits.open_connections
         self.wait_until_s = limits.wait_until_s
-        self._tasks = set()
-        self._waiting = set()
+        # _tasks and _waiting stay None until a Worker spawns a task: most pipelines
+        # never do, and two empty sets are 432 bytes of every in-flight request.
         self.running = 0
         self.closed = False
         self.root = None
@@ -501,7 +501,12 @@ cdef class PipelineContext:
     def adopt(self, task):
         """Account a task spawned by one of this pipeline's Workers."""
         global _live_tasks
-        if self.closed or task in self._tasks or task in self._waiting:
+        if self.closed:
+            return
+        if self._tasks is None:
+            self._tasks = set()
+            self._waiting = set()
+        elif task in self._tasks or task in self._waiting:
             return
         self._tasks.add(task)
         _live_tasks += 1
@@ -519,13 +524,15 @@ cdef class PipelineContext:
 
     def keep_alive(self, task):
         """Move an adopted task to the wait_until set: it outlives the response."""
-        if task in self._tasks:
+        if self._tasks is not None and task in self._tasks:
             self._tasks.discard(task)
             self._waiting.add(task)
 
     @property
     def idle(self):
         """True when no task of the pipeline, wait_until work included, is still running."""
+        if self._tasks is None:
+            return True
         for task in self._tasks:
             if not task.done():
                 return False
@@ -536,9 +543,13 @@ cdef class PipelineContext:
 
     def take_tasks(self):
         """Pending tasks to cancel when the response is done (not wait_until ones)."""
+        if self._tasks is None:
+            return []
         return [t for t in self._tasks if not t.done()]
 
     def take_waiting(self):
+        if self._waiting is None:
+            return []
         return [t for t in self._waiting if not t.done()]
 
     def close(self):
