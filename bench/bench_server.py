@@ -123,22 +123,28 @@ class Server:
         self.name = name
         self.label = label
         self.port = port
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if cpus:
-            os.sched_setaffinity(self.proc.pid, cpus)
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL)
+        try:
+            if cpus:
+                os.sched_setaffinity(self.proc.pid, cpus)
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_serving(self) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise SystemExit(f"{name} did not start: {err}")
+                    raise SystemExit(f"{self.name} did not start") from None
                 time.sleep(0.05)
-        body = _get(port)
+        body = _get(self.port)
         if body != HELLO:
-            raise SystemExit(f"{name} answered {body!r}, not {HELLO!r}")
+            raise SystemExit(f"{self.name} answered {body!r}, not {HELLO!r}")
 
     @property
     def url(self) -> str:
