@@ -366,8 +366,12 @@ def test_redirect_status_is_one_of_the_five_or_value_error(status: int) -> None:
 
 # -- Limits ----------------------------------------------------------------------------------
 
-limit_value = (st.integers(-3, 40_000) | st.floats(allow_nan=False) | st.booleans() | st.text(max_size=3)
-               | st.none())
+limit_value = (st.integers(-3, 40_000) | st.floats() | st.sampled_from([math.inf, -math.inf, math.nan])
+               | st.booleans() | st.text(max_size=3) | st.none())
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @FAST
@@ -382,18 +386,43 @@ def test_an_int_limit_is_a_positive_int_or_value_error(field: str, value: Any) -
 
 @FAST
 @given(value=limit_value)
-def test_wait_until_s_is_a_number_at_least_zero_or_value_error(value: Any) -> None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+def test_wait_until_s_is_a_finite_number_at_least_zero_or_value_error(value: Any) -> None:
+    if _finite_number(value) and value >= 0:
         assert Limits(wait_until_s=value).wait_until_s == value
     else:
         with pytest.raises(ValueError, match="Limits.wait_until_s must be a number"):
             Limits(wait_until_s=value)
 
 
+@FAST
+@given(value=limit_value)
+def test_cpu_ms_is_none_or_a_finite_number_above_zero_or_value_error(value: Any) -> None:
+    if value is None or _finite_number(value) and value > 0:
+        assert Limits(cpu_ms=value).cpu_ms == value
+    else:
+        with pytest.raises(ValueError, match="Limits.cpu_ms must be a number"):
+            Limits(cpu_ms=value)
+
+
 @pytest.mark.parametrize("field", ["wait_until_s", "cpu_ms"])
 def test_a_nan_limit_is_value_error(field: str) -> None:
     with pytest.raises(ValueError):
         Limits(**{field: math.nan})
+
+
+@pytest.mark.xfail(strict=True, reason="limits.py accepts a cpu_ms whose nanoseconds do not fit an int64 "
+                                       "(past about 9.2e12 ms); then every dispatch raises OverflowError")
+def test_a_cpu_limit_is_refused_or_served_never_a_failing_dispatch(core: Any, run: Any) -> None:
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        return Response("ok")
+
+    try:
+        limits = Limits(cpu_ms=1e308)
+    except ValueError:
+        return
+    runtime = Runtime(limits=limits)
+    runtime.add_worker("w", worker)
+    assert run(runtime.dispatch("w", Request("https://example.com/"))).status == 200
 
 
 def test_measure_cpu_must_be_a_bool() -> None:
