@@ -410,8 +410,6 @@ def test_a_nan_limit_is_value_error(field: str) -> None:
         Limits(**{field: math.nan})
 
 
-@pytest.mark.xfail(strict=True, reason="limits.py accepts a cpu_ms whose nanoseconds do not fit an int64 "
-                                       "(past about 9.2e12 ms); then every dispatch raises OverflowError")
 def test_a_cpu_limit_is_refused_or_served_never_a_failing_dispatch(core: Any, run: Any) -> None:
     async def worker(request: Request, env: Any, ctx: Any) -> Response:
         return Response("ok")

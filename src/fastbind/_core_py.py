@@ -15,13 +15,13 @@ from typing import Any
 from .entrypoint import WorkerEntrypoint
 from .env import Env
 from .errors import (
-    BODY_USED_MESSAGE,
     CpuLimitExceeded,
     FastbindError,
     SubrequestDepthError,
     TooManySubrequestsError,
 )
 from .request import Request
+from .request import forward_request as _forward
 from .response import Response
 from .rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 
@@ -603,22 +603,6 @@ def call_child(
     call = BindingCall(inv, None, http, kind, args, None)
     call._custom = function
     return call
-
-
-def _forward(src: Request) -> Request:
-    """The child's copy of ``src``: same body object, headers copied, src marked used."""
-    body = src.body
-    if body is not None:
-        if src.body_used:
-            raise TypeError(BODY_USED_MESSAGE)
-        src.body_used = True
-    req = Request.__new__(Request)
-    req.url = src.url
-    req.method = src.method
-    req.headers = src.headers.copy()
-    req.body = body
-    req.body_used = False
-    return req
 
 
 class BindingCall:

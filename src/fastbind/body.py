@@ -11,7 +11,7 @@ import orjson
 
 from .errors import BODY_USED_MESSAGE
 
-__all__ = ("BodyInit", "BodyMixin", "check_body", "tee_stream")
+__all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream")
 
 BodyInit = Union[bytes, bytearray, memoryview, str, AsyncIterator[bytes], None]
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -86,6 +86,16 @@ def tee_stream(stream: Any) -> tuple[_TeeBranch, _TeeBranch]:
     queues: list[list[Any]] = [[], []]
     lock = asyncio.Lock()
     return _TeeBranch(source, queues, 0, lock), _TeeBranch(source, queues, 1, lock)
+
+
+def take_body(message: Any) -> Any:
+    """Hand ``message``'s body object on (no copy) and mark ``message`` used."""
+    body = message.body
+    if body is not None:
+        if message.body_used:
+            raise TypeError(BODY_USED_MESSAGE)
+        message.body_used = True
+    return body
 
 
 class BodyMixin:

@@ -9,8 +9,8 @@ __all__ = ("Headers", "HeadersInit")
 
 HeadersInit = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]], None]
 
-# RFC 9110 token characters: what a header name may hold.
-_TOKEN = frozenset(
+# RFC 9110 token characters: what a header name (and a method) may hold.
+TOKEN_CHARS = _TOKEN = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _FORBIDDEN_IN_VALUE = ("\r", "\n", "\0")

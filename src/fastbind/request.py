@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .body import BodyInit, BodyMixin, check_body
+from .body import BodyInit, BodyMixin, check_body, take_body
 from .errors import BODY_USED_MESSAGE
+from .headers import TOKEN_CHARS as _TOKEN
 from .headers import Headers, HeadersInit
 
-__all__ = ("Request", "check_url", "normalize_method")
+__all__ = ("Request", "check_url", "normalize_method", "forward_request")
 
 _SCHEME_CHARS_ANY_CASE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
@@ -16,9 +17,6 @@ _SCHEME_CHARS_ANY_CASE = frozenset(
 # Schemes that must have an authority ("special" schemes of the URL standard).
 _SPECIAL = frozenset(("http", "https", "ws", "wss", "ftp"))
 _NORMALIZED = {m.lower(): m for m in ("DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH")}
-_TOKEN = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
 
 
 def check_url(url: object) -> str:
@@ -109,3 +107,16 @@ class Request(BodyMixin):
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"
+
+
+def forward_request(src: Request) -> Request:
+    """What a binding hands its child: same url, method and body object, headers
+    copied (copy-on-write), and ``src`` marked used. The compiled core does the same
+    in C for the binding hot path."""
+    req = Request.__new__(Request)
+    req.url = src.url
+    req.method = src.method
+    req.headers = src.headers.copy()
+    req.body = take_body(src)
+    req.body_used = False
+    return req

@@ -6,9 +6,9 @@ import dataclasses
 import enum
 from typing import Any
 
-from .errors import BODY_USED_MESSAGE
+from .body import take_body
 from .headers import Headers
-from .request import Request
+from .request import Request, forward_request
 from .response import Response
 
 __all__ = ("isolate", "RESERVED_METHODS", "reserved_message", "unknown_message")
@@ -61,7 +61,7 @@ def isolate(value: Any) -> Any:
             object.__setattr__(copy, field.name, isolate(getattr(value, field.name)))
         return copy
     if isinstance(value, Request):
-        return _hand_over_request(value)
+        return forward_request(value)
     if isinstance(value, Response):
         return _hand_over_response(value)
     if hasattr(value, "__aiter__"):
@@ -73,29 +73,10 @@ def isolate(value: Any) -> Any:
     )
 
 
-def _take(message: Any) -> Any:
-    body = message.body
-    if body is not None:
-        if message.body_used:
-            raise TypeError(BODY_USED_MESSAGE)
-        message.body_used = True
-    return body
-
-
-def _hand_over_request(src: Request) -> Request:
-    req = Request.__new__(Request)
-    req.url = src.url
-    req.method = src.method
-    req.headers = src.headers.copy()
-    req.body = _take(src)
-    req.body_used = False
-    return req
-
-
 def _hand_over_response(src: Response) -> Response:
     resp = Response.__new__(Response)
     resp.status = src.status
     resp.headers = Headers(src.headers) if type(src.headers) is not Headers else src.headers.copy()
-    resp.body = _take(src)
+    resp.body = take_body(src)
     resp.body_used = False
     return resp
