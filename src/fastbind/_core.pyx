@@ -423,7 +423,8 @@ cdef class PipelineContext:
         self.start_ns = _now()
         self.duration_ns = -1
         cpu_ms = limits.cpu_ms
-        self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>(cpu_ms * 1_000_000)
+        # int64 nanoseconds hold 292 years: a larger budget is the same as that.
+        self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>min(cpu_ms * 1e6, 9.2e18)
         self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
         self.cpu_ns = 0
         _live_pipelines += 1

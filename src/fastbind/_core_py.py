@@ -322,7 +322,8 @@ class PipelineContext:
         self._root: InvocationContext | None = None
         self._root_record = SubrequestRecord(None, entry, "request", 1)
         cpu_ms = limits.cpu_ms
-        self._cpu_limit_ns = -1 if cpu_ms is None else int(cpu_ms * 1_000_000)
+        # int64 nanoseconds hold 292 years (the compiled core's range): clamp there.
+        self._cpu_limit_ns = -1 if cpu_ms is None else int(min(cpu_ms * 1e6, 9.2e18))
         self._cpu_enabled = cpu_ms is not None or limits.measure_cpu
         self._cpu_ns = 0
         self._cpu_exceeded = False
