@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import gc
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,7 @@ from fastbind import (
     Runtime,
     SubrequestDepthError,
     TooManySubrequestsError,
+    WorkerEntrypoint,
 )
 
 Run = Callable[[Any], Any]
@@ -348,3 +351,40 @@ def test_a_client_string_cannot_add_headers_to_a_binding_request(core: Any, run:
     rt.add_worker("admin", admin)
     assert run(rt.dispatch("gateway", Request("https://x/"))).status == 200
     assert reached == [] and refused == ["ValueError"] * 3 + ["TypeError"] * 2
+
+
+@pytest.mark.xfail(strict=True, reason="_core.pyx Fetcher.__getattribute__ and _core_py Fetcher.__getattr__ cache a "
+                                       "stub for every name asked, unknown ones included: RPC method names taken "
+                                       "from clients grow the server's memory without bound")
+def test_rpc_names_from_clients_do_not_grow_a_binding(core: Any, run: Run) -> None:
+    class Api(WorkerEntrypoint):
+        async def get(self) -> str:
+            return "got"
+
+    async def gateway(request: Request, env: Any, ctx: Any) -> Response:
+        name = request.url.rsplit("/", 1)[1]  # an RPC gateway: the method is named by the client
+        try:
+            return Response(await getattr(env.API, name)())
+        except TypeError:  # not a method of Api: 'The RPC receiver does not implement ...'
+            return Response(None, status=404)
+
+    rt = Runtime()
+    rt.add_worker("gateway", gateway, services={"API": "api"})
+    rt.add_worker("api", Api)
+
+    async def serve(names: list[str]) -> None:
+        for name in names:
+            await rt.dispatch("gateway", Request(f"https://x/{name}"))
+
+    run(serve([f"warm{i}" for i in range(500)] + ["get"]))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run(serve([f"m{i}" for i in range(10_000)]))
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 10,000 names: even 50 bytes kept per name would be half a megabyte.
+    assert retained < 500_000, f"{retained:,} bytes kept after 10,000 distinct unknown names"
