@@ -18,7 +18,10 @@ The load comes from ``wrk`` when it is on PATH (``apt-get install wrk``), else f
 Python generator (asyncio, keep-alive connections; it is slower than the servers, so
 its figures say less). Rounds alternate between the servers so that the machine's
 load weighs on all alike. Each server's figures are given for its best round (the one
-least disturbed by whatever else the machine runs) and as the median of its rounds.
+least disturbed by whatever else the machine runs) and as the median of its rounds,
+with the CPU time the server process used per request (from /proc): on a machine
+that other programs share, requests per CPU second compare the servers more steadily
+than requests per second do.
 With two or more CPUs, the servers are pinned to CPU 0 and the load generator to the
 others.
 
@@ -116,6 +119,8 @@ async def app(scope, receive, send):
 class Result:
     requests_per_s: float
     p99_ms: float
+    requests: int
+    cpu_us: float = 0.0  # the server's CPU (user + system) per request, in microseconds
 
 
 class Server:
@@ -149,6 +154,11 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -185,6 +195,7 @@ def _get(port: int) -> bytes:
 # -- load generators --------------------------------------------------------------------------
 
 _WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_COUNT = re.compile(r"(\d+) requests in ")
 _WRK_P99 = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -195,9 +206,11 @@ def run_wrk(url: str, duration: float, connections: int, threads: int, cpus: set
                           preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     rps = _WRK_RPS.search(proc.stdout)
     p99 = _WRK_P99.search(proc.stdout)
-    if proc.returncode != 0 or rps is None or p99 is None or "Non-2xx" in proc.stdout or "Socket errors" in proc.stdout:
+    count = _WRK_COUNT.search(proc.stdout)
+    if (proc.returncode != 0 or rps is None or p99 is None or count is None
+            or "Non-2xx" in proc.stdout or "Socket errors" in proc.stdout):
         raise SystemExit(f"wrk failed or saw errors:\n{proc.stdout}{proc.stderr}")
-    return Result(float(rps[1]), float(p99[1]) * _UNIT_MS[p99[2]])
+    return Result(float(rps[1]), float(p99[1]) * _UNIT_MS[p99[2]], int(count[1]))
 
 
 def run_python_load(url: str, duration: float, connections: int) -> Result:
@@ -227,7 +240,7 @@ def run_python_load(url: str, duration: float, connections: int) -> Result:
         )
         elapsed = time.perf_counter() - begin
         latencies.sort()
-        return Result(len(latencies) / elapsed, latencies[int(len(latencies) * 0.99)] * 1000)
+        return Result(len(latencies) / elapsed, latencies[int(len(latencies) * 0.99)] * 1000, len(latencies))
 
     import uvloop
 
@@ -308,30 +321,36 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, list[Result]] = {s.name: [] for s in servers}
             for round_number in range(args.rounds):
                 for server in servers if round_number % 2 == 0 else reversed(servers):
+                    cpu_before = server.cpu_seconds()
                     result = load(server.url, args.duration)
+                    result.cpu_us = (server.cpu_seconds() - cpu_before) / max(1, result.requests) * 1e6
                     results[server.name].append(result)
                     print(f"  round {round_number + 1} {server.name:9} {result.requests_per_s:10,.0f} req/s"
-                          f"  p99 {result.p99_ms:6.2f} ms", flush=True)
+                          f"  p99 {result.p99_ms:6.2f} ms  {result.cpu_us:6.1f} CPU us/request", flush=True)
         finally:
             for server in servers:
                 server.stop()
 
     print()
-    print(f"{'':58} {'best round':>22}   {'median of rounds':>22}")
-    print(f"{'server':58} {'req/s':>10} {'p99':>11}   {'req/s':>10} {'p99':>11}")
-    best, median = {}, {}
+    print(f"{'':58} {'best round':>22}   {'median of rounds':>22}   {'server CPU':>12}")
+    print(f"{'server':58} {'req/s':>10} {'p99':>11}   {'req/s':>10} {'p99':>11}   {'us/request':>12}")
+    best, median, cpu = {}, {}, {}
     for server in servers:
         rounds = results[server.name]
         top = max(rounds, key=lambda r: r.requests_per_s)
         best[server.name] = top.requests_per_s
         median[server.name] = statistics.median(r.requests_per_s for r in rounds)
+        cpu[server.name] = statistics.median(r.cpu_us for r in rounds)
         p99 = statistics.median(r.p99_ms for r in rounds)
         print(f"{server.label:58} {top.requests_per_s:10,.0f} {top.p99_ms:8.2f} ms   "
-              f"{median[server.name]:10,.0f} {p99:8.2f} ms")
+              f"{median[server.name]:10,.0f} {p99:8.2f} ms   {cpu[server.name]:12.1f}")
+    # CPU per request is what the server itself costs: unlike requests/s it hardly
+    # moves when other programs take turns on the same CPU.
     for name, label in (("fastbind", "fastbind"), ("leaf", "fastbind one Worker")):
         if name in best:
-            print(f"ratio {label} / uvicorn (requests/s): {best[name] / best['uvicorn']:.2f}x best, "
-                  f"{median[name] / median['uvicorn']:.2f}x median")
+            print(f"ratio {label} / uvicorn: requests/s {best[name] / best['uvicorn']:.2f}x best, "
+                  f"{median[name] / median['uvicorn']:.2f}x median; "
+                  f"requests per CPU second {cpu['uvicorn'] / cpu[name]:.2f}x")
     return 0
 
 
