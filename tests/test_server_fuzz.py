@@ -389,6 +389,18 @@ def test_cr_lf_or_nul_from_a_client_never_reach_a_binding_request(server: FuzzSe
     assert outcome.statuses() == [200] and seen(server)["injected"] == {}
 
 
+EMPTY_AUTHORITIES = ["http://", "HTTPS://", "http:///x", "http://?q"]
+
+
+@pytest.mark.xfail(strict=True, reason="http_target.other_form_url passes an absolute-form target on unchecked: "
+                                       "with no host its URL fails Request()'s own check, so a Worker that "
+                                       "forwards request.url answers 500")
+@pytest.mark.parametrize("target", EMPTY_AUTHORITIES)
+def test_an_absolute_target_without_a_host_is_refused(server: FuzzServer, target: str) -> None:
+    outcome = exchange(server, f"GET {target} HTTP/1.1\r\n".encode() + H + b"Connection: close\r\n\r\n")
+    assert outcome.statuses() == [400], outcome
+
+
 # -- slow and vanishing clients --------------------------------------------------------------
 
 
