@@ -497,9 +497,12 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         (b"GET /x HTTP/2.0\r\nHost: t\r\n\r\n", 505, b"HTTP/2.0 is not served here"),
         (b"GET /x HTTP/0.9\r\nHost: t\r\n\r\n", 400, b"no HTTP/1.x version"),
         (b"GET /x\r\nHost: t\r\n\r\n", 400, b"no HTTP/1.x version"),
+        (b"GET http:///x HTTP/1.1\r\nHost: t\r\n\r\n", 400, b"names no valid host"),
+        (b"CONNECT a/b:443 HTTP/1.1\r\nHost: t\r\n\r\n", 400, b"names no valid host"),
     ],
     ids=["header", "url", "count", "content-length", "chunked", "no-host", "two-hosts", "bad-host",
-         "request-line", "header-line", "chunk-size", "two-lengths", "tls", "http-2", "http-0.9", "no-version"],
+         "request-line", "header-line", "chunk-size", "two-lengths", "tls", "http-2", "http-0.9", "no-version",
+         "absolute-no-host", "authority-bad-host"],
 )
 def test_limits_and_malformed_requests(strict: ServerProcess, data: bytes, status: int, reason: bytes) -> None:
     (reply,), rest = exchange(strict, data)

@@ -266,7 +266,10 @@ class HTTPConnection(asyncio.Protocol):
         if target[:1] == b"/":
             url = "http://" + host + (target.decode("latin-1") if target.isascii() else quote_target(target))
         else:
-            url = other_form_url(target, host)
+            other = other_form_url(target, host)
+            if other is None:
+                raise _Reject(400, "Malformed request: the request target names no valid host.")
+            url = other
             ex.tunnel = method == "CONNECT"
         request = ex.request = _new_request(Request)
         request.method = method

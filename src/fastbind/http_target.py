@@ -45,15 +45,22 @@ def quote_target(target: bytes) -> str:
     return quote_from_bytes(target, safe="/?#[]@!$&'()*+,;=:%-._~")
 
 
-def other_form_url(target: bytes, host: str) -> str:
-    """The URL of a request whose target is not a path (RFC 9112 3.2)."""
+def other_form_url(target: bytes, host: str) -> str | None:
+    """The URL of a request whose target is not a path (RFC 9112 3.2), or None if it is invalid."""
     text = target.decode("latin-1") if target.isascii() else quote_target(target)
-    lower = text[:8].lower()
-    if lower.startswith("http://") or lower.startswith("https://"):
-        return text  # absolute-form, as sent to a proxy
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        # absolute-form, as sent to a proxy: the URL itself, if it names a host
+        end = len(rest)
+        for stop in "/?#":
+            found = rest.find(stop)
+            if 0 <= found < end:
+                end = found
+        return text if valid_host(rest[:end]) else None
     if text == "*":
         return f"http://{host}/*"  # asterisk-form: OPTIONS * asks about the server
-    return f"http://{text}/"  # authority-form: CONNECT host:port
+    # authority-form: CONNECT host:port
+    return f"http://{text}/" if valid_host(text) else None
 
 
 def unknown_method(data: bytes, start: int) -> tuple[str | None, bytes] | None:
