@@ -353,9 +353,6 @@ def test_a_client_string_cannot_add_headers_to_a_binding_request(core: Any, run:
     assert reached == [] and refused == ["ValueError"] * 3 + ["TypeError"] * 2
 
 
-@pytest.mark.xfail(strict=True, reason="_core.pyx Fetcher.__getattribute__ and _core_py Fetcher.__getattr__ cache a "
-                                       "stub for every name asked, unknown ones included: RPC method names taken "
-                                       "from clients grow the server's memory without bound")
 def test_rpc_names_from_clients_do_not_grow_a_binding(core: Any, run: Run) -> None:
     class Api(WorkerEntrypoint):
         async def get(self) -> str:

@@ -332,11 +332,13 @@ cdef class WorkerHandle:
         return handle
 
     cdef bint has_rpc_method(self, str name) except -1:
-        known = self._rpc.get(name)
-        if known is None:
-            attr = getattr(self.handler, name, None) if self.is_class else None
-            known = self._rpc[name] = callable(attr) and not isinstance(attr, type)
-        return known
+        if name in self._rpc:
+            return True
+        attr = getattr(self.handler, name, None) if self.is_class else None
+        if callable(attr) and not isinstance(attr, type):
+            self._rpc[name] = True  # only methods that exist: names may come from clients
+            return True
+        return False
 
     cdef object rpc_function(self, str name):
         """The plain function behind method ``name``, or None if it is not one."""
@@ -704,7 +706,9 @@ cdef class Fetcher:
             method._error = unknown_message(name)
         else:
             method._function = self._target.rpc_function(name)
-        self._members[name] = method
+            # Only real methods are cached: names can come from clients, and a cache
+            # of every name ever asked would grow without bound.
+            self._members[name] = method
         return method
 
     def fetch(self, input, *, method=None, headers=None, body=None):

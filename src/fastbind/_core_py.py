@@ -205,11 +205,13 @@ class WorkerHandle:
 
     def has_rpc_method(self, name: str) -> bool:
         """Whether the Worker's class has a public method ``name`` callable over RPC."""
-        known = self._rpc.get(name)
-        if known is None:
-            attr = getattr(self._handler, name, None) if self._is_class else None
-            known = self._rpc[name] = callable(attr) and not isinstance(attr, type)
-        return known
+        if name in self._rpc:
+            return True
+        attr = getattr(self._handler, name, None) if self._is_class else None
+        if callable(attr) and not isinstance(attr, type):
+            self._rpc[name] = True  # only methods that exist: names may come from clients
+            return True
+        return False
 
     @property
     def name(self) -> str:
@@ -525,7 +527,13 @@ class Fetcher:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         method = RpcMethod(self, name)
-        self.__dict__[name] = method
+        if (
+            name not in RESERVED_METHODS
+            and not name.startswith("_")
+            and self._target.has_rpc_method(name)
+        ):
+            # Only real methods are cached: names can come from clients.
+            self.__dict__[name] = method
         return method
 
     def fetch(
