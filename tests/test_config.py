@@ -433,3 +433,55 @@ def test_check_marks_cycles_and_reports_errors(project: Project, capsys: pytest.
     assert capsys.readouterr().err == (
         f'fastbind: {path}: Worker "a" binding "X" refers to a service "x", but no such service is defined.\n'
     )
+
+
+ROOMS_MODULE = '''
+from fastbind import DurableObject, Response
+
+
+class Room(DurableObject):
+    async def fetch(self, request):
+        n = (await self.state.storage.get("n") or 0) + 1
+        await self.state.storage.put("n", n)
+        return Response(str(n))
+
+
+async def on_fetch(request, env, ctx):
+    return await env.ROOMS.get(env.ROOMS.id_from_name("lobby")).fetch(request)
+'''
+
+
+def test_durable_objects_declared_in_a_config(tmp_path, run) -> None:
+    from fastbind import Request, Runtime
+
+    (tmp_path / "cfg_rooms.py").write_text(ROOMS_MODULE)
+    cfg = tmp_path / "fastbind.toml"
+    cfg.write_text(
+        '[[workers]]\nname = "chat"\nmain = "cfg_rooms:on_fetch"\n'
+        'durable_objects = [{ binding = "ROOMS", class_name = "Room" }]\n'
+    )
+    rt = Runtime.from_config(cfg)
+
+    async def main():
+        out = []
+        for _ in range(3):
+            out.append(await (await rt.dispatch("chat", Request("https://x/"))).text())
+        await rt.aclose()
+        return out
+
+    assert run(main()) == ["1", "2", "3"]
+
+
+def test_an_unknown_durable_object_class_is_a_config_error(tmp_path) -> None:
+    import pytest
+
+    from fastbind import ConfigError, Runtime
+
+    (tmp_path / "cfg_rooms2.py").write_text(ROOMS_MODULE)
+    cfg = tmp_path / "fastbind.toml"
+    cfg.write_text(
+        '[[workers]]\nname = "chat"\nmain = "cfg_rooms2:on_fetch"\n'
+        'durable_objects = [{ binding = "ROOMS", class_name = "Lobby" }]\n'
+    )
+    with pytest.raises(ConfigError, match=r'fastbind.toml: Worker "chat".*Lobby'):
+        Runtime.from_config(cfg)

@@ -9,12 +9,13 @@ import os
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
 from .bindings import RemoteBinding, ServiceBinding, remote, service
+from .durable import namespace_specs_from_config
 from .errors import ConfigError
 from .limits import Limits
 from .runtime import Runtime
@@ -22,7 +23,7 @@ from .runtime import Runtime
 __all__ = ("Config", "WorkerConfig", "read_config", "build_runtime", "load_config", "binding_cycles")
 
 _TOP_KEYS = ("limits", "workers")
-_WORKER_KEYS = ("name", "main", "vars", "services")
+_WORKER_KEYS = ("name", "main", "vars", "services", "durable_objects")
 _SERVICE_KEYS = ("binding", "service", "entrypoint", "props")
 _REMOTE_KEYS = ("binding", "url")
 _LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits))
@@ -36,6 +37,8 @@ class WorkerConfig:
     main: str
     vars: dict[str, Any]
     services: dict[str, ServiceBinding | RemoteBinding]
+    # durable_objects = [{ binding = "ROOMS", class_name = "Room" }]: classes of main's module
+    durable_objects: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,16 @@ def build_runtime(config: Config, *, runtime_class: type[Runtime] = Runtime) -> 
     label = config.label
     for worker in config.workers:
         handler = _import_main(label, worker, folder)
+        durable = None
+        if worker.durable_objects:
+            durable = namespace_specs_from_config(
+                worker.name, worker.durable_objects, sys.modules[handler.__module__], source=label
+            )
         try:
-            runtime.add_worker(worker.name, handler, services=worker.services, vars=worker.vars)
+            runtime.add_worker(
+                worker.name, handler, services=worker.services, vars=worker.vars,
+                durable_objects=durable,
+            )
         except ConfigError as exc:
             raise ConfigError(f"{label}: {_worker_error(worker, exc)}") from None
     try:
@@ -192,7 +203,8 @@ def _read_worker(label: str, index: int, table: dict[str, Any]) -> WorkerConfig:
         if binding in vars_:
             raise ConfigError(f'{label}: {where} defines "{binding}" both as a binding and a var.')
         services[binding] = spec
-    return WorkerConfig(name, main.strip(), dict(vars_), services)
+    durable = table.get("durable_objects", [])
+    return WorkerConfig(name, main.strip(), dict(vars_), services, durable)
 
 
 def _read_binding(label: str, where: str, position: int, entry: Any) -> tuple[str, ServiceBinding | RemoteBinding]:
