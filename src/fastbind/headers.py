@@ -73,6 +73,20 @@ class Headers:
         if type(init) is Headers:
             items.extend(init._items)
             return
+        if type(init) is dict:
+            # The common case, Response(..., headers={...}): plain str names and values
+            # are checked inline; anything else takes the general path below.
+            for name, value in init.items():
+                if (
+                    type(name) is str and type(value) is str and name
+                    and _TOKEN.issuperset(name)
+                    and "\r" not in value and "\n" not in value and "\0" not in value
+                ):
+                    items.append((name.lower(), value.strip(_WS)))
+                else:
+                    lname = _check_name(name)
+                    items.append((lname, _check_value(lname, value)))
+            return
         pairs = init.items() if isinstance(init, Mapping) else init
         try:
             iterator = iter(pairs)  # type: ignore[arg-type]
