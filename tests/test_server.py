@@ -272,6 +272,15 @@ def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None
     assert rest == b""
 
 
+def test_a_flood_of_pipelined_requests_is_bounded(server: ServerProcess) -> None:
+    # 2,000 requests in one write: past 256 queued on the connection, a 429 and a close,
+    # so one socket read cannot queue an unbounded number of requests.
+    replies, _ = exchange(server, get("/hello") * 2000, replies=258)
+    statuses = [r.status for r in replies]
+    assert statuses[:257] == [200] * 257
+    assert statuses[257] == 429
+
+
 def test_upgrade_connect_and_other_request_targets(server: ServerProcess) -> None:
     import json
 

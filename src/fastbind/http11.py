@@ -36,6 +36,9 @@ _BODY_HIGH = 256 * 1024
 _BODY_LOW = 64 * 1024
 # Parsed requests waiting behind the one being served (pipelining) before reading stops.
 _QUEUE_HIGH = 32
+# Reading stops at _QUEUE_HIGH, but one read can hold thousands of tiny pipelined
+# requests: past this many queued, the connection is answered 429 and closed.
+_QUEUE_MAX = 256
 
 # What the headers of the message being parsed said, besides Host and Content-Length.
 _CHUNKED = 1
@@ -291,6 +294,9 @@ class HTTPConnection(asyncio.Protocol):
         if self._active is None and not self._queue:
             self._start(ex)
         else:
+            if len(self._queue) >= _QUEUE_MAX:
+                self._current = None
+                raise _Reject(429, "Too many pipelined requests on one connection.")
             self._queue.append(ex)
             if len(self._queue) >= _QUEUE_HIGH:
                 self._pause_reading(_PAUSE_QUEUE)
