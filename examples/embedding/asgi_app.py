@@ -17,14 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastbind import Request, Response, Runtime, WorkerEntrypoint
+from fastbind.asgi import request_url
 from fastbind.embed import RawDispatcher, RawRequestBody
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class FastbindASGI:
@@ -74,27 +73,6 @@ class FastbindASGI:
                 await self.runtime.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def request_url(scope: Scope) -> str:
-    """The absolute URL of an ASGI HTTP request: scheme, Host (or server), path, query."""
-    scheme = scope.get("scheme", "http")
-    host = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    if host is None:
-        server = scope.get("server")
-        if server is None:
-            host = "localhost"
-        else:
-            name, port = server
-            host = name if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{name}:{port}"
-    raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope.get("root_path", "") + scope["path"]
-    query = scope.get("query_string", b"")
-    return f"{scheme}://{host}{path}?{query.decode('latin-1')}" if query else f"{scheme}://{host}{path}"
 
 
 async def _request_body(receive: Receive) -> RawRequestBody:
