@@ -265,7 +265,7 @@ class SubrequestRecord:
     outcome = property(lambda self: self._outcome)
     cpu_ns = property(lambda self: self._cpu_ns)
 
-    def finish(self, outcome: str) -> None:
+    def _close(self, outcome: str) -> None:
         """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
         if self._outcome is None:
             self._duration_ns = _now() - self._start_ns
@@ -296,7 +296,7 @@ class OpenSubrequest:
 
     def finish(self, outcome: str) -> None:
         """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
-        self._record.finish(outcome)
+        self._record._close(outcome)
 
 
 class PipelineContext:
@@ -401,7 +401,7 @@ class PipelineContext:
             self._closed = True
             _live["pipelines"] -= 1
 
-    def charge_fetch(self, caller: InvocationContext, target: str) -> SubrequestRecord:
+    def charge_fetch(self, caller: InvocationContext, target: str) -> OpenSubrequest:
         """Count one outbound fetch (or redirect) of ``caller``; returns its ledger record."""
         caller._charge()
         rec = SubrequestRecord(caller._handle._name, target, "fetch", caller._depth)
@@ -454,7 +454,7 @@ class InvocationContext:
         record = self._record
         if record._outcome is None and self._pipeline._cpu_enabled:
             record._cpu_ns = self._cpu_ns
-        record.finish(outcome)
+        record._close(outcome)
     passes_through_on_exception = property(lambda self: self._pass_through)
 
     def _charge(self) -> None:

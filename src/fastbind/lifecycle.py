@@ -7,8 +7,8 @@ The rules, as ``Runtime.dispatch`` applies them:
   stream is read to its end, fails, or is closed (``await resp.aclose()``). A
   streamed body dropped unread is closed when it is garbage collected, with a
   ResourceWarning. The code that makes the stream (say an async generator of the
-  top-level Worker) runs in the reader's task, outside any invocation: binding
-  calls from it fail, and tasks it starts are not the pipeline's.
+  top-level Worker) runs in the reader's task as the top-level invocation
+  (``InvocationContext.run``): its binding calls, fetches and tasks are the pipeline's.
 * **Cancel.** When it ends, every task a Worker of the pipeline started (with
   ``create_task``, ``ensure_future`` or ``gather``, from a Worker or from such a task)
   that is still running is cancelled and awaited to its end, and with it every child
