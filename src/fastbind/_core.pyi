@@ -11,6 +11,8 @@ from contextvars import Token
 from types import MappingProxyType
 from typing import Any, Final, Literal, final
 
+from typing_extensions import disjoint_base
+
 from .entrypoint import WorkerEntrypoint
 from .limits import Limits
 from .request import Request
@@ -224,6 +226,65 @@ class TaskFactory:
         self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
     ) -> asyncio.Future[Any]: ...
 
+@final
+class DispatchPlan:
+    """What every top-level request of one Runtime shares, prepared once."""
+
+    resolved: bool
+    hook: Callable[[Any], Any] | None
+    origin: Callable[[Request], Any] | None
+    def __init__(
+        self,
+        runtime: Any,
+        limits: Limits,
+        *,
+        validate: Callable[[], None],
+        lookup: Callable[[str], WorkerHandle],
+        finish: Callable[..., Coroutine[Any, Any, Response]],
+        report: Callable[[PipelineContext, int], None],
+        install_factory: Callable[[asyncio.AbstractEventLoop], None],
+        watch_hang: Callable[..., Any],
+        watch_cpu: Callable[[], None],
+    ) -> None: ...
+    @property
+    def runtime(self) -> Any: ...
+    def call(self, handle: WorkerHandle, request: Request) -> TopLevelCall: ...
+    def raw(
+        self, entry: str, method: Any, url: Any, headers: Any, body: Any = None
+    ) -> TopLevelCall: ...
+
+@final
+class TopLevelCall:
+    """The awaitable of one top-level request: ``dispatch``'s Response, or raw parts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # raises: built by a DispatchPlan
+    @property
+    def pipeline_context(self) -> PipelineContext | None: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
+    def close(self) -> None: ...
+
+@disjoint_base
+class RawEntry:
+    """Base of fastbind.embed.RawDispatcher: calling it serves one raw request."""
+
+    def __init__(self, runtime: Any, entry: str) -> None: ...
+    @property
+    def runtime(self) -> Any: ...
+    @property
+    def entry(self) -> str: ...
+    def __call__(self, method: Any, url: Any, headers: Any, body: Any = None) -> Any: ...
+
+def install_raw(
+    raw_request: Callable[..., Request],
+    raw_response: Callable[[Response], Any],
+    methods: dict[Any, str],
+    decoded: dict[bytes, str],
+    encoded: dict[str, bytes],
+    cache_size: int,
+) -> None: ...
 def call_child(
     target: WorkerHandle,
     kind: str,

@@ -1139,3 +1139,500 @@ cdef SliceMeter _meter(object coro, PipelineContext pipeline):
 
 def make_task_factory(previous):
     return TaskFactory(previous)
+
+
+# =================================================================================
+# Top-level dispatch (issue 11): ``Runtime.dispatch`` and the raw embedding API.
+#
+# A DispatchPlan is made once per Runtime: its limits copied into C fields and the
+# Runtime's Python pieces for the rare cases. ``plan.call(handle, request)`` returns a
+# TopLevelCall, the awaitable of one top-level request: on its first step it opens the
+# pipeline, then drives the root invocation in the awaiting task (as a BindingCall
+# drives a child) and, in the common case (a Response with a plain body, no task of
+# the pipeline left, no hang, no CPU limit), ends the pipeline in C. Any other ending
+# (an exception, a streamed body, tasks to cancel, wait_until work, a hang verdict, a
+# CPU limit) goes to ``Runtime._finish_dispatch``, a coroutine the call then drives.
+# Hang detection watches a pipeline from its first suspension: one that never
+# suspends cannot hang.
+# =================================================================================
+
+cdef extern from "_core_capi.h":
+    int fastbind_install_top_am_send(object type, fastbind_send_fn impl) except -1
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    object PyUnicode_DecodeLatin1(const char* s, Py_ssize_t size, const char* errors)
+    object PyBytes_FromStringAndSize(const char* s, Py_ssize_t size)
+    char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
+
+cdef object _get_running_loop = asyncio.get_running_loop
+cdef Py_ssize_t _RESP_STATUS = fastbind_slot_offset(Response, "status")
+cdef Py_ssize_t _RESP_HEADERS = fastbind_slot_offset(Response, "headers")
+cdef Py_ssize_t _RESP_BODY = fastbind_slot_offset(Response, "body")
+cdef Py_ssize_t _RESP_BODY_USED = fastbind_slot_offset(Response, "body_used")
+cdef str _INSIDE_WORKER = (
+    "Runtime.dispatch() cannot be called from inside a Worker: call other "
+    "Workers through a service binding (env.X.fetch)"
+)
+
+# Set by fastbind.embed: its conversions (for anything off the fast path) and the
+# caches the fast path shares with them.
+cdef object _raw_request_py = None
+cdef object _raw_response_py = None
+cdef dict _raw_methods = {}
+cdef dict _raw_decoded = {}
+cdef dict _raw_encoded = {}
+cdef Py_ssize_t _raw_cache_size = 0
+
+
+def install_raw(raw_request, raw_response, dict methods not None, dict decoded not None,
+                dict encoded not None, Py_ssize_t cache_size):
+    """Give the core fastbind.embed's conversions and name caches."""
+    global _raw_request_py, _raw_response_py, _raw_methods, _raw_decoded, _raw_encoded, _raw_cache_size
+    _raw_request_py = raw_request
+    _raw_response_py = raw_response
+    _raw_methods = methods
+    _raw_decoded = decoded
+    _raw_encoded = encoded
+    _raw_cache_size = cache_size
+
+
+cdef inline bint _quick_url(object url):
+    """What embed._url accepts without a full parse: an ASCII http(s) URL with a host."""
+    if type(url) is not str or not PyUnicode_IS_ASCII(url):
+        return False
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(url), i, start
+    cdef const unsigned char* s = <const unsigned char*>PyUnicode_DATA(url)
+    if n > 8 and s[0] == c'h' and s[1] == c't' and s[2] == c't' and s[3] == c'p':
+        if s[4] == c's' and s[5] == c':' and s[6] == c'/' and s[7] == c'/':
+            start = 8
+        elif s[4] == c':' and s[5] == c'/' and s[6] == c'/':
+            start = 7
+        else:
+            return False
+    else:
+        return False
+    if s[start] == c'/' or s[start] == c'?' or s[start] == c'#':
+        return False
+    for i in range(n):
+        if s[i] <= 0x20 or s[i] >= 0x7f:
+            return False
+    return True
+
+
+cdef object _fast_raw_request(object method, object url, object raw_headers, object body):
+    """The Request for raw parts in the common shapes, or None to take embed's path."""
+    cdef PyObject* m = PyDict_GetItemWithError(_raw_methods, method)
+    if m == NULL or not _quick_url(url):
+        return None
+    if body is None:
+        pass
+    elif type(body) is bytes:
+        if PyBytes_GET_SIZE(body) == 0:
+            body = None
+    else:
+        return None
+    if type(raw_headers) is not list and type(raw_headers) is not tuple:
+        return None
+    cdef list items = []
+    cdef PyObject* cached
+    cdef object name
+    for pair in raw_headers:
+        if type(pair) is not tuple or len(<tuple>pair) != 2:
+            return None
+        raw_name = (<tuple>pair)[0]
+        raw_value = (<tuple>pair)[1]
+        if type(raw_name) is not bytes or type(raw_value) is not bytes:
+            return None
+        cached = PyDict_GetItemWithError(_raw_decoded, raw_name)
+        if cached == NULL:
+            name = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_name), PyBytes_GET_SIZE(raw_name), NULL).lower()
+            if len(_raw_decoded) < _raw_cache_size:
+                _raw_decoded[raw_name] = name
+        else:
+            name = <object>cached
+        items.append((name, PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_value), PyBytes_GET_SIZE(raw_value), NULL)))
+    headers = PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
+    fastbind_slot_set(headers, _HDR_ITEMS, items)
+    fastbind_slot_set(headers, _HDR_SHARED, False)
+    request = PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
+    fastbind_slot_set(request, _REQ_METHOD, <object>m)
+    fastbind_slot_set(request, _REQ_URL, url)
+    fastbind_slot_set(request, _REQ_HEADERS, headers)
+    fastbind_slot_set(request, _REQ_BODY, body)
+    fastbind_slot_set(request, _REQ_BODY_USED, False)
+    return request
+
+
+cdef object _fast_raw_response(object response):
+    """``(status, headers, body)`` of a Response with a plain body, or None for embed's path."""
+    headers = fastbind_slot_get(response, _RESP_HEADERS, "headers")
+    if type(headers) is not _HeadersType:
+        return None
+    body = fastbind_slot_get(response, _RESP_BODY, "body")
+    if body is None:
+        body = b""
+    elif type(body) is str:
+        body = (<str>body).encode("utf-8")
+    elif type(body) is not bytes and type(body) is not bytearray and type(body) is not memoryview:
+        return None
+    cdef list items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
+    cdef list out = []
+    cdef PyObject* cached
+    for item in items:
+        if type(item) is not tuple or len(<tuple>item) != 2:
+            return None
+        name = (<tuple>item)[0]
+        value = (<tuple>item)[1]
+        if type(name) is not str or type(value) is not str or not PyUnicode_IS_ASCII(value):
+            return None
+        cached = PyDict_GetItemWithError(_raw_encoded, name)
+        if cached == NULL:
+            if not PyUnicode_IS_ASCII(name):
+                return None
+            raw_name = PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name))
+            if len(_raw_encoded) < _raw_cache_size:
+                _raw_encoded[name] = raw_name
+        else:
+            raw_name = <object>cached
+        out.append((raw_name, PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value))))
+    fastbind_slot_set(response, _RESP_BODY_USED, True)
+    return (fastbind_slot_get(response, _RESP_STATUS, "status"), out, body)
+
+
+cdef inline object _to_raw(object response):
+    result = _fast_raw_response(response)
+    if result is None:
+        result = _raw_response_py(response)
+    return result
+
+
+@cython.final
+cdef class DispatchPlan:
+    """What every top-level request of one Runtime shares, prepared once."""
+
+    cdef readonly object runtime
+    cdef long max_depth
+    cdef long max_subrequests
+    cdef long open_connections
+    cdef double wait_until_s
+    cdef int64_t cpu_limit_ns
+    cdef bint cpu_enabled
+    cdef public bint resolved     # the Runtime's bindings are resolved (validate() ran)
+    cdef public object hook       # on_pipeline_end, or None
+    cdef public object origin     # OriginalRequest when the Runtime has an origin, else None
+    cdef object _validate         # Runtime.validate
+    cdef object _lookup           # Runtime._handle_for(name) -> WorkerHandle, or raises
+    cdef object _finish           # Runtime._finish_dispatch: the rare endings (a coroutine)
+    cdef object _report           # Runtime._report_ok(pipeline, status)
+    cdef object _install_factory  # Runtime._install_task_factory(loop)
+    cdef object _watch_hang       # hangwatch.watch(loop, pipeline, driver)
+    cdef object _watch_cpu        # watchdog.watch() for this core
+    cdef object _loop             # the loop last seen, and the task factory it had then
+    cdef object _factory
+
+    def __init__(self, runtime, limits, *, validate, lookup, finish, report,
+                 install_factory, watch_hang, watch_cpu):
+        self.runtime = runtime
+        self.max_depth = limits.depth
+        self.max_subrequests = limits.subrequests
+        self.open_connections = limits.open_connections
+        self.wait_until_s = limits.wait_until_s
+        cpu_ms = limits.cpu_ms
+        self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>min(cpu_ms * 1e6, 9.2e18)
+        self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
+        self._validate = validate
+        self._lookup = lookup
+        self._finish = finish
+        self._report = report
+        self._install_factory = install_factory
+        self._watch_hang = watch_hang
+        self._watch_cpu = watch_cpu
+
+    def call(self, WorkerHandle handle not None, request):
+        """The awaitable of one top-level request: Worker ``handle`` serves ``request``."""
+        if type(request) is not _RequestType and not isinstance(request, _RequestType):
+            raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
+        return _top_call(self, handle, request, False)
+
+    def raw(self, str entry not None, method, url, headers, body=None):
+        """The awaitable of one raw request (fastbind.embed): ``(status, headers, body)``."""
+        return _raw_call(self, entry, None, method, url, headers, body)
+
+    cdef PipelineContext _pipeline(self, str entry):
+        global _live_pipelines
+        cdef PipelineContext p = PipelineContext.__new__(PipelineContext)
+        p.entry = entry
+        p.owner = self.runtime
+        p.max_depth = self.max_depth
+        p.max_subrequests = self.max_subrequests
+        p.open_connections = self.open_connections
+        p.wait_until_s = self.wait_until_s
+        p.start_ns = _now()
+        p.duration_ns = -1
+        p.cpu_limit_ns = self.cpu_limit_ns
+        p.cpu_enabled = self.cpu_enabled
+        _live_pipelines += 1
+        return p
+
+    cdef object _loop_checked(self):
+        """The running loop, with the core's task factory on it."""
+        loop = _get_running_loop()
+        if loop is not self._loop or loop.get_task_factory() is not self._factory:
+            self._install_factory(loop)
+            self._factory = loop.get_task_factory()
+            self._loop = loop
+        return loop
+
+
+cdef TopLevelCall _raw_call(DispatchPlan plan, str entry, WorkerHandle handle,
+                            object method, object url, object headers, object body):
+    if not plan.resolved:
+        plan._validate()
+    if handle is None:
+        handle = plan._lookup(entry)
+    request = _fast_raw_request(method, url, headers, body)
+    if request is None:
+        request = _raw_request_py(method, url, headers, body)
+    return _top_call(plan, handle, request, True)
+
+
+cdef TopLevelCall _top_call(DispatchPlan plan, WorkerHandle handle, object request, bint raw):
+    cdef TopLevelCall call = TopLevelCall.__new__(TopLevelCall)
+    call.plan = plan
+    call.handle = handle
+    call.request = request
+    call.raw = raw
+    return call
+
+
+cdef class RawEntry:
+    """Base of fastbind.embed.RawDispatcher: calling it serves one raw request."""
+
+    cdef readonly object runtime
+    cdef readonly str entry
+    cdef object _plan
+    cdef WorkerHandle _handle
+
+    def __init__(self, runtime, str entry not None):
+        self.runtime = runtime
+        self.entry = entry
+        self._plan = runtime._plan
+
+    def __call__(self, method, url, headers, body=None):
+        plan = self._plan
+        if type(plan) is not DispatchPlan:  # a Runtime on the pure twin
+            return plan.raw(self.entry, method, url, headers, body)
+        cdef DispatchPlan p = <DispatchPlan>plan
+        if self._handle is None:
+            if not p.resolved:
+                p._validate()
+            self._handle = p._lookup(self.entry)
+        return _raw_call(p, self.entry, self._handle, method, url, headers, body)
+
+
+cdef bint _pipeline_idle(PipelineContext pipeline) except -1:
+    if pipeline._tasks is None:
+        return True
+    for task in pipeline._tasks:
+        if not task.done():
+            return False
+    for task in pipeline._waiting:
+        if not task.done():
+            return False
+    return True
+
+
+@cython.final
+cdef class TopLevelCall:
+    """The awaitable of one top-level request (see the section's comment)."""
+
+    cdef DispatchPlan plan
+    cdef WorkerHandle handle
+    cdef object request
+    cdef bint raw              # answer (status, headers, body) rather than the Response
+    cdef bint started
+    cdef bint finished
+    cdef PipelineContext pipeline
+    cdef BindingCall root      # the root invocation's call, while it runs
+    cdef object original       # OriginalRequest, when the Runtime has an origin
+    cdef object slot_token
+    cdef object loop
+    cdef object watch          # the hang detector's LoopWatch, once the root suspended
+    cdef object ending         # Runtime._finish_dispatch's coroutine, once delegated
+
+    def __init__(self):
+        raise TypeError("TopLevelCall is created by a DispatchPlan only")
+
+    def __await__(self):
+        return self
+
+    @property
+    def pipeline_context(self):
+        return self.pipeline
+
+    cdef int _start(self) except -1:
+        cdef DispatchPlan plan = self.plan
+        cdef ExecutionSlot slot = _current_slot()
+        if slot is not None and slot.current is not None:
+            # A new top-level request would start again at depth 1 with a fresh budget.
+            raise FastbindError(_INSIDE_WORKER)
+        self.loop = plan._loop_checked()
+        request = self.request
+        self.request = None
+        if plan.origin is not None:
+            self.original = plan.origin(request)
+        cdef PipelineContext pipeline = plan._pipeline(self.handle.name)
+        self.pipeline = pipeline
+        cdef InvocationContext inv = _new_invocation(pipeline, None, self.handle, 1, _EMPTY_PROPS, -1)
+        pipeline.root = inv
+        self.root = _new_call(inv, request, True)
+        if pipeline.cpu_limit_ns >= 0:
+            plan._watch_cpu()
+        if slot is None:
+            self.slot_token = PyContextVar_Set(_SLOT, ExecutionSlot.__new__(ExecutionSlot))
+        return 0
+
+    cdef int _send(self, object arg, object exc, PyObject** result) except? -1:
+        if self.ending is not None:
+            return self._delegate(arg, exc, result)
+        if not self.started:
+            self.started = True
+            if exc is not None:  # cancelled before it started: nothing was opened
+                self.request = None
+                self.finished = True
+                raise exc
+            self._start()
+            arg = None
+        elif self.finished:
+            raise RuntimeError("cannot reuse already awaited dispatch")
+        cdef int status
+        try:
+            status = self.root._send(arg, exc, result)
+        except BaseException as error:
+            return self._root_ended(None, error, result)
+        if status == 1:
+            if self.watch is None:
+                self.watch = self.plan._watch_hang(self.loop, self.pipeline, self.root)
+                if self.watch is None:
+                    self.watch = False
+            return 1
+        response = <object>result[0]
+        Py_XDECREF(result[0])
+        result[0] = NULL
+        return self._root_ended(response, None, result)
+
+    cdef int _root_ended(self, object response, object error, PyObject** result) except? -1:
+        """The root invocation returned ``response`` or raised ``error``: end or hand over."""
+        cdef PipelineContext pipeline = self.pipeline
+        self.root = None
+        token = self.slot_token
+        if token is not None:
+            self.slot_token = None
+            PyContextVar_Reset(_SLOT, token)
+        cdef bint hung = False
+        watch = self.watch
+        if watch is not None:
+            self.watch = None
+            if watch is not False:
+                hung = watch.release(pipeline)
+        if (error is None and not hung and pipeline.cpu_limit_ns < 0 and not pipeline.cpu_exceeded
+                and _pipeline_idle(pipeline)):
+            body = fastbind_slot_get(response, _RESP_BODY, "body")
+            if body is None or type(body) is bytes or type(body) is str:
+                # The common ending: nothing left to cancel or wait for.
+                pipeline.close()
+                self.finished = True
+                if self.plan.hook is not None:
+                    self.plan._report(pipeline, fastbind_slot_get(response, _RESP_STATUS, "status"))
+                value = _to_raw(response) if self.raw else response
+                Py_INCREF(value)
+                result[0] = <PyObject*>value
+                return 0
+        self.ending = self.plan._finish(pipeline, self.original, response, error, hung)
+        self.original = None
+        return self._delegate(None, None, result)
+
+    cdef int _delegate(self, object arg, object exc, PyObject** result) except? -1:
+        cdef int status
+        try:
+            if exc is None:
+                status = PyIter_Send(self.ending, arg, result)
+            else:
+                status = _throw_into(self.ending, exc, result)
+        except BaseException:
+            self.ending = None
+            self.finished = True
+            raise
+        if status == 1:
+            return 1
+        self.ending = None
+        self.finished = True
+        if self.raw:
+            response = <object>result[0]
+            Py_XDECREF(result[0])
+            result[0] = NULL
+            value = _raw_response_py(response)
+            Py_INCREF(value)
+            result[0] = <PyObject*>value
+        return 0
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        cdef PyObject* result = NULL
+        cdef int status = self._send(value, None, &result)
+        out = <object>result
+        Py_XDECREF(result)
+        if status == 1:
+            return out
+        raise StopIteration(out)
+
+    def throw(self, typ, val=None, tb=None):
+        cdef PyObject* result = NULL
+        cdef int status = self._send(None, typ if val is None else val, &result)
+        out = <object>result
+        Py_XDECREF(result)
+        if status == 1:
+            return out
+        raise StopIteration(out)
+
+    def close(self):
+        """Closed unfinished (its awaiting coroutine was closed): end what it opened."""
+        if self.finished or not self.started:
+            self.started = self.finished = True
+            self.request = None
+            return
+        self.finished = True
+        try:
+            if self.ending is not None:
+                ending = self.ending
+                self.ending = None
+                ending.close()
+            elif self.root is not None:
+                root = self.root
+                self.root = None
+                root.close()
+        finally:
+            token = self.slot_token
+            self.slot_token = None
+            if token is not None:
+                try:
+                    PyContextVar_Reset(_SLOT, token)
+                except BaseException:  # closed from another context (e.g. by the GC)
+                    pass
+            if self.watch is not None and self.watch is not False:
+                self.watch.release(self.pipeline)
+            self.watch = None
+            self.pipeline.close()
+
+
+cdef int _top_call_send(object self, object arg, PyObject** result) except? -1:
+    return (<TopLevelCall>self)._send(arg, None, result)
+
+
+fastbind_install_top_am_send(TopLevelCall, <fastbind_send_fn>_top_call_send)

@@ -62,4 +62,22 @@ static int fastbind_install_am_send(PyObject *type, fastbind_send_fn impl) {
     return 0;
 }
 
+/* The same for the top-level dispatch driver (a second type, a second implementation). */
+static fastbind_send_fn fastbind_top_send_impl = NULL;
+
+static PySendResult fastbind_top_am_send(PyObject *self, PyObject *arg, PyObject **result) {
+    return (PySendResult)fastbind_top_send_impl(self, arg, result);
+}
+
+static int fastbind_install_top_am_send(PyObject *type, fastbind_send_fn impl) {
+    PyTypeObject *t = (PyTypeObject *)type;
+    if (t->tp_as_async == NULL) {
+        PyErr_SetString(PyExc_TypeError, "type has no async slots");
+        return -1;
+    }
+    fastbind_top_send_impl = impl;
+    t->tp_as_async->am_send = fastbind_top_am_send;
+    return 0;
+}
+
 #endif

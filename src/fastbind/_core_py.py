@@ -46,6 +46,9 @@ __all__ = (
     "make_task_factory",
     "SliceMeter",
     "watchdog_tick",
+    "DispatchPlan",
+    "RawEntry",
+    "install_raw",
 )
 
 IMPLEMENTATION = "py"
@@ -867,3 +870,127 @@ class TaskFactory:
 
 def make_task_factory(previous: Any) -> TaskFactory:
     return TaskFactory(previous)
+
+
+# --- Top-level dispatch (issue 11): Runtime.dispatch and the raw embedding API -----
+# The same steps as the compiled core's DispatchPlan / TopLevelCall, as a coroutine.
+
+_INSIDE_WORKER = (
+    "Runtime.dispatch() cannot be called from inside a Worker: call other "
+    "Workers through a service binding (env.X.fetch)"
+)
+_raw: dict[str, Any] = {"request": None, "response": None}
+
+
+def install_raw(
+    raw_request: Any, raw_response: Any, methods: dict[Any, str], decoded: dict[bytes, str],
+    encoded: dict[str, bytes], cache_size: int,
+) -> None:
+    """Give the core fastbind.embed's conversions (the twin has no fast path of its own)."""
+    _raw["request"] = raw_request
+    _raw["response"] = raw_response
+
+
+class _Driven:
+    """Awaits an iterator already obtained from ``__await__``."""
+
+    __slots__ = ("_iterator",)
+
+    def __init__(self, iterator: Any) -> None:
+        self._iterator = iterator
+
+    def __await__(self) -> Any:
+        return self._iterator
+
+
+class DispatchPlan:
+    """What every top-level request of one Runtime shares, prepared once."""
+
+    __slots__ = (
+        "runtime", "_limits", "resolved", "hook", "origin", "_validate", "_lookup", "_finish",
+        "_report", "_install_factory", "_watch_hang", "_watch_cpu",
+    )
+
+    def __init__(
+        self, runtime: Any, limits: Any, *, validate: Any, lookup: Any, finish: Any, report: Any,
+        install_factory: Any, watch_hang: Any, watch_cpu: Any,
+    ) -> None:
+        self.runtime = runtime
+        self._limits = limits
+        self.resolved = False
+        self.hook: Any = None
+        self.origin: Any = None
+        self._validate = validate
+        self._lookup = lookup
+        self._finish = finish
+        self._report = report
+        self._install_factory = install_factory
+        self._watch_hang = watch_hang
+        self._watch_cpu = watch_cpu
+
+    def call(self, handle: WorkerHandle, request: Any) -> Any:
+        """The awaitable of one top-level request: Worker ``handle`` serves ``request``."""
+        if not isinstance(request, Request):
+            raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
+        return self._run(handle, request, False)
+
+    def raw(self, entry: str, method: Any, url: Any, headers: Any, body: Any = None) -> Any:
+        """The awaitable of one raw request (fastbind.embed): ``(status, headers, body)``."""
+        if not self.resolved:
+            self._validate()
+        handle = self._lookup(entry)
+        return self._run(handle, _raw["request"](method, url, headers, body), True)
+
+    async def _run(self, handle: WorkerHandle, request: Any, raw: bool) -> Any:
+        slot = _SLOT.get()
+        if slot is not None and slot.current is not None:
+            # A new top-level request would start again at depth 1 with a fresh budget.
+            raise FastbindError(_INSIDE_WORKER)
+        loop = asyncio.get_running_loop()
+        self._install_factory(loop)
+        original = None if self.origin is None else self.origin(request)
+        pipeline = PipelineContext(handle.name, self._limits, self.runtime)
+        call = pipeline.root_call(handle, request)
+        del request
+        if pipeline.cpu_limit_ns >= 0:
+            self._watch_cpu()
+        # Awaiting the call's iterator rather than the call tells the hang detector
+        # which object holds all of the pipeline's code that runs in this task.
+        driver = call.__await__()
+        watch = self._watch_hang(loop, pipeline, driver)
+        token = _SLOT.set(ExecutionSlot()) if slot is None else None
+        response: Any = None
+        error: BaseException | None = None
+        try:
+            response = await _Driven(driver)
+        except BaseException as exc:
+            error = exc
+        finally:
+            if token is not None:
+                _SLOT.reset(token)
+            hung = watch is not None and watch.release(pipeline)
+        del driver, call
+        if (
+            error is None and not hung and pipeline.cpu_limit_ns < 0 and not pipeline.cpu_exceeded
+            and pipeline.idle and (response.body is None or type(response.body) in (bytes, str))
+        ):
+            pipeline.close()  # the common ending: nothing left to cancel or wait for
+            if self.hook is not None:
+                self._report(pipeline, response.status)
+        else:
+            response = await self._finish(pipeline, original, response, error, hung)
+        return _raw["response"](response) if raw else response
+
+
+class RawEntry:
+    """Base of fastbind.embed.RawDispatcher: calling it serves one raw request."""
+
+    __slots__ = ("runtime", "entry", "_plan")
+
+    def __init__(self, runtime: Any, entry: str) -> None:
+        self.runtime = runtime
+        self.entry = entry
+        self._plan = runtime._plan
+
+    def __call__(self, method: Any, url: Any, headers: Any, body: Any = None) -> Any:
+        return self._plan.raw(self.entry, method, url, headers, body)

@@ -36,9 +36,10 @@ its end or closed with ``await body.aclose()``, so a host must do one or the oth
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Union
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from typing import TYPE_CHECKING, Union
 
+from . import _core_py, _impl
 from .body import check_body
 from .headers import Headers
 from .request import Request, check_url, normalize_method
@@ -83,42 +84,42 @@ _new_request = Request.__new__
 _new_headers = Headers.__new__
 
 
-class RawDispatcher:
+class RawDispatcher(_impl.core.RawEntry):
     """Serves raw requests with Worker ``entry`` of ``runtime``; see the module docstring.
 
     ``await raw(method, url, headers, body)`` returns ``(status, headers, body)``. Errors
     behave as in ``Runtime.dispatch``: an exception in the Worker becomes a 500 response,
     a ConfigError (an unknown ``entry``, a wrong binding) raises, and cancelling the
     awaiting task cancels the pipeline.
+
+    Calling it is the core's work (``RawEntry.__call__``): the parts become the Request
+    and the pipeline runs in the awaiting task with no coroutine of its own.
     """
 
-    __slots__ = ("_runtime", "_entry")
+    __slots__ = ()
 
     def __init__(self, runtime: Runtime, entry: str) -> None:
         if not isinstance(runtime, Runtime):
             raise TypeError(f"RawDispatcher needs a fastbind.Runtime, not {type(runtime).__name__}")
         if not isinstance(entry, str) or not entry:
             raise TypeError(f"RawDispatcher entry must be a Worker name (str), not {entry!r}")
-        self._runtime = runtime
-        self._entry = entry
+        super().__init__(runtime, entry)
 
-    @property
-    def runtime(self) -> Runtime:
-        return self._runtime
+    if TYPE_CHECKING:
 
-    @property
-    def entry(self) -> str:
-        """The name of the Worker that serves every request."""
-        return self._entry
+        @property
+        def runtime(self) -> Runtime: ...
 
-    async def __call__(
-        self, method: bytes | str, url: str, headers: RawHeaders, body: RawRequestBody = None
-    ) -> RawResponse:
-        response = await self._runtime.dispatch(self._entry, raw_request(method, url, headers, body))
-        return raw_response(response)
+        @property
+        def entry(self) -> str:
+            """The name of the Worker that serves every request."""
+
+        def __call__(
+            self, method: bytes | str, url: str, headers: RawHeaders, body: RawRequestBody = None
+        ) -> Awaitable[RawResponse]: ...
 
     def __repr__(self) -> str:
-        return f"<RawDispatcher {self._entry!r}>"
+        return f"<RawDispatcher {self.entry!r}>"
 
 
 def raw_request(
@@ -207,3 +208,10 @@ def _body(body: object) -> object:
     if isinstance(checked, (bytes, bytearray, memoryview, str)) and not checked:
         return None
     return checked
+
+
+# The cores' raw fast paths fall back to the functions above and share their caches.
+for _core in (_impl.compiled, _core_py):
+    if _core is not None:
+        _core.install_raw(raw_request, raw_response, _METHODS, _DECODED_NAMES, _ENCODED_NAMES, _NAME_CACHE_SIZE)
+del _core

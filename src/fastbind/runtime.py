@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from functools import partial
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -81,10 +82,18 @@ class Runtime:
             raise TypeError(f"limits must be a fastbind.Limits, not {type(limits).__name__}")
         self._limits = limits
         self._origin = origin
-        self.on_pipeline_end = on_pipeline_end
         # Default of fetch(timeout=...) in this Runtime's Workers, in seconds.
         self.fetch_timeout = check_timeout(fetch_timeout, "Runtime fetch_timeout")
-        self._core = _impl.core
+        self._core = core = _impl.core
+        # What every top-level request shares, prepared once (the core's dispatch driver).
+        self._plan = core.DispatchPlan(
+            self, limits, validate=self.validate, lookup=self._handle_for,
+            finish=self._finish_dispatch, report=self._report_ok,
+            install_factory=self._install_task_factory, watch_hang=hangwatch.watch,
+            watch_cpu=partial(watchdog.watch, core),
+        )
+        self._plan.origin = None if origin is None else OriginalRequest
+        self.on_pipeline_end = on_pipeline_end
         self._specs: dict[str, _WorkerSpec] = {}
         self._handles: dict[str, Any] = {}
         self._resolved = False
@@ -97,6 +106,23 @@ class Runtime:
     @property
     def limits(self) -> Limits:
         return self._limits
+
+    @property
+    def on_pipeline_end(self) -> Callable[[PipelineReport], Any] | None:
+        """Called with a PipelineReport when each pipeline has ended (None: no report)."""
+        return self._plan.hook  # type: ignore[no-any-return]
+
+    @on_pipeline_end.setter
+    def on_pipeline_end(self, hook: Callable[[PipelineReport], Any] | None) -> None:
+        self._plan.hook = hook
+
+    @property
+    def _resolved(self) -> bool:
+        return bool(self._plan.resolved)
+
+    @_resolved.setter
+    def _resolved(self, value: bool) -> None:
+        self._plan.resolved = value
 
     @property
     def implementation(self) -> str:
@@ -239,53 +265,55 @@ class Runtime:
         the awaiting task cancels the pipeline; a hung pipeline gets a 500 (see
         ``fastbind.lifecycle`` for the rules).
         """
-        if not self._resolved:
+        if not self._plan.resolved:
             self.validate()
         handle = self._handles.get(name)
         if handle is None:
             raise ConfigError(f'No Worker named "{name}" is defined.')
-        if self._core.current_invocation() is not None:
-            # A new top-level request would start again at depth 1 with a fresh budget.
-            raise FastbindError(
-                "Runtime.dispatch() cannot be called from inside a Worker: call other "
-                "Workers through a service binding (env.X.fetch)"
-            )
-        if not isinstance(request, Request):
-            raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
-        loop = asyncio.get_running_loop()
-        self._install_task_factory(loop)
-        pipeline = self._core.PipelineContext(name, self._limits, self)
-        call = pipeline.root_call(handle, request)
-        original = None if self._origin is None else OriginalRequest(request)
-        response: Response | None = None
+        # The core's driver (DispatchPlan.call) refuses a dispatch from inside a
+        # Worker, opens the pipeline, runs the root invocation in this task and ends
+        # the pipeline in the common case; the other endings come to _finish_dispatch.
+        return await self._plan.call(handle, request)  # type: ignore[no-any-return]
+
+    def _handle_for(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            raise ConfigError(f'No Worker named "{name}" is defined.')
+        return handle
+
+    async def _finish_dispatch(
+        self,
+        pipeline: Any,
+        original: OriginalRequest | None,
+        response: Response | None,
+        exc: BaseException | None,
+        hung: bool,
+    ) -> Response:
+        """End a top-level request other than the common way (the core's driver calls it).
+
+        ``response`` is what the root invocation returned, or ``exc`` what it raised;
+        ``hung`` is the hang detector's verdict. Returns the Response ``dispatch``
+        gives, or raises the caller's cancellation.
+        """
+        name = pipeline.entry
         error: BaseException | None = None
         gone: BaseException | None = None  # the caller went away (or the process is stopping)
-        if pipeline.cpu_limit_ns >= 0:
-            watchdog.watch(self._core)
-        # Awaiting the call's iterator rather than the call tells the hang detector
-        # which object holds all of the pipeline's code that runs in this task.
-        driver = call.__await__()
-        hang_watch = hangwatch.watch(loop, pipeline, driver)
-        hung = False
-        slot_token = self._core.enter_dispatch()
-        try:
-            try:
-                response = await _Driven(driver)
-            finally:
-                hung = hang_watch is not None and hang_watch.release(pipeline)
-        except asyncio.CancelledError as exc:
+        if exc is None:
+            pass
+        elif isinstance(exc, asyncio.CancelledError):
             gone = exc
-        except CpuLimitExceeded as exc:
+        elif isinstance(exc, CpuLimitExceeded):
             error = exc
             response = self._cpu_exceeded(name)
-        except Exception as exc:
+        elif isinstance(exc, Exception):
             error = exc
             if not hung:
-                response = await self._uncaught(pipeline, name, original, exc)
-        except BaseException as exc:
+                try:
+                    response = await self._uncaught(pipeline, name, original, exc)
+                except BaseException as late:  # cancelled while passing through
+                    response, gone = None, late
+        else:
             gone = exc
-        finally:
-            self._core.exit_dispatch(slot_token)
         if hung:
             task = asyncio.current_task()
             assert task is not None
@@ -308,7 +336,7 @@ class Runtime:
         done = self._reporter(pipeline, response.status, error)
         rbody = response.body
         if rbody is None or isinstance(rbody, _PLAIN_BODIES):
-            if pipeline.idle:  # the common case: nothing left to cancel or wait for
+            if pipeline.idle:  # nothing left to cancel or wait for
                 pipeline.close()
                 done()
             else:
@@ -318,6 +346,10 @@ class Runtime:
                 rbody, lambda: end_pipeline(pipeline, done), pipeline.root
             )
         return response
+
+    def _report_ok(self, pipeline: Any, status: int) -> None:
+        """Report a pipeline that ended the common way (the core's driver calls it)."""
+        self._reporter(pipeline, status, None)()
 
     def _reporter(self, pipeline: Any, status: int | None, error: BaseException | None) -> Callable[[], None]:
         hook = self.on_pipeline_end
@@ -378,18 +410,6 @@ class Runtime:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-class _Driven:
-    """Awaits an iterator already obtained from ``__await__``."""
-
-    __slots__ = ("_iterator",)
-
-    def __init__(self, iterator: Any) -> None:
-        self._iterator = iterator
-
-    def __await__(self) -> Any:
-        return self._iterator
 
 
 def _nothing() -> None:

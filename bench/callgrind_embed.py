@@ -1,0 +1,116 @@
+"""Instructions per call of the raw embedding round trip, of ``Runtime.dispatch`` and of a
+binding round trip, counted by callgrind (the cases of ``bench_embed.py``).
+
+Each case runs in a process of its own under ``valgrind --tool=callgrind``, twice: with
+N = --calls and N = 5 x --calls calls after a warm-up; the difference of the two totals
+over the difference of N is the count per call (start-up and imports cancel out).
+
+    python bench/callgrind_embed.py [--calls 1000] [--core c|py] [--keep DIR]
+
+Needs valgrind on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = ("binding", "raw", "dispatch")
+SUMMARY = re.compile(rb"^summary:\s+(\d+)", re.MULTILINE)
+
+
+def run_case(case: str, calls: int) -> None:
+    """The process callgrind watches: a warm-up batch, then one batch of ``calls``."""
+    import asyncio
+
+    import uvloop
+
+    from fastbind import Limits, Request, Runtime
+    from fastbind.embed import RawDispatcher
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_embed import RAW_HEADERS, URL, leaf
+
+    rt = Runtime(limits=Limits(subrequests=10 * calls + 1000))
+    raw = RawDispatcher(rt, "leaf")
+    prebuilt = Request(URL, headers=[(n.decode(), v.decode()) for n, v in RAW_HEADERS])
+
+    async def caller(request, env, ctx):  # type: ignore[no-untyped-def]
+        forward = Request(URL, headers=[(n.decode(), v.decode()) for n, v in RAW_HEADERS])
+        fetch = env.LEAF.fetch
+        for _ in range(int(request.headers.get("x-calls"))):
+            await fetch(forward)
+        from fastbind import Response
+
+        return Response(None)
+
+    rt.add_worker("caller", caller, services={"LEAF": "leaf"})
+    rt.add_worker("leaf", leaf)
+
+    async def batch(n: int) -> None:
+        if case == "binding":
+            await rt.dispatch("caller", Request(URL, headers={"x-calls": str(n)}))
+        elif case == "raw":
+            for _ in range(n):
+                await raw(b"GET", URL, RAW_HEADERS, b"")
+        else:
+            for _ in range(n):
+                await rt.dispatch("leaf", prebuilt)
+
+    async def main() -> None:
+        await batch(200)
+        await batch(calls)
+
+    uvloop.run(main())
+    del asyncio
+
+
+def instructions(case: str, calls: int, workdir: Path, core: str) -> int:
+    out = workdir / f"callgrind.{case}.{core}.{calls}"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if core == "py":
+        env["FASTBIND_NO_EXTENSIONS"] = "1"
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+         "--dump-line=no", sys.executable, __file__, "--run", case, str(calls)],
+        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    match = SUMMARY.search(out.read_bytes())
+    if match is None:
+        raise RuntimeError(f"no summary line in {out}")
+    return int(match[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--core", choices=("c", "py"), default="c")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--run", nargs=2, metavar=("CASE", "CALLS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        run_case(args.run[0], int(args.run[1]))
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    low, high = args.calls, 5 * args.calls
+    per_call: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases.split(","):
+            counts = [instructions(case, n, Path(tmp), args.core) for n in (low, high)]
+            per_call[case] = (counts[1] - counts[0]) / (high - low)
+            print(f"{case:9s} {per_call[case]:9,.0f} instructions per call", flush=True)
+    if "binding" in per_call:
+        for case in ("raw", "dispatch"):
+            if case in per_call:
+                print(f"{case} / binding: {per_call[case] / per_call['binding']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
