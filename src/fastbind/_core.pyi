@@ -281,9 +281,6 @@ def install_raw(
     raw_request: Callable[..., Request],
     raw_response: Callable[[Response], Any],
     methods: dict[Any, str],
-    decoded: dict[bytes, str],
-    encoded: dict[str, bytes],
-    cache_size: int,
 ) -> None: ...
 def call_child(
     target: WorkerHandle,

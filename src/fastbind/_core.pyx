@@ -1168,6 +1168,11 @@ cdef extern from "Python.h":
     char* PyBytes_AS_STRING(object o)
     Py_ssize_t PyBytes_GET_SIZE(object o)
 
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+
+from libc.string cimport memcmp, memcpy
+
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef Py_ssize_t _RESP_STATUS = fastbind_slot_offset(Response, "status")
 cdef Py_ssize_t _RESP_HEADERS = fastbind_slot_offset(Response, "headers")
@@ -1178,26 +1183,20 @@ cdef str _INSIDE_WORKER = (
     "Workers through a service binding (env.X.fetch)"
 )
 
-# Set by fastbind.embed: its conversions (for anything off the fast path) and the
-# caches the fast path shares with them.
+# Set by fastbind.embed: its conversions, for anything off the fast path, and its
+# method table (bytes keys only: b"GET" and "GET" hash alike, and comparing a bytes
+# key with a str one is slow; a str method takes embed's path).
 cdef object _raw_request_py = None
 cdef object _raw_response_py = None
 cdef dict _raw_methods = {}
-cdef dict _raw_decoded = {}
-cdef dict _raw_encoded = {}
-cdef Py_ssize_t _raw_cache_size = 0
 
 
-def install_raw(raw_request, raw_response, dict methods not None, dict decoded not None,
-                dict encoded not None, Py_ssize_t cache_size):
-    """Give the core fastbind.embed's conversions and name caches."""
-    global _raw_request_py, _raw_response_py, _raw_methods, _raw_decoded, _raw_encoded, _raw_cache_size
+def install_raw(raw_request, raw_response, dict methods not None):
+    """Give the core fastbind.embed's conversions and method table."""
+    global _raw_request_py, _raw_response_py, _raw_methods
     _raw_request_py = raw_request
     _raw_response_py = raw_response
-    _raw_methods = methods
-    _raw_decoded = decoded
-    _raw_encoded = encoded
-    _raw_cache_size = cache_size
+    _raw_methods = {k: v for k, v in methods.items() if type(k) is bytes}
 
 
 cdef inline bint _quick_url(object url):
@@ -1223,10 +1222,66 @@ cdef inline bint _quick_url(object url):
     return True
 
 
+cdef inline object _latin1(object raw, bint lower):
+    """``raw.decode("latin-1")`` (and ``.lower()``), without a call for ASCII bytes."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i
+    cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef unsigned char c, top = 0
+    for i in range(n):
+        top |= src[i]
+    if top >= 0x80:
+        text = PyUnicode_DecodeLatin1(<const char*>src, n, NULL)
+        return text.lower() if lower else text
+    out = PyUnicode_New(n, 127)
+    cdef unsigned char* dst = <unsigned char*>PyUnicode_DATA(out)
+    if lower:
+        for i in range(n):
+            c = src[i]
+            dst[i] = c + 32 if 65 <= c <= 90 else c
+    elif n:
+        memcpy(dst, src, n)
+    return out
+
+
+cdef str _M_GET = "GET"
+cdef str _M_PUT = "PUT"
+cdef str _M_POST = "POST"
+cdef str _M_HEAD = "HEAD"
+cdef str _M_PATCH = "PATCH"
+cdef str _M_DELETE = "DELETE"
+cdef str _M_OPTIONS = "OPTIONS"
+
+
+cdef inline object _raw_method(object method):
+    """The method name of a bytes method token, or None when it is not a common one."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(method)
+    cdef const char* m = PyBytes_AS_STRING(method)
+    if n == 3:
+        if memcmp(m, b"GET", 3) == 0:
+            return _M_GET
+        if memcmp(m, b"PUT", 3) == 0:
+            return _M_PUT
+    elif n == 4:
+        if memcmp(m, b"POST", 4) == 0:
+            return _M_POST
+        if memcmp(m, b"HEAD", 4) == 0:
+            return _M_HEAD
+    elif n == 5 and memcmp(m, b"PATCH", 5) == 0:
+        return _M_PATCH
+    elif n == 6 and memcmp(m, b"DELETE", 6) == 0:
+        return _M_DELETE
+    elif n == 7 and memcmp(m, b"OPTIONS", 7) == 0:
+        return _M_OPTIONS
+    cdef PyObject* known = PyDict_GetItemWithError(_raw_methods, method)
+    return None if known == NULL else <object>known
+
+
 cdef object _fast_raw_request(object method, object url, object raw_headers, object body):
     """The Request for raw parts in the common shapes, or None to take embed's path."""
-    cdef PyObject* m = PyDict_GetItemWithError(_raw_methods, method)
-    if m == NULL or not _quick_url(url):
+    if type(method) is not bytes:
+        return None
+    name = _raw_method(method)
+    if name is None or not _quick_url(url):
         return None
     if body is None:
         pass
@@ -1238,8 +1293,6 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
     if type(raw_headers) is not list and type(raw_headers) is not tuple:
         return None
     cdef list items = []
-    cdef PyObject* cached
-    cdef object name
     for pair in raw_headers:
         if type(pair) is not tuple or len(<tuple>pair) != 2:
             return None
@@ -1247,19 +1300,12 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
         raw_value = (<tuple>pair)[1]
         if type(raw_name) is not bytes or type(raw_value) is not bytes:
             return None
-        cached = PyDict_GetItemWithError(_raw_decoded, raw_name)
-        if cached == NULL:
-            name = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_name), PyBytes_GET_SIZE(raw_name), NULL).lower()
-            if len(_raw_decoded) < _raw_cache_size:
-                _raw_decoded[raw_name] = name
-        else:
-            name = <object>cached
-        items.append((name, PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw_value), PyBytes_GET_SIZE(raw_value), NULL)))
+        items.append((_latin1(raw_name, True), _latin1(raw_value, False)))
     headers = PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
     fastbind_slot_set(headers, _HDR_ITEMS, items)
     fastbind_slot_set(headers, _HDR_SHARED, False)
     request = PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
-    fastbind_slot_set(request, _REQ_METHOD, <object>m)
+    fastbind_slot_set(request, _REQ_METHOD, name)
     fastbind_slot_set(request, _REQ_URL, url)
     fastbind_slot_set(request, _REQ_HEADERS, headers)
     fastbind_slot_set(request, _REQ_BODY, body)
@@ -1281,24 +1327,18 @@ cdef object _fast_raw_response(object response):
         return None
     cdef list items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
     cdef list out = []
-    cdef PyObject* cached
     for item in items:
         if type(item) is not tuple or len(<tuple>item) != 2:
             return None
         name = (<tuple>item)[0]
         value = (<tuple>item)[1]
-        if type(name) is not str or type(value) is not str or not PyUnicode_IS_ASCII(value):
+        if (type(name) is not str or type(value) is not str or not PyUnicode_IS_ASCII(name)
+                or not PyUnicode_IS_ASCII(value)):
             return None
-        cached = PyDict_GetItemWithError(_raw_encoded, name)
-        if cached == NULL:
-            if not PyUnicode_IS_ASCII(name):
-                return None
-            raw_name = PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name))
-            if len(_raw_encoded) < _raw_cache_size:
-                _raw_encoded[name] = raw_name
-        else:
-            raw_name = <object>cached
-        out.append((raw_name, PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value))))
+        out.append((
+            PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name)),
+            PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value)),
+        ))
     fastbind_slot_set(response, _RESP_BODY_USED, True)
     return (fastbind_slot_get(response, _RESP_STATUS, "status"), out, body)
 
@@ -1459,7 +1499,6 @@ cdef class TopLevelCall:
     cdef PipelineContext pipeline
     cdef BindingCall root      # the root invocation's call, while it runs
     cdef object original       # OriginalRequest, when the Runtime has an origin
-    cdef object slot_token
     cdef object loop
     cdef object watch          # the hang detector's LoopWatch, once the root suspended
     cdef object ending         # Runtime._finish_dispatch's coroutine, once delegated
@@ -1493,7 +1532,9 @@ cdef class TopLevelCall:
         if pipeline.cpu_limit_ns >= 0:
             plan._watch_cpu()
         if slot is None:
-            self.slot_token = PyContextVar_Set(_SLOT, ExecutionSlot.__new__(ExecutionSlot))
+            # The task keeps this slot after the request (its ``current`` is None
+            # between steps): later requests of the task need no new context mapping.
+            PyContextVar_Set(_SLOT, ExecutionSlot.__new__(ExecutionSlot))
         return 0
 
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1:
@@ -1529,10 +1570,6 @@ cdef class TopLevelCall:
         """The root invocation returned ``response`` or raised ``error``: end or hand over."""
         cdef PipelineContext pipeline = self.pipeline
         self.root = None
-        token = self.slot_token
-        if token is not None:
-            self.slot_token = None
-            PyContextVar_Reset(_SLOT, token)
         cdef bint hung = False
         watch = self.watch
         if watch is not None:
@@ -1618,13 +1655,6 @@ cdef class TopLevelCall:
                 self.root = None
                 root.close()
         finally:
-            token = self.slot_token
-            self.slot_token = None
-            if token is not None:
-                try:
-                    PyContextVar_Reset(_SLOT, token)
-                except BaseException:  # closed from another context (e.g. by the GC)
-                    pass
             if self.watch is not None and self.watch is not False:
                 self.watch.release(self.pipeline)
             self.watch = None

@@ -882,10 +882,7 @@ _INSIDE_WORKER = (
 _raw: dict[str, Any] = {"request": None, "response": None}
 
 
-def install_raw(
-    raw_request: Any, raw_response: Any, methods: dict[Any, str], decoded: dict[bytes, str],
-    encoded: dict[str, bytes], cache_size: int,
-) -> None:
+def install_raw(raw_request: Any, raw_response: Any, methods: dict[Any, str]) -> None:
     """Give the core fastbind.embed's conversions (the twin has no fast path of its own)."""
     _raw["request"] = raw_request
     _raw["response"] = raw_response
@@ -958,7 +955,10 @@ class DispatchPlan:
         # which object holds all of the pipeline's code that runs in this task.
         driver = call.__await__()
         watch = self._watch_hang(loop, pipeline, driver)
-        token = _SLOT.set(ExecutionSlot()) if slot is None else None
+        if slot is None:
+            # The task keeps this slot after the request (its ``current`` is None
+            # between steps): later requests of the task need no new context mapping.
+            _SLOT.set(ExecutionSlot())
         response: Any = None
         error: BaseException | None = None
         try:
@@ -966,8 +966,6 @@ class DispatchPlan:
         except BaseException as exc:
             error = exc
         finally:
-            if token is not None:
-                _SLOT.reset(token)
             hung = watch is not None and watch.release(pipeline)
         del driver, call
         if (
