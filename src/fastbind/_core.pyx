@@ -1171,6 +1171,9 @@ cdef extern from "Python.h":
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
 
+cdef extern from "_core_capi.h":
+    object fastbind_alloc(object type)
+
 from libc.string cimport memcmp, memcpy
 
 cdef object _get_running_loop = asyncio.get_running_loop
@@ -1301,10 +1304,10 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
         if type(raw_name) is not bytes or type(raw_value) is not bytes:
             return None
         items.append((_latin1(raw_name, True), _latin1(raw_value, False)))
-    headers = PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
+    headers = fastbind_alloc(_HeadersType)
     fastbind_slot_set(headers, _HDR_ITEMS, items)
     fastbind_slot_set(headers, _HDR_SHARED, False)
-    request = PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
+    request = fastbind_alloc(_RequestType)
     fastbind_slot_set(request, _REQ_METHOD, name)
     fastbind_slot_set(request, _REQ_URL, url)
     fastbind_slot_set(request, _REQ_HEADERS, headers)
@@ -1371,7 +1374,8 @@ cdef class DispatchPlan:
     cdef object _install_factory  # Runtime._install_task_factory(loop)
     cdef object _watch_hang       # hangwatch.watch(loop, pipeline, driver)
     cdef object _watch_cpu        # watchdog.watch() for this core
-    cdef object _loop             # the loop last seen, and the task factory it had then
+    cdef object _loop             # the loop last seen, its get_task_factory, and the
+    cdef object _get_factory      # task factory it had then
     cdef object _factory
 
     def __init__(self, runtime, limits, *, validate, lookup, finish, report,
@@ -1421,9 +1425,10 @@ cdef class DispatchPlan:
     cdef object _loop_checked(self):
         """The running loop, with the core's task factory on it."""
         loop = _get_running_loop()
-        if loop is not self._loop or loop.get_task_factory() is not self._factory:
+        if loop is not self._loop or self._get_factory() is not self._factory:
             self._install_factory(loop)
-            self._factory = loop.get_task_factory()
+            self._get_factory = loop.get_task_factory
+            self._factory = self._get_factory()
             self._loop = loop
         return loop
 
@@ -1487,6 +1492,7 @@ cdef bint _pipeline_idle(PipelineContext pipeline) except -1:
 
 
 @cython.final
+@cython.freelist(16)
 cdef class TopLevelCall:
     """The awaitable of one top-level request (see the section's comment)."""
 
@@ -1568,6 +1574,7 @@ cdef class TopLevelCall:
 
     cdef int _root_ended(self, object response, object error, PyObject** result) except? -1:
         """The root invocation returned ``response`` or raised ``error``: end or hand over."""
+        global _live_pipelines
         cdef PipelineContext pipeline = self.pipeline
         self.root = None
         cdef bint hung = False
@@ -1581,7 +1588,8 @@ cdef class TopLevelCall:
             body = fastbind_slot_get(response, _RESP_BODY, "body")
             if body is None or type(body) is bytes or type(body) is str:
                 # The common ending: nothing left to cancel or wait for.
-                pipeline.close()
+                pipeline.closed = True
+                _live_pipelines -= 1
                 self.finished = True
                 if self.plan.hook is not None:
                     self.plan._report(pipeline, fastbind_slot_get(response, _RESP_STATUS, "status"))

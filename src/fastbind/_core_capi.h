@@ -80,4 +80,10 @@ static int fastbind_install_top_am_send(PyObject *type, fastbind_send_fn impl) {
     return 0;
 }
 
+/* A new instance of a __slots__ class, as object.__new__(type) but without its checks
+   (the caller knows the type: no __init__ to skip, no arguments). */
+static inline PyObject *fastbind_alloc(PyObject *type) {
+    return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+}
+
 #endif
