@@ -6,7 +6,7 @@
 # constructor here.
 
 import asyncio
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from contextvars import Token
 from types import MappingProxyType
 from typing import Any, Final, Literal, final
@@ -281,6 +281,7 @@ def install_raw(
     raw_request: Callable[..., Request],
     raw_response: Callable[[Response], Any],
     methods: dict[Any, str],
+    names: Iterable[str] = (),
 ) -> None: ...
 def call_child(
     target: WorkerHandle,

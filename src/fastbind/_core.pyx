@@ -1192,14 +1192,46 @@ cdef str _INSIDE_WORKER = (
 cdef object _raw_request_py = None
 cdef object _raw_response_py = None
 cdef dict _raw_methods = {}
+# Common header names, by length: tuples of (bytes, str) of the lower-case name. A
+# name found here is shared, not decoded (or encoded) again for every request.
+cdef enum: _NAME_MAX = 40
+cdef list _raw_names = [() for _ in range(_NAME_MAX)]
 
 
-def install_raw(raw_request, raw_response, dict methods not None):
-    """Give the core fastbind.embed's conversions and method table."""
+def install_raw(raw_request, raw_response, dict methods not None, names=()):
+    """Give the core fastbind.embed's conversions, method table and common header names."""
     global _raw_request_py, _raw_response_py, _raw_methods
     _raw_request_py = raw_request
     _raw_response_py = raw_response
     _raw_methods = {k: v for k, v in methods.items() if type(k) is bytes}
+    buckets = [[] for _ in range(_NAME_MAX)]
+    for name in names:
+        name = str(name).lower()
+        encoded = name.encode("ascii")
+        if 0 < len(encoded) < _NAME_MAX:
+            buckets[len(encoded)].append((encoded, name))
+    _raw_names[:] = [tuple(bucket) for bucket in buckets]
+
+
+cdef inline object _known_name(const unsigned char* src, Py_ssize_t n, bint want_str):
+    """The shared str (or bytes) of common header name ``src`` (any case), or None."""
+    if n <= 0 or n >= _NAME_MAX:
+        return None
+    cdef tuple bucket = <tuple>_raw_names[n]
+    cdef const unsigned char* known
+    cdef unsigned char c
+    cdef Py_ssize_t i
+    for entry in bucket:
+        known = <const unsigned char*>PyBytes_AS_STRING((<tuple>entry)[0])
+        for i in range(n):
+            c = src[i]
+            if 65 <= c <= 90:
+                c += 32
+            if c != known[i]:
+                break
+        else:
+            return (<tuple>entry)[1] if want_str else (<tuple>entry)[0]
+    return None
 
 
 cdef inline bint _quick_url(object url):
@@ -1230,6 +1262,10 @@ cdef inline object _latin1(object raw, bint lower):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i
     cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(raw)
     cdef unsigned char c, top = 0
+    if lower:
+        known = _known_name(src, n, True)
+        if known is not None:
+            return known
     for i in range(n):
         top |= src[i]
     if top >= 0x80:
@@ -1338,8 +1374,11 @@ cdef object _fast_raw_response(object response):
         if (type(name) is not str or type(value) is not str or not PyUnicode_IS_ASCII(name)
                 or not PyUnicode_IS_ASCII(value)):
             return None
+        raw_name = _known_name(<const unsigned char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name), False)
+        if raw_name is None:
+            raw_name = PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name))
         out.append((
-            PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name)),
+            raw_name,
             PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value)),
         ))
     fastbind_slot_set(response, _RESP_BODY_USED, True)

@@ -882,7 +882,9 @@ _INSIDE_WORKER = (
 _raw: dict[str, Any] = {"request": None, "response": None}
 
 
-def install_raw(raw_request: Any, raw_response: Any, methods: dict[Any, str]) -> None:
+def install_raw(
+    raw_request: Any, raw_response: Any, methods: dict[Any, str], names: Any = ()
+) -> None:
     """Give the core fastbind.embed's conversions (the twin has no fast path of its own)."""
     _raw["request"] = raw_request
     _raw["response"] = raw_response

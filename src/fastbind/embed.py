@@ -213,5 +213,5 @@ def _body(body: object) -> object:
 # The cores' raw fast paths fall back to the functions above and share their caches.
 for _core in (_impl.compiled, _core_py):
     if _core is not None:
-        _core.install_raw(raw_request, raw_response, _METHODS)
+        _core.install_raw(raw_request, raw_response, _METHODS, _COMMON_NAMES)
 del _core
