@@ -103,6 +103,42 @@ def test_round_trip_through_a_binding(core: Any, run: Any) -> None:
     assert (raw.entry, raw.runtime) == ("entry", rt)
 
 
+def test_dispatcher_converts_as_raw_request_and_raw_response_do(core: Any, run: Any) -> None:
+    # The dispatcher's fast path (in the compiled core) must give what the two
+    # conversions give: names of any case, common or not, latin-1 values both ways.
+    seen: list[Any] = []
+
+    async def echo(request: Request, env: Any, ctx: Any) -> Response:
+        seen.append((request.method, request.url, list(request.headers), request.body))
+        return Response("ok", headers=[("X-Seen", str(len(request.headers))),
+                                       ("Content-Type", "text/plain"), ("x-echo", "caf\xe9"),
+                                       ("x-wide", "\u20ac")])
+
+    rt = Runtime()
+    rt.add_worker("echo", echo)
+    raw = RawDispatcher(rt, "echo")
+    parts: list[Any] = [
+        (b"GET", "https://h.test/p?q=1", [(b"Host", b"h.test"), (b"USER-AGENT", b"t/1"),
+                                          (b"x-Custom-Name", b"caf\xe9"), (b"accept", b"")], b""),
+        (b"OPTIONS", "http://h.test/", [], None),
+        (b"PURGE", "http://h.test/", ((b"a", b"b"),), b"x"),
+        ("get", "https://h.test/", [[b"host", b"h"]], b""),
+        (b"POST", "wss://h.test/s", [], b"payload"),
+    ]
+    for method, url, headers, body in parts:
+        status, out_headers, out_body = run(raw(method, url, headers, body))
+        expected = raw_request(method, url, headers, body)
+        assert seen.pop() == (expected.method, expected.url, list(expected.headers), expected.body)
+        assert (status, out_headers, out_body) == raw_response(
+            Response("ok", headers=[("x-seen", str(len(expected.headers))),
+                                    ("content-type", "text/plain"), ("x-echo", "caf\xe9"),
+                                    ("x-wide", "\u20ac")])
+        )
+    with pytest.raises(TypeError, match="Invalid URL"):
+        run(raw(b"GET", "http://h .test/", [], None))
+    assert rt.live_counts()["pipelines"] == 0
+
+
 def test_streams_keep_the_pipeline_until_read(core: Any, run: Any) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"a"

@@ -1192,10 +1192,28 @@ cdef str _INSIDE_WORKER = (
 cdef object _raw_request_py = None
 cdef object _raw_response_py = None
 cdef dict _raw_methods = {}
-# Common header names, by length: tuples of (bytes, str) of the lower-case name. A
-# name found here is shared, not decoded (or encoded) again for every request.
-cdef enum: _NAME_MAX = 40
-cdef list _raw_names = [() for _ in range(_NAME_MAX)]
+# Common header names in a small open-addressing table keyed by length and the first
+# and last letters (any case): a name found here is shared, not decoded (or encoded)
+# again for every request.
+cdef struct _KnownName:
+    Py_ssize_t n                    # 0: an empty slot
+    const unsigned char* chars      # the lower-case name (the bytes object's buffer)
+    PyObject* text                  # str, kept alive by _known_keep
+    PyObject* raw                   # bytes, kept alive by _known_keep
+
+cdef enum:
+    _KNOWN_SLOTS = 128              # a power of two, well above the number of names
+
+cdef _KnownName _known[_KNOWN_SLOTS]
+cdef list _known_keep = []
+
+
+cdef inline unsigned char _fold(unsigned char c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline Py_ssize_t _known_slot(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    return (n * 7 + _fold(s[0]) * 3 + _fold(s[n - 1])) & (_KNOWN_SLOTS - 1)
 
 
 def install_raw(raw_request, raw_response, dict methods not None, names=()):
@@ -1204,34 +1222,45 @@ def install_raw(raw_request, raw_response, dict methods not None, names=()):
     _raw_request_py = raw_request
     _raw_response_py = raw_response
     _raw_methods = {k: v for k, v in methods.items() if type(k) is bytes}
-    buckets = [[] for _ in range(_NAME_MAX)]
+    cdef Py_ssize_t i, slot
+    cdef bytes encoded
+    for i in range(_KNOWN_SLOTS):
+        _known[i].n = 0
+    _known_keep.clear()
     for name in names:
         name = str(name).lower()
         encoded = name.encode("ascii")
-        if 0 < len(encoded) < _NAME_MAX:
-            buckets[len(encoded)].append((encoded, name))
-    _raw_names[:] = [tuple(bucket) for bucket in buckets]
+        if not encoded or _known_name(encoded, len(encoded), True) is not None:
+            continue
+        if len(_known_keep) >= _KNOWN_SLOTS // 2:
+            break
+        _known_keep.append((name, encoded))
+        slot = _known_slot(encoded, len(encoded))
+        while _known[slot].n:
+            slot = (slot + 1) & (_KNOWN_SLOTS - 1)
+        _known[slot].n = len(encoded)
+        _known[slot].chars = encoded
+        _known[slot].text = <PyObject*>name
+        _known[slot].raw = <PyObject*>encoded
 
 
 cdef inline object _known_name(const unsigned char* src, Py_ssize_t n, bint want_str):
     """The shared str (or bytes) of common header name ``src`` (any case), or None."""
-    if n <= 0 or n >= _NAME_MAX:
+    if n <= 0:
         return None
-    cdef tuple bucket = <tuple>_raw_names[n]
-    cdef const unsigned char* known
-    cdef unsigned char c
-    cdef Py_ssize_t i
-    for entry in bucket:
-        known = <const unsigned char*>PyBytes_AS_STRING((<tuple>entry)[0])
-        for i in range(n):
-            c = src[i]
-            if 65 <= c <= 90:
-                c += 32
-            if c != known[i]:
-                break
-        else:
-            return (<tuple>entry)[1] if want_str else (<tuple>entry)[0]
-    return None
+    cdef Py_ssize_t slot = _known_slot(src, n), i
+    cdef _KnownName* entry
+    while True:
+        entry = &_known[slot]
+        if entry.n == 0:
+            return None
+        if entry.n == n:
+            for i in range(n):
+                if _fold(src[i]) != entry.chars[i]:
+                    break
+            else:
+                return <object>(entry.text if want_str else entry.raw)
+        slot = (slot + 1) & (_KNOWN_SLOTS - 1)
 
 
 cdef inline bint _quick_url(object url):
