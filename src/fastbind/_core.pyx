@@ -1175,6 +1175,7 @@ cdef extern from "_core_capi.h":
     object fastbind_alloc(object type)
 
 from libc.string cimport memcmp, memcpy
+from libc.stdint cimport uint64_t
 
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef Py_ssize_t _RESP_STATUS = fastbind_slot_offset(Response, "status")
@@ -1280,9 +1281,18 @@ cdef inline bint _quick_url(object url):
         return False
     if s[start] == c'/' or s[start] == c'?' or s[start] == c'#':
         return False
-    for i in range(n):
-        if s[i] <= 0x20 or s[i] >= 0x7f:
+    # Eight characters at a time (all are ASCII): any below 0x21, or DEL?
+    cdef uint64_t word, ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL
+    i = 0
+    while i + 8 <= n:
+        memcpy(&word, s + i, 8)
+        if ((word - 0x21 * ones) & ~word & high) or (((word ^ (0x7f * ones)) - ones) & ~(word ^ (0x7f * ones)) & high):
             return False
+        i += 8
+    while i < n:
+        if s[i] <= 0x20 or s[i] == 0x7f:
+            return False
+        i += 1
     return True
 
 
