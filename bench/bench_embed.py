@@ -18,6 +18,9 @@ best round of each (the least disturbed by the rest of the machine).
 
     python bench/bench_embed.py [--calls 100000] [--rounds 5]
     FASTBIND_NO_EXTENSIONS=1 python bench/bench_embed.py     # on the pure twin
+
+Timings on a small shared machine are noisy; ``bench/callgrind_embed.py`` counts the
+instructions per call of the same three cases, which do not move between runs.
 """
 
 from __future__ import annotations

@@ -104,8 +104,9 @@ class _Sighting:
 class LoopWatch:
     """The pipelines of one event loop whose top-level invocation runs, checked by one timer.
 
-    A dispatch costs one dict insert and one delete; the timer runs while the dict is
-    not empty.
+    A dispatch whose top-level invocation suspends costs one dict insert and one
+    delete (one that returns at its first step is never registered); the timer runs
+    while the dict is not empty.
     """
 
     # The loop is held weakly: this object is the value of a WeakKeyDictionary keyed

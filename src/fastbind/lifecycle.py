@@ -51,7 +51,9 @@ The rules, as ``Runtime.dispatch`` applies them:
   ``hangwatch.settings.graph_budget`` objects) are never called hung.
 
   Cost: nothing per binding call. ``dispatch`` registers the pipeline while its
-  top-level invocation runs (a dict insert and delete); one timer per loop looks every
+  top-level invocation runs, from its first suspension (a dict insert and delete; a
+  top-level invocation that returns without suspending cannot hang and is never
+  registered); one timer per loop looks every
   ``hangwatch.settings.interval_s`` (1 s) at each registered pipeline's tasks, and
   only a stall seen unchanged at two looks (the same tasks on the same pending
   futures) is proven, once. A hung pipeline's dispatching task is cancelled with
