@@ -291,3 +291,38 @@ def test_httptools_server(core: Any, run: Any) -> None:
         (401, b"unauthorized"),
         (400, b""),
     ]
+
+
+def test_closing_the_awaiting_coroutine_ends_the_pipeline(core: Any, run: Any) -> None:
+    # Not a cancellation: the coroutine awaiting the call is closed while the Worker
+    # waits. The pipeline ends as far as it can without awaiting: its tasks are
+    # cancelled by a supervisor, and it is reported once they have ended.
+    reports: list[Any] = []
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        async def background() -> None:
+            await asyncio.sleep(100)
+
+        asyncio.ensure_future(background())
+        await asyncio.sleep(100)
+        return Response("never")
+
+    rt = Runtime(on_pipeline_end=reports.append)
+    rt.add_worker("w", worker)
+    raw = RawDispatcher(rt, "w")
+
+    async def go() -> None:
+        for call in (lambda: rt.dispatch("w", Request("https://h/")),
+                     lambda: raw(b"GET", "https://h/", [], None)):
+            async def caller(call: Any = call) -> Any:
+                return await call()
+
+            coro = caller()
+            coro.send(None)  # runs until the Worker waits
+            coro.close()
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    run(go())
+    assert rt.live_counts() == {"pipelines": 0, "invocations": 0, "tasks": 0}
+    assert [(r.status, type(r.error)) for r in reports] == [(None, GeneratorExit)] * 2

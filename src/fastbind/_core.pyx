@@ -1725,26 +1725,40 @@ cdef class TopLevelCall:
         raise StopIteration(out)
 
     def close(self):
-        """Closed unfinished (its awaiting coroutine was closed): end what it opened."""
+        """Closed unfinished (its awaiting coroutine was closed): end what it opened.
+
+        The root invocation is closed, then the pipeline ends as for a caller that
+        went away, as far as that can go without awaiting: its tasks are cancelled by a
+        supervisor task, and the pipeline is reported once they have ended.
+        """
         if self.finished or not self.started:
             self.started = self.finished = True
             self.request = None
             return
         self.finished = True
+        pipeline = self.pipeline
         try:
             if self.ending is not None:
                 ending = self.ending
                 self.ending = None
                 ending.close()
-            elif self.root is not None:
+                return
+            if self.root is not None:
                 root = self.root
                 self.root = None
                 root.close()
-        finally:
             if self.watch is not None and self.watch is not False:
-                self.watch.release(self.pipeline)
+                self.watch.release(pipeline)
             self.watch = None
-            self.pipeline.close()
+            ending = self.plan._finish(pipeline, self.original, None, GeneratorExit(), False)
+            try:
+                ending.send(None)
+            except BaseException:  # ended at once (it re-raises the GeneratorExit)
+                pass
+            else:  # it waits for the pipeline's tasks: the supervisor carries on alone
+                ending.close()
+        finally:
+            pipeline.close()
 
 
 cdef int _top_call_send(object self, object arg, PyObject** result) except? -1:

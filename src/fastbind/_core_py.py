@@ -965,10 +965,22 @@ class DispatchPlan:
         error: BaseException | None = None
         try:
             response = await _Driven(driver)
+        except GeneratorExit as exc:  # closed, not cancelled: end what ends without awaiting
+            if watch is not None:
+                watch.release(pipeline)
+            ending = self._finish(pipeline, original, None, exc, False)
+            try:
+                ending.send(None)
+            except BaseException:  # ended at once (it re-raises the GeneratorExit)
+                pass
+            else:  # it waits for the pipeline's tasks: the supervisor carries on alone
+                ending.close()
+            pipeline.close()
+            raise
         except BaseException as exc:
             error = exc
         finally:
-            hung = watch is not None and watch.release(pipeline)
+            hung = watch is not None and pipeline in watch.running and watch.release(pipeline)
         del driver, call
         if (
             error is None and not hung and pipeline.cpu_limit_ns < 0 and not pipeline.cpu_exceeded
@@ -985,12 +997,20 @@ class DispatchPlan:
 class RawEntry:
     """Base of fastbind.embed.RawDispatcher: calling it serves one raw request."""
 
-    __slots__ = ("runtime", "entry", "_plan")
+    __slots__ = ("_runtime", "_entry", "_plan")
 
     def __init__(self, runtime: Any, entry: str) -> None:
-        self.runtime = runtime
-        self.entry = entry
+        self._runtime = runtime
+        self._entry = entry
         self._plan = runtime._plan
 
+    @property
+    def runtime(self) -> Any:
+        return self._runtime
+
+    @property
+    def entry(self) -> str:
+        return self._entry
+
     def __call__(self, method: Any, url: Any, headers: Any, body: Any = None) -> Any:
-        return self._plan.raw(self.entry, method, url, headers, body)
+        return self._plan.raw(self._entry, method, url, headers, body)
