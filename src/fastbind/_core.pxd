@@ -4,9 +4,15 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
 
+cdef enum:
+    _ENV_CACHE = 8   # entries of Env's name cache (a power of two)
+
+
 cdef class Env:
     cdef str _worker
     cdef dict _values
+    cdef PyObject* _cached_names[_ENV_CACHE]    # owned; by address bits
+    cdef PyObject* _cached_values[_ENV_CACHE]   # borrowed from _values
 
 
 cdef class ExecutionSlot:
@@ -104,6 +110,7 @@ cdef class Fetcher:
     cdef WorkerHandle _target
     cdef str _binding
     cdef object _props
+    cdef object _fetch   # the bound ``fetch``
     cdef dict _members   # "fetch" bound once, and RPC stubs by name
 
 

@@ -35,6 +35,8 @@ cdef extern from "_core_capi.h":
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
+    int fastbind_pool_install(int which, object type, tuple names) except -1
+    object fastbind_pool_new(int which)
 
 cdef extern from "pthread.h" nogil:
     ctypedef unsigned long pthread_t
@@ -74,6 +76,10 @@ cdef Py_ssize_t _REQ_BODY = fastbind_slot_offset(Request, "body")
 cdef Py_ssize_t _REQ_BODY_USED = fastbind_slot_offset(Request, "body_used")
 cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
 cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
+# Pools of Request and Headers blocks (see _core_capi.h): a binding call copies both.
+cdef bint _POOLED_REQUEST = fastbind_pool_install(0, Request, tuple(Request.__slots__))
+cdef bint _POOLED_HEADERS = fastbind_pool_install(1, Headers, tuple(Headers.__slots__))
+cdef str _FETCH_NAME = "fetch"
 cdef str _KIND_REQUEST = "request"
 cdef str _KIND_BINDING = "binding"
 cdef str _KIND_FETCH = "fetch"
@@ -251,12 +257,28 @@ cdef class Env:
         self._values = dict(values)
 
     def __getattribute__(self, str name):
+        # A name is looked up once, then found by identity: the names a Worker's code
+        # uses are the interned strings of its code objects, the same object each call.
+        cdef size_t i = (<size_t><PyObject*>name >> 4) & (_ENV_CACHE - 1)
+        if self._cached_names[i] == <PyObject*>name:
+            return <object>self._cached_values[i]
         cdef PyObject* value = PyDict_GetItemWithError(self._values, name)
         if value != NULL:
+            # The cache owns its key (no other string can get its address while it is
+            # here); the value is borrowed from _values, which never changes.
+            Py_INCREF(name)
+            Py_XDECREF(self._cached_names[i])
+            self._cached_names[i] = <PyObject*>name
+            self._cached_values[i] = value
             return <object>value
         if name.startswith("__") and name.endswith("__") or name == "get":
             return PyObject_GenericGetAttr(self, name)
         raise MissingBindingError(_missing_binding(self._worker, name))
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(_ENV_CACHE):
+            Py_XDECREF(self._cached_names[i])
 
     def __getitem__(self, name):
         try:
@@ -687,10 +709,14 @@ cdef class Fetcher:
         self._target = target
         self._binding = binding
         self._props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
-        self._members = {"fetch": PyObject_GenericGetAttr(self, "fetch")}
+        self._fetch = PyObject_GenericGetAttr(self, _FETCH_NAME)
+        self._members = {_FETCH_NAME: self._fetch}
 
     def __getattribute__(self, str name):
-        # ``fetch`` (bound once) and RPC stubs come from one C dict look-up.
+        # ``fetch`` (bound once) is found by identity (names in code are interned),
+        # RPC stubs by one C dict look-up.
+        if <PyObject*>name == <PyObject*>_FETCH_NAME:
+            return self._fetch
         cdef PyObject* member = PyDict_GetItemWithError(self._members, name)
         if member != NULL:
             return <object>member
@@ -813,11 +839,11 @@ cdef object _forward(object src):
     if type(src_headers) is not _HeadersType:
         raise TypeError(f"Request.headers must be a Headers, not {type(src_headers).__name__}")
     # Copy-on-write, as Headers.copy(): both sides share the list until one writes.
-    headers = PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
+    headers = fastbind_pool_new(1) if _POOLED_HEADERS else PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
     fastbind_slot_set(headers, _HDR_ITEMS, fastbind_slot_get(src_headers, _HDR_ITEMS, "_items"))
     fastbind_slot_set(headers, _HDR_SHARED, True)
     fastbind_slot_set(src_headers, _HDR_SHARED, True)
-    req = PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
+    req = fastbind_pool_new(0) if _POOLED_REQUEST else PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
     fastbind_slot_set(req, _REQ_URL, fastbind_slot_get(src, _REQ_URL, "url"))
     fastbind_slot_set(req, _REQ_METHOD, fastbind_slot_get(src, _REQ_METHOD, "method"))
     fastbind_slot_set(req, _REQ_HEADERS, headers)

@@ -62,4 +62,102 @@ static int fastbind_install_am_send(PyObject *type, fastbind_send_fn impl) {
     return 0;
 }
 
+/* Object pools for the plain-Python classes the hot path allocates (Request and
+   Headers: a child's copy of both on every binding call). They are heap types with
+   __slots__, so CPython frees them through subtype_dealloc and allocates them through
+   object_new: generic paths that walk the type, run the trashcan and return the
+   memory to the allocator. A pool replaces the type's tp_dealloc with one that
+   clears the slots and keeps up to FASTBIND_POOL_SIZE blocks, and the core takes its
+   own copies from there, as Cython's freelists do for compiled classes.
+
+   Installed only when the class cannot need more than that: no __del__, no
+   finalizer, no __dict__, no weak references (checked at install). Subclasses keep
+   CPython's subtype_dealloc, which calls the pool's dealloc as their base dealloc
+   once their own part is cleared: then it clears the base slots and frees the
+   memory (never pooled: the block has the subclass's size). */
+#define FASTBIND_POOL_SIZE 64
+#define FASTBIND_POOL_SLOTS 8
+
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t offsets[FASTBIND_POOL_SLOTS];
+    int n_offsets;
+    int n_free;
+    PyObject *free[FASTBIND_POOL_SIZE];
+} fastbind_pool;
+
+static fastbind_pool fastbind_pools[2];  /* 0: Request, 1: Headers */
+
+static inline void fastbind_pool_dealloc(fastbind_pool *pool, PyObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    int i;
+    /* Untracked before the slots are cleared, as subtype_dealloc does (a subclass's
+       subtype_dealloc tracks the object again before calling its base dealloc). */
+    PyObject_GC_UnTrack(self);
+    for (i = 0; i < pool->n_offsets; i++) {
+        PyObject **p = (PyObject **)((char *)self + pool->offsets[i]);
+        Py_CLEAR(*p);
+    }
+    if (type == pool->type && pool->n_free < FASTBIND_POOL_SIZE) {
+        pool->free[pool->n_free++] = self;
+    } else {
+        type->tp_free(self);
+    }
+    Py_DECREF(type);  /* a heap type's instances own a reference to it */
+}
+
+static void fastbind_pool0_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[0], self); }
+static void fastbind_pool1_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[1], self); }
+
+/* A new instance of the pool's class with every slot empty, as object_new gives. */
+static inline PyObject *fastbind_pool_new(int which) {
+    fastbind_pool *pool = &fastbind_pools[which];
+    PyObject *o;
+    if (pool->n_free > 0) {
+        o = pool->free[--pool->n_free];
+        memset((char *)o + sizeof(PyObject), 0, pool->type->tp_basicsize - sizeof(PyObject));
+        (void)PyObject_Init(o, pool->type);
+        PyObject_GC_Track(o);
+        return o;
+    }
+    return pool->type->tp_alloc(pool->type, 0);
+}
+
+/* Pool ``which`` for ``type``, whose slots are ``names`` (a tuple of str). */
+static int fastbind_pool_install(int which, PyObject *type_obj, PyObject *names) {
+    PyTypeObject *type = (PyTypeObject *)type_obj;
+    fastbind_pool *pool = &fastbind_pools[which];
+    PyTypeObject *base;
+    Py_ssize_t i, n = PyTuple_GET_SIZE(names);
+    if (!PyType_Check(type_obj) || !(type->tp_flags & Py_TPFLAGS_HEAPTYPE)
+            || !(type->tp_flags & Py_TPFLAGS_HAVE_GC) || n > FASTBIND_POOL_SLOTS) {
+        return 0;  /* not a plain __slots__ class: keep CPython's own paths */
+    }
+    /* The class and its bases (mixins with empty __slots__) up to object: nothing but
+       the named slots to clear, and no finalizer to run. */
+    for (base = type; base != &PyBaseObject_Type; base = base->tp_base) {
+        if (base == NULL || base->tp_itemsize != 0 || base->tp_finalize != NULL
+                || base->tp_del != NULL || base->tp_dictoffset != 0
+                || base->tp_weaklistoffset != 0
+                || (base != type && base->tp_basicsize != (Py_ssize_t)sizeof(PyObject))) {
+            return 0;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        Py_ssize_t off = fastbind_slot_offset(type_obj, PyUnicode_AsUTF8(name));
+        if (off < 0) return -1;
+        pool->offsets[i] = off;
+    }
+    if (type->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + n * sizeof(PyObject *))) {
+        return 0;  /* slots the pool does not know about */
+    }
+    Py_INCREF(type_obj);  /* kept for the process's life, as the pooled blocks are */
+    pool->type = type;
+    pool->n_offsets = (int)n;
+    pool->n_free = 0;
+    type->tp_dealloc = which == 0 ? fastbind_pool0_dealloc : fastbind_pool1_dealloc;
+    return 1;
+}
+
 #endif
