@@ -145,6 +145,8 @@ cdef class BindingCall:
     cdef object _check_result(self, object value)
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1
     cdef void _leave(self, InvocationContext previous, int metered) noexcept
+    cdef void _fail(self, str outcome) noexcept
+    cdef void _fail_step(self, InvocationContext previous, int metered) noexcept
 
 
 cdef class SliceMeter:

@@ -2,8 +2,9 @@
 """Compiled core: pipeline and invocation contexts, the ledger, and binding dispatch."""
 
 cimport cython
+from cpython.exc cimport PyErr_ExceptionMatches, PyErr_Fetch, PyErr_Restore
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContextVar_Set
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
@@ -36,6 +37,8 @@ cdef extern from "_core_capi.h":
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
     int fastbind_pool_install(int which, object type, tuple names) except -1
+    PyObject* fastbind_call3(PyObject* f, PyObject* a, PyObject* b, PyObject* c)
+    int fastbind_throw(PyObject* coro, PyObject* exc, PyObject** result)
     object fastbind_pool_new(int which)
 
 cdef extern from "pthread.h" nogil:
@@ -47,7 +50,8 @@ cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject* exc)
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
-    object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (object type, object args, PyObject* kw)
+    int PyIter_Send_raw "PyIter_Send" (PyObject* iter, PyObject* arg, PyObject** presult)
+    object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (PyTypeObject* type, object args, PyObject* kw)
     object PyObject_GenericGetDict(object obj, void* context)
     object PyObject_GenericGetAttr(object obj, object name)
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
@@ -204,20 +208,6 @@ def watchdog_tick():
     return True
 
 
-cdef int _throw_into(object coro, object exc, PyObject** result) except? -1:
-    """``coro.throw(exc)`` with PyIter_Send's result convention."""
-    try:
-        value = coro.throw(exc)
-    except StopIteration as stop:
-        value = stop.value
-        Py_INCREF(value)
-        result[0] = <PyObject*>value
-        return 0
-    Py_INCREF(value)
-    result[0] = <PyObject*>value
-    return 1
-
-
 def live_counts():
     """Open pipelines, running invocations and tracked tasks, process-wide."""
     return {"pipelines": _live_pipelines, "invocations": _live_invocations, "tasks": _live_tasks}
@@ -369,7 +359,7 @@ cdef class WorkerHandle:
 
     cdef object instantiate(self, InvocationContext ctx):
         if self.fast_init:
-            inst = PyBaseObject_Type_new(self.handler, _NO_ARGS, NULL)
+            inst = PyBaseObject_Type_new(<PyTypeObject*>self.handler, _NO_ARGS, NULL)
             inst.ctx = ctx
             inst.env = self.env
             return inst
@@ -839,11 +829,11 @@ cdef object _forward(object src):
     if type(src_headers) is not _HeadersType:
         raise TypeError(f"Request.headers must be a Headers, not {type(src_headers).__name__}")
     # Copy-on-write, as Headers.copy(): both sides share the list until one writes.
-    headers = fastbind_pool_new(1) if _POOLED_HEADERS else PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
+    headers = fastbind_pool_new(1) if _POOLED_HEADERS else PyBaseObject_Type_new(<PyTypeObject*>_HeadersType, _NO_ARGS, NULL)
     fastbind_slot_set(headers, _HDR_ITEMS, fastbind_slot_get(src_headers, _HDR_ITEMS, "_items"))
     fastbind_slot_set(headers, _HDR_SHARED, True)
     fastbind_slot_set(src_headers, _HDR_SHARED, True)
-    req = fastbind_pool_new(0) if _POOLED_REQUEST else PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
+    req = fastbind_pool_new(0) if _POOLED_REQUEST else PyBaseObject_Type_new(<PyTypeObject*>_RequestType, _NO_ARGS, NULL)
     fastbind_slot_set(req, _REQ_URL, fastbind_slot_get(src, _REQ_URL, "url"))
     fastbind_slot_set(req, _REQ_METHOD, fastbind_slot_get(src, _REQ_METHOD, "method"))
     fastbind_slot_set(req, _REQ_HEADERS, headers)
@@ -900,6 +890,20 @@ cdef class BindingCall:
         self.request = None
         previous = slot.current
         slot.current = inv
+        cdef WorkerHandle handle = inv.handle
+        cdef PyObject* coro
+        if self.http and self.rpc_name is None and not handle.is_class:
+            # The common case, a function handler, without a try block: entering one
+            # saves the exception state, a walk of the exc_info of every frame up.
+            coro = fastbind_call3(<PyObject*>handle.handler, <PyObject*>request,
+                                  <PyObject*>handle.env, <PyObject*>inv)
+            slot.current = previous
+            if coro == NULL:
+                self._fail(_ERROR)
+                return -1
+            self.coro = <object>coro
+            Py_XDECREF(coro)
+            return 0
         try:
             if self.borrowed:
                 self.coro = request if PyCoro_CheckExact(request) else request.__await__()
@@ -1010,19 +1014,14 @@ cdef class BindingCall:
             if metered == 1 and pipeline.cpu_exceeded and exc is None:
                 exc = _cpu_limit_exceeded()  # stop the pipeline at its next step
         slot.current = inv
-        try:
-            if exc is None:
-                status = PyIter_Send(self.coro, arg, result)
-            else:
-                status = _throw_into(self.coro, exc, result)
-        except _CancelledError:
-            self._leave(previous, metered)
-            self._exit(_CANCELED)
-            raise
-        except BaseException:
-            self._leave(previous, metered)
-            self._exit(_ERROR)
-            raise
+        # C calls, no try block (see _enter): -1 is PYGEN_ERROR, the exception is set.
+        if exc is None:
+            status = PyIter_Send_raw(<PyObject*>self.coro, <PyObject*>arg, result)
+        else:
+            status = fastbind_throw(<PyObject*>self.coro, <PyObject*>exc, result)
+        if status < 0:
+            self._fail_step(previous, metered)
+            return -1
         self._leave(previous, metered)
         if status == 1:  # PYGEN_NEXT: the child yielded a future to the loop
             return 1
@@ -1033,6 +1032,26 @@ cdef class BindingCall:
         Py_INCREF(value)
         result[0] = <PyObject*>value
         return 0
+
+    cdef void _fail(self, str outcome) noexcept:
+        """``_exit(outcome)`` while an exception is being raised, which it keeps."""
+        cdef PyObject* kind
+        cdef PyObject* value
+        cdef PyObject* tb
+        PyErr_Fetch(&kind, &value, &tb)  # nothing the exit frees may run with it set
+        self._exit(outcome)
+        PyErr_Restore(kind, value, tb)
+
+    cdef void _fail_step(self, InvocationContext previous, int metered) noexcept:
+        """A step of the child raised: leave it and end the call as canceled or error."""
+        outcome = _CANCELED if PyErr_ExceptionMatches(_CancelledError) else _ERROR
+        cdef PyObject* kind
+        cdef PyObject* value
+        cdef PyObject* tb
+        PyErr_Fetch(&kind, &value, &tb)
+        self._leave(previous, metered)
+        self._exit(outcome)
+        PyErr_Restore(kind, value, tb)
 
     cdef void _leave(self, InvocationContext previous, int metered) noexcept:
         if metered >= 0:

@@ -160,4 +160,32 @@ static int fastbind_pool_install(int which, PyObject *type_obj, PyObject *names)
     return 1;
 }
 
+/* handler(a, b, c): a function handler's coroutine, NULL with the exception set. */
+static inline PyObject *fastbind_call3(PyObject *f, PyObject *a, PyObject *b, PyObject *c) {
+    PyObject *args[4] = {NULL, a, b, c};
+    return PyObject_Vectorcall(f, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* coro.throw(exc) with PyIter_Send's convention: 1 and the yielded value, 0 and the
+   returned value, or -1 with the exception set. */
+static int fastbind_throw(PyObject *coro, PyObject *exc, PyObject **result) {
+    PyObject *kind, *value, *tb, *returned;
+    PyObject *r = PyObject_CallMethod(coro, "throw", "O", exc);
+    if (r != NULL) {
+        *result = r;
+        return 1;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) return -1;
+    PyErr_Fetch(&kind, &value, &tb);
+    PyErr_NormalizeException(&kind, &value, &tb);
+    returned = (value != NULL && PyObject_TypeCheck(value, (PyTypeObject *)PyExc_StopIteration))
+        ? ((PyStopIterationObject *)value)->value : Py_None;
+    Py_INCREF(returned);
+    *result = returned;
+    Py_XDECREF(kind);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return 0;
+}
+
 #endif
