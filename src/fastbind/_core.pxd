@@ -40,8 +40,8 @@ cdef struct LedgerEntry:
     PyObject* target      # str, owned
     PyObject* kind        # str, owned
     long depth
-    int64_t start_ns
-    int64_t duration_ns   # -1 while running
+    int64_t start_ticks      # fastbind_ticks() (_core_capi.h): ns only when read
+    int64_t duration_ticks   # -1 while running
     PyObject* outcome     # str, owned; NULL while running
     int64_t cpu_ns        # CPU charged to the invocation (metered pipelines), else -1
 

@@ -13,6 +13,7 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime,
 import asyncio
 import contextvars
 import inspect
+import os
 from contextvars import ContextVar
 from types import MappingProxyType
 
@@ -38,6 +39,10 @@ cdef extern from "_core_capi.h":
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
     int fastbind_pool_install(int which, object type, tuple names) except -1
     PyObject* fastbind_call3(PyObject* f, PyObject* a, PyObject* b, PyObject* c)
+    int64_t fastbind_ticks() nogil
+    double fastbind_tick_rate() nogil
+    int64_t fastbind_ticks_to_ns(int64_t ticks, double rate) nogil
+    void fastbind_ticks_init(int allow_tsc)
     int fastbind_throw(PyObject* coro, PyObject* exc, PyObject** result)
     object fastbind_pool_new(int which)
 
@@ -101,6 +106,10 @@ cdef inline int64_t _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+# The ledger's clock (see _core_capi.h); FASTBIND_CLOCK=monotonic keeps clock_gettime.
+fastbind_ticks_init(os.environ.get("FASTBIND_CLOCK", "") != "monotonic")
 
 
 cdef inline ExecutionSlot _current_slot():
@@ -463,8 +472,8 @@ cdef class PipelineContext:
         Py_INCREF(kind)
         e.kind = <PyObject*>kind
         e.depth = depth
-        e.start_ns = _now()
-        e.duration_ns = -1
+        e.start_ticks = fastbind_ticks()
+        e.duration_ticks = -1
         e.outcome = NULL
         e.cpu_ns = -1
         self._count += 1
@@ -480,7 +489,7 @@ cdef class PipelineContext:
             return
         e = &self._entries[index]
         if e.outcome == NULL:
-            e.duration_ns = _now() - e.start_ns
+            e.duration_ticks = fastbind_ticks() - e.start_ticks
             e.cpu_ns = cpu_ns if self.cpu_enabled else -1
             Py_INCREF(outcome)
             e.outcome = <PyObject*>outcome
@@ -492,6 +501,7 @@ cdef class PipelineContext:
         cdef SubrequestRecord rec
         cdef LedgerEntry* e
         cdef Py_ssize_t i
+        cdef double rate = fastbind_tick_rate()
         for i in range(self._count):
             e = &self._entries[i]
             rec = SubrequestRecord.__new__(SubrequestRecord)
@@ -499,8 +509,8 @@ cdef class PipelineContext:
             rec.target = <str>e.target
             rec.kind = <str>e.kind
             rec.depth = e.depth
-            rec.start_ns = e.start_ns
-            rec.duration_ns = e.duration_ns
+            rec.start_ns = fastbind_ticks_to_ns(e.start_ticks, rate)
+            rec.duration_ns = -1 if e.duration_ticks < 0 else <int64_t>(e.duration_ticks * rate)
             rec.outcome = _borrowed_or_none(e.outcome)
             rec.cpu_ns = e.cpu_ns
             records.append(rec)
