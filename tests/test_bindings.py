@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -345,6 +346,35 @@ def test_ledger_is_readable_after_dispatch(core, run) -> None:
     assert rows == [("top", "ok", "binding", 2, "ok"), ("top", "fails", "binding", 2, "error")]
     assert all(r.duration_ns >= 0 and r.start_ns >= report.start_ns for r in report.subrequests)
     assert report.subrequests[0].as_dict()["outcome"] == "ok"
+
+
+def test_ledger_times_are_nanoseconds_on_the_monotonic_clock(core, run) -> None:
+    # The compiled core stamps entries with the CPU's time-stamp counter where it can and
+    # converts when the ledger is read: the figures must still be monotonic nanoseconds.
+    async def slow(request, env, ctx):
+        await asyncio.sleep(0.02)
+        return Response(None)
+
+    async def top(request, env, ctx):
+        await env.SLOW.fetch(request)
+        await env.SLOW.fetch(request)
+        return Response(None)
+
+    reports, hook = collect()
+    rt = Runtime(on_pipeline_end=hook)
+    rt.add_worker("top", top, services={"SLOW": "slow"})
+    rt.add_worker("slow", slow)
+    before = time.monotonic_ns()
+    run(rt.dispatch("top", Request("https://e/")))
+    after = time.monotonic_ns()
+    (report,) = reports
+    first, second = report.subrequests
+    for record in (first, second):
+        assert 15_000_000 <= record.duration_ns <= after - before
+        assert before <= record.start_ns <= after - record.duration_ns
+    assert second.start_ns >= first.start_ns + first.duration_ns
+    assert report.start_ns <= first.start_ns
+    assert first.start_ns + first.duration_ns + second.duration_ns <= report.start_ns + report.duration_ns
 
 
 def test_spawned_tasks_belong_to_the_spawning_invocation(core, run) -> None:

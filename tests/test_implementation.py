@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +31,12 @@ def test_both_cores_expose_the_same_names(core) -> None:
 
     for name in _core_py.__all__:
         assert hasattr(core, name), name
+
+
+def test_import_does_not_load_the_http_client() -> None:
+    # aiohttp is imported by the first outbound fetch: a process that only dispatches
+    # (an embedder, the CLI's check) does not pay the ~120 ms it takes to import.
+    code = "import sys, fastbind; print('aiohttp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "False"

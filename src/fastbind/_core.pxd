@@ -4,9 +4,15 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
 
+cdef enum:
+    _ENV_CACHE = 8   # entries of Env's name cache (a power of two)
+
+
 cdef class Env:
     cdef str _worker
     cdef dict _values
+    cdef PyObject* _cached_names[_ENV_CACHE]    # owned; by address bits
+    cdef PyObject* _cached_values[_ENV_CACHE]   # borrowed from _values
 
 
 cdef class ExecutionSlot:
@@ -34,8 +40,8 @@ cdef struct LedgerEntry:
     PyObject* target      # str, owned
     PyObject* kind        # str, owned
     long depth
-    int64_t start_ns
-    int64_t duration_ns   # -1 while running
+    int64_t start_ticks      # fastbind_ticks() (_core_capi.h): ns only when read
+    int64_t duration_ticks   # -1 while running
     PyObject* outcome     # str, owned; NULL while running
     int64_t cpu_ns        # CPU charged to the invocation (metered pipelines), else -1
 
@@ -104,6 +110,7 @@ cdef class Fetcher:
     cdef WorkerHandle _target
     cdef str _binding
     cdef object _props
+    cdef object _fetch   # the bound ``fetch``
     cdef dict _members   # "fetch" bound once, and RPC stubs by name
 
 
@@ -138,6 +145,8 @@ cdef class BindingCall:
     cdef object _check_result(self, object value)
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1
     cdef void _leave(self, InvocationContext previous, int metered) noexcept
+    cdef void _fail(self, str outcome) noexcept
+    cdef void _fail_step(self, InvocationContext previous, int metered) noexcept
 
 
 cdef class SliceMeter:

@@ -2,8 +2,9 @@
 """Compiled core: pipeline and invocation contexts, the ledger, and binding dispatch."""
 
 cimport cython
+from cpython.exc cimport PyErr_ExceptionMatches, PyErr_Fetch, PyErr_Restore
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContextVar_Set
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
@@ -12,6 +13,7 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime,
 import asyncio
 import contextvars
 import inspect
+import os
 from contextvars import ContextVar
 from types import MappingProxyType
 
@@ -35,6 +37,14 @@ cdef extern from "_core_capi.h":
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
+    int fastbind_pool_install(int which, object type, tuple names) except -1
+    PyObject* fastbind_call3(PyObject* f, PyObject* a, PyObject* b, PyObject* c)
+    int64_t fastbind_ticks() nogil
+    double fastbind_tick_rate() nogil
+    int64_t fastbind_ticks_to_ns(int64_t ticks, double rate) nogil
+    void fastbind_ticks_init(int allow_tsc)
+    int fastbind_throw(PyObject* coro, PyObject* exc, PyObject** result)
+    object fastbind_pool_new(int which)
 
 cdef extern from "pthread.h" nogil:
     ctypedef unsigned long pthread_t
@@ -45,7 +55,8 @@ cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject* exc)
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
-    object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (object type, object args, PyObject* kw)
+    int PyIter_Send_raw "PyIter_Send" (PyObject* iter, PyObject* arg, PyObject** presult)
+    object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (PyTypeObject* type, object args, PyObject* kw)
     object PyObject_GenericGetDict(object obj, void* context)
     object PyObject_GenericGetAttr(object obj, object name)
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
@@ -74,6 +85,10 @@ cdef Py_ssize_t _REQ_BODY = fastbind_slot_offset(Request, "body")
 cdef Py_ssize_t _REQ_BODY_USED = fastbind_slot_offset(Request, "body_used")
 cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
 cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
+# Pools of Request and Headers blocks (see _core_capi.h): a binding call copies both.
+cdef bint _POOLED_REQUEST = fastbind_pool_install(0, Request, tuple(Request.__slots__))
+cdef bint _POOLED_HEADERS = fastbind_pool_install(1, Headers, tuple(Headers.__slots__))
+cdef str _FETCH_NAME = "fetch"
 cdef str _KIND_REQUEST = "request"
 cdef str _KIND_BINDING = "binding"
 cdef str _KIND_FETCH = "fetch"
@@ -91,6 +106,10 @@ cdef inline int64_t _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+# The ledger's clock (see _core_capi.h); FASTBIND_CLOCK=monotonic keeps clock_gettime.
+fastbind_ticks_init(os.environ.get("FASTBIND_CLOCK", "") != "monotonic")
 
 
 cdef inline ExecutionSlot _current_slot():
@@ -198,20 +217,6 @@ def watchdog_tick():
     return True
 
 
-cdef int _throw_into(object coro, object exc, PyObject** result) except? -1:
-    """``coro.throw(exc)`` with PyIter_Send's result convention."""
-    try:
-        value = coro.throw(exc)
-    except StopIteration as stop:
-        value = stop.value
-        Py_INCREF(value)
-        result[0] = <PyObject*>value
-        return 0
-    Py_INCREF(value)
-    result[0] = <PyObject*>value
-    return 1
-
-
 def live_counts():
     """Open pipelines, running invocations and tracked tasks, process-wide."""
     return {"pipelines": _live_pipelines, "invocations": _live_invocations, "tasks": _live_tasks}
@@ -251,12 +256,28 @@ cdef class Env:
         self._values = dict(values)
 
     def __getattribute__(self, str name):
+        # A name is looked up once, then found by identity: the names a Worker's code
+        # uses are the interned strings of its code objects, the same object each call.
+        cdef size_t i = (<size_t><PyObject*>name >> 4) & (_ENV_CACHE - 1)
+        if self._cached_names[i] == <PyObject*>name:
+            return <object>self._cached_values[i]
         cdef PyObject* value = PyDict_GetItemWithError(self._values, name)
         if value != NULL:
+            # The cache owns its key (no other string can get its address while it is
+            # here); the value is borrowed from _values, which never changes.
+            Py_INCREF(name)
+            Py_XDECREF(self._cached_names[i])
+            self._cached_names[i] = <PyObject*>name
+            self._cached_values[i] = value
             return <object>value
         if name.startswith("__") and name.endswith("__") or name == "get":
             return PyObject_GenericGetAttr(self, name)
         raise MissingBindingError(_missing_binding(self._worker, name))
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(_ENV_CACHE):
+            Py_XDECREF(self._cached_names[i])
 
     def __getitem__(self, name):
         try:
@@ -347,7 +368,7 @@ cdef class WorkerHandle:
 
     cdef object instantiate(self, InvocationContext ctx):
         if self.fast_init:
-            inst = PyBaseObject_Type_new(self.handler, _NO_ARGS, NULL)
+            inst = PyBaseObject_Type_new(<PyTypeObject*>self.handler, _NO_ARGS, NULL)
             inst.ctx = ctx
             inst.env = self.env
             return inst
@@ -451,8 +472,8 @@ cdef class PipelineContext:
         Py_INCREF(kind)
         e.kind = <PyObject*>kind
         e.depth = depth
-        e.start_ns = _now()
-        e.duration_ns = -1
+        e.start_ticks = fastbind_ticks()
+        e.duration_ticks = -1
         e.outcome = NULL
         e.cpu_ns = -1
         self._count += 1
@@ -468,7 +489,7 @@ cdef class PipelineContext:
             return
         e = &self._entries[index]
         if e.outcome == NULL:
-            e.duration_ns = _now() - e.start_ns
+            e.duration_ticks = fastbind_ticks() - e.start_ticks
             e.cpu_ns = cpu_ns if self.cpu_enabled else -1
             Py_INCREF(outcome)
             e.outcome = <PyObject*>outcome
@@ -480,6 +501,7 @@ cdef class PipelineContext:
         cdef SubrequestRecord rec
         cdef LedgerEntry* e
         cdef Py_ssize_t i
+        cdef double rate = fastbind_tick_rate()
         for i in range(self._count):
             e = &self._entries[i]
             rec = SubrequestRecord.__new__(SubrequestRecord)
@@ -487,8 +509,8 @@ cdef class PipelineContext:
             rec.target = <str>e.target
             rec.kind = <str>e.kind
             rec.depth = e.depth
-            rec.start_ns = e.start_ns
-            rec.duration_ns = e.duration_ns
+            rec.start_ns = fastbind_ticks_to_ns(e.start_ticks, rate)
+            rec.duration_ns = -1 if e.duration_ticks < 0 else <int64_t>(e.duration_ticks * rate)
             rec.outcome = _borrowed_or_none(e.outcome)
             rec.cpu_ns = e.cpu_ns
             records.append(rec)
@@ -687,10 +709,14 @@ cdef class Fetcher:
         self._target = target
         self._binding = binding
         self._props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
-        self._members = {"fetch": PyObject_GenericGetAttr(self, "fetch")}
+        self._fetch = PyObject_GenericGetAttr(self, _FETCH_NAME)
+        self._members = {_FETCH_NAME: self._fetch}
 
     def __getattribute__(self, str name):
-        # ``fetch`` (bound once) and RPC stubs come from one C dict look-up.
+        # ``fetch`` (bound once) is found by identity (names in code are interned),
+        # RPC stubs by one C dict look-up.
+        if <PyObject*>name == <PyObject*>_FETCH_NAME:
+            return self._fetch
         cdef PyObject* member = PyDict_GetItemWithError(self._members, name)
         if member != NULL:
             return <object>member
@@ -813,11 +839,11 @@ cdef object _forward(object src):
     if type(src_headers) is not _HeadersType:
         raise TypeError(f"Request.headers must be a Headers, not {type(src_headers).__name__}")
     # Copy-on-write, as Headers.copy(): both sides share the list until one writes.
-    headers = PyBaseObject_Type_new(_HeadersType, _NO_ARGS, NULL)
+    headers = fastbind_pool_new(1) if _POOLED_HEADERS else PyBaseObject_Type_new(<PyTypeObject*>_HeadersType, _NO_ARGS, NULL)
     fastbind_slot_set(headers, _HDR_ITEMS, fastbind_slot_get(src_headers, _HDR_ITEMS, "_items"))
     fastbind_slot_set(headers, _HDR_SHARED, True)
     fastbind_slot_set(src_headers, _HDR_SHARED, True)
-    req = PyBaseObject_Type_new(_RequestType, _NO_ARGS, NULL)
+    req = fastbind_pool_new(0) if _POOLED_REQUEST else PyBaseObject_Type_new(<PyTypeObject*>_RequestType, _NO_ARGS, NULL)
     fastbind_slot_set(req, _REQ_URL, fastbind_slot_get(src, _REQ_URL, "url"))
     fastbind_slot_set(req, _REQ_METHOD, fastbind_slot_get(src, _REQ_METHOD, "method"))
     fastbind_slot_set(req, _REQ_HEADERS, headers)
@@ -874,6 +900,20 @@ cdef class BindingCall:
         self.request = None
         previous = slot.current
         slot.current = inv
+        cdef WorkerHandle handle = inv.handle
+        cdef PyObject* coro
+        if self.http and self.rpc_name is None and not handle.is_class:
+            # The common case, a function handler, without a try block: entering one
+            # saves the exception state, a walk of the exc_info of every frame up.
+            coro = fastbind_call3(<PyObject*>handle.handler, <PyObject*>request,
+                                  <PyObject*>handle.env, <PyObject*>inv)
+            slot.current = previous
+            if coro == NULL:
+                self._fail(_ERROR)
+                return -1
+            self.coro = <object>coro
+            Py_XDECREF(coro)
+            return 0
         try:
             if self.borrowed:
                 self.coro = request if PyCoro_CheckExact(request) else request.__await__()
@@ -984,19 +1024,14 @@ cdef class BindingCall:
             if metered == 1 and pipeline.cpu_exceeded and exc is None:
                 exc = _cpu_limit_exceeded()  # stop the pipeline at its next step
         slot.current = inv
-        try:
-            if exc is None:
-                status = PyIter_Send(self.coro, arg, result)
-            else:
-                status = _throw_into(self.coro, exc, result)
-        except _CancelledError:
-            self._leave(previous, metered)
-            self._exit(_CANCELED)
-            raise
-        except BaseException:
-            self._leave(previous, metered)
-            self._exit(_ERROR)
-            raise
+        # C calls, no try block (see _enter): -1 is PYGEN_ERROR, the exception is set.
+        if exc is None:
+            status = PyIter_Send_raw(<PyObject*>self.coro, <PyObject*>arg, result)
+        else:
+            status = fastbind_throw(<PyObject*>self.coro, <PyObject*>exc, result)
+        if status < 0:
+            self._fail_step(previous, metered)
+            return -1
         self._leave(previous, metered)
         if status == 1:  # PYGEN_NEXT: the child yielded a future to the loop
             return 1
@@ -1007,6 +1042,26 @@ cdef class BindingCall:
         Py_INCREF(value)
         result[0] = <PyObject*>value
         return 0
+
+    cdef void _fail(self, str outcome) noexcept:
+        """``_exit(outcome)`` while an exception is being raised, which it keeps."""
+        cdef PyObject* kind
+        cdef PyObject* value
+        cdef PyObject* tb
+        PyErr_Fetch(&kind, &value, &tb)  # nothing the exit frees may run with it set
+        self._exit(outcome)
+        PyErr_Restore(kind, value, tb)
+
+    cdef void _fail_step(self, InvocationContext previous, int metered) noexcept:
+        """A step of the child raised: leave it and end the call as canceled or error."""
+        outcome = _CANCELED if PyErr_ExceptionMatches(_CancelledError) else _ERROR
+        cdef PyObject* kind
+        cdef PyObject* value
+        cdef PyObject* tb
+        PyErr_Fetch(&kind, &value, &tb)
+        self._leave(previous, metered)
+        self._exit(outcome)
+        PyErr_Restore(kind, value, tb)
 
     cdef void _leave(self, InvocationContext previous, int metered) noexcept:
         if metered >= 0:
@@ -1379,10 +1434,10 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
         if type(raw_name) is not bytes or type(raw_value) is not bytes:
             return None
         items.append((_latin1(raw_name, True), _latin1(raw_value, False)))
-    headers = fastbind_alloc(_HeadersType)
+    headers = fastbind_pool_new(1) if _POOLED_HEADERS else fastbind_alloc(_HeadersType)
     fastbind_slot_set(headers, _HDR_ITEMS, items)
     fastbind_slot_set(headers, _HDR_SHARED, False)
-    request = fastbind_alloc(_RequestType)
+    request = fastbind_pool_new(0) if _POOLED_REQUEST else fastbind_alloc(_RequestType)
     fastbind_slot_set(request, _REQ_METHOD, name)
     fastbind_slot_set(request, _REQ_URL, url)
     fastbind_slot_set(request, _REQ_HEADERS, headers)
@@ -1681,15 +1736,14 @@ cdef class TopLevelCall:
 
     cdef int _delegate(self, object arg, object exc, PyObject** result) except? -1:
         cdef int status
-        try:
-            if exc is None:
-                status = PyIter_Send(self.ending, arg, result)
-            else:
-                status = _throw_into(self.ending, exc, result)
-        except BaseException:
+        if exc is None:
+            status = PyIter_Send_raw(<PyObject*>self.ending, <PyObject*>arg, result)
+        else:
+            status = fastbind_throw(<PyObject*>self.ending, <PyObject*>exc, result)
+        if status < 0:  # the exception is set
             self.ending = None
             self.finished = True
-            raise
+            return -1
         if status == 1:
             return 1
         self.ending = None

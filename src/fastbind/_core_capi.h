@@ -62,6 +62,200 @@ static int fastbind_install_am_send(PyObject *type, fastbind_send_fn impl) {
     return 0;
 }
 
+/* Object pools for the plain-Python classes the hot path allocates (Request and
+   Headers: a child's copy of both on every binding call). They are heap types with
+   __slots__, so CPython frees them through subtype_dealloc and allocates them through
+   object_new: generic paths that walk the type, run the trashcan and return the
+   memory to the allocator. A pool replaces the type's tp_dealloc with one that
+   clears the slots and keeps up to FASTBIND_POOL_SIZE blocks, and the core takes its
+   own copies from there, as Cython's freelists do for compiled classes.
+
+   Installed only when the class cannot need more than that: no __del__, no
+   finalizer, no __dict__, no weak references (checked at install). Subclasses keep
+   CPython's subtype_dealloc, which calls the pool's dealloc as their base dealloc
+   once their own part is cleared: then it clears the base slots and frees the
+   memory (never pooled: the block has the subclass's size). */
+#define FASTBIND_POOL_SIZE 64
+#define FASTBIND_POOL_SLOTS 8
+
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t offsets[FASTBIND_POOL_SLOTS];
+    int n_offsets;
+    int n_free;
+    PyObject *free[FASTBIND_POOL_SIZE];
+} fastbind_pool;
+
+static fastbind_pool fastbind_pools[2];  /* 0: Request, 1: Headers */
+
+static inline void fastbind_pool_dealloc(fastbind_pool *pool, PyObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    int i;
+    /* Untracked before the slots are cleared, as subtype_dealloc does (a subclass's
+       subtype_dealloc tracks the object again before calling its base dealloc). */
+    PyObject_GC_UnTrack(self);
+    for (i = 0; i < pool->n_offsets; i++) {
+        PyObject **p = (PyObject **)((char *)self + pool->offsets[i]);
+        Py_CLEAR(*p);
+    }
+    if (type == pool->type && pool->n_free < FASTBIND_POOL_SIZE) {
+        pool->free[pool->n_free++] = self;
+    } else {
+        type->tp_free(self);
+    }
+    Py_DECREF(type);  /* a heap type's instances own a reference to it */
+}
+
+static void fastbind_pool0_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[0], self); }
+static void fastbind_pool1_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[1], self); }
+
+/* A new instance of the pool's class with every slot empty, as object_new gives. */
+static inline PyObject *fastbind_pool_new(int which) {
+    fastbind_pool *pool = &fastbind_pools[which];
+    PyObject *o;
+    if (pool->n_free > 0) {
+        o = pool->free[--pool->n_free];
+        memset((char *)o + sizeof(PyObject), 0, pool->type->tp_basicsize - sizeof(PyObject));
+        (void)PyObject_Init(o, pool->type);
+        PyObject_GC_Track(o);
+        return o;
+    }
+    return pool->type->tp_alloc(pool->type, 0);
+}
+
+/* Pool ``which`` for ``type``, whose slots are ``names`` (a tuple of str). */
+static int fastbind_pool_install(int which, PyObject *type_obj, PyObject *names) {
+    PyTypeObject *type = (PyTypeObject *)type_obj;
+    fastbind_pool *pool = &fastbind_pools[which];
+    PyTypeObject *base;
+    Py_ssize_t i, n = PyTuple_GET_SIZE(names);
+    if (!PyType_Check(type_obj) || !(type->tp_flags & Py_TPFLAGS_HEAPTYPE)
+            || !(type->tp_flags & Py_TPFLAGS_HAVE_GC) || n > FASTBIND_POOL_SLOTS) {
+        return 0;  /* not a plain __slots__ class: keep CPython's own paths */
+    }
+    /* The class and its bases (mixins with empty __slots__) up to object: nothing but
+       the named slots to clear, and no finalizer to run. */
+    for (base = type; base != &PyBaseObject_Type; base = base->tp_base) {
+        if (base == NULL || base->tp_itemsize != 0 || base->tp_finalize != NULL
+                || base->tp_del != NULL || base->tp_dictoffset != 0
+                || base->tp_weaklistoffset != 0
+                || (base != type && base->tp_basicsize != (Py_ssize_t)sizeof(PyObject))) {
+            return 0;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        Py_ssize_t off = fastbind_slot_offset(type_obj, PyUnicode_AsUTF8(name));
+        if (off < 0) return -1;
+        pool->offsets[i] = off;
+    }
+    if (type->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + n * sizeof(PyObject *))) {
+        return 0;  /* slots the pool does not know about */
+    }
+    Py_INCREF(type_obj);  /* kept for the process's life, as the pooled blocks are */
+    pool->type = type;
+    pool->n_offsets = (int)n;
+    pool->n_free = 0;
+    type->tp_dealloc = which == 0 ? fastbind_pool0_dealloc : fastbind_pool1_dealloc;
+    return 1;
+}
+
+/* handler(a, b, c): a function handler's coroutine, NULL with the exception set. */
+static inline PyObject *fastbind_call3(PyObject *f, PyObject *a, PyObject *b, PyObject *c) {
+    PyObject *args[4] = {NULL, a, b, c};
+    return PyObject_Vectorcall(f, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* coro.throw(exc) with PyIter_Send's convention: 1 and the yielded value, 0 and the
+   returned value, or -1 with the exception set. */
+static int fastbind_throw(PyObject *coro, PyObject *exc, PyObject **result) {
+    PyObject *kind, *value, *tb, *returned;
+    PyObject *r = PyObject_CallMethod(coro, "throw", "O", exc);
+    if (r != NULL) {
+        *result = r;
+        return 1;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) return -1;
+    PyErr_Fetch(&kind, &value, &tb);
+    PyErr_NormalizeException(&kind, &value, &tb);
+    returned = (value != NULL && PyObject_TypeCheck(value, (PyTypeObject *)PyExc_StopIteration))
+        ? ((PyStopIterationObject *)value)->value : Py_None;
+    Py_INCREF(returned);
+    *result = returned;
+    Py_XDECREF(kind);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return 0;
+}
+
+/* The ledger's clock. Each binding call stamps its start and end; on x86-64 with an
+   invariant TSC (constant rate, not stopped in sleep states: CPUID 0x80000007 EDX
+   bit 8) that is the time-stamp counter, about half the cost of clock_gettime under
+   a hypervisor's clock source. Ticks become nanoseconds only when the ledger is read,
+   at a rate measured against CLOCK_MONOTONIC over the whole time since import, so the
+   longer the process runs the finer the rate. Elsewhere ticks are nanoseconds. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <x86intrin.h>
+#include <cpuid.h>
+#define FASTBIND_HAVE_TSC 1
+#else
+#define FASTBIND_HAVE_TSC 0
+#endif
+#include <time.h>
+
+static int fastbind_use_tsc = 0;
+static int64_t fastbind_tick_origin = 0;   /* ticks at calibration start */
+static int64_t fastbind_ns_origin = 0;     /* CLOCK_MONOTONIC ns at the same moment */
+static double fastbind_ns_per_tick = 1.0;
+
+static inline int64_t fastbind_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline int64_t fastbind_ticks(void) {
+#if FASTBIND_HAVE_TSC
+    if (fastbind_use_tsc) return (int64_t)__rdtsc();
+#endif
+    return fastbind_monotonic_ns();
+}
+
+/* Nanoseconds per tick, measured over everything since the start. */
+static double fastbind_tick_rate(void) {
+    int64_t ticks, ns;
+    if (!fastbind_use_tsc) return 1.0;
+    ticks = fastbind_ticks() - fastbind_tick_origin;
+    ns = fastbind_monotonic_ns() - fastbind_ns_origin;
+    if (ticks > 0 && ns > 1000000) fastbind_ns_per_tick = (double)ns / (double)ticks;
+    return fastbind_ns_per_tick;
+}
+
+/* Monotonic ns of a tick stamp, at the rate ``rate`` from fastbind_tick_rate(). */
+static inline int64_t fastbind_ticks_to_ns(int64_t ticks, double rate) {
+    if (!fastbind_use_tsc) return ticks;
+    return fastbind_ns_origin + (int64_t)((double)(ticks - fastbind_tick_origin) * rate);
+}
+
+/* Chooses the clock; with the TSC, a first rate from a 200 us wait. */
+static void fastbind_ticks_init(int allow_tsc) {
+#if FASTBIND_HAVE_TSC
+    unsigned int eax, ebx, ecx, edx;
+    int64_t t0, n0, n1;
+    if (allow_tsc && __get_cpuid(0x80000007, &eax, &ebx, &ecx, &edx) && (edx & (1u << 8))) {
+        fastbind_use_tsc = 1;
+        n0 = fastbind_monotonic_ns();
+        t0 = (int64_t)__rdtsc();
+        do { n1 = fastbind_monotonic_ns(); } while (n1 - n0 < 200000);
+        fastbind_ns_per_tick = (double)(n1 - n0) / (double)((int64_t)__rdtsc() - t0);
+        fastbind_tick_origin = t0;
+        fastbind_ns_origin = n0;
+        if (!(fastbind_ns_per_tick > 0.0)) fastbind_use_tsc = 0;
+    }
+#endif
+    (void)allow_tsc;
+}
+
 /* The same for the top-level dispatch driver (a second type, a second implementation). */
 static fastbind_send_fn fastbind_top_send_impl = NULL;
 

@@ -7,7 +7,6 @@ import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 from yarl import URL
 
 from .body import BodyInit
@@ -30,6 +29,7 @@ from .response import Response
 from .runtime import current_runtime
 
 if TYPE_CHECKING:
+    import aiohttp
     from .runtime import Runtime
 
 __all__ = ("fetch", "send", "MAX_REDIRECTS", "RedirectMode")
@@ -192,6 +192,8 @@ async def _hop(
     Inside a Worker it is a subrequest of ``invocation`` and holds a slot of the
     pipeline's gate while it waits for the headers.
     """
+    import aiohttp  # when first needed, as in http_client.new_session
+
     record = gate = None
     if invocation is not None:
         pipeline = invocation.pipeline

@@ -8,13 +8,13 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from yarl import URL
 
 from .errors import FetchError
 from .headers import Headers
 
 if TYPE_CHECKING:
+    import aiohttp
     from .runtime import Runtime
 
 __all__ = (
@@ -51,6 +51,10 @@ def check_timeout(value: object, what: str = "fetch() timeout") -> float:
 
 def new_session() -> aiohttp.ClientSession:
     """A ClientSession configured as the Fetch API behaves."""
+    # aiohttp is imported when first needed (here and below): `import fastbind`
+    # does not pay the ~120 ms it takes.
+    import aiohttp
+
     return aiohttp.ClientSession(
         # The per-pipeline gate bounds concurrency; a process-wide pool cap would make
         # unrelated pipelines queue behind each other's long downloads.
@@ -101,6 +105,8 @@ async def _close_session(
 @functools.lru_cache(maxsize=32)
 def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
     """aiohttp's form of a fetch timeout of ``seconds``."""
+    import aiohttp
+
     # ``connect`` covers DNS, TCP and TLS (and is free on a pooled connection);
     # ``sock_read`` every wait for data: the response headers, then each body chunk.
     return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
@@ -126,6 +132,8 @@ def response_headers(raw: Any) -> Headers:
 
 def network_error(exc: BaseException, url: Any, timeout: float) -> FetchError:
     """A FetchError that says what failed, on which URL, in words."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         what = f"timed out after {timeout:g} s while connecting to {url.host}:{url.port}"
     elif isinstance(exc, asyncio.TimeoutError):
@@ -181,6 +189,8 @@ class NetworkBody:
         return self
 
     async def __anext__(self) -> bytes:
+        import aiohttp
+
         if self._done:
             raise StopAsyncIteration
         try:
