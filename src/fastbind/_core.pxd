@@ -69,9 +69,9 @@ cdef class PipelineContext:
     cdef readonly long max_subrequests
     cdef readonly long open_connections
     cdef readonly double wait_until_s
-    cdef LedgerEntry* _entries
+    cdef LedgerEntry** _blocks   # see fastbind_ledger_block (_core_capi.h)
+    cdef int _n_blocks
     cdef Py_ssize_t _count
-    cdef Py_ssize_t _capacity
     cdef set _tasks
     cdef set _waiting
     cdef readonly long running

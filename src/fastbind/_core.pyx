@@ -5,7 +5,7 @@ cimport cython
 from cpython.exc cimport PyErr_ExceptionMatches, PyErr_Fetch, PyErr_Restore
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContextVar_Set
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime, timespec
@@ -43,6 +43,7 @@ cdef extern from "_core_capi.h":
     double fastbind_tick_rate() nogil
     int64_t fastbind_ticks_to_ns(int64_t ticks, double rate) nogil
     void fastbind_ticks_init(int allow_tsc)
+    int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t* offset) nogil
     int fastbind_throw(PyObject* coro, PyObject* exc, PyObject** result)
     object fastbind_pool_new(int which)
 
@@ -452,19 +453,24 @@ cdef class PipelineContext:
         self.cpu_ns = 0
         _live_pipelines += 1
 
-    # The ledger is a C array of entries: a binding call adds one without allocating
+    # The ledger is C blocks of entries: a binding call adds one without allocating
     # a Python object, and entries become SubrequestRecords only when read.
     cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
-        cdef Py_ssize_t capacity
-        cdef LedgerEntry* entries
-        if self._count == self._capacity:
-            capacity = self._capacity * 2 if self._capacity else 8
-            entries = <LedgerEntry*>PyMem_Realloc(self._entries, capacity * sizeof(LedgerEntry))
-            if entries == NULL:
+        cdef Py_ssize_t offset
+        cdef int k = fastbind_ledger_block(self._count, &offset)
+        cdef LedgerEntry** blocks
+        cdef LedgerEntry* block
+        if k == self._n_blocks:  # the last block is full (offset is 0): one more
+            blocks = <LedgerEntry**>PyMem_Realloc(self._blocks, (k + 1) * sizeof(LedgerEntry*))
+            if blocks == NULL:
                 raise MemoryError()
-            self._entries = entries
-            self._capacity = capacity
-        cdef LedgerEntry* e = &self._entries[self._count]
+            self._blocks = blocks
+            block = <LedgerEntry*>PyMem_Malloc((<Py_ssize_t>8 << k) * sizeof(LedgerEntry))
+            if block == NULL:
+                raise MemoryError()
+            blocks[k] = block
+            self._n_blocks = k + 1
+        cdef LedgerEntry* e = &self._blocks[k][offset]
         Py_INCREF(caller)
         e.caller = <PyObject*>caller
         Py_INCREF(target)
@@ -487,7 +493,7 @@ cdef class PipelineContext:
             return
         if index >= self._count:
             return
-        e = &self._entries[index]
+        e = _ledger_entry(self, index)
         if e.outcome == NULL:
             e.duration_ticks = fastbind_ticks() - e.start_ticks
             e.cpu_ns = cpu_ns if self.cpu_enabled else -1
@@ -503,7 +509,7 @@ cdef class PipelineContext:
         cdef Py_ssize_t i
         cdef double rate = fastbind_tick_rate()
         for i in range(self._count):
-            e = &self._entries[i]
+            e = _ledger_entry(self, i)
             rec = SubrequestRecord.__new__(SubrequestRecord)
             rec.caller = <str>e.caller
             rec.target = <str>e.target
@@ -596,13 +602,24 @@ cdef class PipelineContext:
         # An unclosed pipeline that is collected stays counted: a leak shows in
         # live_counts() (the twin behaves the same).
         cdef Py_ssize_t i
+        cdef LedgerEntry* e
         for i in range(self._count):
-            Py_XDECREF(self._entries[i].caller)
-            Py_XDECREF(self._entries[i].target)
-            Py_XDECREF(self._entries[i].kind)
-            Py_XDECREF(self._entries[i].outcome)
-        PyMem_Free(self._entries)
-        self._entries = NULL
+            e = _ledger_entry(self, i)
+            Py_XDECREF(e.caller)
+            Py_XDECREF(e.target)
+            Py_XDECREF(e.kind)
+            Py_XDECREF(e.outcome)
+        for i in range(self._n_blocks):
+            PyMem_Free(self._blocks[i])
+        PyMem_Free(self._blocks)
+        self._blocks = NULL
+        self._n_blocks = 0
+
+
+cdef inline LedgerEntry* _ledger_entry(PipelineContext pipeline, Py_ssize_t index) noexcept:
+    cdef Py_ssize_t offset
+    cdef int k = fastbind_ledger_block(index, &offset)
+    return &pipeline._blocks[k][offset]
 
 
 @cython.final

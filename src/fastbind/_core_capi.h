@@ -256,4 +256,20 @@ static void fastbind_ticks_init(int allow_tsc) {
     (void)allow_tsc;
 }
 
+/* The ledger's blocks: block k holds 8 << k entries, from index 8 * (2^k - 1). Entries
+   never move once written (no copy as the ledger grows, as a doubling array makes)
+   and a pipeline with one subrequest still allocates room for eight only. */
+static inline int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t *offset) {
+    unsigned long long q = ((unsigned long long)index >> 3) + 1;
+    int k;
+#if defined(__GNUC__) || defined(__clang__)
+    k = 63 - __builtin_clzll(q);
+#else
+    k = 0;
+    while (q >>= 1) k++;
+#endif
+    *offset = index - (Py_ssize_t)(8 * ((1ULL << k) - 1));
+    return k;
+}
+
 #endif
