@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import inspect
 from contextvars import ContextVar
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 
 from fastbind.entrypoint import WorkerEntrypoint
 from fastbind.env import MissingBindingError
@@ -50,6 +50,9 @@ cdef extern from "Python.h":
     object PyObject_GenericGetAttr(object obj, object name)
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     bint PyCoro_CheckExact(object obj)
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
+    PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    Py_ssize_t PyTuple_GET_SIZE(object t)
 
 IMPLEMENTATION = "c"
 
@@ -62,11 +65,12 @@ cdef object _CancelledError = asyncio.CancelledError
 cdef object _isolate = isolate
 cdef frozenset _RESERVED = RESERVED_METHODS
 cdef str _KIND_RPC = "rpc"
-cdef object _FunctionType = type(lambda: None)
+cdef object _FunctionType = FunctionType  # (a lambda here would be a Cython function)
 cdef object _Task = asyncio.Task
 cdef object _copy_context = contextvars.copy_context
 cdef object _EMPTY_PROPS = MappingProxyType({})
 cdef tuple _NO_ARGS = ()
+cdef enum: _STACK_ARGS = 7  # RPC calls with at most this many positional arguments skip the tuple
 cdef Py_ssize_t _REQ_URL = fastbind_slot_offset(Request, "url")
 cdef Py_ssize_t _REQ_METHOD = fastbind_slot_offset(Request, "method")
 cdef Py_ssize_t _REQ_HEADERS = fastbind_slot_offset(Request, "headers")
@@ -890,7 +894,7 @@ cdef class BindingCall:
 
     cdef int _call_method(self, InvocationContext inv) except -1:
         """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
-        args = self.rpc_args
+        cdef tuple args = self.rpc_args
         kwargs = self.rpc_kwargs
         self.rpc_args = None
         self.rpc_kwargs = None
@@ -900,7 +904,17 @@ cdef class BindingCall:
             self._keep_result(result)
             return 0
         instance = inv.handle.instantiate(inv)
-        if function is not None:  # a plain function: call it unbound, no bound method
+        cdef PyObject* stack[_STACK_ARGS + 1]
+        cdef Py_ssize_t i, n = PyTuple_GET_SIZE(args)
+        if function is not None and kwargs is None and n <= _STACK_ARGS:
+            # A plain function, called unbound with the instance first: no bound
+            # method and no argument tuple (args and instance hold the references).
+            stack[0] = <PyObject*>instance
+            for i in range(n):
+                stack[i + 1] = PyTuple_GET_ITEM(args, i)
+            self._keep_result(PyObject_Vectorcall(function, stack, n + 1, NULL))
+            return 0
+        if function is not None:
             args = (instance,) + args
         else:  # staticmethod, classmethod, callable object: ask the instance
             function = getattr(instance, self.rpc_name)
