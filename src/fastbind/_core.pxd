@@ -108,10 +108,14 @@ cdef class Fetcher:
 
 
 cdef class RpcMethod:
+    cdef void* _vectorcall  # _rpc_vectorcall: how Python calls it (no tuple, no kwargs dict)
     cdef Fetcher _fetcher
     cdef str _name
     cdef object _error      # the TypeError message when the name cannot be called
     cdef object _function   # the plain function on the class, called with the instance
+
+    cdef InvocationContext _caller(self)
+    cdef BindingCall _start(self, InvocationContext caller, tuple args, dict kwargs)
 
 
 cdef class BindingCall:
