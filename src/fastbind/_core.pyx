@@ -807,6 +807,16 @@ cdef object _rpc_vectorcall(object callable, PyObject** args, size_t nargsf, PyO
     cdef RpcMethod self = <RpcMethod>callable
     cdef InvocationContext caller = self._caller()
     cdef Py_ssize_t i, n = PyVectorcall_NARGS(nargsf)
+    cdef BindingCall call
+    if n <= 2 and (kwnames == NULL or PyTuple_GET_SIZE(<object>kwnames) == 0):
+        # The usual call: one or two arguments, kept in the call itself.
+        arg0 = None if n == 0 else _isolated(<object>args[0])
+        arg1 = None if n < 2 else _isolated(<object>args[1])
+        call = self._start(caller, None, None)
+        call.rpc_nargs = n
+        call.rpc_arg0 = arg0
+        call.rpc_arg1 = arg1
+        return call
     cdef tuple isolated = PyTuple_New(n)
     for i in range(n):
         value = _isolated(<object>args[i])
@@ -941,18 +951,29 @@ cdef class BindingCall:
 
     cdef int _call_method(self, InvocationContext inv) except -1:
         """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
-        cdef tuple args = self.rpc_args
+        cdef PyObject* stack[_STACK_ARGS + 1]
+        cdef Py_ssize_t i, n
+        function = self.rpc_function
+        if self.rpc_args is None and not self.custom and function is not None:
+            # One or two arguments in the call itself: the method straight from them.
+            instance = inv.handle.instantiate(inv)
+            stack[0] = <PyObject*>instance
+            stack[1] = <PyObject*>self.rpc_arg0
+            stack[2] = <PyObject*>self.rpc_arg1
+            self._keep_result(PyObject_Vectorcall(function, stack, self.rpc_nargs + 1, NULL))
+            self.rpc_arg0 = None
+            self.rpc_arg1 = None
+            return 0
+        cdef tuple args = self._rpc_arg_tuple()
         kwargs = self.rpc_kwargs
         self.rpc_args = None
         self.rpc_kwargs = None
-        function = self.rpc_function
         if self.custom:
             result = function(inv, *args, **kwargs) if kwargs else function(inv, *args)
             self._keep_result(result)
             return 0
         instance = inv.handle.instantiate(inv)
-        cdef PyObject* stack[_STACK_ARGS + 1]
-        cdef Py_ssize_t i, n = PyTuple_GET_SIZE(args)
+        n = PyTuple_GET_SIZE(args)
         if function is not None and kwargs is None and n <= _STACK_ARGS:
             # A plain function, called unbound with the instance first: no bound
             # method and no argument tuple (args and instance hold the references).
@@ -968,6 +989,15 @@ cdef class BindingCall:
         result = function(*args, **kwargs) if kwargs else function(*args)
         self._keep_result(result)
         return 0
+
+    cdef tuple _rpc_arg_tuple(self):
+        """The positional arguments as one tuple, wherever the call keeps them."""
+        if self.rpc_args is not None:
+            return self.rpc_args
+        args = (self.rpc_arg0, self.rpc_arg1)[:self.rpc_nargs]
+        self.rpc_arg0 = None
+        self.rpc_arg1 = None
+        return args
 
     cdef int _keep_result(self, object result) except -1:
         if PyCoro_CheckExact(result):
