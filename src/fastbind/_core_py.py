@@ -193,8 +193,12 @@ class WorkerHandle:
         self.env: Any = None
         if isinstance(handler, type) and issubclass(handler, WorkerEntrypoint):
             self._is_class = True
-            # Skipping __init__ is only safe when nobody overrode it.
-            self._fast_init = handler.__init__ is WorkerEntrypoint.__init__
+            # Skipping __new__ and __init__ is only safe when nobody overrode them.
+            self._fast_init = (
+                handler.__init__ is WorkerEntrypoint.__init__
+                and handler.__new__ is object.__new__
+                and not inspect.isabstract(handler)
+            )
         elif inspect.iscoroutinefunction(handler) or handler is None:
             self._is_class = False
             self._fast_init = False
