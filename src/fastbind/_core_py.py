@@ -790,7 +790,7 @@ class BindingCall:
         else:
             handle = inv._handle
             instance = handle.instantiate(inv)
-            method = handle._rpc.get(self._method)
+            method = handle._rpc.get(self._method)  # type: ignore[arg-type]
             if method is not None:  # a plain function: called unbound, no bound method
                 args = (instance, *args)
             else:  # staticmethod, classmethod, callable object: ask the instance
