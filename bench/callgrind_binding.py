@@ -1,15 +1,16 @@
-"""Instructions per call of a binding round trip and of a direct await, counted by callgrind.
+"""Instructions per call of a binding round trip, an RPC call and their floors, counted by callgrind.
 
 Timings on a small shared VM move by tens of percent from one run to the next;
 instruction counts do not. Each case runs in a process of its own under
 ``valgrind --tool=callgrind``: one warm-up dispatch, then one dispatch of a timing
 parent that makes N calls (the same parents as ``fastbind bench``: ``await
 env.CHILD.fetch(request)`` or ``await child(request, env, ctx)``, same Request, same
-child). Every case runs twice, with N = --calls and N = 5 x --calls, and the
+child; ``await env.CHILD.value(7)`` or ``await instance.value(7)`` on one existing
+instance of the same WorkerEntrypoint class, and their sync twins). Every case runs twice, with N = --calls and N = 5 x --calls, and the
 difference of the two totals over the difference of N is the count per call: start-up,
 imports, the Runtime and the dispatches themselves cancel out.
 
-    python bench/callgrind_binding.py [--calls 1000] [--json FILE]
+    python bench/callgrind_binding.py [--calls 1000] [--json FILE] [--only CASE ...]
 
 Needs valgrind on PATH; takes a few minutes (the interpreter runs about 50 times slower).
 """
@@ -26,11 +27,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-CASES = {  # name: (core, timing parent)
+CASES = {  # name: (core, timing parent); the parents of fastbind.benchmark
     "direct await": ("c", "floor"),
     "binding [c]": ("c", "binding"),
     "binding [py]": ("py", "binding"),
+    "direct method call": ("c", "method"),
+    "rpc [c]": ("c", "rpc"),
+    "rpc [py]": ("py", "rpc"),
+    "direct sync method call": ("c", "sync_method"),
+    "rpc sync [c]": ("c", "rpc_sync"),
 }
+RATIOS = (  # (case, reference): printed when both were counted
+    ("binding [c]", "direct await"),
+    ("binding [py]", "binding [c]"),
+    ("rpc [c]", "direct method call"),
+    ("rpc [py]", "rpc [c]"),
+    ("rpc sync [c]", "direct sync method call"),
+)
+RPC_WORKERS = frozenset(("method", "rpc", "sync_method", "rpc_sync"))
 SUMMARY = re.compile(rb"^summary:\s+(\d+)", re.MULTILINE)
 
 
@@ -39,9 +53,10 @@ def run_case(core: str, worker: str, calls: int) -> None:
     import uvloop
 
     from fastbind import _core_py, _impl
-    from fastbind.benchmark import round_trip_runtime, timed_dispatch
+    from fastbind.benchmark import round_trip_runtime, rpc_runtime, timed_dispatch
 
-    rt = round_trip_runtime(_impl.compiled if core == "c" else _core_py)
+    make_runtime = rpc_runtime if worker in RPC_WORKERS else round_trip_runtime
+    rt = make_runtime(_impl.compiled if core == "c" else _core_py)
 
     async def batches() -> None:
         await timed_dispatch(rt, worker, 100)
@@ -70,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--only", nargs="+", metavar="CASE", choices=list(CASES),
+                        help="count these cases only (default: all)")
     parser.add_argument("--run", nargs=3, metavar=("CORE", "WORKER", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -83,13 +100,13 @@ def main() -> None:
     low, high = args.calls, 5 * args.calls
     per_call: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for case in CASES:
+        for case in args.only or CASES:
             counts = [instructions(case, n, Path(tmp)) for n in (low, high)]
             per_call[case] = (counts[1] - counts[0]) / (high - low)
-            print(f"{case:14s} {per_call[case]:9,.0f} instructions per call", flush=True)
-    floor = per_call["direct await"]
-    print(f"binding [c] / direct await:  {per_call['binding [c]'] / floor:.2f}x")
-    print(f"binding [py] / binding [c]:  {per_call['binding [py]'] / per_call['binding [c]']:.2f}x")
+            print(f"{case:24s} {per_call[case]:9,.0f} instructions per call", flush=True)
+    for case, ref in RATIOS:
+        if case in per_call and ref in per_call:
+            print(f"{case} / {ref}: {per_call[case] / per_call[ref]:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"unit": "instructions per call", "calls": [low, high], "cases": per_call}, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""One call from a Worker to another: a binding on each core, the direct-await floor and the peers."""
+"""One call from a Worker to another: a binding and an RPC call on each core, their floors and the peers."""
 
 from __future__ import annotations
 
@@ -24,6 +24,20 @@ def test_floor_direct_await(benchmark: Any, run_batches: Any) -> None:
     """``await child(request, env, ctx)``: the same child and Request, in the same kind of parent."""
     rt = fb.round_trip_runtime(_impl.core)
     run_batches(lambda calls: fb.timed_dispatch(rt, "floor", calls))
+
+
+@pytest.mark.benchmark(group="rpc")
+def test_rpc(benchmark: Any, core: Any, run_batches: Any) -> None:
+    """``await env.CHILD.value(7)``: a new RpcChild per call, its async method returning the int."""
+    rt = fb.rpc_runtime(core)
+    run_batches(lambda calls: fb.timed_dispatch(rt, "rpc", calls))
+
+
+@pytest.mark.benchmark(group="rpc")
+def test_floor_direct_method_call(benchmark: Any, run_batches: Any) -> None:
+    """``await instance.value(7)``: the same async method on one existing RpcChild."""
+    rt = fb.rpc_runtime(_impl.core)
+    run_batches(lambda calls: fb.timed_dispatch(rt, "method", calls))
 
 
 @pytest.mark.benchmark(group="round trip")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fastbind import benchmark
 
-CASES = ["direct await", "binding [c]", "binding [py]", "raw ASGI by hand",
-         "httpx ASGITransport", "aiohttp loopback"]
+CASES = ["direct await", "binding [c]", "binding [py]", "direct method call", "rpc [c]", "rpc [py]",
+         "raw ASGI by hand", "httpx ASGITransport", "aiohttp loopback"]
 
 
 def test_quick_run_prints_the_table_and_saves_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,9 +22,10 @@ def test_quick_run_prints_the_table_and_saves_json(tmp_path: Path, capsys: pytes
     lines = capsys.readouterr().out.splitlines()
     head = lines[1].split()
     assert head[:5] == ["case", "median", "ns/op", "min", "max"]
-    assert "x floor" in lines[1] and "x raw ASGI" in lines[1]
+    assert "x floor" in lines[1] and "x method" in lines[1] and "x raw ASGI" in lines[1]
     rows = {case: next(line for line in lines if line.startswith(case)) for case in CASES}
-    assert rows["direct await"].split()[-4] == "1"  # the floor against itself
+    assert rows["direct await"].split()[-5] == "1"  # each floor against itself
+    assert rows["direct method call"].split()[-4] == "1"
     assert sum(line.startswith("target: ") for line in lines) == len(benchmark.TARGETS)
 
     report = json.loads(out.read_text())
@@ -37,6 +39,7 @@ def test_quick_run_prints_the_table_and_saves_json(tmp_path: Path, capsys: pytes
         assert case["min"] <= case["median"] <= case["max"]
         assert len(case["samples"]) == 1
         assert case["ratios"]["direct await"] > 0
+        assert case["ratios"]["direct method call"] > 0
     assert [t["target"] for t in report["targets"]] == [t.title for t in benchmark.TARGETS]
 
 
@@ -56,3 +59,15 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         benchmark.main(["--quick", "--plot", "chart.png"])
     assert exit_.value.code == 2
     assert "pip install 'fastbind[plot]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("worker", ["rpc", "rpc_sync", "method", "sync_method"])
+def test_rpc_timing_parents(core: Any, run: Any, worker: str) -> None:
+    """Each RPC timing parent makes its calls and reports a time; RPC calls are in the ledger."""
+    rt = benchmark.rpc_runtime(core)
+    reports: list[Any] = []
+    rt.on_pipeline_end = reports.append
+    assert run(benchmark.timed_dispatch(rt, worker, 5)) >= 0
+    records = [(r.caller, r.target, r.kind, r.outcome) for r in reports[0].subrequests]
+    calls = [(worker, "rpc_child", "rpc", "ok")] * 5 if worker.startswith("rpc") else []
+    assert records == calls

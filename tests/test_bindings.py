@@ -377,6 +377,33 @@ def test_ledger_times_are_nanoseconds_on_the_monotonic_clock(core, run) -> None:
     assert first.start_ns + first.duration_ns + second.duration_ns <= report.start_ns + report.duration_ns
 
 
+def test_ledger_keeps_every_entry_of_a_long_pipeline_in_order(core, run) -> None:
+    # 300 entries span several of the compiled ledger's blocks (8, 16, 32, ... entries).
+    async def leaf(request, env, ctx):
+        if request.headers.get("x-fail"):
+            raise ValueError("no")
+        return Response(None)
+
+    async def top(request, env, ctx):
+        for i in range(300):
+            try:
+                await env.LEAF.fetch("https://e/", headers={"x-fail": "1"} if i % 7 == 0 else None)
+            except ValueError:
+                pass
+        return Response(None)
+
+    reports, hook = collect()
+    rt = Runtime(on_pipeline_end=hook)
+    rt.add_worker("top", top, services={"LEAF": "leaf"})
+    rt.add_worker("leaf", leaf)
+    run(rt.dispatch("top", Request("https://e/")))
+    (report,) = reports
+    outcomes = [r.outcome for r in report.subrequests]
+    assert outcomes == ["error" if i % 7 == 0 else "ok" for i in range(300)]
+    starts = [r.start_ns for r in report.subrequests]
+    assert starts == sorted(starts)
+
+
 def test_spawned_tasks_belong_to_the_spawning_invocation(core, run) -> None:
     seen: list[tuple[str, int]] = []
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import weakref
 from typing import Any
 
 import pytest
@@ -227,3 +229,156 @@ def test_rpc_depth_subrequests_and_ledger(core, run) -> None:
     assert {r.kind for r in ledger} == {"rpc"}
     assert max(r.depth for r in ledger) == 4
     assert [r.outcome for r in ledger if r.caller == "gateway"] == ["error", "error", "ok"]
+
+
+class Plain(WorkerEntrypoint):
+    """No __init__: the runtime sets env and ctx on each new instance itself."""
+
+    seen: list[Any] = []
+
+    async def echo(self, *args: Any, **kwargs: Any) -> list[Any]:
+        Plain.seen.append(self)
+        return [list(args), kwargs, self.env.REGION, self.ctx.depth]
+
+    def echo_sync(self, a: Any = None, b: Any = None) -> list[Any]:
+        return [a, b, self.env.REGION]
+
+    async def grow(self, items: list[int]) -> list[int]:
+        items.append(len(items))
+        return items
+
+    async def remember(self) -> list[Any]:
+        self.note = "kept"  # a subclass still has a __dict__ and weak references
+        return [self.note, "note" in vars(self), weakref.ref(self)() is self]
+
+    @staticmethod
+    def twice(x: int, y: int = 0) -> int:
+        return 2 * x + y
+
+    @classmethod
+    def named(cls, suffix: str = "") -> str:
+        return cls.__name__ + suffix
+
+
+class Hidden(WorkerEntrypoint):
+    env = None  # a class attribute hides the env slot: the runtime sets it as any code would
+
+    async def region(self) -> str:
+        return str(self.env.REGION)
+
+
+class Counted(WorkerEntrypoint):
+    made = 0
+
+    def __new__(cls, *args: Any) -> Counted:  # an overridden __new__ runs for each call
+        Counted.made += 1
+        return super().__new__(cls)
+
+    async def count(self) -> int:
+        return Counted.made
+
+
+def test_arguments_in_every_shape(core, run) -> None:
+    Plain.seen.clear()
+    Counted.made = 0
+    rt = Runtime()
+    rt.add_worker("plain", Plain, vars={"REGION": "eu"})
+    rt.add_worker("hidden", Hidden, vars={"REGION": "us"})
+    rt.add_worker("counted", Counted)
+
+    async def body(env):
+        echo = env.PLAIN.echo
+        many = list(range(9))  # more than fit on the stack of a call
+        items = [0]
+        out = [
+            await echo(),
+            await echo(1),
+            await echo(1, "two"),
+            await echo(1, "two", None),
+            await echo(*many),
+            await echo(1, key="k"),
+            await env.PLAIN.echo_sync(),
+            await env.PLAIN.echo_sync(1),
+            await env.PLAIN.echo_sync(1, b=2),
+            await env.PLAIN.grow(items),
+            items,
+            await env.PLAIN.twice(3),
+            await env.PLAIN.twice(3, 1),
+            await env.PLAIN.named(),
+            await env.PLAIN.named("!"),
+            await type(echo).__call__(echo, 1, "two"),  # the tuple-and-dict way in
+            await type(echo).__call__(echo, 1, key="k"),
+            await env.PLAIN.remember(),
+            await env.HIDDEN.region(),
+            await env.COUNTED.count(),
+            await env.COUNTED.count(),
+        ]
+        return out
+
+    async def gateway(request, env, ctx):
+        return Response.json(await body(env))
+
+    rt.add_worker("gateway", gateway, services={"PLAIN": "plain", "HIDDEN": "hidden", "COUNTED": "counted"})
+
+    async def main():
+        resp = await rt.dispatch("gateway", Request("https://e/"))
+        return resp.status, await resp.json()
+
+    status, out = run(main())
+    assert status == 200
+    assert out == [
+        [[], {}, "eu", 2],
+        [[1], {}, "eu", 2],
+        [[1, "two"], {}, "eu", 2],
+        [[1, "two", None], {}, "eu", 2],
+        [list(range(9)), {}, "eu", 2],
+        [[1], {"key": "k"}, "eu", 2],
+        [None, None, "eu"],
+        [1, None, "eu"],
+        [1, 2, "eu"],
+        [0, 1],
+        [0],  # the callee grew its own copy
+        6,
+        7,
+        "Plain",
+        "Plain!",
+        [[1, "two"], {}, "eu", 2],
+        [[1], {"key": "k"}, "eu", 2],
+        ["kept", True, True],
+        "us",
+        1,
+        2,
+    ]
+    assert len(Plain.seen) == 8 and len({id(i) for i in Plain.seen}) == 8  # a new one per call
+    assert all(isinstance(i, Plain) and "env" not in vars(i) for i in Plain.seen)
+
+
+def test_worker_entrypoint_instances_keep_attributes(core) -> None:
+    entry = Plain(ctx="the ctx", env="the env")
+    entry.extra = 1
+    assert (entry.ctx, entry.env, entry.extra) == ("the ctx", "the env", 1)
+    assert weakref.ref(entry)() is entry
+    base = WorkerEntrypoint("c", "e")
+    base.anything = True  # the base class itself takes attributes too
+    assert (base.ctx, base.env, base.anything) == ("c", "e", True)
+
+
+class Abstract(WorkerEntrypoint, metaclass=abc.ABCMeta):
+    @abc.abstractmethod
+    def missing(self) -> None: ...
+
+    async def value(self) -> int:  # pragma: no cover - the class cannot be instantiated
+        return 1
+
+
+def test_an_abstract_entrypoint_is_not_instantiated(core, run) -> None:
+    rt = Runtime()
+    rt.add_worker("abstract", Abstract)
+
+    async def gateway(request, env, ctx):
+        with pytest.raises(TypeError, match="abstract"):
+            await env.ABSTRACT.value()
+        return Response("ok")
+
+    rt.add_worker("gateway", gateway, services={"ABSTRACT": "abstract"})
+    assert run(rt.dispatch("gateway", Request("https://e/"))).status == 200

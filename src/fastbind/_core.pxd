@@ -69,9 +69,9 @@ cdef class PipelineContext:
     cdef readonly long max_subrequests
     cdef readonly long open_connections
     cdef readonly double wait_until_s
-    cdef LedgerEntry* _entries
+    cdef LedgerEntry** _blocks   # see fastbind_ledger_block (_core_capi.h)
+    cdef int _n_blocks
     cdef Py_ssize_t _count
-    cdef Py_ssize_t _capacity
     cdef set _tasks
     cdef set _waiting
     cdef readonly long running
@@ -115,10 +115,14 @@ cdef class Fetcher:
 
 
 cdef class RpcMethod:
+    cdef void* _vectorcall  # _rpc_vectorcall: how Python calls it (no tuple, no kwargs dict)
     cdef Fetcher _fetcher
     cdef str _name
     cdef object _error      # the TypeError message when the name cannot be called
     cdef object _function   # the plain function on the class, called with the instance
+
+    cdef InvocationContext _caller(self)
+    cdef BindingCall _start(self, InvocationContext caller, tuple args, dict kwargs)
 
 
 cdef class BindingCall:
@@ -134,13 +138,17 @@ cdef class BindingCall:
     cdef bint custom        # rpc_function(ctx, *args) rather than a method of a new instance
     cdef bint borrowed      # runs code as an existing invocation (InvocationContext.run)
     cdef object slot_token  # set when run() had to give the awaiting task a slot
-    cdef tuple rpc_args
+    cdef tuple rpc_args     # None when the arguments are in rpc_arg0/rpc_arg1
     cdef dict rpc_kwargs
+    cdef object rpc_arg0    # an RPC call's first two positional arguments (no tuple)
+    cdef object rpc_arg1
+    cdef Py_ssize_t rpc_nargs
     cdef object immediate
 
     cdef int _enter(self) except -1
     cdef int _call_method(self, InvocationContext inv) except -1
     cdef int _keep_result(self, object result) except -1
+    cdef tuple _rpc_arg_tuple(self)
     cdef void _exit(self, str outcome) noexcept
     cdef object _check_result(self, object value)
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1

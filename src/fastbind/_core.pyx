@@ -5,8 +5,9 @@ cimport cython
 from cpython.exc cimport PyErr_ExceptionMatches, PyErr_Fetch, PyErr_Restore
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContextVar_Set
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime, timespec
 
@@ -15,7 +16,7 @@ import contextvars
 import inspect
 import os
 from contextvars import ContextVar
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 
 from fastbind.entrypoint import WorkerEntrypoint
 from fastbind.env import MissingBindingError
@@ -36,6 +37,7 @@ cdef extern from "_core_capi.h":
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
+    object fastbind_alloc_instance(object type)
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
     int fastbind_pool_install(int which, object type, tuple names) except -1
     PyObject* fastbind_call3(PyObject* f, PyObject* a, PyObject* b, PyObject* c)
@@ -43,8 +45,10 @@ cdef extern from "_core_capi.h":
     double fastbind_tick_rate() nogil
     int64_t fastbind_ticks_to_ns(int64_t ticks, double rate) nogil
     void fastbind_ticks_init(int allow_tsc)
+    int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t* offset) nogil
     int fastbind_throw(PyObject* coro, PyObject* exc, PyObject** result)
     object fastbind_pool_new(int which)
+    int fastbind_install_vectorcall(object type, Py_ssize_t offset) except -1
 
 cdef extern from "pthread.h" nogil:
     ctypedef unsigned long pthread_t
@@ -61,6 +65,10 @@ cdef extern from "Python.h":
     object PyObject_GenericGetAttr(object obj, object name)
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     bint PyCoro_CheckExact(object obj)
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
+    PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    Py_ssize_t PyTuple_GET_SIZE(object t)
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
 
 IMPLEMENTATION = "c"
 
@@ -73,11 +81,12 @@ cdef object _CancelledError = asyncio.CancelledError
 cdef object _isolate = isolate
 cdef frozenset _RESERVED = RESERVED_METHODS
 cdef str _KIND_RPC = "rpc"
-cdef object _FunctionType = type(lambda: None)
+cdef object _FunctionType = FunctionType  # (a lambda here would be a Cython function)
 cdef object _Task = asyncio.Task
 cdef object _copy_context = contextvars.copy_context
 cdef object _EMPTY_PROPS = MappingProxyType({})
 cdef tuple _NO_ARGS = ()
+cdef enum: _STACK_ARGS = 7  # RPC calls with at most this many positional arguments skip the tuple
 cdef Py_ssize_t _REQ_URL = fastbind_slot_offset(Request, "url")
 cdef Py_ssize_t _REQ_METHOD = fastbind_slot_offset(Request, "method")
 cdef Py_ssize_t _REQ_HEADERS = fastbind_slot_offset(Request, "headers")
@@ -89,6 +98,10 @@ cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
 cdef bint _POOLED_REQUEST = fastbind_pool_install(0, Request, tuple(Request.__slots__))
 cdef bint _POOLED_HEADERS = fastbind_pool_install(1, Headers, tuple(Headers.__slots__))
 cdef str _FETCH_NAME = "fetch"
+cdef Py_ssize_t _EP_ENV = fastbind_slot_offset(WorkerEntrypoint, "env")
+cdef Py_ssize_t _EP_CTX = fastbind_slot_offset(WorkerEntrypoint, "ctx")
+cdef object _EP_ENV_SLOT = WorkerEntrypoint.__dict__["env"]
+cdef object _EP_CTX_SLOT = WorkerEntrypoint.__dict__["ctx"]
 cdef str _KIND_REQUEST = "request"
 cdef str _KIND_BINDING = "binding"
 cdef str _KIND_FETCH = "fetch"
@@ -334,8 +347,15 @@ cdef class WorkerHandle:
         self.env = None
         if isinstance(handler, type) and issubclass(handler, WorkerEntrypoint):
             self.is_class = True
-            # Skipping __init__ is only safe when nobody overrode it.
-            self.fast_init = handler.__init__ is WorkerEntrypoint.__init__
+            # Skipping __new__ and __init__ is only safe when nobody overrode them, and
+            # env and ctx can go straight to their slots when the class did not hide them.
+            self.fast_init = (
+                handler.__init__ is WorkerEntrypoint.__init__
+                and handler.__new__ is object.__new__
+                and not inspect.isabstract(handler)
+                and inspect.getattr_static(handler, "env", None) is _EP_ENV_SLOT
+                and inspect.getattr_static(handler, "ctx", None) is _EP_CTX_SLOT
+            )
         elif inspect.iscoroutinefunction(handler):
             self.is_class = False
             self.fast_init = False
@@ -368,9 +388,9 @@ cdef class WorkerHandle:
 
     cdef object instantiate(self, InvocationContext ctx):
         if self.fast_init:
-            inst = PyBaseObject_Type_new(<PyTypeObject*>self.handler, _NO_ARGS, NULL)
-            inst.ctx = ctx
-            inst.env = self.env
+            inst = fastbind_alloc_instance(self.handler)
+            fastbind_slot_set(inst, _EP_CTX, ctx)
+            fastbind_slot_set(inst, _EP_ENV, self.env)
             return inst
         return self.handler(ctx, self.env)
 
@@ -452,19 +472,24 @@ cdef class PipelineContext:
         self.cpu_ns = 0
         _live_pipelines += 1
 
-    # The ledger is a C array of entries: a binding call adds one without allocating
+    # The ledger is C blocks of entries: a binding call adds one without allocating
     # a Python object, and entries become SubrequestRecords only when read.
     cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
-        cdef Py_ssize_t capacity
-        cdef LedgerEntry* entries
-        if self._count == self._capacity:
-            capacity = self._capacity * 2 if self._capacity else 8
-            entries = <LedgerEntry*>PyMem_Realloc(self._entries, capacity * sizeof(LedgerEntry))
-            if entries == NULL:
+        cdef Py_ssize_t offset
+        cdef int k = fastbind_ledger_block(self._count, &offset)
+        cdef LedgerEntry** blocks
+        cdef LedgerEntry* block
+        if k == self._n_blocks:  # the last block is full (offset is 0): one more
+            blocks = <LedgerEntry**>PyMem_Realloc(self._blocks, (k + 1) * sizeof(LedgerEntry*))
+            if blocks == NULL:
                 raise MemoryError()
-            self._entries = entries
-            self._capacity = capacity
-        cdef LedgerEntry* e = &self._entries[self._count]
+            self._blocks = blocks
+            block = <LedgerEntry*>PyMem_Malloc((<Py_ssize_t>8 << k) * sizeof(LedgerEntry))
+            if block == NULL:
+                raise MemoryError()
+            blocks[k] = block
+            self._n_blocks = k + 1
+        cdef LedgerEntry* e = &self._blocks[k][offset]
         Py_INCREF(caller)
         e.caller = <PyObject*>caller
         Py_INCREF(target)
@@ -487,7 +512,7 @@ cdef class PipelineContext:
             return
         if index >= self._count:
             return
-        e = &self._entries[index]
+        e = _ledger_entry(self, index)
         if e.outcome == NULL:
             e.duration_ticks = fastbind_ticks() - e.start_ticks
             e.cpu_ns = cpu_ns if self.cpu_enabled else -1
@@ -503,7 +528,7 @@ cdef class PipelineContext:
         cdef Py_ssize_t i
         cdef double rate = fastbind_tick_rate()
         for i in range(self._count):
-            e = &self._entries[i]
+            e = _ledger_entry(self, i)
             rec = SubrequestRecord.__new__(SubrequestRecord)
             rec.caller = <str>e.caller
             rec.target = <str>e.target
@@ -596,13 +621,24 @@ cdef class PipelineContext:
         # An unclosed pipeline that is collected stays counted: a leak shows in
         # live_counts() (the twin behaves the same).
         cdef Py_ssize_t i
+        cdef LedgerEntry* e
         for i in range(self._count):
-            Py_XDECREF(self._entries[i].caller)
-            Py_XDECREF(self._entries[i].target)
-            Py_XDECREF(self._entries[i].kind)
-            Py_XDECREF(self._entries[i].outcome)
-        PyMem_Free(self._entries)
-        self._entries = NULL
+            e = _ledger_entry(self, i)
+            Py_XDECREF(e.caller)
+            Py_XDECREF(e.target)
+            Py_XDECREF(e.kind)
+            Py_XDECREF(e.outcome)
+        for i in range(self._n_blocks):
+            PyMem_Free(self._blocks[i])
+        PyMem_Free(self._blocks)
+        self._blocks = NULL
+        self._n_blocks = 0
+
+
+cdef inline LedgerEntry* _ledger_entry(PipelineContext pipeline, Py_ssize_t index) noexcept:
+    cdef Py_ssize_t offset
+    cdef int k = fastbind_ledger_block(index, &offset)
+    return &pipeline._blocks[k][offset]
 
 
 @cython.final
@@ -767,42 +803,84 @@ cdef inline object _isolated(object value):
 cdef class RpcMethod:
     """``env.X.name``: calling it runs method ``name`` of the bound Worker in place."""
 
+    def __cinit__(self):
+        self._vectorcall = <void*>_rpc_vectorcall
+
     def __init__(self):
         raise TypeError("RpcMethod is created by a Fetcher only")
 
     def __call__(self, *args, **kwargs):
-        cdef str name = self._name
+        # Calls from Python take _rpc_vectorcall; this serves PyObject_Call.
+        cdef InvocationContext caller = self._caller()
+        cdef Py_ssize_t i, n = len(args)
+        cdef tuple isolated = PyTuple_New(n)
+        for i in range(n):
+            value = _isolated(args[i])
+            Py_INCREF(value)
+            PyTuple_SET_ITEM(isolated, i, value)
+        return self._start(caller, isolated, {k: _isolated(v) for k, v in kwargs.items()} if kwargs else None)
+
+    cdef InvocationContext _caller(self):
+        """The running invocation, once the name is known to be callable."""
         if self._error is not None:
             raise TypeError(self._error)
-        cdef Fetcher fetcher = self._fetcher
-        cdef WorkerHandle target = fetcher._target
         cdef InvocationContext caller = _current()
         if caller is None:
             raise FastbindError(
-                f"env.{fetcher._binding}.{name}() was called outside a fastbind invocation"
+                f"env.{self._fetcher._binding}.{self._name}() was called outside a fastbind invocation"
             )
-        cdef Py_ssize_t i, n = len(args)
-        cdef list copied = None
-        for i in range(n):
-            value = _isolated(args[i])
-            if value is not args[i] and copied is None:
-                copied = list(args)
-            if copied is not None:
-                copied[i] = value
-        if copied is not None:
-            args = tuple(copied)
-        if kwargs:
-            kwargs = {k: _isolated(v) for k, v in kwargs.items()}
-        inv = caller._child(target, _KIND_RPC, fetcher._props)
+        return caller
+
+    cdef BindingCall _start(self, InvocationContext caller, tuple args, dict kwargs):
+        """The child invocation (depth, subrequest, ledger) and the awaitable that runs it."""
+        inv = caller._child(self._fetcher._target, _KIND_RPC, self._fetcher._props)
         cdef BindingCall call = _new_call(inv, None, False)
-        call.rpc_name = name
+        call.rpc_name = self._name
         call.rpc_function = self._function
         call.rpc_args = args
-        call.rpc_kwargs = kwargs if kwargs else None
+        call.rpc_kwargs = kwargs
         return call
 
     def __repr__(self):
         return f"<RpcMethod {self._fetcher._binding}.{self._name}>"
+
+
+cdef object _rpc_vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames):
+    """``env.X.name(...)`` from Python: the arguments come as a C array, isolated into one tuple."""
+    cdef RpcMethod self = <RpcMethod>callable
+    cdef InvocationContext caller = self._caller()
+    cdef Py_ssize_t i, n = PyVectorcall_NARGS(nargsf)
+    cdef BindingCall call
+    if n <= 2 and (kwnames == NULL or PyTuple_GET_SIZE(<object>kwnames) == 0):
+        # The usual call: one or two arguments, kept in the call itself.
+        arg0 = None if n == 0 else _isolated(<object>args[0])
+        arg1 = None if n < 2 else _isolated(<object>args[1])
+        call = self._start(caller, None, None)
+        call.rpc_nargs = n
+        call.rpc_arg0 = arg0
+        call.rpc_arg1 = arg1
+        return call
+    cdef tuple isolated = PyTuple_New(n)
+    for i in range(n):
+        value = _isolated(<object>args[i])
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(isolated, i, value)
+    cdef dict kwargs = None
+    cdef tuple names
+    if kwnames != NULL:
+        names = <tuple>kwnames
+        if names:
+            kwargs = {names[i]: _isolated(<object>args[n + i]) for i in range(len(names))}
+    return self._start(caller, isolated, kwargs)
+
+
+cdef int _install_rpc_vectorcall() except -1:
+    cdef RpcMethod probe = RpcMethod.__new__(RpcMethod)
+    return fastbind_install_vectorcall(
+        RpcMethod, <char*>&probe._vectorcall - <char*><PyObject*>probe)
+
+
+_install_rpc_vectorcall()
 
 
 def call_child(WorkerHandle target not None, str kind not None, function, tuple args=(),
@@ -930,23 +1008,53 @@ cdef class BindingCall:
 
     cdef int _call_method(self, InvocationContext inv) except -1:
         """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
-        args = self.rpc_args
+        cdef PyObject* stack[_STACK_ARGS + 1]
+        cdef Py_ssize_t i, n
+        function = self.rpc_function
+        if self.rpc_args is None and not self.custom and function is not None:
+            # One or two arguments in the call itself: the method straight from them.
+            instance = inv.handle.instantiate(inv)
+            stack[0] = <PyObject*>instance
+            stack[1] = <PyObject*>self.rpc_arg0
+            stack[2] = <PyObject*>self.rpc_arg1
+            self._keep_result(PyObject_Vectorcall(function, stack, self.rpc_nargs + 1, NULL))
+            self.rpc_arg0 = None
+            self.rpc_arg1 = None
+            return 0
+        cdef tuple args = self._rpc_arg_tuple()
         kwargs = self.rpc_kwargs
         self.rpc_args = None
         self.rpc_kwargs = None
-        function = self.rpc_function
         if self.custom:
             result = function(inv, *args, **kwargs) if kwargs else function(inv, *args)
             self._keep_result(result)
             return 0
         instance = inv.handle.instantiate(inv)
-        if function is not None:  # a plain function: call it unbound, no bound method
+        n = PyTuple_GET_SIZE(args)
+        if function is not None and kwargs is None and n <= _STACK_ARGS:
+            # A plain function, called unbound with the instance first: no bound
+            # method and no argument tuple (args and instance hold the references).
+            stack[0] = <PyObject*>instance
+            for i in range(n):
+                stack[i + 1] = PyTuple_GET_ITEM(args, i)
+            self._keep_result(PyObject_Vectorcall(function, stack, n + 1, NULL))
+            return 0
+        if function is not None:
             args = (instance,) + args
         else:  # staticmethod, classmethod, callable object: ask the instance
             function = getattr(instance, self.rpc_name)
         result = function(*args, **kwargs) if kwargs else function(*args)
         self._keep_result(result)
         return 0
+
+    cdef tuple _rpc_arg_tuple(self):
+        """The positional arguments as one tuple, wherever the call keeps them."""
+        if self.rpc_args is not None:
+            return self.rpc_args
+        args = (self.rpc_arg0, self.rpc_arg1)[:self.rpc_nargs]
+        self.rpc_arg0 = None
+        self.rpc_arg1 = None
+        return args
 
     cdef int _keep_result(self, object result) except -1:
         if PyCoro_CheckExact(result):

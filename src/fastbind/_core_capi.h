@@ -42,6 +42,27 @@ static inline void fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v)
     Py_XDECREF(old);
 }
 
+/* A new instance of a plain class without running __new__ or __init__ (what
+   PyType_GenericNew does: tp_alloc, then any dict is made when first needed). */
+static inline PyObject *fastbind_alloc_instance(PyObject *type) {
+    return PyType_GenericNew((PyTypeObject *)type, NULL, NULL);
+}
+
+/* Give instances of ``type`` a vectorcall entry point, stored at ``offset`` in each
+   instance: a call from Python then passes its arguments as a C array, where tp_call
+   would pack them in a tuple and the keywords in a dict. tp_call stays for
+   PyObject_Call. */
+static int fastbind_install_vectorcall(PyObject *type, Py_ssize_t offset) {
+    PyTypeObject *t = (PyTypeObject *)type;
+    if (offset <= 0 || t->tp_call == NULL) {
+        PyErr_SetString(PyExc_TypeError, "no vectorcall slot");
+        return -1;
+    }
+    t->tp_vectorcall_offset = offset;
+    t->tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL;
+    return 0;
+}
+
 /* am_send lets `await binding_call` hand back the child's Response without raising
    StopIteration: PyIter_Send (the SEND opcode) uses it when the type has it. */
 typedef int (*fastbind_send_fn)(PyObject *, PyObject *, PyObject **);
@@ -254,6 +275,22 @@ static void fastbind_ticks_init(int allow_tsc) {
     }
 #endif
     (void)allow_tsc;
+}
+
+/* The ledger's blocks: block k holds 8 << k entries, from index 8 * (2^k - 1). Entries
+   never move once written (no copy as the ledger grows, as a doubling array makes)
+   and a pipeline with one subrequest still allocates room for eight only. */
+static inline int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t *offset) {
+    unsigned long long q = ((unsigned long long)index >> 3) + 1;
+    int k;
+#if defined(__GNUC__) || defined(__clang__)
+    k = 63 - __builtin_clzll(q);
+#else
+    k = 0;
+    while (q >>= 1) k++;
+#endif
+    *offset = index - (Py_ssize_t)(8 * ((1ULL << k) - 1));
+    return k;
 }
 
 /* The same for the top-level dispatch driver (a second type, a second implementation). */

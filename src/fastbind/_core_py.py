@@ -9,7 +9,7 @@ import inspect
 import threading
 import time
 from contextvars import ContextVar
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 from typing import Any
 
 from .entrypoint import WorkerEntrypoint
@@ -23,7 +23,13 @@ from .errors import (
 from .request import Request
 from .request import forward_request as _forward
 from .response import Response
-from .rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
+from .rpc_values import (
+    RESERVED_METHODS,
+    SCALAR_TYPES,
+    isolate,
+    reserved_message,
+    unknown_message,
+)
 
 __all__ = (
     "IMPLEMENTATION",
@@ -190,14 +196,18 @@ class WorkerHandle:
         self.env: Any = None
         if isinstance(handler, type) and issubclass(handler, WorkerEntrypoint):
             self._is_class = True
-            # Skipping __init__ is only safe when nobody overrode it.
-            self._fast_init = handler.__init__ is WorkerEntrypoint.__init__
+            # Skipping __new__ and __init__ is only safe when nobody overrode them.
+            self._fast_init = (
+                handler.__init__ is WorkerEntrypoint.__init__
+                and handler.__new__ is object.__new__
+                and not inspect.isabstract(handler)
+            )
         elif inspect.iscoroutinefunction(handler) or handler is None:
             self._is_class = False
             self._fast_init = False
         else:
             raise TypeError(name)
-        self._rpc: dict[str, bool] = {}
+        self._rpc: dict[str, Any] = {}
 
     @staticmethod
     def for_target(name: str, env: Any) -> WorkerHandle:
@@ -212,7 +222,10 @@ class WorkerHandle:
             return True
         attr = getattr(self._handler, name, None) if self._is_class else None
         if callable(attr) and not isinstance(attr, type):
-            self._rpc[name] = True  # only methods that exist: names may come from clients
+            # Only methods that exist: names may come from clients. The value is the
+            # plain function behind the method, called with the instance, or None.
+            static = inspect.getattr_static(self._handler, name, None)
+            self._rpc[name] = static if type(static) is FunctionType else None
             return True
         return False
 
@@ -563,30 +576,37 @@ class Fetcher:
 class RpcMethod:
     """``env.X.name``: calling it runs method ``name`` of the bound Worker in place."""
 
-    __slots__ = ("_fetcher", "_name")
+    __slots__ = ("_fetcher", "_name", "_error")
 
     def __init__(self, fetcher: Fetcher, name: str) -> None:
         self._fetcher = fetcher
         self._name = name
+        # Decided once per binding and name: the class's methods do not change per call.
+        if name in RESERVED_METHODS or name.startswith("_"):
+            self._error: str | None = reserved_message(name)
+        elif not fetcher._target.has_rpc_method(name):
+            self._error = unknown_message(name)
+        else:
+            self._error = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> BindingCall:
-        name = self._name
-        if name in RESERVED_METHODS or name.startswith("_"):
-            raise TypeError(reserved_message(name))
+        if self._error is not None:
+            raise TypeError(self._error)
         fetcher = self._fetcher
-        target = fetcher._target
-        if not target.has_rpc_method(name):
-            raise TypeError(unknown_message(name))
         slot = _SLOT.get()
         caller = None if slot is None else slot.current
         if caller is None:
             raise FastbindError(
-                f"env.{fetcher._binding}.{name}() was called outside a fastbind invocation"
+                f"env.{fetcher._binding}.{self._name}() was called outside a fastbind invocation"
             )
-        args = isolate(args)
-        kwargs = {k: isolate(v) for k, v in kwargs.items()} if kwargs else kwargs
-        inv = caller._child(target, "rpc", fetcher._props)
-        return BindingCall(inv, None, False, name, args, kwargs)
+        for value in args:  # scalars, the usual arguments, pass as they are
+            if type(value) not in SCALAR_TYPES:
+                args = tuple([isolate(v) for v in args])
+                break
+        if kwargs:
+            kwargs = {k: isolate(v) for k, v in kwargs.items()}
+        inv = caller._child(fetcher._target, "rpc", fetcher._props)
+        return BindingCall(inv, None, False, self._name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<RpcMethod {self._fetcher._binding}.{self._name}>"
@@ -771,7 +791,13 @@ class BindingCall:
             method = self._custom
             args = (inv, *args)
         else:
-            method = getattr(inv._handle.instantiate(inv), self._method)  # type: ignore[arg-type]
+            handle = inv._handle
+            instance = handle.instantiate(inv)
+            method = handle._rpc.get(self._method)  # type: ignore[arg-type]
+            if method is not None:  # a plain function: called unbound, no bound method
+                args = (instance, *args)
+            else:  # staticmethod, classmethod, callable object: ask the instance
+                method = getattr(instance, self._method)  # type: ignore[arg-type]
         result = method(*args, **kwargs) if kwargs else method(*args)
         if inspect.iscoroutine(result):
             return result

@@ -1,4 +1,4 @@
-"""``fastbind bench``: a binding round trip beside a direct await and in-process HTTP peers."""
+"""``fastbind bench``: a binding round trip and an RPC call beside their floors and in-process HTTP peers."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _core_py, _impl
 from .request import Request
+from .entrypoint import WorkerEntrypoint
 from .response import Response
 from .runtime import Runtime
 
@@ -35,8 +36,15 @@ __all__ = (
     "elapsed_response",
     "binding_parent",
     "floor_parent",
+    "RpcChild",
+    "RPC_ARG",
+    "rpc_parent",
+    "rpc_sync_parent",
+    "method_parent",
+    "sync_method_parent",
     "runtime_on",
     "round_trip_runtime",
+    "rpc_runtime",
     "timed_dispatch",
     "dispatcher",
     "asgi_hello",
@@ -106,6 +114,59 @@ async def floor_parent(request: Request, env: Any, ctx: Any) -> Response:
     return elapsed_response(start)
 
 
+# --- RPC: a method of a WorkerEntrypoint, through a binding or called directly -------
+
+RPC_ARG = 7  # what every RPC call passes, and gets back: an int crosses as it is
+
+
+class RpcChild(WorkerEntrypoint):
+    """The WorkerEntrypoint every RPC call reaches: methods that hand back their int."""
+
+    async def value(self, n: int) -> int:
+        return n
+
+    def value_sync(self, n: int) -> int:
+        return n
+
+
+async def rpc_parent(request: Request, env: Any, ctx: Any) -> Response:
+    """K RPC calls of an async method: a new RpcChild, a child invocation, a ledger entry each."""
+    calls = calls_of(request)
+    start = perf_counter_ns()
+    for _ in range(calls):
+        await env.CHILD.value(RPC_ARG)
+    return elapsed_response(start)
+
+
+async def method_parent(request: Request, env: Any, ctx: Any) -> Response:
+    """The floor of RPC: the same K calls of the same async method on one existing instance."""
+    calls = calls_of(request)
+    instance = RpcChild(ctx, env)
+    start = perf_counter_ns()
+    for _ in range(calls):
+        await instance.value(RPC_ARG)
+    return elapsed_response(start)
+
+
+async def rpc_sync_parent(request: Request, env: Any, ctx: Any) -> Response:
+    """K RPC calls of a sync method: the call is still awaited, as over any binding."""
+    calls = calls_of(request)
+    start = perf_counter_ns()
+    for _ in range(calls):
+        await env.CHILD.value_sync(RPC_ARG)
+    return elapsed_response(start)
+
+
+async def sync_method_parent(request: Request, env: Any, ctx: Any) -> Response:
+    """The floor of a sync RPC method: a plain call of it on one existing instance."""
+    calls = calls_of(request)
+    instance = RpcChild(ctx, env)
+    start = perf_counter_ns()
+    for _ in range(calls):
+        instance.value_sync(RPC_ARG)
+    return elapsed_response(start)
+
+
 def runtime_on(core: ModuleType | None, **kwargs: Any) -> Runtime:
     """A Runtime run by ``core`` (``_impl.compiled`` or ``_core_py``) whatever the default is."""
     if core is None:
@@ -124,6 +185,17 @@ def round_trip_runtime(core: ModuleType | None) -> Runtime:
     rt.add_worker("binding", binding_parent, services={"CHILD": "child"})
     rt.add_worker("floor", floor_parent)
     rt.add_worker("child", child)
+    return rt
+
+
+def rpc_runtime(core: ModuleType | None) -> Runtime:
+    """Workers ``rpc``, ``rpc_sync``, ``method`` and ``sync_method`` that time K calls of RpcChild's methods."""
+    rt = runtime_on(core)
+    rt.add_worker("rpc", rpc_parent, services={"CHILD": "rpc_child"})
+    rt.add_worker("rpc_sync", rpc_sync_parent, services={"CHILD": "rpc_child"})
+    rt.add_worker("method", method_parent)
+    rt.add_worker("sync_method", sync_method_parent)
+    rt.add_worker("rpc_child", RpcChild)
     return rt
 
 
@@ -313,6 +385,9 @@ def core_cases() -> list[Case]:
         Case("direct await", "floor", dispatcher(lambda: round_trip_runtime(_impl.core), "floor"), "floor"),
         Case("binding [c]", "fastbind", dispatcher(lambda: round_trip_runtime(_impl.compiled), "binding")),
         Case("binding [py]", "fastbind", dispatcher(lambda: round_trip_runtime(_core_py), "binding")),
+        Case("direct method call", "floor", dispatcher(lambda: rpc_runtime(_impl.core), "method"), "method"),
+        Case("rpc [c]", "fastbind", dispatcher(lambda: rpc_runtime(_impl.compiled), "rpc")),
+        Case("rpc [py]", "fastbind", dispatcher(lambda: rpc_runtime(_core_py), "rpc")),
         Case("raw ASGI by hand", "peer", open_raw_asgi, "raw ASGI"),
         Case("httpx ASGITransport", "peer", open_httpx, "httpx"),
         Case("aiohttp loopback", "peer", open_aiohttp, "aiohttp"),
@@ -335,9 +410,10 @@ class Target:
         return ratio <= self.bound if self.at_most else ratio >= self.bound
 
 
-# The targets of issue 6 that the core comparison measures (bench/README.md has the rest).
+# The targets of issues 6 and 7 that the core comparison measures (bench/README.md has the rest).
 TARGETS = (
     Target("binding [c] at most 1.5x a direct await", "binding [c]", "direct await", 1.5, True),
+    Target("rpc [c] at most 1.5x a direct method call", "rpc [c]", "direct method call", 1.5, True),
     Target("binding [c] at least 100x faster than httpx", "httpx ASGITransport", "binding [c]", 100.0, False),
     Target("compiled core at least 2.5x faster than the twin", "binding [py]", "binding [c]", 2.5, False),
 )
@@ -363,7 +439,7 @@ def machine() -> dict[str, Any]:
 
 
 def ratios(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
-    """For each measured case, its median over the median of the floor and of each peer."""
+    """For each measured case, its median over the median of each floor and of each peer."""
     medians = {r.name: r.median for r in results if not r.skipped}
     refs = [r.name for r in results if r.role in ("floor", "peer") and not r.skipped]
     return {name: {ref: value / medians[ref] for ref in refs} for name, value in medians.items()}
@@ -386,7 +462,7 @@ def _ratio(value: float) -> str:
 
 
 def table(results: Sequence[CaseResult], calls: int, rounds: int) -> str:
-    """The text table: case, ns/op (median, min, max), ratio to the floor and to each peer."""
+    """The text table: case, ns/op (median, min, max), ratio to each floor and to each peer."""
     by_case = ratios(results)
     refs = [r for r in results if r.role in ("floor", "peer")]
     head = ["case", "median ns/op", "min", "max"] + [f"x {r.short or r.name}" for r in refs]
@@ -460,7 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``fastbind bench``: print the core comparison; save it with ``--json``, chart it with ``--plot``."""
     parser = argparse.ArgumentParser(
         prog="fastbind bench",
-        description="Time a binding round trip against a direct await and in-process HTTP peers.")
+        description="Time a binding round trip and an RPC call against their floors "
+                    "(a direct await, a direct method call) and in-process HTTP peers.")
     parser.add_argument("--calls", type=int, default=CALLS, help="calls per batch (one dispatch)")
     parser.add_argument("--rounds", type=int, default=21, help="samples per case; the median is shown")
     parser.add_argument("--sample-ms", type=float, default=20.0,

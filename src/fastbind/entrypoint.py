@@ -14,6 +14,10 @@ class WorkerEntrypoint:
     and vars) and ``self.ctx`` (its execution context) set, as in Cloudflare Workers.
     """
 
+    # env and ctx live in slots (the runtime sets them on each new instance without a
+    # dict look-up); __dict__ and __weakref__ keep subclasses as free as plain classes.
+    __slots__ = ("env", "ctx", "__dict__", "__weakref__")
+
     env: Any
     ctx: Any
 

@@ -11,12 +11,13 @@ from .headers import Headers
 from .request import Request, forward_request
 from .response import Response
 
-__all__ = ("isolate", "RESERVED_METHODS", "reserved_message", "unknown_message")
+__all__ = ("isolate", "RESERVED_METHODS", "SCALAR_TYPES", "reserved_message", "unknown_message")
 
 # Names a Fetcher keeps for itself (DESIGN.md section 6); `_`-names are private too.
 RESERVED_METHODS = frozenset(("fetch", "connect", "dup", "constructor"))
 
-_SCALARS = frozenset((type(None), bool, int, float, complex, str, bytes))
+# Types whose values ``isolate`` hands over as they are, without looking further.
+SCALAR_TYPES = _SCALARS = frozenset((type(None), bool, int, float, complex, str, bytes))
 
 
 def reserved_message(name: str) -> str:
