@@ -1,7 +1,7 @@
 # Declarations of the compiled core's types (see _core.pyx).
 
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
 cdef enum:
@@ -36,14 +36,13 @@ cdef class WorkerHandle:
 
 
 cdef struct LedgerEntry:
-    PyObject* caller      # str, owned; NULL for the top-level request
-    PyObject* target      # str, owned
-    PyObject* kind        # str, owned
-    long depth
+    PyObject* caller         # str, owned
+    PyObject* target         # str, owned
     int64_t start_ticks      # fastbind_ticks() (_core_capi.h): ns only when read
     int64_t duration_ticks   # -1 while running
-    PyObject* outcome     # str, owned; NULL while running
-    int64_t cpu_ns        # CPU charged to the invocation (metered pipelines), else -1
+    int32_t depth
+    uint8_t kind             # code in _core.pyx's _LABELS
+    uint8_t outcome          # code in _LABELS; 0 while running
 
 
 cdef class SubrequestRecord:
@@ -72,6 +71,7 @@ cdef class PipelineContext:
     cdef LedgerEntry** _blocks   # see fastbind_ledger_block (_core_capi.h)
     cdef int _n_blocks
     cdef Py_ssize_t _count
+    cdef dict _entry_cpu        # ledger index -> CPU ns, for metered pipelines only
     cdef set _tasks
     cdef set _waiting
     cdef readonly long running
@@ -87,6 +87,7 @@ cdef class PipelineContext:
 
     cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1
     cdef void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept
+    cdef void _record_cpu(self, Py_ssize_t index, int64_t cpu_ns) noexcept
 
 
 cdef class InvocationContext:

@@ -8,7 +8,7 @@ from cpython.object cimport PyObject, PyTypeObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime, timespec
 
 import asyncio
@@ -65,6 +65,7 @@ cdef extern from "Python.h":
     object PyObject_GenericGetAttr(object obj, object name)
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     bint PyCoro_CheckExact(object obj)
+    PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
     Py_ssize_t PyTuple_GET_SIZE(object t)
@@ -108,6 +109,40 @@ cdef str _KIND_FETCH = "fetch"
 cdef str _OK = "ok"
 cdef str _ERROR = "error"
 cdef str _CANCELED = "canceled"
+
+# Ledger entries keep kinds and outcomes as one-byte codes into this table (an entry is
+# 40 bytes, not 64: a pipeline of many subrequests writes that much less memory). Code 0
+# is "running"; the table only grows, with the few labels the code base uses.
+cdef list _LABELS = [None, _KIND_BINDING, _KIND_RPC, _KIND_FETCH, _OK, _ERROR, _CANCELED]
+cdef dict _LABEL_CODES = {label: code for code, label in enumerate(_LABELS) if code}
+
+
+cdef inline uint8_t _label_code(str label) except 0:
+    if label is _KIND_BINDING:
+        return 1
+    if label is _KIND_RPC:
+        return 2
+    code = _LABEL_CODES.get(label)
+    if code is not None:
+        return code
+    if len(_LABELS) > 255:
+        raise ValueError(f"too many distinct ledger labels (at {label!r})")
+    _LABELS.append(label)
+    _LABEL_CODES[label] = len(_LABELS) - 1
+    return len(_LABELS) - 1
+
+
+cdef inline uint8_t _label_code_or_error(str outcome) noexcept:
+    if outcome is _OK:
+        return 4
+    if outcome is _ERROR:
+        return 5
+    if outcome is _CANCELED:
+        return 6
+    try:
+        return _label_code(outcome)
+    except BaseException:
+        return 5
 
 # Counters that must return to zero once every pipeline has ended (DESIGN.md 2.7).
 cdef Py_ssize_t _live_pipelines = 0
@@ -494,13 +529,11 @@ cdef class PipelineContext:
         e.caller = <PyObject*>caller
         Py_INCREF(target)
         e.target = <PyObject*>target
-        Py_INCREF(kind)
-        e.kind = <PyObject*>kind
-        e.depth = depth
+        e.kind = _label_code(kind)
+        e.depth = <int32_t>depth
         e.start_ticks = fastbind_ticks()
         e.duration_ticks = -1
-        e.outcome = NULL
-        e.cpu_ns = -1
+        e.outcome = 0
         self._count += 1
         return self._count - 1
 
@@ -513,11 +546,19 @@ cdef class PipelineContext:
         if index >= self._count:
             return
         e = _ledger_entry(self, index)
-        if e.outcome == NULL:
+        if e.outcome == 0:
             e.duration_ticks = fastbind_ticks() - e.start_ticks
-            e.cpu_ns = cpu_ns if self.cpu_enabled else -1
-            Py_INCREF(outcome)
-            e.outcome = <PyObject*>outcome
+            e.outcome = _label_code_or_error(outcome)
+            if self.cpu_enabled:  # metered pipelines only: most entries carry no CPU figure
+                self._record_cpu(index, cpu_ns)
+
+    cdef void _record_cpu(self, Py_ssize_t index, int64_t cpu_ns) noexcept:
+        try:
+            if self._entry_cpu is None:
+                self._entry_cpu = {}
+            self._entry_cpu[index] = cpu_ns
+        except BaseException:  # out of memory: the entry keeps no CPU figure
+            pass
 
     @property
     def ledger(self):
@@ -532,12 +573,12 @@ cdef class PipelineContext:
             rec = SubrequestRecord.__new__(SubrequestRecord)
             rec.caller = <str>e.caller
             rec.target = <str>e.target
-            rec.kind = <str>e.kind
+            rec.kind = <str>PyList_GET_ITEM(_LABELS, e.kind)
             rec.depth = e.depth
             rec.start_ns = fastbind_ticks_to_ns(e.start_ticks, rate)
             rec.duration_ns = -1 if e.duration_ticks < 0 else <int64_t>(e.duration_ticks * rate)
-            rec.outcome = _borrowed_or_none(e.outcome)
-            rec.cpu_ns = e.cpu_ns
+            rec.outcome = None if e.outcome == 0 else <str>PyList_GET_ITEM(_LABELS, e.outcome)
+            rec.cpu_ns = -1 if self._entry_cpu is None else self._entry_cpu.get(i, -1)
             records.append(rec)
         return tuple(records)
     def root_call(self, WorkerHandle handle not None, request):
@@ -626,8 +667,6 @@ cdef class PipelineContext:
             e = _ledger_entry(self, i)
             Py_XDECREF(e.caller)
             Py_XDECREF(e.target)
-            Py_XDECREF(e.kind)
-            Py_XDECREF(e.outcome)
         for i in range(self._n_blocks):
             PyMem_Free(self._blocks[i])
         PyMem_Free(self._blocks)
