@@ -112,3 +112,13 @@ def test_env_answers_each_name_after_many_names(core, run) -> None:
     rt.add_worker("w", worker, vars={name: f"value-{i}" for i, name in enumerate(names)})
     response = run(rt.dispatch("w", Request("https://example.com/")))
     assert run(response.json()) == [f"value-{i}" for i in range(40)] * 3
+
+
+def test_a_finalizer_added_to_a_pooled_class_later_still_runs(core, monkeypatch) -> None:
+    finalized: list[str] = []
+    monkeypatch.setattr(Headers, "__del__", lambda self: finalized.append(self.get("x") or ""),
+                        raising=False)
+    headers = Headers({"x": "gone"})
+    del headers
+    gc.collect()
+    assert finalized == ["gone"]

@@ -112,6 +112,12 @@ static fastbind_pool fastbind_pools[2];  /* 0: Request, 1: Headers */
 static inline void fastbind_pool_dealloc(fastbind_pool *pool, PyObject *self) {
     PyTypeObject *type = Py_TYPE(self);
     int i;
+    /* A __del__ given to the class after the pool was installed still runs (for a
+       subclass, subtype_dealloc has run it already); it may resurrect the object. */
+    if (type == pool->type && type->tp_finalize != NULL
+            && PyObject_CallFinalizerFromDealloc(self) < 0) {
+        return;
+    }
     /* Untracked before the slots are cleared, as subtype_dealloc does (a subclass's
        subtype_dealloc tracks the object again before calling its base dealloc). */
     PyObject_GC_UnTrack(self);
