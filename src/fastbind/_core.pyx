@@ -122,6 +122,8 @@ cdef inline uint8_t _label_code(str label) except 0:
         return 1
     if label is _KIND_RPC:
         return 2
+    if label is _KIND_FETCH:
+        return 3
     code = _LABEL_CODES.get(label)
     if code is not None:
         return code
@@ -273,18 +275,6 @@ def live_counts():
 def current_invocation():
     """The invocation whose code is running now, or None outside any Worker."""
     return _current()
-
-
-def enter_dispatch():
-    """Give the dispatching task a slot if it has none; returns what exit_dispatch needs."""
-    if _current_slot() is None:
-        return PyContextVar_Set(_SLOT, ExecutionSlot.__new__(ExecutionSlot))
-    return None
-
-
-def exit_dispatch(token):
-    if token is not None:
-        PyContextVar_Reset(_SLOT, token)
 
 
 cdef str _missing_binding(str worker, str name):
@@ -672,6 +662,15 @@ cdef class PipelineContext:
         PyMem_Free(self._blocks)
         self._blocks = NULL
         self._n_blocks = 0
+
+
+cdef object _iterator_step(int status, PyObject* result):
+    """The iterator protocol's form of an am_send result (which it takes over)."""
+    out = <object>result
+    Py_XDECREF(result)
+    if status == 1:
+        return out
+    raise StopIteration(out)
 
 
 cdef inline LedgerEntry* _ledger_entry(PipelineContext pipeline, Py_ssize_t index) noexcept:
@@ -1220,21 +1219,11 @@ cdef class BindingCall:
 
     def send(self, value):
         cdef PyObject* result = NULL
-        cdef int status = self._send(value, None, &result)
-        out = <object>result
-        Py_XDECREF(result)
-        if status == 1:
-            return out
-        raise StopIteration(out)
+        return _iterator_step(self._send(value, None, &result), result)
 
     def throw(self, typ, val=None, tb=None):
         cdef PyObject* result = NULL
-        cdef int status = self._send(None, typ if val is None else val, &result)
-        out = <object>result
-        Py_XDECREF(result)
-        if status == 1:
-            return out
-        raise StopIteration(out)
+        return _iterator_step(self._send(None, typ if val is None else val, &result), result)
 
     def close(self):
         if self.coro is not None:
@@ -1909,21 +1898,11 @@ cdef class TopLevelCall:
 
     def send(self, value):
         cdef PyObject* result = NULL
-        cdef int status = self._send(value, None, &result)
-        out = <object>result
-        Py_XDECREF(result)
-        if status == 1:
-            return out
-        raise StopIteration(out)
+        return _iterator_step(self._send(value, None, &result), result)
 
     def throw(self, typ, val=None, tb=None):
         cdef PyObject* result = NULL
-        cdef int status = self._send(None, typ if val is None else val, &result)
-        out = <object>result
-        Py_XDECREF(result)
-        if status == 1:
-            return out
-        raise StopIteration(out)
+        return _iterator_step(self._send(None, typ if val is None else val, &result), result)
 
     def close(self):
         """Closed unfinished (its awaiting coroutine was closed): end what it opened.

@@ -46,8 +46,6 @@ __all__ = (
     "TaskFactory",
     "call_child",
     "current_invocation",
-    "enter_dispatch",
-    "exit_dispatch",
     "live_counts",
     "make_task_factory",
     "SliceMeter",
@@ -171,18 +169,6 @@ def current_invocation() -> InvocationContext | None:
     """The invocation whose code is running now, or None outside any Worker."""
     slot = _SLOT.get()
     return None if slot is None else slot.current
-
-
-def enter_dispatch() -> Any:
-    """Give the dispatching task a slot if it has none; returns what exit_dispatch needs."""
-    if _SLOT.get() is None:
-        return _SLOT.set(ExecutionSlot())
-    return None
-
-
-def exit_dispatch(token: Any) -> None:
-    if token is not None:
-        _SLOT.reset(token)
 
 
 class WorkerHandle:
