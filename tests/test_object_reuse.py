@@ -122,3 +122,30 @@ def test_a_finalizer_added_to_a_pooled_class_later_still_runs(core, monkeypatch)
     del headers
     gc.collect()
     assert finalized == ["gone"]
+
+
+def test_an_ended_pipeline_is_freed_without_the_collector(core, run) -> None:
+    # The root invocation refers to its pipeline and the pipeline to its root: the
+    # pipeline lets its root go when it ends, so reference counting frees both and
+    # no request leaves work behind for the garbage collector.
+    import weakref
+
+    from fastbind.embed import RawDispatcher
+
+    seen: list[Any] = []
+
+    async def leaf(request: Request, env: Any, ctx: Any) -> Response:
+        seen.append(weakref.ref(ctx.pipeline))  # the root invocation refers to it
+        return Response("ok")
+
+    rt = Runtime()
+    rt.add_worker("leaf", leaf)
+    raw = RawDispatcher(rt, "leaf")
+    gc.disable()
+    try:
+        assert run(rt.dispatch("leaf", Request("https://example.com/"))).status == 200
+        assert run(raw(b"GET", "https://example.com/", [(b"host", b"example.com")], b""))[0] == 200
+        assert len(seen) == 2
+        assert [ref() for ref in seen] == [None, None]
+    finally:
+        gc.enable()

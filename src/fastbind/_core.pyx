@@ -573,7 +573,7 @@ cdef class PipelineContext:
         return tuple(records)
     def root_call(self, WorkerHandle handle not None, request):
         """The awaitable that runs the top-level Worker at depth 1."""
-        if self.root is not None:
+        if self.root is not None or self.closed:
             raise FastbindError("This pipeline already has its top-level invocation")
         cdef InvocationContext inv = _new_invocation(self, None, handle, 1, _EMPTY_PROPS, -1)
         self.root = inv
@@ -634,10 +634,15 @@ cdef class PipelineContext:
         return [t for t in self._waiting if not t.done()]
 
     def close(self):
-        """Mark the pipeline ended; it adopts nothing more."""
+        """Mark the pipeline ended; it adopts nothing more.
+
+        ``root`` is let go: the root invocation refers to its pipeline, and the pair
+        would otherwise live on as a cycle until the garbage collector ran.
+        """
         global _live_pipelines
         if not self.closed:
             self.closed = True
+            self.root = None
             _live_pipelines -= 1
 
     def charge_fetch(self, InvocationContext caller not None, str target not None):
@@ -1858,6 +1863,7 @@ cdef class TopLevelCall:
             if body is None or type(body) is bytes or type(body) is str:
                 # The common ending: nothing left to cancel or wait for.
                 pipeline.closed = True
+                pipeline.root = None  # the cycle root <-> pipeline, as close() does
                 _live_pipelines -= 1
                 self.finished = True
                 if self.plan.hook is not None:

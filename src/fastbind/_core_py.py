@@ -356,7 +356,7 @@ class PipelineContext:
 
     def root_call(self, handle: WorkerHandle, request: Any) -> BindingCall:
         """The awaitable that runs the top-level Worker at depth 1."""
-        if self._root is not None:
+        if self._root is not None or self._closed:
             raise FastbindError("This pipeline already has its top-level invocation")
         inv = InvocationContext(self, None, handle, 1, _EMPTY_PROPS, self._root_record)
         self._root = inv
@@ -398,9 +398,11 @@ class PipelineContext:
         return [t for t in self._waiting if not t.done()]
 
     def close(self) -> None:
-        """Mark the pipeline ended; it adopts nothing more."""
+        """Mark the pipeline ended; it adopts nothing more (and lets ``root`` go: the
+        root invocation refers to its pipeline, a cycle only the collector would free)."""
         if not self._closed:
             self._closed = True
+            self._root = None
             _live["pipelines"] -= 1
 
     def charge_fetch(self, caller: InvocationContext, target: str) -> OpenSubrequest:
