@@ -7,6 +7,7 @@ from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContext
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.list cimport PyList_AsTuple
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime, timespec
@@ -27,6 +28,7 @@ from fastbind.errors import (
     SubrequestDepthError,
     TooManySubrequestsError,
 )
+from fastbind import headers as _headers_module
 from fastbind.headers import Headers
 from fastbind.request import Request
 from fastbind.response import Response
@@ -36,6 +38,7 @@ cdef extern from "_core_capi.h":
     ctypedef int (*fastbind_send_fn)(PyObject*, PyObject*, PyObject**)
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
+    PyObject* fastbind_slot_peek(object obj, Py_ssize_t off)
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     object fastbind_alloc_instance(object type)
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
@@ -95,6 +98,7 @@ cdef Py_ssize_t _REQ_BODY = fastbind_slot_offset(Request, "body")
 cdef Py_ssize_t _REQ_BODY_USED = fastbind_slot_offset(Request, "body_used")
 cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
 cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
+cdef Py_ssize_t _HDR_RAW = fastbind_slot_offset(Headers, "_raw")  # undecoded pairs (embed)
 # Pools of Request and Headers blocks (see _core_capi.h): a binding call copies both.
 cdef bint _POOLED_REQUEST = fastbind_pool_install(0, Request, tuple(Request.__slots__))
 cdef bint _POOLED_HEADERS = fastbind_pool_install(1, Headers, tuple(Headers.__slots__))
@@ -959,11 +963,16 @@ cdef object _forward(object src):
     src_headers = fastbind_slot_get(src, _REQ_HEADERS, "headers")
     if type(src_headers) is not _HeadersType:
         raise TypeError(f"Request.headers must be a Headers, not {type(src_headers).__name__}")
-    # Copy-on-write, as Headers.copy(): both sides share the list until one writes.
     headers = fastbind_pool_new(1) if _POOLED_HEADERS else PyBaseObject_Type_new(<PyTypeObject*>_HeadersType, _NO_ARGS, NULL)
-    fastbind_slot_set(headers, _HDR_ITEMS, fastbind_slot_get(src_headers, _HDR_ITEMS, "_items"))
-    fastbind_slot_set(headers, _HDR_SHARED, True)
-    fastbind_slot_set(src_headers, _HDR_SHARED, True)
+    cdef PyObject* items = fastbind_slot_peek(src_headers, _HDR_ITEMS)
+    if items != NULL:
+        # Copy-on-write, as Headers.copy(): both sides share the list until one writes.
+        fastbind_slot_set(headers, _HDR_ITEMS, <object>items)
+        fastbind_slot_set(headers, _HDR_SHARED, True)
+        fastbind_slot_set(src_headers, _HDR_SHARED, True)
+    else:  # still the raw pairs of an embedded request: each side decodes its own
+        fastbind_slot_set(headers, _HDR_RAW, fastbind_slot_get(src_headers, _HDR_RAW, "_raw"))
+        fastbind_slot_set(headers, _HDR_SHARED, False)
     req = fastbind_pool_new(0) if _POOLED_REQUEST else PyBaseObject_Type_new(<PyTypeObject*>_RequestType, _NO_ARGS, NULL)
     fastbind_slot_set(req, _REQ_URL, fastbind_slot_get(src, _REQ_URL, "url"))
     fastbind_slot_set(req, _REQ_METHOD, fastbind_slot_get(src, _REQ_METHOD, "method"))
@@ -1517,6 +1526,24 @@ cdef inline object _latin1(object raw, bint lower):
     return out
 
 
+def decode_raw_headers(tuple pairs not None):
+    """Header items of raw ``(bytes, bytes)`` pairs (Headers._raw): names lower-cased,
+    both decoded as latin-1, common names shared rather than decoded again."""
+    cdef list items = []
+    for pair in pairs:
+        if (type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2
+                or type(<object>PyTuple_GET_ITEM(pair, 0)) is not bytes
+                or type(<object>PyTuple_GET_ITEM(pair, 1)) is not bytes):
+            raise TypeError(f"raw headers must be (name, value) pairs of bytes, not {pair!r}")
+        items.append((_latin1(<object>PyTuple_GET_ITEM(pair, 0), True),
+                      _latin1(<object>PyTuple_GET_ITEM(pair, 1), False)))
+    return items
+
+
+# Headers decode their raw pairs with the function above once the core is loaded.
+_headers_module._decode_raw = decode_raw_headers
+
+
 cdef str _M_GET = "GET"
 cdef str _M_PUT = "PUT"
 cdef str _M_POST = "POST"
@@ -1564,19 +1591,25 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
             body = None
     else:
         return None
-    if type(raw_headers) is not list and type(raw_headers) is not tuple:
+    # The pairs are checked now and decoded when the Worker first reads the headers
+    # (Headers.__getattr__): kept as a tuple, which the host cannot change meanwhile.
+    cdef tuple pairs
+    if type(raw_headers) is tuple:
+        pairs = <tuple>raw_headers
+    elif type(raw_headers) is list:
+        pairs = PyList_AsTuple(raw_headers)
+    else:
         return None
-    cdef list items = []
-    for pair in raw_headers:
-        if type(pair) is not tuple or len(<tuple>pair) != 2:
+    for pair in pairs:
+        if (type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2
+                or type(<object>PyTuple_GET_ITEM(pair, 0)) is not bytes
+                or type(<object>PyTuple_GET_ITEM(pair, 1)) is not bytes):
             return None
-        raw_name = (<tuple>pair)[0]
-        raw_value = (<tuple>pair)[1]
-        if type(raw_name) is not bytes or type(raw_value) is not bytes:
-            return None
-        items.append((_latin1(raw_name, True), _latin1(raw_value, False)))
     headers = fastbind_pool_new(1) if _POOLED_HEADERS else fastbind_alloc(_HeadersType)
-    fastbind_slot_set(headers, _HDR_ITEMS, items)
+    if PyTuple_GET_SIZE(pairs):
+        fastbind_slot_set(headers, _HDR_RAW, pairs)
+    else:
+        fastbind_slot_set(headers, _HDR_ITEMS, [])
     fastbind_slot_set(headers, _HDR_SHARED, False)
     request = fastbind_pool_new(0) if _POOLED_REQUEST else fastbind_alloc(_RequestType)
     fastbind_slot_set(request, _REQ_METHOD, name)
@@ -1599,7 +1632,8 @@ cdef object _fast_raw_response(object response):
         body = (<str>body).encode("utf-8")
     elif type(body) is not bytes and type(body) is not bytearray and type(body) is not memoryview:
         return None
-    cdef list items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
+    cdef PyObject* held = fastbind_slot_peek(headers, _HDR_ITEMS)
+    cdef list items = <list>held if held != NULL else headers._items  # (decodes raw pairs)
     cdef list out = []
     for item in items:
         if type(item) is not tuple or len(<tuple>item) != 2:

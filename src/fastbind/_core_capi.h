@@ -34,6 +34,11 @@ static inline PyObject *fastbind_slot_get(PyObject *obj, Py_ssize_t off, const c
     return v;
 }
 
+/* The slot's value, borrowed, or NULL when it is unset (no exception set). */
+static inline PyObject *fastbind_slot_peek(PyObject *obj, Py_ssize_t off) {
+    return *(PyObject **)((char *)obj + off);
+}
+
 static inline void fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
     PyObject **p = (PyObject **)((char *)obj + off);
     PyObject *old = *p;
