@@ -172,6 +172,33 @@ def test_raw_headers_read_late_are_those_of_the_call(core: Any, run: Any) -> Non
     assert (status, out_headers) == (200, [(b"host", b"h.test"), (b"x-caf\xe9", b"cr\xe8me")])
 
 
+def test_dispatcher_takes_keywords_and_reports_bad_calls(core: Any, run: Any) -> None:
+    # Positional calls take the compiled core's C entry point; keywords and wrong
+    # calls take the regular one, with the same meaning and Python's own errors.
+    seen: list[Any] = []
+
+    async def echo(request: Request, env: Any, ctx: Any) -> Response:
+        seen.append((request.method, request.body))
+        return Response("ok")
+
+    rt = Runtime()
+    rt.add_worker("echo", echo)
+    raw = RawDispatcher(rt, "echo")
+    url = "https://h.test/"
+    assert run(raw(b"POST", url, [], b"a"))[0] == 200
+    assert run(raw(b"POST", url, [], body=b"b"))[0] == 200
+    assert run(raw(method=b"GET", url=url, headers=[]))[0] == 200
+    assert run(raw(b"GET", url, []))[0] == 200
+    assert seen == [("POST", b"a"), ("POST", b"b"), ("GET", None), ("GET", None)]
+    with pytest.raises(TypeError, match="headers|at least 3 positional"):
+        raw(b"GET", url)
+    with pytest.raises(TypeError, match="positional argument|takes at most"):
+        raw(b"GET", url, [], b"", None)
+    with pytest.raises(TypeError, match="unexpected keyword argument|'bogus'"):
+        raw(b"GET", url, [], bogus=1)
+    assert rt.live_counts()["pipelines"] == 0
+
+
 def test_decode_raw_headers_agrees_on_both_cores(core: Any) -> None:
     from fastbind import Headers, _core_py
 

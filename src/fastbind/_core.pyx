@@ -36,6 +36,9 @@ from fastbind.rpc_values import RESERVED_METHODS, isolate, reserved_message, unk
 
 cdef extern from "_core_capi.h":
     ctypedef int (*fastbind_send_fn)(PyObject*, PyObject*, PyObject**)
+    ctypedef int (*fastbind_step_fn)(PyObject*, PyObject*, PyObject*, PyObject**)
+    int fastbind_step(fastbind_step_fn f, PyObject* call, PyObject* arg, PyObject* exc, PyObject** result)
+    object fastbind_take_error()
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
     PyObject* fastbind_slot_peek(object obj, Py_ssize_t off)
@@ -1765,10 +1768,14 @@ cdef TopLevelCall _top_call(DispatchPlan plan, WorkerHandle handle, object reque
 cdef class RawEntry:
     """Base of fastbind.embed.RawDispatcher: calling it serves one raw request."""
 
+    cdef void* _vectorcall  # _raw_entry_vectorcall: ``raw(m, u, h, b)`` packs no tuple
     cdef readonly object runtime
     cdef readonly str entry
     cdef object _plan
     cdef WorkerHandle _handle
+
+    def __cinit__(self):
+        self._vectorcall = <void*>_raw_entry_vectorcall
 
     def __init__(self, runtime, str entry not None):
         self.runtime = runtime
@@ -1776,6 +1783,11 @@ cdef class RawEntry:
         self._plan = runtime._plan
 
     def __call__(self, method, url, headers, body=None):
+        # Calls from Python take _raw_entry_vectorcall; this serves keywords and
+        # PyObject_Call.
+        return self._serve(method, url, headers, body)
+
+    cdef object _serve(self, method, url, headers, body):
         plan = self._plan
         if type(plan) is not DispatchPlan:  # a Runtime on the pure twin
             return plan.raw(self.entry, method, url, headers, body)
@@ -1785,6 +1797,33 @@ cdef class RawEntry:
                 p._validate()
             self._handle = p._lookup(self.entry)
         return _raw_call(p, self.entry, self._handle, method, url, headers, body)
+
+
+cdef object _raw_entry_vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames):
+    cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf)
+    if (n == 3 or n == 4) and (kwnames == NULL or PyTuple_GET_SIZE(<object>kwnames) == 0):
+        return (<RawEntry>callable)._serve(<object>args[0], <object>args[1], <object>args[2],
+                                           <object>args[3] if n == 4 else None)
+    # Keywords, or a wrong number of arguments: __call__ parses and reports them.
+    cdef tuple names = () if kwnames == NULL else <tuple>kwnames
+    positional = tuple([<object>args[i] for i in range(n)])
+    keywords = {names[i]: <object>args[n + i] for i in range(len(names))}
+    return RawEntry.__call__(callable, *positional, **keywords)
+
+
+def enable_fast_calls(type cls not None):
+    """Give ``cls``, a subclass of RawEntry that keeps its ``__call__``, the C entry point.
+
+    CPython 3.11 does not pass a vectorcall entry point on to subclasses defined in
+    Python; fastbind.embed calls this for RawDispatcher.
+    """
+    if not issubclass(cls, RawEntry) or cls.__call__ is not RawEntry.__call__:
+        raise TypeError(f"{cls.__name__} is not a RawEntry that keeps RawEntry.__call__")
+    cdef RawEntry probe = RawEntry.__new__(RawEntry)
+    fastbind_install_vectorcall(cls, <char*>&probe._vectorcall - <char*><PyObject*>probe)
+
+
+enable_fast_calls(RawEntry)
 
 
 cdef bint _pipeline_idle(PipelineContext pipeline) except -1:
@@ -1864,11 +1903,10 @@ cdef class TopLevelCall:
             arg = None
         elif self.finished:
             raise RuntimeError("cannot reuse already awaited dispatch")
-        cdef int status
-        try:
-            status = self.root._send(arg, exc, result)
-        except BaseException as error:
-            return self._root_ended(None, error, result)
+        cdef int status = fastbind_step(<fastbind_step_fn>_root_step, <PyObject*>self.root,
+                                        <PyObject*>arg, <PyObject*>exc, result)
+        if status < 0:  # the root invocation raised (any exception, as BaseException)
+            return self._root_ended(None, fastbind_take_error(), result)
         if status == 1:
             if self.watch is None:
                 self.watch = self.plan._watch_hang(self.loop, self.pipeline, self.root)
@@ -1979,6 +2017,10 @@ cdef class TopLevelCall:
                 ending.close()
         finally:
             pipeline.close()
+
+
+cdef int _root_step(object call, object arg, object exc, PyObject** result) except? -1:
+    return (<BindingCall>call)._send(arg, exc, result)
 
 
 cdef int _top_call_send(object self, object arg, PyObject** result) except? -1:

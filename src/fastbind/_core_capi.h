@@ -192,6 +192,27 @@ static int fastbind_pool_install(int which, PyObject *type_obj, PyObject *names)
     return 1;
 }
 
+/* A driver's step called through a pointer declared without Cython's exception
+   check: -1 with the exception set comes back as it is, for the caller to take with
+   fastbind_take_error (a Cython ``try`` would save the exception state first). */
+typedef int (*fastbind_step_fn)(PyObject *, PyObject *, PyObject *, PyObject **);
+
+static inline int fastbind_step(fastbind_step_fn f, PyObject *self, PyObject *arg,
+                                PyObject *exc, PyObject **result) {
+    return f(self, arg, exc, result);
+}
+
+/* The exception being raised, normalized, with its traceback; the error is cleared. */
+static PyObject *fastbind_take_error(void) {
+    PyObject *kind, *value, *tb;
+    PyErr_Fetch(&kind, &value, &tb);
+    PyErr_NormalizeException(&kind, &value, &tb);
+    if (tb != NULL && value != NULL) PyException_SetTraceback(value, tb);
+    Py_XDECREF(kind);
+    Py_XDECREF(tb);
+    return value;
+}
+
 /* handler(a, b, c): a function handler's coroutine, NULL with the exception set. */
 static inline PyObject *fastbind_call3(PyObject *f, PyObject *a, PyObject *b, PyObject *c) {
     PyObject *args[4] = {NULL, a, b, c};

@@ -122,6 +122,10 @@ class RawDispatcher(_impl.core.RawEntry):
         return f"<RawDispatcher {self.entry!r}>"
 
 
+if _impl.compiled is not None and issubclass(RawDispatcher, _impl.compiled.RawEntry):
+    _impl.compiled.enable_fast_calls(RawDispatcher)
+
+
 def raw_request(
     method: bytes | str, url: str, headers: RawHeaders, body: RawRequestBody = None
 ) -> Request:
