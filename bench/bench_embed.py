@@ -12,11 +12,13 @@ Both sides reach the same Worker, which returns a small Response:
 - ``dispatch``: ``await runtime.dispatch("leaf", request)`` with a prebuilt Request,
   to show what the top-level dispatch itself costs apart from the raw conversions.
 
-Each is timed per call over many calls on one uvloop loop, in rounds that take turns
-(binding, raw, dispatch, binding, ...) after a warm-up round; the figures are the
-best round of each (the least disturbed by the rest of the machine).
+Each is timed per call over --calls calls on one uvloop loop, in short rounds that
+take turns (in an order that rotates) after a warm-up round. The ratio to the binding
+round trip is taken in each round, between samples measured next to each other, and
+the median of those is shown with its 10th-90th percentile spread: on a shared
+machine, that is what stays put from run to run.
 
-    python bench/bench_embed.py [--calls 100000] [--rounds 5]
+    python bench/bench_embed.py [--calls 2000] [--rounds 101]
     FASTBIND_NO_EXTENSIONS=1 python bench/bench_embed.py     # on the pure twin
 
 Timings on a small shared machine are noisy; ``bench/callgrind_embed.py`` counts the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -57,15 +60,18 @@ async def time_calls(calls: int, step: Callable[[], Awaitable[Any]]) -> float:
     return (time.perf_counter_ns() - start) / calls
 
 
+CASES = ("binding", "raw", "dispatch")
+
+
 async def main(calls: int, rounds: int) -> dict[str, Any]:
-    # The binding loop makes every call of a round from one invocation: lift its budget.
     rt = Runtime(limits=Limits(subrequests=calls + 10))
-    best = {"binding": float("inf"), "raw": float("inf"), "dispatch": float("inf")}
+    samples: dict[str, list[float]] = {case: [] for case in CASES}
 
     async def caller(request: Request, env: Any, ctx: Any) -> Response:
+        # One round of the binding case: ``calls`` calls from this invocation.
         forward = Request(URL, headers=[(n.decode(), v.decode()) for n, v in RAW_HEADERS])
         fetch = env.LEAF.fetch
-        best["binding"] = min(best["binding"], await time_calls(calls, lambda: fetch(forward)))
+        samples["binding"].append(await time_calls(calls, lambda: fetch(forward)))
         return Response(None)
 
     rt.add_worker("caller", caller, services={"LEAF": "leaf"})
@@ -73,29 +79,44 @@ async def main(calls: int, rounds: int) -> dict[str, Any]:
     raw = RawDispatcher(rt, "leaf")
     prebuilt = Request(URL, headers=[(n.decode(), v.decode()) for n, v in RAW_HEADERS])
 
-    # Rounds interleave the three, so that a busy moment of the machine weighs on
-    # all of them alike; the first round warms up and is not counted.
-    for round_ in range(rounds + 1):
-        if round_ == 1:
-            best = dict.fromkeys(best, float("inf"))
+    async def binding_round() -> None:
         await rt.dispatch("caller", Request(URL))
-        best["raw"] = min(best["raw"], await time_calls(
-            calls, lambda: raw(b"GET", URL, RAW_HEADERS, b"")))
-        best["dispatch"] = min(best["dispatch"], await time_calls(
-            calls, lambda: rt.dispatch("leaf", prebuilt)))
-    return {**best, "implementation": rt.implementation}
+
+    async def raw_round() -> None:
+        samples["raw"].append(await time_calls(calls, lambda: raw(b"GET", URL, RAW_HEADERS, b"")))
+
+    async def dispatch_round() -> None:
+        samples["dispatch"].append(await time_calls(calls, lambda: rt.dispatch("leaf", prebuilt)))
+
+    steps = {"binding": binding_round, "raw": raw_round, "dispatch": dispatch_round}
+    # Short rounds that take turns, in an order that changes every round, so that a
+    # busy moment of the machine weighs on the cases alike, and each round's ratios
+    # compare samples measured next to each other. Round 0 warms up.
+    for round_ in range(rounds + 1):
+        for case in CASES[round_ % 3:] + CASES[:round_ % 3]:
+            await steps[case]()
+        if round_ == 0:
+            for values in samples.values():
+                values.clear()
+    return {"samples": samples, "implementation": rt.implementation}
 
 
 def report(results: dict[str, Any]) -> None:
-    binding = results["binding"]
-    print(f"core: {results['implementation']}")
-    for name in ("binding", "raw", "dispatch"):
-        print(f"  {name:9s} {results[name] / 1000:7.2f} us/call  {results[name] / binding:5.2f}x binding")
+    samples = results["samples"]
+    binding = samples["binding"]
+    print(f"core: {results['implementation']}, {len(binding)} rounds; "
+          "ratios are the median of each round's ratio (p10-p90)")
+    for name in CASES:
+        values = samples[name]
+        ratios = sorted(v / b for v, b in zip(values, binding))
+        n = len(ratios)
+        print(f"  {name:9s} {statistics.median(values) / 1000:7.2f} us/call (min {min(values) / 1000:.2f})"
+              f"  {statistics.median(ratios):5.2f}x binding ({ratios[n // 10]:.2f}-{ratios[n * 9 // 10]:.2f})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=2_000, help="calls per round and case")
+    parser.add_argument("--rounds", type=int, default=101)
     args = parser.parse_args()
     report(uvloop.run(main(args.calls, args.rounds)))
