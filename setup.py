@@ -49,7 +49,12 @@ def extensions() -> list[Extension]:
         print("fastbind: Cython missing; pure build", file=sys.stderr)
         return []
     macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
-    ext = Extension("fastbind._core", ["src/fastbind/_core.pyx"], define_macros=macros)
+    # On ELF (Linux), call CPython's functions through the GOT rather than PLT stubs:
+    # the hot path calls dozens of them per binding call, and the stubs were a jump
+    # and an instruction-cache line each (bench/README.md, "Time is not instructions").
+    args = ["-fno-plt"] if sys.platform.startswith("linux") else []
+    ext = Extension("fastbind._core", ["src/fastbind/_core.pyx"], define_macros=macros,
+                    extra_compile_args=args)
     directives = {"language_level": "3", "embedsignature": True}
     if TRACE:
         directives["linetrace"] = True
