@@ -573,3 +573,36 @@ def test_a_streamed_body_runs_as_the_top_level_invocation(core, run) -> None:
 
     assert run(main()) == "chunk at depth 2;chunk at depth 2;"
     assert [(r.caller, r.target) for r in reports[0].subrequests] == [("top", "child")] * 2
+
+
+def test_fetch_takes_every_form_of_call(core, run) -> None:
+    # env.X.fetch(request) takes the compiled core's C entry point; a URL, keywords
+    # and wrong calls take Fetcher.fetch's own parsing, with the same meaning.
+    seen: list[tuple[str, str, bytes | None]] = []
+
+    async def leaf(request: Request, env: Any, ctx: Any) -> Response:
+        seen.append((request.method, request.url, await request.bytes() if request.body else None))
+        return Response("ok")
+
+    async def caller(request: Request, env: Any, ctx: Any) -> Response:
+        fetch = env.LEAF.fetch
+        assert fetch.__self__ is env.LEAF and "fetch" in repr(fetch)
+        await fetch(Request("https://e/a"))
+        await fetch("https://e/b")
+        await fetch("https://e/c", method="POST", body=b"c")
+        await fetch(input=Request("https://e/d"))
+        await fetch(Request("https://e/e"), headers={"x-e": "1"})
+        for bad in ((), (Request("https://e/"), "extra")):
+            with pytest.raises(TypeError):
+                fetch(*bad)
+        with pytest.raises(TypeError):
+            fetch("https://e/", bogus=1)
+        return Response("done")
+
+    rt = Runtime()
+    rt.add_worker("caller", caller, services={"LEAF": "leaf"})
+    rt.add_worker("leaf", leaf)
+    assert run(rt.dispatch("caller", Request("https://e/"))).status == 200
+    assert seen == [("GET", "https://e/a", None), ("GET", "https://e/b", None),
+                    ("POST", "https://e/c", b"c"), ("GET", "https://e/d", None),
+                    ("GET", "https://e/e", None)]

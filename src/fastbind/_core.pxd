@@ -111,8 +111,16 @@ cdef class Fetcher:
     cdef WorkerHandle _target
     cdef str _binding
     cdef object _props
-    cdef object _fetch   # the bound ``fetch``
-    cdef dict _members   # "fetch" bound once, and RPC stubs by name
+    cdef FetchMethod _fetch   # ``env.X.fetch``, made once
+    cdef dict _members        # "fetch", and RPC stubs by name
+
+    cdef BindingCall _fetch_request(self, object input)
+    cdef InvocationContext _caller(self)
+
+
+cdef class FetchMethod:
+    cdef void* _vectorcall  # _fetch_vectorcall: ``fetch(request)`` skips argument parsing
+    cdef Fetcher _fetcher
 
 
 cdef class RpcMethod:

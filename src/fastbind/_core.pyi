@@ -182,6 +182,21 @@ class Fetcher:
     def __getattr__(self, name: str) -> RpcMethod: ...
 
 @final
+class FetchMethod:
+    """``env.X.fetch`` on the compiled core: Fetcher.fetch, bound, with a C entry point."""
+
+    def __call__(
+        self,
+        input: str | Request,
+        *,
+        method: str | None = None,
+        headers: Any = None,
+        body: Any = None,
+    ) -> BindingCall: ...
+    @property
+    def __self__(self) -> Fetcher: ...
+
+@final
 class RpcMethod:
     """``env.X.name``: calling it runs method ``name`` of the bound Worker in place."""
 
