@@ -39,6 +39,13 @@ cdef extern from "_core_capi.h":
     ctypedef int (*fastbind_step_fn)(PyObject*, PyObject*, PyObject*, PyObject**)
     int fastbind_step(fastbind_step_fn f, PyObject* call, PyObject* arg, PyObject* exc, PyObject** result)
     object fastbind_take_error()
+    ctypedef struct fastbind_request_layout:
+        Py_ssize_t url, method, headers, body, body_used, items, shared, raw
+        PyTypeObject* headers_type
+        int pooled_request, pooled_headers
+        PyObject* body_used_message
+    fastbind_request_layout fastbind_req
+    object fastbind_forward(object src)
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
     PyObject* fastbind_slot_peek(object obj, Py_ssize_t off)
@@ -838,7 +845,7 @@ cdef class Fetcher:
         """``fetch(input)``: a Request is forwarded (zero copy), anything else built."""
         cdef InvocationContext caller = self._caller()
         if type(input) is _RequestType:
-            request = _forward(input)
+            request = fastbind_forward(input)  # the child's copy (_core_capi.h)
         else:
             request = _RequestType(input)
         inv = caller._child(self._target, _KIND_BINDING, self._props)
@@ -1008,36 +1015,26 @@ def call_child(WorkerHandle target not None, str kind not None, function, tuple 
     return call
 
 
-cdef object _forward(object src):
-    """The child's copy of ``src``: same body object, headers copied, src marked used.
+cdef int _init_forward() except -1:
+    """Tell fastbind_forward (_core_capi.h), the child's copy of a Request on a binding
+    call, where Request and Headers keep their fields."""
+    fastbind_req.url = _REQ_URL
+    fastbind_req.method = _REQ_METHOD
+    fastbind_req.headers = _REQ_HEADERS
+    fastbind_req.body = _REQ_BODY
+    fastbind_req.body_used = _REQ_BODY_USED
+    fastbind_req.items = _HDR_ITEMS
+    fastbind_req.shared = _HDR_SHARED
+    fastbind_req.raw = _HDR_RAW
+    fastbind_req.headers_type = <PyTypeObject*>_HeadersType
+    fastbind_req.pooled_request = _POOLED_REQUEST
+    fastbind_req.pooled_headers = _POOLED_HEADERS
+    Py_INCREF(BODY_USED_MESSAGE)  # kept for the process's life
+    fastbind_req.body_used_message = <PyObject*>BODY_USED_MESSAGE
+    return 0
 
-    The caller checked ``type(src) is Request``, so its slots are where the offsets say.
-    """
-    body = fastbind_slot_get(src, _REQ_BODY, "body")
-    if body is not None:
-        if fastbind_slot_get(src, _REQ_BODY_USED, "body_used") is True:
-            raise TypeError(BODY_USED_MESSAGE)
-        fastbind_slot_set(src, _REQ_BODY_USED, True)
-    src_headers = fastbind_slot_get(src, _REQ_HEADERS, "headers")
-    if type(src_headers) is not _HeadersType:
-        raise TypeError(f"Request.headers must be a Headers, not {type(src_headers).__name__}")
-    headers = fastbind_pool_new(1) if _POOLED_HEADERS else PyBaseObject_Type_new(<PyTypeObject*>_HeadersType, _NO_ARGS, NULL)
-    cdef PyObject* items = fastbind_slot_peek(src_headers, _HDR_ITEMS)
-    if items != NULL:
-        # Copy-on-write, as Headers.copy(): both sides share the list until one writes.
-        fastbind_slot_set(headers, _HDR_ITEMS, <object>items)
-        fastbind_slot_set(headers, _HDR_SHARED, True)
-        fastbind_slot_set(src_headers, _HDR_SHARED, True)
-    else:  # still the raw pairs of an embedded request: each side decodes its own
-        fastbind_slot_set(headers, _HDR_RAW, fastbind_slot_get(src_headers, _HDR_RAW, "_raw"))
-        fastbind_slot_set(headers, _HDR_SHARED, False)
-    req = fastbind_pool_new(0) if _POOLED_REQUEST else PyBaseObject_Type_new(<PyTypeObject*>_RequestType, _NO_ARGS, NULL)
-    fastbind_slot_set(req, _REQ_URL, fastbind_slot_get(src, _REQ_URL, "url"))
-    fastbind_slot_set(req, _REQ_METHOD, fastbind_slot_get(src, _REQ_METHOD, "method"))
-    fastbind_slot_set(req, _REQ_HEADERS, headers)
-    fastbind_slot_set(req, _REQ_BODY, body)
-    fastbind_slot_set(req, _REQ_BODY_USED, False)
-    return req
+
+_init_forward()
 
 
 cdef BindingCall _new_call(InvocationContext inv, object request, bint http):

@@ -213,6 +213,91 @@ static PyObject *fastbind_take_error(void) {
     return value;
 }
 
+/* Where Request and Headers keep their fields (offsets of their __slots__), set once
+   at import, for the copy a binding call makes (fastbind_forward). */
+typedef struct {
+    Py_ssize_t url, method, headers, body, body_used;  /* Request */
+    Py_ssize_t items, shared, raw;                     /* Headers */
+    PyTypeObject *headers_type;
+    int pooled_request, pooled_headers;
+    PyObject *body_used_message;
+} fastbind_request_layout;
+
+static fastbind_request_layout fastbind_req;
+
+#define FASTBIND_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+static inline void fastbind_slot_store(PyObject *fresh, Py_ssize_t off, PyObject *v) {
+    Py_INCREF(v);  /* ``fresh`` was just allocated: the slot is empty */
+    FASTBIND_SLOT(fresh, off) = v;
+}
+
+static inline PyObject *fastbind_new_pooled(int which, int pooled, PyTypeObject *type) {
+    return pooled ? fastbind_pool_new(which) : type->tp_alloc(type, 0);
+}
+
+/* The child's copy of Request ``src`` (of the exact class, checked by the caller): the
+   same body object, the headers copied on write (or their raw pairs shared), and
+   ``src`` marked used when it has a body. NULL with an exception set. In C rather
+   than Cython because it runs on every binding call: written out by hand, it is a
+   few cache lines of straight code. */
+static PyObject *fastbind_forward(PyObject *src) {
+    const fastbind_request_layout *L = &fastbind_req;
+    PyObject *url = FASTBIND_SLOT(src, L->url), *method = FASTBIND_SLOT(src, L->method);
+    PyObject *headers = FASTBIND_SLOT(src, L->headers), *body = FASTBIND_SLOT(src, L->body);
+    PyObject *used = FASTBIND_SLOT(src, L->body_used), *copy, *items, *req;
+    if (url == NULL || method == NULL || headers == NULL || body == NULL || used == NULL) {
+        PyErr_SetString(PyExc_AttributeError,
+                        "a Request field (url, method, headers, body or body_used) is unset");
+        return NULL;
+    }
+    if (Py_TYPE(headers) != L->headers_type) {
+        PyErr_Format(PyExc_TypeError, "Request.headers must be a Headers, not %.200s",
+                     Py_TYPE(headers)->tp_name);
+        return NULL;
+    }
+    if (body != Py_None) {
+        if (used == Py_True) {
+            PyErr_SetObject(PyExc_TypeError, L->body_used_message);
+            return NULL;
+        }
+        Py_INCREF(Py_True);
+        FASTBIND_SLOT(src, L->body_used) = Py_True;
+        Py_DECREF(used);
+    }
+    items = FASTBIND_SLOT(headers, L->items);
+    if (items == NULL && FASTBIND_SLOT(headers, L->raw) == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "'Headers' object has no attribute '_items'");
+        return NULL;
+    }
+    copy = fastbind_new_pooled(1, L->pooled_headers, L->headers_type);
+    if (copy == NULL) return NULL;
+    if (items != NULL) {  /* copy-on-write, as Headers.copy(): one list until a write */
+        fastbind_slot_store(copy, L->items, items);
+        fastbind_slot_store(copy, L->shared, Py_True);
+        if (FASTBIND_SLOT(headers, L->shared) != Py_True) {
+            PyObject *old = FASTBIND_SLOT(headers, L->shared);
+            Py_INCREF(Py_True);
+            FASTBIND_SLOT(headers, L->shared) = Py_True;
+            Py_XDECREF(old);
+        }
+    } else {  /* still the raw pairs of an embedded request: each side decodes its own */
+        fastbind_slot_store(copy, L->raw, FASTBIND_SLOT(headers, L->raw));
+        fastbind_slot_store(copy, L->shared, Py_False);
+    }
+    req = fastbind_new_pooled(0, L->pooled_request, Py_TYPE(src));
+    if (req == NULL) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    fastbind_slot_store(req, L->url, url);
+    fastbind_slot_store(req, L->method, method);
+    FASTBIND_SLOT(req, L->headers) = copy;
+    fastbind_slot_store(req, L->body, body);
+    fastbind_slot_store(req, L->body_used, Py_False);
+    return req;
+}
+
 /* handler(a, b, c): a function handler's coroutine, NULL with the exception set. */
 static inline PyObject *fastbind_call3(PyObject *f, PyObject *a, PyObject *b, PyObject *c) {
     PyObject *args[4] = {NULL, a, b, c};
