@@ -80,6 +80,7 @@ cdef extern from "Python.h":
     bint PyCoro_CheckExact(object obj)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
+    object PyObject_CallNoArgs(object callable)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
     Py_ssize_t PyTuple_GET_SIZE(object t)
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
@@ -1788,7 +1789,8 @@ cdef class DispatchPlan:
     cdef object _loop_checked(self):
         """The running loop, with the core's task factory on it."""
         loop = _get_running_loop()
-        if loop is not self._loop or self._get_factory() is not self._factory:
+        # (PyObject_CallNoArgs: CPython's own no-argument call, not Cython's generic one)
+        if loop is not self._loop or PyObject_CallNoArgs(self._get_factory) is not self._factory:
             self._install_factory(loop)
             self._get_factory = loop.get_task_factory
             self._factory = self._get_factory()
