@@ -141,13 +141,13 @@ static inline void fastbind_pool_dealloc(fastbind_pool *pool, PyObject *self) {
 static void fastbind_pool0_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[0], self); }
 static void fastbind_pool1_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[1], self); }
 
-/* A new instance of the pool's class with every slot empty, as object_new gives. */
+/* A new instance of the pool's class with every slot empty, as object_new gives
+   (a pooled block's slots were all cleared when it was freed). */
 static inline PyObject *fastbind_pool_new(int which) {
     fastbind_pool *pool = &fastbind_pools[which];
     PyObject *o;
     if (pool->n_free > 0) {
         o = pool->free[--pool->n_free];
-        memset((char *)o + sizeof(PyObject), 0, pool->type->tp_basicsize - sizeof(PyObject));
         (void)PyObject_Init(o, pool->type);
         PyObject_GC_Track(o);
         return o;
