@@ -160,3 +160,30 @@ def test_missing_binding_error_is_one_class(core) -> None:
         env.B  # noqa: B018
     with pytest.raises(MissingBindingError):
         env["B"]
+
+
+def test_header_names_checked_once_are_still_checked_exactly() -> None:
+    # A name is checked once and remembered; what is remembered must not let a bad
+    # value, another spelling or a look-alike name through, and the memory is bounded.
+    from fastbind import headers as headers_module
+
+    class Name(str):
+        pass
+
+    for _ in range(2):  # the second time, every name below comes from the memory
+        h = Headers({"Content-Type": "a/b", "x-id": " 7\t"})
+        assert h.items() == [("content-type", "a/b"), ("x-id", "7")]
+        h.append(Name("X-Sub"), "1")
+        assert h.get("x-sub") == "1"
+        with pytest.raises(ValueError, match="Invalid header value"):
+            Headers({"Content-Type": "a\r\nb"})
+        with pytest.raises(ValueError, match="Invalid header name"):
+            Headers({"content type": "x"})
+        with pytest.raises(ValueError, match="Invalid header name"):
+            Headers({"\u212aey": "x"})  # KELVIN SIGN lower-cases to an ASCII "k"
+        with pytest.raises(TypeError, match="value must be str"):
+            Headers({"content-type": None})
+    for i in range(2 * headers_module._CHECKED_NAMES_MAX):
+        Headers({f"x-made-up-{i}": "1"})
+    assert len(headers_module._CHECKED_NAMES) <= headers_module._CHECKED_NAMES_MAX
+    assert Headers({"x-made-up-999999": "1"}).get("X-Made-Up-999999") == "1"

@@ -17,16 +17,29 @@ _FORBIDDEN_IN_VALUE = ("\r", "\n", "\0")
 _WS = " \t"
 
 
+# Names already checked, as given -> lower-cased. Checking a name character by
+# character costs more than the rest of a header; Workers use a handful of names, so
+# they are checked once. Bounded: names that clients invent cannot grow it.
+_CHECKED_NAMES: dict[str, str] = {}
+_CHECKED_NAMES_MAX = 512
+
+
 def _check_name(name: object) -> str:
-    if type(name) is not str:
-        if isinstance(name, str):
-            name = str(name)
-        else:
-            raise TypeError(f"Header name must be str, not {type(name).__name__}")
+    if type(name) is str:
+        known = _CHECKED_NAMES.get(name)
+        if known is not None:
+            return known
+    elif isinstance(name, str):
+        name = str(name)
+    else:
+        raise TypeError(f"Header name must be str, not {type(name).__name__}")
     # Checked before lower(): some non-ASCII letters lower-case to ASCII (U+212A -> "k").
     if not name or not _TOKEN.issuperset(name):
         raise ValueError(f"Invalid header name: {name!r}")
-    return name.lower()
+    lname = name.lower()
+    if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+        _CHECKED_NAMES[name] = lname
+    return lname
 
 
 def _lookup_name(name: object) -> str:
@@ -97,13 +110,14 @@ class Headers:
         if type(init) is dict:
             # The common case, Response(..., headers={...}): plain str names and values
             # are checked inline; anything else takes the general path below.
+            names = _CHECKED_NAMES
             for name, value in init.items():
+                lname = names.get(name) if type(name) is str else None
                 if (
-                    type(name) is str and type(value) is str and name
-                    and _TOKEN.issuperset(name)
+                    lname is not None and type(value) is str
                     and "\r" not in value and "\n" not in value and "\0" not in value
                 ):
-                    items.append((name.lower(), value.strip(_WS)))
+                    items.append((lname, value.strip(_WS)))
                 else:
                     lname = _check_name(name)
                     items.append((lname, _check_value(lname, value)))
