@@ -7,7 +7,6 @@ from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContext
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from cpython.list cimport PyList_AsTuple
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime, timespec
@@ -28,7 +27,6 @@ from fastbind.errors import (
     SubrequestDepthError,
     TooManySubrequestsError,
 )
-from fastbind import headers as _headers_module
 from fastbind.headers import Headers
 from fastbind.request import Request
 from fastbind.response import Response
@@ -40,7 +38,7 @@ cdef extern from "_core_capi.h":
     int fastbind_step(fastbind_step_fn f, PyObject* call, PyObject* arg, PyObject* exc, PyObject** result)
     object fastbind_take_error()
     ctypedef struct fastbind_request_layout:
-        Py_ssize_t url, method, headers, body, body_used, items, shared, raw
+        Py_ssize_t url, method, headers, body, body_used, items, shared
         PyTypeObject* headers_type
         int pooled_request, pooled_headers
         PyObject* body_used_message
@@ -48,7 +46,6 @@ cdef extern from "_core_capi.h":
     object fastbind_forward(object src)
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
-    PyObject* fastbind_slot_peek(object obj, Py_ssize_t off)
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     object fastbind_alloc_instance(object type)
     int fastbind_install_am_send(object type, fastbind_send_fn impl) except -1
@@ -109,7 +106,6 @@ cdef Py_ssize_t _REQ_BODY = fastbind_slot_offset(Request, "body")
 cdef Py_ssize_t _REQ_BODY_USED = fastbind_slot_offset(Request, "body_used")
 cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
 cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
-cdef Py_ssize_t _HDR_RAW = fastbind_slot_offset(Headers, "_raw")  # undecoded pairs (embed)
 # Pools of Request and Headers blocks (see _core_capi.h): a binding call copies both.
 cdef bint _POOLED_REQUEST = fastbind_pool_install(0, Request, tuple(Request.__slots__))
 cdef bint _POOLED_HEADERS = fastbind_pool_install(1, Headers, tuple(Headers.__slots__))
@@ -1026,7 +1022,6 @@ cdef int _init_forward() except -1:
     fastbind_req.body_used = _REQ_BODY_USED
     fastbind_req.items = _HDR_ITEMS
     fastbind_req.shared = _HDR_SHARED
-    fastbind_req.raw = _HDR_RAW
     fastbind_req.headers_type = <PyTypeObject*>_HeadersType
     fastbind_req.pooled_request = _POOLED_REQUEST
     fastbind_req.pooled_headers = _POOLED_HEADERS
@@ -1582,24 +1577,6 @@ cdef inline object _latin1(object raw, bint lower):
     return out
 
 
-def decode_raw_headers(tuple pairs not None):
-    """Header items of raw ``(bytes, bytes)`` pairs (Headers._raw): names lower-cased,
-    both decoded as latin-1, common names shared rather than decoded again."""
-    cdef list items = []
-    for pair in pairs:
-        if (type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2
-                or type(<object>PyTuple_GET_ITEM(pair, 0)) is not bytes
-                or type(<object>PyTuple_GET_ITEM(pair, 1)) is not bytes):
-            raise TypeError(f"raw headers must be (name, value) pairs of bytes, not {pair!r}")
-        items.append((_latin1(<object>PyTuple_GET_ITEM(pair, 0), True),
-                      _latin1(<object>PyTuple_GET_ITEM(pair, 1), False)))
-    return items
-
-
-# Headers decode their raw pairs with the function above once the core is loaded.
-_headers_module._decode_raw = decode_raw_headers
-
-
 cdef str _M_GET = "GET"
 cdef str _M_PUT = "PUT"
 cdef str _M_POST = "POST"
@@ -1647,25 +1624,19 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
             body = None
     else:
         return None
-    # The pairs are checked now and decoded when the Worker first reads the headers
-    # (Headers.__getattr__): kept as a tuple, which the host cannot change meanwhile.
-    cdef tuple pairs
-    if type(raw_headers) is tuple:
-        pairs = <tuple>raw_headers
-    elif type(raw_headers) is list:
-        pairs = PyList_AsTuple(raw_headers)
-    else:
+    if type(raw_headers) is not list and type(raw_headers) is not tuple:
         return None
-    for pair in pairs:
-        if (type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2
-                or type(<object>PyTuple_GET_ITEM(pair, 0)) is not bytes
-                or type(<object>PyTuple_GET_ITEM(pair, 1)) is not bytes):
+    cdef list items = []
+    for pair in raw_headers:
+        if type(pair) is not tuple or len(<tuple>pair) != 2:
             return None
+        raw_name = (<tuple>pair)[0]
+        raw_value = (<tuple>pair)[1]
+        if type(raw_name) is not bytes or type(raw_value) is not bytes:
+            return None
+        items.append((_latin1(raw_name, True), _latin1(raw_value, False)))
     headers = fastbind_pool_new(1) if _POOLED_HEADERS else fastbind_alloc(_HeadersType)
-    if PyTuple_GET_SIZE(pairs):
-        fastbind_slot_set(headers, _HDR_RAW, pairs)
-    else:
-        fastbind_slot_set(headers, _HDR_ITEMS, [])
+    fastbind_slot_set(headers, _HDR_ITEMS, items)
     fastbind_slot_set(headers, _HDR_SHARED, False)
     request = fastbind_pool_new(0) if _POOLED_REQUEST else fastbind_alloc(_RequestType)
     fastbind_slot_set(request, _REQ_METHOD, name)
@@ -1688,8 +1659,7 @@ cdef object _fast_raw_response(object response):
         body = (<str>body).encode("utf-8")
     elif type(body) is not bytes and type(body) is not bytearray and type(body) is not memoryview:
         return None
-    cdef PyObject* held = fastbind_slot_peek(headers, _HDR_ITEMS)
-    cdef list items = <list>held if held != NULL else headers._items  # (decodes raw pairs)
+    cdef list items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
     cdef list out = []
     for item in items:
         if type(item) is not tuple or len(<tuple>item) != 2:

@@ -34,11 +34,6 @@ static inline PyObject *fastbind_slot_get(PyObject *obj, Py_ssize_t off, const c
     return v;
 }
 
-/* The slot's value, borrowed, or NULL when it is unset (no exception set). */
-static inline PyObject *fastbind_slot_peek(PyObject *obj, Py_ssize_t off) {
-    return *(PyObject **)((char *)obj + off);
-}
-
 static inline void fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
     PyObject **p = (PyObject **)((char *)obj + off);
     PyObject *old = *p;
@@ -217,7 +212,7 @@ static PyObject *fastbind_take_error(void) {
    at import, for the copy a binding call makes (fastbind_forward). */
 typedef struct {
     Py_ssize_t url, method, headers, body, body_used;  /* Request */
-    Py_ssize_t items, shared, raw;                     /* Headers */
+    Py_ssize_t items, shared;                          /* Headers */
     PyTypeObject *headers_type;
     int pooled_request, pooled_headers;
     PyObject *body_used_message;
@@ -237,8 +232,7 @@ static inline PyObject *fastbind_new_pooled(int which, int pooled, PyTypeObject 
 }
 
 /* The child's copy of Request ``src`` (of the exact class, checked by the caller): the
-   same body object, the headers copied on write (or their raw pairs shared), and
-   ``src`` marked used when it has a body. NULL with an exception set. In C rather
+   same body object, the headers copied on write, and ``src`` marked used when it has a body. NULL with an exception set. In C rather
    than Cython because it runs on every binding call: written out by hand, it is a
    few cache lines of straight code. */
 static PyObject *fastbind_forward(PyObject *src) {
@@ -266,24 +260,20 @@ static PyObject *fastbind_forward(PyObject *src) {
         Py_DECREF(used);
     }
     items = FASTBIND_SLOT(headers, L->items);
-    if (items == NULL && FASTBIND_SLOT(headers, L->raw) == NULL) {
+    if (items == NULL) {
         PyErr_SetString(PyExc_AttributeError, "'Headers' object has no attribute '_items'");
         return NULL;
     }
     copy = fastbind_new_pooled(1, L->pooled_headers, L->headers_type);
     if (copy == NULL) return NULL;
-    if (items != NULL) {  /* copy-on-write, as Headers.copy(): one list until a write */
-        fastbind_slot_store(copy, L->items, items);
-        fastbind_slot_store(copy, L->shared, Py_True);
-        if (FASTBIND_SLOT(headers, L->shared) != Py_True) {
-            PyObject *old = FASTBIND_SLOT(headers, L->shared);
-            Py_INCREF(Py_True);
-            FASTBIND_SLOT(headers, L->shared) = Py_True;
-            Py_XDECREF(old);
-        }
-    } else {  /* still the raw pairs of an embedded request: each side decodes its own */
-        fastbind_slot_store(copy, L->raw, FASTBIND_SLOT(headers, L->raw));
-        fastbind_slot_store(copy, L->shared, Py_False);
+    /* Copy-on-write, as Headers.copy(): both sides share one list until one writes. */
+    fastbind_slot_store(copy, L->items, items);
+    fastbind_slot_store(copy, L->shared, Py_True);
+    if (FASTBIND_SLOT(headers, L->shared) != Py_True) {
+        PyObject *old = FASTBIND_SLOT(headers, L->shared);
+        Py_INCREF(Py_True);
+        FASTBIND_SLOT(headers, L->shared) = Py_True;
+        Py_XDECREF(old);
     }
     req = fastbind_new_pooled(0, L->pooled_request, Py_TYPE(src));
     if (req == NULL) {

@@ -53,7 +53,6 @@ __all__ = (
     "DispatchPlan",
     "RawEntry",
     "install_raw",
-    "decode_raw_headers",
 )
 
 IMPLEMENTATION = "py"
@@ -895,16 +894,6 @@ _INSIDE_WORKER = (
     "Workers through a service binding (env.X.fetch)"
 )
 _raw: dict[str, Any] = {"request": None, "response": None}
-
-
-def decode_raw_headers(pairs: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
-    """Header items of raw ``(bytes, bytes)`` pairs: names lower-cased, latin-1."""
-    items = []
-    for pair in pairs:
-        if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not bytes or type(pair[1]) is not bytes:
-            raise TypeError(f"raw headers must be (name, value) pairs of bytes, not {pair!r}")
-        items.append((pair[0].decode("latin-1").lower(), pair[1].decode("latin-1")))
-    return items
 
 
 def install_raw(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Union
+from typing import Union
 
 __all__ = ("Headers", "HeadersInit")
 
@@ -70,33 +70,12 @@ class Headers:
     Names are stored lower-cased, as the Fetch API exposes them; values keep their
     case. Items are immutable tuples, so copies share one list until either side
     writes (copy-on-write): forwarding a request through a binding copies nothing.
-
-    Headers of a request received raw (fastbind.embed) start undecoded: ``_raw`` holds
-    the parser's ``(bytes, bytes)`` pairs and ``_items`` is unset until something first
-    reads it (``__getattr__``), so a Worker that never looks at the headers costs no
-    str and no tuple per header.
     """
 
-    __slots__ = ("_items", "_shared", "_raw")
+    __slots__ = ("_items", "_shared")
 
     _items: list[tuple[str, str]]
     _shared: bool
-    _raw: tuple[tuple[bytes, bytes], ...]
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached when the normal look-up fails: for ``_items``, when the headers
-        # are still the raw pairs they were received as.
-        if name == "_items":
-            try:
-                raw = _RAW_PAIRS.__get__(self, Headers)
-            except AttributeError:
-                pass
-            else:
-                items = _decode_raw(raw)
-                self._items = items
-                del self._raw
-                return items
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __init__(self, init: HeadersInit = None) -> None:
         items: list[tuple[str, str]] = []
@@ -225,15 +204,3 @@ class Headers:
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
-
-
-_RAW_PAIRS: Any = Headers.__dict__["_raw"]  # the slot itself: reading it skips __getattr__
-
-
-def _decode_raw(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
-    """Header items of raw pairs: names lower-cased, both decoded as latin-1.
-
-    The compiled core replaces this with its own (same result, no str for a common
-    name) when it is imported.
-    """
-    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
