@@ -71,3 +71,19 @@ def test_rpc_timing_parents(core: Any, run: Any, worker: str) -> None:
     records = [(r.caller, r.target, r.kind, r.outcome) for r in reports[0].subrequests]
     calls = [(worker, "rpc_child", "rpc", "ok")] * 5 if worker.startswith("rpc") else []
     assert records == calls
+
+
+def test_targets_give_the_ratio_of_medians_and_the_per_round_median() -> None:
+    # The machine slowed down half-way: the ratio of medians mixes the two halves,
+    # the per-round ratios do not. The verdict stays on the ratio of medians.
+    floor = benchmark.CaseResult("direct await", "floor", samples=[100, 100, 100, 200, 200])
+    binding = benchmark.CaseResult("binding [c]", "fastbind", samples=[140, 140, 140, 280, 280])
+    assert benchmark.paired_ratio(binding, floor) == pytest.approx(1.4)
+    checks = {c["target"]: c for c in benchmark.check_targets([floor, binding])}
+    check = checks["binding [c] at most 1.5x a direct await"]
+    assert check["measured"] == pytest.approx(1.4) and check["paired"] == pytest.approx(1.4)
+    assert check["met"] is True
+    slow = benchmark.CaseResult("binding [c]", "fastbind", samples=[90, 160, 300, 600, 640])
+    check = {c["target"]: c for c in benchmark.check_targets([floor, slow])}[check["target"]]
+    assert check["measured"] == pytest.approx(3.0) and check["paired"] == pytest.approx(3.0)
+    assert check["met"] is False
