@@ -606,3 +606,35 @@ def test_fetch_takes_every_form_of_call(core, run) -> None:
     assert seen == [("GET", "https://e/a", None), ("GET", "https://e/b", None),
                     ("POST", "https://e/c", b"c"), ("GET", "https://e/d", None),
                     ("GET", "https://e/e", None)]
+
+
+def test_fetch_with_a_url_gives_what_request_of_that_url_gives(core, run) -> None:
+    # The compiled core builds the child's Request for a plain http(s) URL itself; it
+    # must be what Request(url) is, and every other URL must meet Request's own checks.
+    urls = ["https://e/a?b=1#c", "http://h:8080/", "http://h/\x01", "ftp://files.example/x",
+            "HTTPS://E/upper", "https://e/caf\xe9"]
+    seen: list[tuple[Any, ...]] = []
+
+    async def leaf(request: Request, env: Any, ctx: Any) -> Response:
+        seen.append((type(request), request.url, request.method, list(request.headers),
+                     request.body, request.body_used))
+        request.headers.set("x-child", "1")  # its own headers, never shared
+        return Response("ok")
+
+    async def caller(request: Request, env: Any, ctx: Any) -> Response:
+        for url in urls:
+            await env.LEAF.fetch(url)
+        for bad in ("https://e/a b", "https://", "http:///path", "/relative"):
+            with pytest.raises(TypeError, match="Invalid URL"):
+                env.LEAF.fetch(bad)
+        return Response("done")
+
+    rt = Runtime()
+    rt.add_worker("caller", caller, services={"LEAF": "leaf"})
+    rt.add_worker("leaf", leaf)
+    assert run(rt.dispatch("caller", Request("https://e/"))).status == 200
+    expected = []
+    for url in urls:
+        r = Request(url)
+        expected.append((Request, r.url, r.method, list(r.headers), r.body, r.body_used))
+    assert seen == expected

@@ -844,7 +844,9 @@ cdef class Fetcher:
         if type(input) is _RequestType:
             request = fastbind_forward(input)  # the child's copy (_core_capi.h)
         else:
-            request = _RequestType(input)
+            request = _request_for_url(input)
+            if request is None:
+                request = _RequestType(input)
         inv = caller._child(self._target, _KIND_BINDING, self._props)
         return _new_call(inv, request, True)
 
@@ -1643,6 +1645,24 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
     fastbind_slot_set(request, _REQ_URL, url)
     fastbind_slot_set(request, _REQ_HEADERS, headers)
     fastbind_slot_set(request, _REQ_BODY, body)
+    fastbind_slot_set(request, _REQ_BODY_USED, False)
+    return request
+
+
+cdef object _request_for_url(object url):
+    """``Request(url)`` for an http(s) URL that _quick_url accepts (all of which
+    check_url accepts too), built here; None for anything else. ``fetch("https://...")``
+    would otherwise spend most of a binding call in Request.__init__'s Python checks."""
+    if not _quick_url(url):
+        return None
+    headers = fastbind_pool_new(1) if _POOLED_HEADERS else fastbind_alloc(_HeadersType)
+    fastbind_slot_set(headers, _HDR_ITEMS, [])
+    fastbind_slot_set(headers, _HDR_SHARED, False)
+    request = fastbind_pool_new(0) if _POOLED_REQUEST else fastbind_alloc(_RequestType)
+    fastbind_slot_set(request, _REQ_URL, url)
+    fastbind_slot_set(request, _REQ_METHOD, _M_GET)
+    fastbind_slot_set(request, _REQ_HEADERS, headers)
+    fastbind_slot_set(request, _REQ_BODY, None)
     fastbind_slot_set(request, _REQ_BODY_USED, False)
     return request
 
