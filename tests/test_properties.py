@@ -708,3 +708,25 @@ def test_a_missing_or_unreadable_config_is_a_config_error(tmp_path: Path) -> Non
     for path in (tmp_path / "absent.toml", tmp_path):
         with pytest.raises(ConfigError, match="cannot read the config file"):
             Runtime.from_config(path)
+
+
+url_tail = st.text(alphabet=st.sampled_from(list("ab/?#:@.% \t\r\n\0\x01\x7f\xa0\xe9-_~")), max_size=12)
+
+
+@given(prefix=st.sampled_from(["https://", "http://", "HTTPS://", "https:/", "http:", "ftp://", "h", ""]),
+       tail=url_tail)
+def test_check_url_fast_path_agrees_with_the_full_check(prefix: str, tail: str) -> None:
+    # check_url answers common http(s) URLs without its full parse; for every URL it
+    # must give what the full parse gives: the same URL back, or the same TypeError.
+    from fastbind.request import _check_url_fully, check_url
+
+    url = prefix + tail
+    try:
+        expected: object = _check_url_fully(url)
+    except TypeError as exc:
+        expected = ("TypeError", str(exc))
+    try:
+        got: object = check_url(url)
+    except TypeError as exc:
+        got = ("TypeError", str(exc))
+    assert got == expected

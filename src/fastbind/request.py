@@ -21,6 +21,23 @@ _NORMALIZED = {m.lower(): m for m in ("DELETE", "GET", "HEAD", "OPTIONS", "POST"
 
 def check_url(url: object) -> str:
     """Return ``url`` if it is an absolute URL, else raise TypeError("Invalid URL: ...")."""
+    # The common case first: an http(s) URL with a host and nothing unprintable (which
+    # covers CR, LF, NUL and tab) or a space. Everything it accepts, the full check
+    # below accepts too; anything else goes there.
+    if (
+        type(url) is str
+        and (
+            (url.startswith("https://") and len(url) > 8 and url[8] not in "/?#")
+            or (url.startswith("http://") and len(url) > 7 and url[7] not in "/?#")
+        )
+        and url.isprintable()
+        and " " not in url
+    ):
+        return url
+    return _check_url_fully(url)
+
+
+def _check_url_fully(url: object) -> str:
     if type(url) is not str:
         if isinstance(url, str):
             url = str(url)
