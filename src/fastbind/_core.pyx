@@ -1637,16 +1637,7 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
         if type(raw_name) is not bytes or type(raw_value) is not bytes:
             return None
         items.append((_latin1(raw_name, True), _latin1(raw_value, False)))
-    headers = fastbind_pool_new(1) if _POOLED_HEADERS else fastbind_alloc(_HeadersType)
-    fastbind_slot_set(headers, _HDR_ITEMS, items)
-    fastbind_slot_set(headers, _HDR_SHARED, False)
-    request = fastbind_pool_new(0) if _POOLED_REQUEST else fastbind_alloc(_RequestType)
-    fastbind_slot_set(request, _REQ_METHOD, name)
-    fastbind_slot_set(request, _REQ_URL, url)
-    fastbind_slot_set(request, _REQ_HEADERS, headers)
-    fastbind_slot_set(request, _REQ_BODY, body)
-    fastbind_slot_set(request, _REQ_BODY_USED, False)
-    return request
+    return _new_request(name, url, items, body)
 
 
 cdef object _request_for_url(object url):
@@ -1655,14 +1646,19 @@ cdef object _request_for_url(object url):
     would otherwise spend most of a binding call in Request.__init__'s Python checks."""
     if not _quick_url(url):
         return None
+    return _new_request(_M_GET, url, [], None)
+
+
+cdef inline object _new_request(str method, str url, list items, object body):
+    """A Request of checked parts, with its own Headers of ``items``, both from the pools."""
     headers = fastbind_pool_new(1) if _POOLED_HEADERS else fastbind_alloc(_HeadersType)
-    fastbind_slot_set(headers, _HDR_ITEMS, [])
+    fastbind_slot_set(headers, _HDR_ITEMS, items)
     fastbind_slot_set(headers, _HDR_SHARED, False)
     request = fastbind_pool_new(0) if _POOLED_REQUEST else fastbind_alloc(_RequestType)
+    fastbind_slot_set(request, _REQ_METHOD, method)
     fastbind_slot_set(request, _REQ_URL, url)
-    fastbind_slot_set(request, _REQ_METHOD, _M_GET)
     fastbind_slot_set(request, _REQ_HEADERS, headers)
-    fastbind_slot_set(request, _REQ_BODY, None)
+    fastbind_slot_set(request, _REQ_BODY, body)
     fastbind_slot_set(request, _REQ_BODY_USED, False)
     return request
 
