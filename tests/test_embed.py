@@ -169,6 +169,22 @@ def test_raw_headers_read_late_are_those_of_the_call(core: Any, run: Any) -> Non
     assert (status, out_headers) == (200, [(b"host", b"h.test"), (b"x-caf\xe9", b"cr\xe8me")])
 
 
+def test_raw_headers_never_read_go_back_decoded(core: Any, run: Any) -> None:
+    # A Worker that hands its request's Headers object (never read, still raw) back
+    # as its response's: the host gets the names lower-cased, as from any Response.
+    async def mirror(request: Request, env: Any, ctx: Any) -> Response:
+        response = Response("ok")
+        response.headers = request.headers
+        return response
+
+    rt = Runtime()
+    rt.add_worker("mirror", mirror)
+    raw = RawDispatcher(rt, "mirror")
+    for pairs in ([(b"X-A", b"1"), (b"Caf\xe9", b"cr\xe8me")], ((b"X-A", b"1"), (b"Caf\xe9", b"cr\xe8me"))):
+        status, headers, body = run(raw(b"GET", "https://h.test/", pairs, b""))
+        assert (status, headers, body) == (200, [(b"x-a", b"1"), (b"caf\xe9", b"cr\xe8me")], b"ok")
+
+
 def test_dispatcher_takes_keywords_and_reports_bad_calls(core: Any, run: Any) -> None:
     # Positional calls take the compiled core's C entry point; keywords and wrong
     # calls take the regular one, with the same meaning and Python's own errors.

@@ -167,6 +167,46 @@ def test_headers_behave_as_an_ordered_list_of_lowercase_pairs(ops: list[tuple[st
         assert list(copy_before[0]) == copy_before[1]
 
 
+_raw_name = st.binary(min_size=1, max_size=6).map(lambda b: bytes(c % 128 or 65 for c in b)) | st.sampled_from(
+    [b"Host", b"ACCEPT", b"user-agent", b"X-Caf\xe9", b"\xc0b", b"content-type"]
+)
+_raw_pairs = st.lists(st.tuples(_raw_name, st.binary(max_size=6)), min_size=1, max_size=6)
+_READS: dict[str, Callable[[Headers], Any]] = {
+    "list": list, "len": len, "items": lambda h: h.items(), "keys": lambda h: list(h.keys()),
+    "get": lambda h: h.get("Host"), "get_all": lambda h: h.get_all("accept"),
+    "has": lambda h: h.has("user-agent"), "contains": lambda h: "x-caf\xe9" in h,
+    "repr": repr, "copy": lambda h: list(h.copy()), "init": lambda h: list(Headers(h)),
+    "eq": lambda h: (h == h.copy(), h == Headers()),
+}
+
+
+@FAST
+@given(pairs=_raw_pairs, first=st.sampled_from(sorted(_READS)), ops=_ops)
+def test_raw_headers_read_as_their_decoded_items(
+    pairs: list[tuple[bytes, bytes]], first: str, ops: list[tuple[str, str, str]]
+) -> None:
+    # Raw pairs stay raw until first read: whatever reads them first sees the decoded
+    # items (latin-1, names lower-cased), and the C decoder gives what the Python one does.
+    from fastbind import _impl, headers as headers_module
+    from fastbind.embed import raw_request
+
+    model = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in pairs]
+    decoders = [headers_module.decode_raw_headers]
+    if _impl.compiled is not None:
+        decoders.append(_impl.compiled.decode_raw_headers)
+    for decode in decoders:
+        for given in (pairs, tuple(pairs)):
+            raw = raw_request(b"GET", "http://h/", given).headers
+            assert decode(raw) == model and raw._items == model and raw._raw is None
+    eager, lazy = headers_module.Headers(), raw_request(b"GET", "http://h/", pairs).headers
+    eager._items = list(model)
+    assert _READS[first](lazy) == _READS[first](eager)
+    for op, name, value in ops:
+        getattr(lazy, op)(name, *([value] if op != "delete" else []))
+        getattr(eager, op)(name, *([value] if op != "delete" else []))
+    assert list(lazy) == list(eager) and lazy == eager
+
+
 # -- Request: URL, method, body --------------------------------------------------------------
 
 _SPECIAL = ("http", "https", "ws", "wss", "ftp")

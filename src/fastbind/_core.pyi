@@ -12,6 +12,7 @@ from typing import Any, Final, Literal, final
 
 from typing_extensions import disjoint_base
 
+from .headers import Headers
 from .entrypoint import WorkerEntrypoint
 from .limits import Limits
 from .request import Request
@@ -298,6 +299,7 @@ def install_raw(
     methods: dict[Any, str],
     names: Iterable[str] = (),
 ) -> None: ...
+def decode_raw_headers(headers: Headers) -> list[tuple[str, str]]: ...
 def call_child(
     target: WorkerHandle,
     kind: str,

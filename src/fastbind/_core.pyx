@@ -27,7 +27,7 @@ from fastbind.errors import (
     SubrequestDepthError,
     TooManySubrequestsError,
 )
-from fastbind.headers import Headers
+from fastbind.headers import Headers, use_raw_decoder
 from fastbind.request import Request
 from fastbind.response import Response
 from fastbind.rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
@@ -38,7 +38,7 @@ cdef extern from "_core_capi.h":
     int fastbind_step(fastbind_step_fn f, PyObject* call, PyObject* arg, PyObject* exc, PyObject** result)
     object fastbind_take_error()
     ctypedef struct fastbind_request_layout:
-        Py_ssize_t url, method, headers, body, body_used, items, shared
+        Py_ssize_t url, method, headers, body, body_used, items, shared, raw
         PyTypeObject* headers_type
         int pooled_request, pooled_headers
         PyObject* body_used_message
@@ -106,6 +106,7 @@ cdef Py_ssize_t _REQ_BODY = fastbind_slot_offset(Request, "body")
 cdef Py_ssize_t _REQ_BODY_USED = fastbind_slot_offset(Request, "body_used")
 cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
 cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
+cdef Py_ssize_t _HDR_RAW = fastbind_slot_offset(Headers, "_raw")
 # Pools of Request and Headers blocks (see _core_capi.h): a binding call copies both.
 cdef bint _POOLED_REQUEST = fastbind_pool_install(0, Request, tuple(Request.__slots__))
 cdef bint _POOLED_HEADERS = fastbind_pool_install(1, Headers, tuple(Headers.__slots__))
@@ -1024,6 +1025,7 @@ cdef int _init_forward() except -1:
     fastbind_req.body_used = _REQ_BODY_USED
     fastbind_req.items = _HDR_ITEMS
     fastbind_req.shared = _HDR_SHARED
+    fastbind_req.raw = _HDR_RAW
     fastbind_req.headers_type = <PyTypeObject*>_HeadersType
     fastbind_req.pooled_request = _POOLED_REQUEST
     fastbind_req.pooled_headers = _POOLED_HEADERS
@@ -1428,11 +1430,15 @@ cdef extern from "Python.h":
 
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    Py_ssize_t PySequence_Fast_GET_SIZE(object o)
+    PyObject** PySequence_Fast_ITEMS(object o)
+    PyTypeObject* Py_TYPE(PyObject* o)
 
 cdef extern from "_core_capi.h":
     object fastbind_alloc(object type)
 
 from libc.string cimport memcmp, memcpy
+from cpython.list cimport PyList_GET_SIZE, PyList_GetSlice, PyList_New, PyList_SET_ITEM
 from libc.stdint cimport uint64_t
 
 cdef object _get_running_loop = asyncio.get_running_loop
@@ -1626,18 +1632,59 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
             body = None
     else:
         return None
-    if type(raw_headers) is not list and type(raw_headers) is not tuple:
-        return None
-    cdef list items = []
-    for pair in raw_headers:
-        if type(pair) is not tuple or len(<tuple>pair) != 2:
+    if type(raw_headers) is list:
+        if not _bytes_pairs(raw_headers):
             return None
-        raw_name = (<tuple>pair)[0]
-        raw_value = (<tuple>pair)[1]
-        if type(raw_name) is not bytes or type(raw_value) is not bytes:
+        if PyList_GET_SIZE(raw_headers) == 0:
+            return _new_request(name, url, [], None, body)
+        # Left raw until the Worker reads them (Headers decodes them then): copied,
+        # so that the caller may reuse its list; the pairs themselves are immutable.
+        return _new_request(name, url, None, PyList_GetSlice(raw_headers, 0, PyList_GET_SIZE(raw_headers)), body)
+    if type(raw_headers) is tuple:
+        if not _bytes_pairs(raw_headers):
             return None
-        items.append((_latin1(raw_name, True), _latin1(raw_value, False)))
-    return _new_request(name, url, items, body)
+        if PyTuple_GET_SIZE(raw_headers) == 0:
+            return _new_request(name, url, [], None, body)
+        return _new_request(name, url, None, raw_headers, body)
+    return None
+
+
+cdef inline bint _bytes_pairs(object pairs):
+    """Every item of list or tuple ``pairs`` is a (bytes, bytes) tuple."""
+    cdef Py_ssize_t i, n = PySequence_Fast_GET_SIZE(pairs)
+    cdef PyObject** items = PySequence_Fast_ITEMS(pairs)
+    cdef PyObject* pair
+    for i in range(n):
+        pair = items[i]
+        if (Py_TYPE(pair) != <PyTypeObject*>tuple or PyTuple_GET_SIZE(<object>pair) != 2
+                or Py_TYPE(PyTuple_GET_ITEM(<object>pair, 0)) != <PyTypeObject*>bytes
+                or Py_TYPE(PyTuple_GET_ITEM(<object>pair, 1)) != <PyTypeObject*>bytes):
+            return False
+    return True
+
+
+def decode_raw_headers(headers):
+    """fastbind.headers.decode_raw_headers in C: decode raw Headers now, return the items."""
+    if type(headers) is not _HeadersType:
+        raise TypeError(f"decode_raw_headers() needs a Headers, not {type(headers).__name__}")
+    raw = fastbind_slot_get(headers, _HDR_RAW, "_raw")
+    if (type(raw) is not list and type(raw) is not tuple) or not _bytes_pairs(raw):
+        raise TypeError(f"raw headers must be (name, value) pairs of bytes, not {raw!r}")
+    cdef Py_ssize_t i, n = PySequence_Fast_GET_SIZE(raw)
+    cdef PyObject** pairs = PySequence_Fast_ITEMS(raw)
+    cdef list items = PyList_New(n)
+    for i in range(n):
+        item = (_latin1(<object>PyTuple_GET_ITEM(<object>pairs[i], 0), True),
+                _latin1(<object>PyTuple_GET_ITEM(<object>pairs[i], 1), False))
+        Py_INCREF(item)  # PyList_SET_ITEM takes a reference
+        PyList_SET_ITEM(items, i, item)
+    fastbind_slot_set(headers, _HDR_ITEMS, items)
+    fastbind_slot_set(headers, _HDR_RAW, None)
+    fastbind_slot_set(headers, _HDR_SHARED, False)
+    return items
+
+
+use_raw_decoder(decode_raw_headers)
 
 
 cdef object _request_for_url(object url):
@@ -1646,14 +1693,17 @@ cdef object _request_for_url(object url):
     would otherwise spend most of a binding call in Request.__init__'s Python checks."""
     if not _quick_url(url):
         return None
-    return _new_request(_M_GET, url, [], None)
+    return _new_request(_M_GET, url, [], None, None)
 
 
-cdef inline object _new_request(str method, str url, list items, object body):
-    """A Request of checked parts, with its own Headers of ``items``, both from the pools."""
+cdef inline object _new_request(str method, str url, list items, object raw, object body):
+    """A Request of checked parts, both from the pools, with its own Headers of
+    ``items``, or of ``raw`` pairs when ``items`` is None."""
     headers = fastbind_pool_new(1) if _POOLED_HEADERS else fastbind_alloc(_HeadersType)
     fastbind_slot_set(headers, _HDR_ITEMS, items)
     fastbind_slot_set(headers, _HDR_SHARED, False)
+    if items is None:
+        fastbind_slot_set(headers, _HDR_RAW, raw)
     request = fastbind_pool_new(0) if _POOLED_REQUEST else fastbind_alloc(_RequestType)
     fastbind_slot_set(request, _REQ_METHOD, method)
     fastbind_slot_set(request, _REQ_URL, url)
@@ -1675,7 +1725,9 @@ cdef object _fast_raw_response(object response):
         body = (<str>body).encode("utf-8")
     elif type(body) is not bytes and type(body) is not bytearray and type(body) is not memoryview:
         return None
-    cdef list items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
+    items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
+    if type(items) is not list:  # e.g. raw request headers put in the response as they are
+        return None
     cdef list out = []
     for item in items:
         if type(item) is not tuple or len(<tuple>item) != 2:

@@ -212,7 +212,7 @@ static PyObject *fastbind_take_error(void) {
    at import, for the copy a binding call makes (fastbind_forward). */
 typedef struct {
     Py_ssize_t url, method, headers, body, body_used;  /* Request */
-    Py_ssize_t items, shared;                          /* Headers */
+    Py_ssize_t items, shared, raw;                     /* Headers */
     PyTypeObject *headers_type;
     int pooled_request, pooled_headers;
     PyObject *body_used_message;
@@ -266,9 +266,19 @@ static PyObject *fastbind_forward(PyObject *src) {
     }
     copy = fastbind_new_pooled(1, L->pooled_headers, L->headers_type);
     if (copy == NULL) return NULL;
-    /* Copy-on-write, as Headers.copy(): both sides share one list until one writes. */
+    /* Copy-on-write, as Headers.copy(): both sides share one list until one writes;
+       raw pairs not decoded yet (items is None) are shared as they are. */
     fastbind_slot_store(copy, L->items, items);
     fastbind_slot_store(copy, L->shared, Py_True);
+    if (items == Py_None) {
+        PyObject *raw = FASTBIND_SLOT(headers, L->raw);
+        if (raw == NULL) {
+            Py_DECREF(copy);
+            PyErr_SetString(PyExc_AttributeError, "'Headers' object has no attribute '_raw'");
+            return NULL;
+        }
+        fastbind_slot_store(copy, L->raw, raw);
+    }
     if (FASTBIND_SLOT(headers, L->shared) != Py_True) {
         PyObject *old = FASTBIND_SLOT(headers, L->shared);
         Py_INCREF(Py_True);

@@ -77,7 +77,6 @@ _COMMON_NAMES = (
     "origin", "referer", "server", "set-cookie", "transfer-encoding", "user-agent", "vary",
     "x-forwarded-for", "x-forwarded-proto", "x-request-id",
 )
-_DECODED_NAMES: dict[bytes, str] = {n.encode(): n for n in _COMMON_NAMES}
 _ENCODED_NAMES: dict[str, bytes] = {n: n.encode() for n in _COMMON_NAMES}
 
 _new_request = Request.__new__
@@ -147,7 +146,7 @@ def raw_response(response: Response) -> RawResponse:
     headers: list[tuple[bytes, bytes]] = []
     append = headers.append
     names = _ENCODED_NAMES
-    for name, value in response.headers.items():
+    for name, value in response.headers._read():
         raw_name = names.get(name)
         if raw_name is None:
             raw_name = name.encode("latin-1")
@@ -186,25 +185,35 @@ def _url(url: object) -> str:
 
 
 def _headers(raw: RawHeaders) -> Headers:
-    names = _DECODED_NAMES
-    items: list[tuple[str, str]] = []
-    append = items.append
+    """Headers of raw pairs, left raw until a Worker reads them (Headers decodes them
+    then). The pairs are checked and copied now, as bytes, so that the caller may
+    reuse or change what it passed once the call returns."""
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
     try:
-        for raw_name, raw_value in raw:
-            name = names.get(raw_name)
-            if name is None:
-                name = raw_name.decode("latin-1").lower()
-                if len(names) < _NAME_CACHE_SIZE:
-                    names[bytes(raw_name)] = name
-            append((name, raw_value.decode("latin-1")))
-    except (AttributeError, TypeError, ValueError):
+        for pair in raw:
+            if type(pair) is tuple and len(pair) == 2 and type(pair[0]) is bytes and type(pair[1]) is bytes:
+                append(pair)
+                continue
+            raw_name, raw_value = pair
+            if not isinstance(raw_name, _BYTES_LIKE) or not isinstance(raw_value, _BYTES_LIKE):
+                raise TypeError
+            append((bytes(raw_name), bytes(raw_value)))
+    except (TypeError, ValueError):
         raise TypeError(
             f"raw headers must be (name, value) pairs of bytes, not {raw!r}"
         ) from None
     headers = _new_headers(Headers)
-    headers._items = items
     headers._shared = False
+    if pairs:
+        headers._items = None
+        headers._raw = pairs
+    else:
+        headers._items = []
     return headers
+
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 def _body(body: object) -> object:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Union
 
 __all__ = ("Headers", "HeadersInit")
@@ -64,18 +64,52 @@ def _check_value(name: str, value: object) -> str:
     return value.strip(_WS)
 
 
+def decode_raw_headers(headers: Headers) -> list[tuple[str, str]]:
+    """Decode raw headers now, at their first read, and return their items: latin-1,
+    names lower-cased. The compiled core installs its own, with the same results."""
+    names = _RAW_NAMES
+    items: list[tuple[str, str]] = []
+    for raw_name, raw_value in headers._raw or ():
+        name = names.get(raw_name)
+        if name is None:
+            name = raw_name.decode("latin-1").lower()
+            if len(names) < _CHECKED_NAMES_MAX:
+                names[raw_name] = name
+        items.append((name, raw_value.decode("latin-1")))
+    headers._items = items
+    headers._raw = None
+    headers._shared = False
+    return items
+
+
+_RAW_NAMES: dict[bytes, str] = {}
+_decode = decode_raw_headers
+
+
+def use_raw_decoder(decoder: Callable[[Headers], list[tuple[str, str]]]) -> None:
+    """Decode raw headers with ``decoder`` from now on (the compiled core's, at its import)."""
+    global _decode
+    _decode = decoder
+
+
 class Headers:
     """Case-insensitive header list that keeps order and repeated names.
 
     Names are stored lower-cased, as the Fetch API exposes them; values keep their
     case. Items are immutable tuples, so copies share one list until either side
     writes (copy-on-write): forwarding a request through a binding copies nothing.
+
+    Headers that arrive as raw bytes pairs (fastbind.embed, the server) stay raw
+    (``_items`` is None, ``_raw`` holds the pairs) until first read: a Worker that
+    never reads them, or forwards them, or returns them in its response, decodes
+    nothing.
     """
 
-    __slots__ = ("_items", "_shared")
+    __slots__ = ("_items", "_shared", "_raw")
 
-    _items: list[tuple[str, str]]
+    _items: list[tuple[str, str]] | None
     _shared: bool
+    _raw: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] | None
 
     def __init__(self, init: HeadersInit = None) -> None:
         items: list[tuple[str, str]] = []
@@ -84,7 +118,7 @@ class Headers:
         if init is None:
             return
         if type(init) is Headers:
-            items.extend(init._items)
+            items.extend(init._read())
             return
         if type(init) is dict:
             # The common case, Response(..., headers={...}): plain str names and values
@@ -118,28 +152,43 @@ class Headers:
         new = Headers.__new__(Headers)
         new._items = self._items
         new._shared = self._shared = True
+        if self._items is None:
+            new._raw = self._raw  # immutable pairs: both decode their own when read
         return new
 
+    def _read(self) -> list[tuple[str, str]]:
+        items = self._items
+        return items if items is not None else _decode(self)
+
     def _writable(self) -> list[tuple[str, str]]:
+        items = self._items
+        if items is None:
+            return _decode(self)
         if self._shared:
-            self._items = self._items.copy()
+            items = self._items = items.copy()
             self._shared = False
-        return self._items
+        return items
 
     def get(self, name: str, default: str | None = None) -> str | None:
         lname = _lookup_name(name)
-        found = [v for n, v in self._items if n == lname]
+        items = self._items
+        if items is None:
+            items = _decode(self)
+        found = [v for n, v in items if n == lname]
         if not found:
             return default
         return found[0] if len(found) == 1 else ", ".join(found)
 
     def get_all(self, name: str) -> list[str]:
         lname = _lookup_name(name)
-        return [v for n, v in self._items if n == lname]
+        return [v for n, v in self._read() if n == lname]
 
     def has(self, name: str) -> bool:
         lname = _lookup_name(name)
-        return any(n == lname for n, _ in self._items)
+        items = self._items
+        if items is None:
+            items = _decode(self)
+        return any(n == lname for n, _ in items)
 
     def set(self, name: str, value: str) -> None:
         lname = _check_name(name)
@@ -161,18 +210,18 @@ class Headers:
 
     def delete(self, name: str) -> None:
         lname = _lookup_name(name)
-        self._items = [it for it in self._items if it[0] != lname]
+        self._items = [it for it in self._read() if it[0] != lname]
         self._shared = False
 
     def keys(self) -> Iterator[str]:
         seen: set[str] = set()
-        for n, _ in self._items:
+        for n, _ in self._read():
             if n not in seen:
                 seen.add(n)
                 yield n
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
+        return list(self._read())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.has(name)
@@ -190,17 +239,18 @@ class Headers:
         self.delete(name)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items.copy())
+        return iter(self._read().copy())
 
     def __len__(self) -> int:
-        return len(self._items)
+        items = self._items
+        return len(items if items is not None else self._raw)  # type: ignore[arg-type]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Headers):
-            return self._items == other._items
+            return self._read() == other._read()
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self._read()!r})"

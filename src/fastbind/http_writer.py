@@ -80,7 +80,7 @@ class ResponseWriter:
         status = response.status
         parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n"]
         dated = False
-        for name, value in response.headers._items:
+        for name, value in response.headers._read():
             if name in _OWN_HEADERS:
                 if name != "date":
                     continue
