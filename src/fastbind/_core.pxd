@@ -1,5 +1,6 @@
 # Declarations of the compiled core's types (see _core.pyx).
 
+cimport cython
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
@@ -154,16 +155,29 @@ cdef class BindingCall:
     cdef Py_ssize_t rpc_nargs
     cdef object immediate
 
+    # Final: TopLevelCall extends this class, and these stay direct C calls.
+    @cython.final
     cdef int _enter(self) except -1
+    @cython.final
     cdef int _call_method(self, InvocationContext inv) except -1
+    @cython.final
     cdef int _keep_result(self, object result) except -1
+    @cython.final
     cdef tuple _rpc_arg_tuple(self)
+    @cython.final
     cdef void _exit(self, str outcome) noexcept
+    @cython.final
     cdef object _check_result(self, object value)
+    @cython.final
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1
+    @cython.final
     cdef void _leave(self, InvocationContext previous, int metered) noexcept
+    @cython.final
     cdef void _fail(self, str outcome) noexcept
+    @cython.final
     cdef void _fail_step(self, InvocationContext previous, int metered) noexcept
+    @cython.final
+    cdef int _close(self) except -1
 
 
 cdef class SliceMeter:

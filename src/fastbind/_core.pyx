@@ -1045,13 +1045,14 @@ cdef BindingCall _new_call(InvocationContext inv, object request, bint http):
     return call
 
 
-@cython.final
 @cython.freelist(64)
 cdef class BindingCall:
     """The awaitable a binding returns: runs the child in the caller's task.
 
     It drives the child coroutine itself (no task, no extra frame) and names the
-    child in the task's ExecutionSlot around each step.
+    child in the task's ExecutionSlot around each step. TopLevelCall extends it (a
+    top-level request drives its root invocation the same way); its C methods are
+    final, so calls to them stay direct.
     """
 
     def __init__(self):
@@ -1295,6 +1296,9 @@ cdef class BindingCall:
         return _iterator_step(self._send(None, typ if val is None else val, &result), result)
 
     def close(self):
+        self._close()
+
+    cdef int _close(self) except -1:
         if self.coro is not None:
             try:
                 self.coro.close()
@@ -1304,6 +1308,7 @@ cdef class BindingCall:
             self.started = True
             self.inv._finish(_CANCELED)
             self.request = None
+        return 0
 
 
 cdef int _binding_call_send(object self, object arg, PyObject** result) except? -1:
@@ -1418,6 +1423,7 @@ def make_task_factory(previous):
 
 cdef extern from "_core_capi.h":
     int fastbind_install_top_am_send(object type, fastbind_send_fn impl) except -1
+    int fastbind_freelist_install(object type) except -1
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
@@ -1931,18 +1937,19 @@ cdef bint _pipeline_idle(PipelineContext pipeline) except -1:
 
 
 @cython.final
-@cython.freelist(16)
-cdef class TopLevelCall:
-    """The awaitable of one top-level request (see the section's comment)."""
+cdef class TopLevelCall(BindingCall):
+    """The awaitable of one top-level request (see the section's comment).
+
+    It is the root invocation's BindingCall too (one object per request, not two);
+    ``request`` is the request until the root invocation starts.
+    """
 
     cdef DispatchPlan plan
     cdef WorkerHandle handle
-    cdef object request
     cdef bint raw              # answer (status, headers, body) rather than the Response
-    cdef bint started
+    cdef bint opened           # its first step has run (the pipeline was opened)
     cdef bint finished
     cdef PipelineContext pipeline
-    cdef BindingCall root      # the root invocation's call, while it runs
     cdef object original       # OriginalRequest, when the Runtime has an origin
     cdef object loop
     cdef object watch          # the hang detector's LoopWatch, once the root suspended
@@ -1965,15 +1972,14 @@ cdef class TopLevelCall:
             # A new top-level request would start again at depth 1 with a fresh budget.
             raise FastbindError(_INSIDE_WORKER)
         self.loop = plan._loop_checked()
-        request = self.request
-        self.request = None
         if plan.origin is not None:
-            self.original = plan.origin(request)
+            self.original = plan.origin(self.request)
         cdef PipelineContext pipeline = plan._pipeline(self.handle.name)
         self.pipeline = pipeline
         cdef InvocationContext inv = _new_invocation(pipeline, None, self.handle, 1, _EMPTY_PROPS, -1)
         pipeline.root = inv
-        self.root = _new_call(inv, request, True)
+        self.inv = inv  # the root invocation's call is this object (BindingCall's part)
+        self.http = True
         if pipeline.cpu_limit_ns >= 0:
             plan._watch_cpu()
         if slot is None:
@@ -1982,26 +1988,30 @@ cdef class TopLevelCall:
             PyContextVar_Set(_SLOT, ExecutionSlot.__new__(ExecutionSlot))
         return 0
 
-    cdef int _send(self, object arg, object exc, PyObject** result) except? -1:
+    cdef int _top_send(self, object arg, object exc, PyObject** result) except? -1:
         if self.ending is not None:
             return self._delegate(arg, exc, result)
-        if not self.started:
-            self.started = True
+        if not self.opened:
+            self.opened = True
             if exc is not None:  # cancelled before it started: nothing was opened
                 self.request = None
-                self.finished = True
+                self.started = self.finished = True
                 raise exc
             self._start()
             arg = None
         elif self.finished:
             raise RuntimeError("cannot reuse already awaited dispatch")
-        cdef int status = fastbind_step(<fastbind_step_fn>_root_step, <PyObject*>self.root,
+        # The root invocation's step (BindingCall's part of this object), called
+        # through fastbind_step: its -1 comes back here, not to a Cython error exit.
+        cdef int status = fastbind_step(<fastbind_step_fn>_root_step, <PyObject*>self,
                                         <PyObject*>arg, <PyObject*>exc, result)
         if status < 0:  # the root invocation raised (any exception, as BaseException)
             return self._root_ended(None, fastbind_take_error(), result)
         if status == 1:
             if self.watch is None:
-                self.watch = self.plan._watch_hang(self.loop, self.pipeline, self.root)
+                # The hang detector walks from the root's coroutine (not from this
+                # object, whose plan and loop reach everything).
+                self.watch = self.plan._watch_hang(self.loop, self.pipeline, self.coro)
                 if self.watch is None:
                     self.watch = False
             return 1
@@ -2014,7 +2024,6 @@ cdef class TopLevelCall:
         """The root invocation returned ``response`` or raised ``error``: end or hand over."""
         global _live_pipelines
         cdef PipelineContext pipeline = self.pipeline
-        self.root = None
         cdef bint hung = False
         watch = self.watch
         if watch is not None:
@@ -2068,11 +2077,11 @@ cdef class TopLevelCall:
 
     def send(self, value):
         cdef PyObject* result = NULL
-        return _iterator_step(self._send(value, None, &result), result)
+        return _iterator_step(self._top_send(value, None, &result), result)
 
     def throw(self, typ, val=None, tb=None):
         cdef PyObject* result = NULL
-        return _iterator_step(self._send(None, typ if val is None else val, &result), result)
+        return _iterator_step(self._top_send(None, typ if val is None else val, &result), result)
 
     def close(self):
         """Closed unfinished (its awaiting coroutine was closed): end what it opened.
@@ -2081,8 +2090,8 @@ cdef class TopLevelCall:
         went away, as far as that can go without awaiting: its tasks are cancelled by a
         supervisor task, and the pipeline is reported once they have ended.
         """
-        if self.finished or not self.started:
-            self.started = self.finished = True
+        if self.finished or not self.opened:
+            self.opened = self.started = self.finished = True
             self.request = None
             return
         self.finished = True
@@ -2093,10 +2102,8 @@ cdef class TopLevelCall:
                 self.ending = None
                 ending.close()
                 return
-            if self.root is not None:
-                root = self.root
-                self.root = None
-                root.close()
+            if self.coro is not None:  # the root invocation is running: close it
+                self._close()
             if self.watch is not None and self.watch is not False:
                 self.watch.release(pipeline)
             self.watch = None
@@ -2116,7 +2123,8 @@ cdef int _root_step(object call, object arg, object exc, PyObject** result) exce
 
 
 cdef int _top_call_send(object self, object arg, PyObject** result) except? -1:
-    return (<TopLevelCall>self)._send(arg, None, result)
+    return (<TopLevelCall>self)._top_send(arg, None, result)
 
 
 fastbind_install_top_am_send(TopLevelCall, <fastbind_send_fn>_top_call_send)
+fastbind_freelist_install(TopLevelCall)  # one per top-level request: reuse the blocks

@@ -3,6 +3,7 @@
 #define FASTBIND_CORE_CAPI_H
 
 #include <Python.h>
+#include <string.h>
 #include <structmember.h>
 
 /* Offsets of __slots__ members of the Fetch API classes, found once at import: the
@@ -423,8 +424,58 @@ static int fastbind_install_top_am_send(PyObject *type, fastbind_send_fn impl) {
         PyErr_SetString(PyExc_TypeError, "type has no async slots");
         return -1;
     }
+    if (t->tp_base != NULL && t->tp_base->tp_as_async == t->tp_as_async) {
+        /* (TopLevelCall extends BindingCall: writing here would change both) */
+        PyErr_SetString(PyExc_TypeError, "type shares its async slots with its base");
+        return -1;
+    }
     fastbind_top_send_impl = impl;
     t->tp_as_async->am_send = fastbind_top_am_send;
+    return 0;
+}
+
+/* A freelist for one compiled class that Cython cannot give one (TopLevelCall: Cython
+   keeps freelists for base classes only), installed as its tp_alloc and tp_free and
+   working as Cython's own: a freed block keeps its memory and is cleared when taken. */
+#define FASTBIND_FREELIST_SIZE 16
+
+static struct {
+    PyTypeObject *type;
+    int n_free;
+    PyObject *free[FASTBIND_FREELIST_SIZE];
+} fastbind_freelist;
+
+static PyObject *fastbind_freelist_alloc(PyTypeObject *type, Py_ssize_t nitems) {
+    if (type == fastbind_freelist.type && nitems == 0 && fastbind_freelist.n_free > 0) {
+        PyObject *o = fastbind_freelist.free[--fastbind_freelist.n_free];
+        memset(o, 0, (size_t)type->tp_basicsize);
+        (void)PyObject_Init(o, type);
+        PyObject_GC_Track(o);  /* as PyType_GenericAlloc returns it */
+        return o;
+    }
+    return PyType_GenericAlloc(type, nitems);
+}
+
+static void fastbind_freelist_free(void *block) {
+    PyObject *o = (PyObject *)block;  /* untracked by the class's tp_dealloc */
+    if (Py_TYPE(o) == fastbind_freelist.type && fastbind_freelist.n_free < FASTBIND_FREELIST_SIZE) {
+        fastbind_freelist.free[fastbind_freelist.n_free++] = o;
+        return;
+    }
+    PyObject_GC_Del(o);
+}
+
+static int fastbind_freelist_install(PyObject *type_obj) {
+    PyTypeObject *type = (PyTypeObject *)type_obj;
+    if (fastbind_freelist.type != NULL || (type->tp_flags & Py_TPFLAGS_HEAPTYPE)
+            || !(type->tp_flags & Py_TPFLAGS_HAVE_GC) || type->tp_itemsize != 0
+            || type->tp_free != PyObject_GC_Del) {
+        PyErr_SetString(PyExc_TypeError, "the freelist is for one static GC class");
+        return -1;
+    }
+    fastbind_freelist.type = type;
+    type->tp_alloc = fastbind_freelist_alloc;
+    type->tp_free = fastbind_freelist_free;
     return 0;
 }
 
