@@ -1444,7 +1444,7 @@ cdef extern from "_core_capi.h":
     object fastbind_alloc(object type)
 
 from libc.string cimport memcmp, memcpy
-from cpython.list cimport PyList_GET_SIZE, PyList_GetSlice, PyList_New, PyList_SET_ITEM
+from cpython.list cimport PyList_AsTuple, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from libc.stdint cimport uint64_t
 
 cdef object _get_running_loop = asyncio.get_running_loop
@@ -1525,6 +1525,10 @@ cdef inline object _known_name(const unsigned char* src, Py_ssize_t n, bint want
         entry = &_known[slot]
         if entry.n == 0:
             return None
+        # Most names arrive lower-case (HTTP/2, and every name a Headers holds): one
+        # memcmp, and the folding loop only when it differs.
+        if entry.n == n and memcmp(src, entry.chars, n) == 0:
+            return <object>(entry.text if want_str else entry.raw)
         if entry.n == n:
             for i in range(n):
                 if _fold(src[i]) != entry.chars[i]:
@@ -1643,9 +1647,10 @@ cdef object _fast_raw_request(object method, object url, object raw_headers, obj
             return None
         if PyList_GET_SIZE(raw_headers) == 0:
             return _new_request(name, url, [], None, body)
-        # Left raw until the Worker reads them (Headers decodes them then): copied,
-        # so that the caller may reuse its list; the pairs themselves are immutable.
-        return _new_request(name, url, None, PyList_GetSlice(raw_headers, 0, PyList_GET_SIZE(raw_headers)), body)
+        # Left raw until the Worker reads them (Headers decodes them then), as a tuple
+        # (one block, from CPython's freelist): the caller may reuse its list, and
+        # the pairs themselves are immutable.
+        return _new_request(name, url, None, PyList_AsTuple(raw_headers), body)
     if type(raw_headers) is tuple:
         if not _bytes_pairs(raw_headers):
             return None
@@ -1734,22 +1739,24 @@ cdef object _fast_raw_response(object response):
     items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
     if type(items) is not list:  # e.g. raw request headers put in the response as they are
         return None
-    cdef list out = []
-    for item in items:
-        if type(item) is not tuple or len(<tuple>item) != 2:
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(items)
+    cdef list out = PyList_New(n)  # every place filled below, or the list dropped
+    cdef PyObject* item
+    for i in range(n):
+        item = PyList_GET_ITEM(items, i)
+        if Py_TYPE(item) != <PyTypeObject*>tuple or PyTuple_GET_SIZE(<object>item) != 2:
             return None
-        name = (<tuple>item)[0]
-        value = (<tuple>item)[1]
+        name = <object>PyTuple_GET_ITEM(<object>item, 0)
+        value = <object>PyTuple_GET_ITEM(<object>item, 1)
         if (type(name) is not str or type(value) is not str or not PyUnicode_IS_ASCII(name)
                 or not PyUnicode_IS_ASCII(value)):
             return None
         raw_name = _known_name(<const unsigned char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name), False)
         if raw_name is None:
             raw_name = PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name))
-        out.append((
-            raw_name,
-            PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value)),
-        ))
+        pair = (raw_name, PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value)))
+        Py_INCREF(pair)  # PyList_SET_ITEM takes a reference
+        PyList_SET_ITEM(out, i, pair)
     fastbind_slot_set(response, _RESP_BODY_USED, True)
     return (fastbind_slot_get(response, _RESP_STATUS, "status"), out, body)
 
@@ -1832,8 +1839,8 @@ cdef class DispatchPlan:
 
     cdef object _loop_checked(self):
         """The running loop, with the core's task factory on it."""
-        loop = _get_running_loop()
         # (PyObject_CallNoArgs: CPython's own no-argument call, not Cython's generic one)
+        loop = PyObject_CallNoArgs(_get_running_loop)
         if loop is not self._loop or PyObject_CallNoArgs(self._get_factory) is not self._factory:
             self._install_factory(loop)
             self._get_factory = loop.get_task_factory
