@@ -484,6 +484,7 @@ cdef inline object _borrowed_or_none(PyObject* p):
 
 
 @cython.final
+@cython.freelist(16)
 cdef class PipelineContext:
     """One top-level request and everything it reaches: limits, ledger, tasks."""
 
