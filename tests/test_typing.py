@@ -61,6 +61,10 @@ def test_examples_and_revealed_types_under_mypy_strict(tmp_path: Path) -> None:
     assert revealed == expected
 
 
+def test_the_package_passes_mypy_strict(tmp_path: Path) -> None:
+    run_mypy(tmp_path, ROOT / "src" / "fastbind")
+
+
 def test_core_stub_matches_the_compiled_core() -> None:
     pytest.importorskip("mypy", reason="mypy is not installed")
     if _impl.compiled is None:

@@ -803,6 +803,9 @@ class _Done:
 
     throw = send
 
+    def close(self) -> None:
+        pass
+
 
 _DONE = _Done()
 

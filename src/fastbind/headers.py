@@ -83,7 +83,7 @@ def decode_raw_headers(headers: Headers) -> list[tuple[str, str]]:
 
 
 _RAW_NAMES: dict[bytes, str] = {}
-_decode = decode_raw_headers
+_decode: Callable[[Headers], list[tuple[str, str]]] = decode_raw_headers
 
 
 def use_raw_decoder(decoder: Callable[[Headers], list[tuple[str, str]]]) -> None:
@@ -137,7 +137,7 @@ class Headers:
             return
         pairs = init.items() if isinstance(init, Mapping) else init
         try:
-            iterator = iter(pairs)  # type: ignore[arg-type]
+            iterator = iter(pairs)
         except TypeError:
             raise TypeError(
                 f"Headers init must be a mapping or pairs, not {type(init).__name__}"
