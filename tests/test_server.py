@@ -501,6 +501,8 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         (b"GET / HTTP/1.1 extra\r\nHost: t\r\n\r\n", 400, b"Malformed request"),
         (b"GET / HTTP/1.1\r\nHost t\r\n\r\n", 400, b"Malformed request"),
         (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, b"Malformed request"),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501,
+         b"other than chunked are not supported"),
         (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, b"Malformed request"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, b"Malformed request"),  # TLS to a plain port
         (b"GET /x HTTP/2.0\r\nHost: t\r\n\r\n", 505, b"HTTP/2.0 is not served here"),
@@ -510,7 +512,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         (b"CONNECT a/b:443 HTTP/1.1\r\nHost: t\r\n\r\n", 400, b"names no valid host"),
     ],
     ids=["header", "url", "count", "content-length", "chunked", "no-host", "two-hosts", "bad-host",
-         "request-line", "header-line", "chunk-size", "two-lengths", "tls", "http-2", "http-0.9", "no-version",
+         "request-line", "header-line", "chunk-size", "gzip-chunked", "two-lengths", "tls", "http-2", "http-0.9", "no-version",
          "absolute-no-host", "authority-bad-host"],
 )
 def test_limits_and_malformed_requests(strict: ServerProcess, data: bytes, status: int, reason: bytes) -> None:

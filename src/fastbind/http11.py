@@ -221,6 +221,15 @@ class HTTPConnection(asyncio.Protocol):
             elif lname == "content-length":
                 self._length = int(text)  # llhttp has checked the digits
             elif lname == "transfer-encoding":
+                # The parser removes the chunked framing only: a body in another
+                # coding before it ("gzip, chunked") would reach the Worker still coded
+                # (RFC 9112 6.1: 501). A final coding other than chunked is the
+                # parser's 400.
+                codings = text.lower().split(",")
+                if len(codings) > 1 and codings[-1].strip(" \t") == "chunked" and any(
+                    c.strip(" \t") != "chunked" for c in codings[:-1]
+                ):
+                    raise _Reject(501, "Transfer codings other than chunked are not supported.")
                 self._flags |= _CHUNKED
             elif lname == "connection":
                 self._flags |= _CONNECTION
