@@ -625,3 +625,24 @@ def test_a_caller_cancelled_before_the_worker_ran_leaves_nothing(core, run) -> N
         assert ran == [] and live(core) == NOTHING_LIVE
 
     run(main())
+
+
+def test_a_body_the_client_did_not_send_is_a_500_logged_as_a_warning(core, run, caplog) -> None:
+    # BodyReadError is the client's doing (it went away mid-body): no ERROR, no traceback.
+    from fastbind.http_body import BodyReadError
+
+    async def reader(request: Request, env: Any, ctx: Any) -> Response:
+        raise BodyReadError("The client went away before sending the whole body")
+
+    async def broken(request: Request, env: Any, ctx: Any) -> Response:
+        raise ValueError("a bug")
+
+    rt = Runtime()
+    rt.add_worker("reader", reader)
+    rt.add_worker("broken", broken)
+    with caplog.at_level(logging.INFO, logger="fastbind"):
+        assert run(rt.dispatch("reader", Request("https://h.test/"))).status == 500
+        assert run(rt.dispatch("broken", Request("https://h.test/"))).status == 500
+    records = [(r.levelno, r.exc_info is not None) for r in caplog.records if r.name == "fastbind"]
+    assert records == [(logging.WARNING, False), (logging.ERROR, True)]
+    assert "could not read its request body" in caplog.records[0].getMessage()

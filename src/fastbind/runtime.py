@@ -14,6 +14,7 @@ from . import _impl, hangwatch
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
 from .durable import DEFAULT_IDLE_S, DurableObjects, check_declarations
 from .entrypoint import WorkerEntrypoint
+from .http_body import BodyReadError
 from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded, FastbindError
 from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
 from .lifecycle import PipelineStream, end_pipeline, logger
@@ -379,7 +380,12 @@ class Runtime:
         if original is not None and root is not None and root.passes_through_on_exception:
             logger.warning('Worker "%s" raised %r; passing the request through to the origin', name, exc)
             return await pass_through(self, original)
-        logger.error('Uncaught exception in Worker "%s"', name, exc_info=exc)
+        if isinstance(exc, BodyReadError):
+            # The client's doing (it went away, went silent or sent too much), not a
+            # fault of the Worker: no traceback, not an error of this server.
+            logger.warning('Worker "%s" could not read its request body: %s', name, exc)
+        else:
+            logger.error('Uncaught exception in Worker "%s"', name, exc_info=exc)
         return Response(
             "Internal Server Error", status=500, headers={"content-type": "text/plain; charset=utf-8"}
         )
