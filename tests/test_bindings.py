@@ -373,8 +373,9 @@ def test_ledger_times_are_nanoseconds_on_the_monotonic_clock(core, run) -> None:
         assert 15_000_000 <= record.duration_ns <= after - before
         assert before <= record.start_ns <= after - record.duration_ns
     assert second.start_ns >= first.start_ns + first.duration_ns
-    assert report.start_ns <= first.start_ns
+    assert before <= report.start_ns <= first.start_ns
     assert first.start_ns + first.duration_ns + second.duration_ns <= report.start_ns + report.duration_ns
+    assert report.start_ns + report.duration_ns <= after
 
 
 def test_ledger_keeps_every_entry_of_a_long_pipeline_in_order(core, run) -> None:

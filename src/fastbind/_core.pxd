@@ -78,8 +78,8 @@ cdef class PipelineContext:
     cdef readonly long running
     cdef readonly bint closed
     cdef readonly InvocationContext root
-    cdef readonly int64_t start_ns
-    cdef readonly int64_t duration_ns
+    cdef int64_t start_ticks      # the ledger's clock (fastbind_ticks): ns when read
+    cdef int64_t duration_ticks   # -1 until the top-level invocation has ended
     cdef readonly bint cpu_enabled
     cdef readonly int64_t cpu_limit_ns   # -1: no limit
     cdef readonly int64_t cpu_ns

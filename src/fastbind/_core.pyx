@@ -501,14 +501,26 @@ cdef class PipelineContext:
         self.running = 0
         self.closed = False
         self.root = None
-        self.start_ns = _now()
-        self.duration_ns = -1
+        self.start_ticks = fastbind_ticks()
+        self.duration_ticks = -1
         cpu_ms = limits.cpu_ms
         # int64 nanoseconds hold 292 years: a larger budget is the same as that.
         self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>min(cpu_ms * 1e6, 9.2e18)
         self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
         self.cpu_ns = 0
         _live_pipelines += 1
+
+    @property
+    def start_ns(self):
+        """When the pipeline opened, in CLOCK_MONOTONIC nanoseconds (time.monotonic_ns)."""
+        return fastbind_ticks_to_ns(self.start_ticks, fastbind_tick_rate())
+
+    @property
+    def duration_ns(self):
+        """From opening to the end of the top-level invocation, in ns; -1 until then."""
+        if self.duration_ticks < 0:
+            return -1
+        return <int64_t>(self.duration_ticks * fastbind_tick_rate())
 
     # The ledger is C blocks of entries: a binding call adds one without allocating
     # a Python object, and entries become SubrequestRecords only when read.
@@ -543,8 +555,8 @@ cdef class PipelineContext:
     cdef void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept:
         cdef LedgerEntry* e
         if index < 0:  # the top-level invocation
-            if self.duration_ns < 0:
-                self.duration_ns = _now() - self.start_ns
+            if self.duration_ticks < 0:
+                self.duration_ticks = fastbind_ticks() - self.start_ticks
             return
         if index >= self._count:
             return
@@ -1831,8 +1843,8 @@ cdef class DispatchPlan:
         p.max_subrequests = self.max_subrequests
         p.open_connections = self.open_connections
         p.wait_until_s = self.wait_until_s
-        p.start_ns = _now()
-        p.duration_ns = -1
+        p.start_ticks = fastbind_ticks()
+        p.duration_ticks = -1
         p.cpu_limit_ns = self.cpu_limit_ns
         p.cpu_enabled = self.cpu_enabled
         _live_pipelines += 1
