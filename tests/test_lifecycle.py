@@ -646,3 +646,23 @@ def test_a_body_the_client_did_not_send_is_a_500_logged_as_a_warning(core, run, 
     records = [(r.levelno, r.exc_info is not None) for r in caplog.records if r.name == "fastbind"]
     assert records == [(logging.WARNING, False), (logging.ERROR, True)]
     assert "could not read its request body" in caplog.records[0].getMessage()
+
+
+def test_a_runtime_does_not_keep_a_finished_loop_alive(core, run) -> None:
+    # A Runtime outlives the loops it dispatched on (asyncio.run() after asyncio.run()):
+    # the loop it last saw is remembered weakly, so a closed loop is freed.
+    import weakref
+
+    seen: list[Any] = []
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        seen.append(weakref.ref(asyncio.get_running_loop()))
+        await asyncio.sleep(0)  # suspends: the hang check's timer is pending when the loop closes
+        return Response("ok")
+
+    rt = Runtime()
+    rt.add_worker("w", worker)
+    for _ in range(2):
+        assert run(rt.dispatch("w", Request("https://h.test/"))).status == 200
+    gc.collect()
+    assert len(seen) == 2 and seen[0]() is None and seen[1]() is None

@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import inspect
 import os
+import weakref
 from contextvars import ContextVar
 from types import FunctionType, MappingProxyType
 
@@ -1449,6 +1450,8 @@ cdef extern from "Python.h":
 
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    object PyObject_CallOneArg(object callable, object arg)
+    PyObject* PyWeakref_GET_OBJECT(object ref)
     Py_ssize_t PySequence_Fast_GET_SIZE(object o)
     PyObject** PySequence_Fast_ITEMS(object o)
     PyTypeObject* Py_TYPE(PyObject* o)
@@ -1461,6 +1464,7 @@ from cpython.list cimport PyList_AsTuple, PyList_GET_SIZE, PyList_New, PyList_SE
 from libc.stdint cimport uint64_t
 
 cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _WeakRef = weakref.ref
 cdef Py_ssize_t _RESP_STATUS = fastbind_slot_offset(Response, "status")
 cdef Py_ssize_t _RESP_HEADERS = fastbind_slot_offset(Response, "headers")
 cdef Py_ssize_t _RESP_BODY = fastbind_slot_offset(Response, "body")
@@ -1802,9 +1806,10 @@ cdef class DispatchPlan:
     cdef object _install_factory  # Runtime._install_task_factory(loop)
     cdef object _watch_hang       # hangwatch.watch(loop, pipeline, driver)
     cdef object _watch_cpu        # watchdog.watch() for this core
-    cdef object _loop             # the loop last seen, its get_task_factory, and the
-    cdef object _get_factory      # task factory it had then
-    cdef object _factory
+    cdef object _loop_ref         # a weak reference to the loop last seen (the loop itself
+                                  # if it takes none: a closed loop is not kept alive),
+    cdef object _get_factory      # its class's get_task_factory (unbound, for the same
+    cdef object _factory          # reason), and the task factory it had then
 
     def __init__(self, runtime, limits, *, validate, lookup, finish, report,
                  install_factory, watch_hang, watch_cpu):
@@ -1854,11 +1859,17 @@ cdef class DispatchPlan:
         """The running loop, with the core's task factory on it."""
         # (PyObject_CallNoArgs: CPython's own no-argument call, not Cython's generic one)
         loop = PyObject_CallNoArgs(_get_running_loop)
-        if loop is not self._loop or PyObject_CallNoArgs(self._get_factory) is not self._factory:
+        cdef object seen = self._loop_ref
+        if type(seen) is _WeakRef:
+            seen = <object>PyWeakref_GET_OBJECT(seen)
+        if seen is not loop or PyObject_CallOneArg(self._get_factory, loop) is not self._factory:
             self._install_factory(loop)
-            self._get_factory = loop.get_task_factory
-            self._factory = self._get_factory()
-            self._loop = loop
+            self._get_factory = type(loop).get_task_factory
+            self._factory = PyObject_CallOneArg(self._get_factory, loop)
+            try:
+                self._loop_ref = _WeakRef(loop)
+            except TypeError:  # a loop class without weak references
+                self._loop_ref = loop
         return loop
 
 

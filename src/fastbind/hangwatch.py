@@ -110,7 +110,9 @@ class LoopWatch:
     """
 
     # The loop is held weakly: this object is the value of a WeakKeyDictionary keyed
-    # by the loop, and would otherwise keep its own key alive.
+    # by the loop, and would otherwise keep its own key alive. For the same reason the
+    # timer's handle (which holds the loop) is not kept, only whether one is pending:
+    # a loop closed with the timer pending would otherwise never be freed.
     __slots__ = ("loop_ref", "running", "sightings", "timer", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -119,7 +121,7 @@ class LoopWatch:
         # which holds all of the pipeline's code that runs in that task)
         self.running: dict[Any, tuple[asyncio.Task[Any], Any]] = {}
         self.sightings: dict[Any, _Sighting] = {}
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = False  # the check is scheduled
 
     def release(self, pipeline: Any) -> bool:
         """Stop watching ``pipeline``; True if it was declared hung (its task was cancelled)."""
@@ -131,10 +133,11 @@ class LoopWatch:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         # An empty context: the check must not run inside (or be accounted to) a pipeline.
-        self.timer = loop.call_later(settings.interval_s, self.tick, context=Context())
+        loop.call_later(settings.interval_s, self.tick, context=Context())
+        self.timer = True
 
     def tick(self) -> None:
-        self.timer = None
+        self.timer = False
         loop = self.loop_ref()
         if loop is None or not self.running:
             return  # idle: the next watch() starts the timer again
@@ -192,7 +195,7 @@ def watch(loop: asyncio.AbstractEventLoop, pipeline: Any, driver: Any) -> LoopWa
             owner = _watches[loop] = LoopWatch(loop)
         _last = owner
     owner.running[pipeline] = (task, driver)
-    if owner.timer is None:
+    if not owner.timer:
         owner.start(loop)
     return owner
 
@@ -200,7 +203,7 @@ def watch(loop: asyncio.AbstractEventLoop, pipeline: Any, driver: Any) -> LoopWa
 def checking(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether the check timer is scheduled on ``loop``."""
     owner = _watches.get(loop)
-    return owner is not None and owner.timer is not None
+    return owner is not None and owner.timer
 
 
 def _declare_hung(pipeline: Any, task: asyncio.Task[Any]) -> None:
