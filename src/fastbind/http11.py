@@ -1,8 +1,8 @@
 """HTTP/1.1 connections on httptools: keep-alive, pipelining, streamed bodies and limits.
 
 One ``HTTPConnection`` per client: httptools (llhttp) parses what arrives into
-Requests, a task per request awaits ``runtime.dispatch`` (so that a client going away
-can cancel exactly its pipeline, DESIGN.md 2.7), and requests of one connection are
+Requests, a task per request awaits the runtime's top-level dispatch (so that a client
+going away can cancel exactly its pipeline, DESIGN.md 2.7), and requests of one connection are
 answered one after the other, in order. ``http_writer`` writes the answers,
 ``http_target`` turns the request line into a URL, ``http_exchange`` holds the state
 of one request and the server's limits.
@@ -82,7 +82,6 @@ class HTTPConnection(asyncio.Protocol):
         self._state = state
         self._limits = state.limits
         self._dispatch = state.dispatch
-        self._entry = state.entry
         self._access_log = state.log is not None
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
@@ -460,7 +459,7 @@ class HTTPConnection(asyncio.Protocol):
         if ex.chunks is not None:
             request.body = self._take_body(ex)
         try:
-            response = await self._dispatch(self._entry, request)
+            response = await self._dispatch(request)
         except Exception:  # a Worker's own errors are 500 responses already: this is fastbind's
             logger.exception("Could not serve %s %s", request.method, request.url)
             response = Response("Internal Server Error", status=500,

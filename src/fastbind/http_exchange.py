@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,10 @@ class ServerState:
 
     def __init__(self, runtime: Runtime, entry: str, limits: HTTPLimits, default_host: str,
                  access_log: AccessLog | None = None) -> None:
-        self.dispatch = runtime.dispatch
+        # ``dispatch(request)``: the core's top-level awaitable for Worker ``entry``, as
+        # Runtime.dispatch awaits it, without that coroutine around it (the Server has
+        # validated the Runtime and checked the entry).
+        self.dispatch = partial(runtime._plan.call, runtime._handle_for(entry))
         self.entry = entry
         self.limits = limits
         self.connections: set[Any] = set()  # the open HTTPConnections
