@@ -142,28 +142,14 @@ cdef class BindingCall:
     cdef object coro
     cdef bint http
     cdef bint started
-    cdef bint has_immediate
-    cdef str rpc_name
-    cdef object rpc_function
-    cdef bint custom        # rpc_function(ctx, *args) rather than a method of a new instance
+    cdef bint rpc           # an RpcCall: the method and its arguments are its own fields
+    cdef bint has_immediate # an RpcCall whose synchronous method has returned
     cdef bint borrowed      # runs code as an existing invocation (InvocationContext.run)
     cdef object slot_token  # set when run() had to give the awaiting task a slot
-    cdef tuple rpc_args     # None when the arguments are in rpc_arg0/rpc_arg1
-    cdef dict rpc_kwargs
-    cdef object rpc_arg0    # an RPC call's first two positional arguments (no tuple)
-    cdef object rpc_arg1
-    cdef Py_ssize_t rpc_nargs
-    cdef object immediate
 
-    # Final: TopLevelCall extends this class, and these stay direct C calls.
+    # Final: TopLevelCall and RpcCall extend this class, and these stay direct C calls.
     @cython.final
     cdef int _enter(self) except -1
-    @cython.final
-    cdef int _call_method(self, InvocationContext inv) except -1
-    @cython.final
-    cdef int _keep_result(self, object result) except -1
-    @cython.final
-    cdef tuple _rpc_arg_tuple(self)
     @cython.final
     cdef void _exit(self, str outcome) noexcept
     @cython.final
@@ -178,6 +164,25 @@ cdef class BindingCall:
     cdef void _fail_step(self, InvocationContext previous, int metered) noexcept
     @cython.final
     cdef int _close(self) except -1
+
+
+cdef class RpcCall(BindingCall):
+    cdef str rpc_name
+    cdef object rpc_function
+    cdef bint custom        # rpc_function(ctx, *args) rather than a method of a new instance
+    cdef tuple rpc_args     # None when the arguments are in rpc_arg0/rpc_arg1
+    cdef dict rpc_kwargs
+    cdef object rpc_arg0    # an RPC call's first two positional arguments (no tuple)
+    cdef object rpc_arg1
+    cdef Py_ssize_t rpc_nargs
+    cdef object immediate   # a synchronous method's value
+
+    @cython.final
+    cdef int _call_method(self, InvocationContext inv) except -1
+    @cython.final
+    cdef int _keep_result(self, object result) except -1
+    @cython.final
+    cdef tuple _rpc_arg_tuple(self)
 
 
 cdef class SliceMeter:

@@ -201,9 +201,9 @@ class FetchMethod:
 class RpcMethod:
     """``env.X.name``: calling it runs method ``name`` of the bound Worker in place."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> BindingCall: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> RpcCall: ...
 
-@final
+@disjoint_base
 class BindingCall:
     """The awaitable a binding returns: runs the child in the caller's task.
 
@@ -218,6 +218,12 @@ class BindingCall:
     def send(self, value: Any) -> Any: ...
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
     def close(self) -> None: ...
+
+@final
+class RpcCall(BindingCall):
+    """A BindingCall that runs an RPC method (or, for call_child, a function) of the child."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # raises: built by an RpcMethod
 
 @final
 class SliceMeter:
@@ -269,7 +275,7 @@ class DispatchPlan:
     ) -> TopLevelCall: ...
 
 @final
-class TopLevelCall:
+class TopLevelCall(BindingCall):
     """The awaitable of one top-level request: ``dispatch``'s Response, or raw parts."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # raises: built by a DispatchPlan
@@ -307,7 +313,7 @@ def call_child(
     args: tuple[Any, ...] = (),
     props: Mapping[str, Any] | None = None,
     http: bool = False,
-) -> BindingCall: ...
+) -> RpcCall: ...
 def current_invocation() -> InvocationContext | None: ...
 def live_counts() -> dict[str, int]: ...
 def make_task_factory(previous: Callable[..., asyncio.Future[Any]] | None) -> TaskFactory: ...

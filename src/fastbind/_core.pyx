@@ -960,7 +960,7 @@ cdef class RpcMethod:
     cdef BindingCall _start(self, InvocationContext caller, tuple args, dict kwargs):
         """The child invocation (depth, subrequest, ledger) and the awaitable that runs it."""
         inv = caller._child(self._fetcher._target, _KIND_RPC, self._fetcher._props)
-        cdef BindingCall call = _new_call(inv, None, False)
+        cdef RpcCall call = _new_rpc_call(inv, False)
         call.rpc_name = self._name
         call.rpc_function = self._function
         call.rpc_args = args
@@ -976,12 +976,12 @@ cdef object _rpc_vectorcall(object callable, PyObject** args, size_t nargsf, PyO
     cdef RpcMethod self = <RpcMethod>callable
     cdef InvocationContext caller = self._caller()
     cdef Py_ssize_t i, n = PyVectorcall_NARGS(nargsf)
-    cdef BindingCall call
+    cdef RpcCall call
     if n <= 2 and (kwnames == NULL or PyTuple_GET_SIZE(<object>kwnames) == 0):
         # The usual call: one or two arguments, kept in the call itself.
         arg0 = None if n == 0 else _isolated(<object>args[0])
         arg1 = None if n < 2 else _isolated(<object>args[1])
-        call = self._start(caller, None, None)
+        call = <RpcCall>self._start(caller, None, None)
         call.rpc_nargs = n
         call.rpc_arg0 = arg0
         call.rpc_arg1 = arg1
@@ -1021,7 +1021,7 @@ def call_child(WorkerHandle target not None, str kind not None, function, tuple 
     if caller is None:
         raise FastbindError(f'A call to "{target.name}" was made outside a fastbind invocation')
     inv = caller._child(target, kind, _EMPTY_PROPS if not props else MappingProxyType(dict(props)))
-    cdef BindingCall call = _new_call(inv, None, http)
+    cdef RpcCall call = _new_rpc_call(inv, http)
     call.rpc_name = kind
     call.rpc_function = function
     call.rpc_args = args
@@ -1056,6 +1056,14 @@ cdef BindingCall _new_call(InvocationContext inv, object request, bint http):
     call.inv = inv
     call.request = request
     call.http = http
+    return call
+
+
+cdef RpcCall _new_rpc_call(InvocationContext inv, bint http):
+    cdef RpcCall call = RpcCall.__new__(RpcCall)
+    call.inv = inv
+    call.http = http
+    call.rpc = True
     return call
 
 
@@ -1102,7 +1110,7 @@ cdef class BindingCall:
         slot.current = inv
         cdef WorkerHandle handle = inv.handle
         cdef PyObject* coro
-        if self.http and self.rpc_name is None and not handle.is_class:
+        if self.http and not self.rpc and not handle.is_class:
             # The common case, a function handler, without a try block: entering one
             # saves the exception state, a walk of the exc_info of every frame up.
             coro = fastbind_call3(<PyObject*>handle.handler, <PyObject*>request,
@@ -1117,75 +1125,15 @@ cdef class BindingCall:
         try:
             if self.borrowed:
                 self.coro = request if PyCoro_CheckExact(request) else request.__await__()
-            elif self.rpc_name is None:
+            elif not self.rpc:
                 self.coro = inv.handle.invoke(request, inv)
             else:
-                self._call_method(inv)
+                (<RpcCall>self)._call_method(inv)
         except BaseException:
             slot.current = previous
             self._exit(_ERROR)
             raise
         slot.current = previous
-        return 0
-
-    cdef int _call_method(self, InvocationContext inv) except -1:
-        """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
-        cdef PyObject* stack[_STACK_ARGS + 1]
-        cdef Py_ssize_t i, n
-        function = self.rpc_function
-        if self.rpc_args is None and not self.custom and function is not None:
-            # One or two arguments in the call itself: the method straight from them.
-            instance = inv.handle.instantiate(inv)
-            stack[0] = <PyObject*>instance
-            stack[1] = <PyObject*>self.rpc_arg0
-            stack[2] = <PyObject*>self.rpc_arg1
-            self._keep_result(PyObject_Vectorcall(function, stack, self.rpc_nargs + 1, NULL))
-            self.rpc_arg0 = None
-            self.rpc_arg1 = None
-            return 0
-        cdef tuple args = self._rpc_arg_tuple()
-        kwargs = self.rpc_kwargs
-        self.rpc_args = None
-        self.rpc_kwargs = None
-        if self.custom:
-            result = function(inv, *args, **kwargs) if kwargs else function(inv, *args)
-            self._keep_result(result)
-            return 0
-        instance = inv.handle.instantiate(inv)
-        n = PyTuple_GET_SIZE(args)
-        if function is not None and kwargs is None and n <= _STACK_ARGS:
-            # A plain function, called unbound with the instance first: no bound
-            # method and no argument tuple (args and instance hold the references).
-            stack[0] = <PyObject*>instance
-            for i in range(n):
-                stack[i + 1] = PyTuple_GET_ITEM(args, i)
-            self._keep_result(PyObject_Vectorcall(function, stack, n + 1, NULL))
-            return 0
-        if function is not None:
-            args = (instance,) + args
-        else:  # staticmethod, classmethod, callable object: ask the instance
-            function = getattr(instance, self.rpc_name)
-        result = function(*args, **kwargs) if kwargs else function(*args)
-        self._keep_result(result)
-        return 0
-
-    cdef tuple _rpc_arg_tuple(self):
-        """The positional arguments as one tuple, wherever the call keeps them."""
-        if self.rpc_args is not None:
-            return self.rpc_args
-        args = (self.rpc_arg0, self.rpc_arg1)[:self.rpc_nargs]
-        self.rpc_arg0 = None
-        self.rpc_arg1 = None
-        return args
-
-    cdef int _keep_result(self, object result) except -1:
-        if PyCoro_CheckExact(result):
-            self.coro = result
-        elif hasattr(result, "__await__"):
-            self.coro = result.__await__()
-        else:
-            self.immediate = result
-            self.has_immediate = True
         return 0
 
     cdef void _exit(self, str outcome) noexcept:
@@ -1236,8 +1184,8 @@ cdef class BindingCall:
             self._enter()
             arg = None
             if self.has_immediate:  # a synchronous RPC method has already returned
-                value = self._check_result(self.immediate)
-                self.immediate = None
+                value = self._check_result((<RpcCall>self).immediate)
+                (<RpcCall>self).immediate = None
                 Py_INCREF(value)
                 result[0] = <PyObject*>value
                 return 0
@@ -1322,6 +1270,75 @@ cdef class BindingCall:
             self.started = True
             self.inv._finish(_CANCELED)
             self.request = None
+        return 0
+
+
+@cython.final
+cdef class RpcCall(BindingCall):
+    """A BindingCall that runs an RPC method (or, for call_child, a function) of the
+    child: the method and its arguments live here, not in every binding call."""
+
+    def __init__(self):
+        raise TypeError("RpcCall is created by an RpcMethod only")
+
+    cdef int _call_method(self, InvocationContext inv) except -1:
+        """Run RPC method ``rpc_name`` on a new instance: keep its awaitable, or its value if sync."""
+        cdef PyObject* stack[_STACK_ARGS + 1]
+        cdef Py_ssize_t i, n
+        function = self.rpc_function
+        if self.rpc_args is None and not self.custom and function is not None:
+            # One or two arguments in the call itself: the method straight from them.
+            instance = inv.handle.instantiate(inv)
+            stack[0] = <PyObject*>instance
+            stack[1] = <PyObject*>self.rpc_arg0
+            stack[2] = <PyObject*>self.rpc_arg1
+            self._keep_result(PyObject_Vectorcall(function, stack, self.rpc_nargs + 1, NULL))
+            self.rpc_arg0 = None
+            self.rpc_arg1 = None
+            return 0
+        cdef tuple args = self._rpc_arg_tuple()
+        kwargs = self.rpc_kwargs
+        self.rpc_args = None
+        self.rpc_kwargs = None
+        if self.custom:
+            result = function(inv, *args, **kwargs) if kwargs else function(inv, *args)
+            self._keep_result(result)
+            return 0
+        instance = inv.handle.instantiate(inv)
+        n = PyTuple_GET_SIZE(args)
+        if function is not None and kwargs is None and n <= _STACK_ARGS:
+            # A plain function, called unbound with the instance first: no bound
+            # method and no argument tuple (args and instance hold the references).
+            stack[0] = <PyObject*>instance
+            for i in range(n):
+                stack[i + 1] = PyTuple_GET_ITEM(args, i)
+            self._keep_result(PyObject_Vectorcall(function, stack, n + 1, NULL))
+            return 0
+        if function is not None:
+            args = (instance,) + args
+        else:  # staticmethod, classmethod, callable object: ask the instance
+            function = getattr(instance, self.rpc_name)
+        result = function(*args, **kwargs) if kwargs else function(*args)
+        self._keep_result(result)
+        return 0
+
+    cdef tuple _rpc_arg_tuple(self):
+        """The positional arguments as one tuple, wherever the call keeps them."""
+        if self.rpc_args is not None:
+            return self.rpc_args
+        args = (self.rpc_arg0, self.rpc_arg1)[:self.rpc_nargs]
+        self.rpc_arg0 = None
+        self.rpc_arg1 = None
+        return args
+
+    cdef int _keep_result(self, object result) except -1:
+        if PyCoro_CheckExact(result):
+            self.coro = result
+        elif hasattr(result, "__await__"):
+            self.coro = result.__await__()
+        else:
+            self.immediate = result
+            self.has_immediate = True
         return 0
 
 
@@ -1437,7 +1454,7 @@ def make_task_factory(previous):
 
 cdef extern from "_core_capi.h":
     int fastbind_install_top_am_send(object type, fastbind_send_fn impl) except -1
-    int fastbind_freelist_install(object type) except -1
+    int fastbind_freelist_install(object type, int which) except -1
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
@@ -2158,4 +2175,7 @@ cdef int _top_call_send(object self, object arg, PyObject** result) except? -1:
 
 
 fastbind_install_top_am_send(TopLevelCall, <fastbind_send_fn>_top_call_send)
-fastbind_freelist_install(TopLevelCall)  # one per top-level request: reuse the blocks
+# Cython keeps freelists for base classes only: these two subclasses of BindingCall,
+# one made per top-level request and one per RPC call, get theirs from _core_capi.h.
+fastbind_freelist_install(TopLevelCall, 0)
+fastbind_freelist_install(RpcCall, 1)

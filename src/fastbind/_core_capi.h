@@ -444,20 +444,32 @@ static int fastbind_install_top_am_send(PyObject *type, fastbind_send_fn impl) {
     return 0;
 }
 
-/* A freelist for one compiled class that Cython cannot give one (TopLevelCall: Cython
-   keeps freelists for base classes only), installed as its tp_alloc and tp_free and
+/* Freelists for compiled classes that Cython cannot give one (subclasses: Cython keeps
+   freelists for base classes only), installed as their tp_alloc and tp_free and
    working as Cython's own: a freed block keeps its memory and is cleared when taken. */
+#define FASTBIND_FREELISTS 2
 #define FASTBIND_FREELIST_SIZE 16
 
-static struct {
+typedef struct {
     PyTypeObject *type;
     int n_free;
     PyObject *free[FASTBIND_FREELIST_SIZE];
 } fastbind_freelist;
 
+static fastbind_freelist fastbind_freelists[FASTBIND_FREELISTS];
+
+static inline fastbind_freelist *fastbind_freelist_of(PyTypeObject *type) {
+    int i;
+    for (i = 0; i < FASTBIND_FREELISTS; i++) {
+        if (fastbind_freelists[i].type == type) return &fastbind_freelists[i];
+    }
+    return NULL;
+}
+
 static PyObject *fastbind_freelist_alloc(PyTypeObject *type, Py_ssize_t nitems) {
-    if (type == fastbind_freelist.type && nitems == 0 && fastbind_freelist.n_free > 0) {
-        PyObject *o = fastbind_freelist.free[--fastbind_freelist.n_free];
+    fastbind_freelist *list = fastbind_freelist_of(type);
+    if (list != NULL && nitems == 0 && list->n_free > 0) {
+        PyObject *o = list->free[--list->n_free];
         memset(o, 0, (size_t)type->tp_basicsize);
         (void)PyObject_Init(o, type);
         PyObject_GC_Track(o);  /* as PyType_GenericAlloc returns it */
@@ -468,22 +480,23 @@ static PyObject *fastbind_freelist_alloc(PyTypeObject *type, Py_ssize_t nitems) 
 
 static void fastbind_freelist_free(void *block) {
     PyObject *o = (PyObject *)block;  /* untracked by the class's tp_dealloc */
-    if (Py_TYPE(o) == fastbind_freelist.type && fastbind_freelist.n_free < FASTBIND_FREELIST_SIZE) {
-        fastbind_freelist.free[fastbind_freelist.n_free++] = o;
+    fastbind_freelist *list = fastbind_freelist_of(Py_TYPE(o));
+    if (list != NULL && list->n_free < FASTBIND_FREELIST_SIZE) {
+        list->free[list->n_free++] = o;
         return;
     }
     PyObject_GC_Del(o);
 }
 
-static int fastbind_freelist_install(PyObject *type_obj) {
+static int fastbind_freelist_install(PyObject *type_obj, int which) {
     PyTypeObject *type = (PyTypeObject *)type_obj;
-    if (fastbind_freelist.type != NULL || (type->tp_flags & Py_TPFLAGS_HEAPTYPE)
-            || !(type->tp_flags & Py_TPFLAGS_HAVE_GC) || type->tp_itemsize != 0
-            || type->tp_free != PyObject_GC_Del) {
-        PyErr_SetString(PyExc_TypeError, "the freelist is for one static GC class");
+    if (which < 0 || which >= FASTBIND_FREELISTS || fastbind_freelists[which].type != NULL
+            || (type->tp_flags & Py_TPFLAGS_HEAPTYPE) || !(type->tp_flags & Py_TPFLAGS_HAVE_GC)
+            || type->tp_itemsize != 0 || type->tp_free != PyObject_GC_Del) {
+        PyErr_SetString(PyExc_TypeError, "a freelist is for one static GC class");
         return -1;
     }
-    fastbind_freelist.type = type;
+    fastbind_freelists[which].type = type;
     type->tp_alloc = fastbind_freelist_alloc;
     type->tp_free = fastbind_freelist_free;
     return 0;
