@@ -48,10 +48,11 @@ class FuzzServer:
 
     def __init__(self, log: Path) -> None:
         self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastbind", "serve", str(APP), "--port", "0", *SERVER_ARGS],
-            stdout=subprocess.PIPE, stderr=log.open("wb"), text=True,
-        )
+        with log.open("wb") as stderr:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fastbind", "serve", str(APP), "--port", "0", *SERVER_ARGS],
+                stdout=subprocess.PIPE, stderr=stderr, text=True,
+            )
         ready, _, _ = select.select([self.proc.stdout], [], [], START_DEADLINE_S)
         line = self.proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
         match = LISTENING.match(line)
