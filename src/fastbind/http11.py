@@ -2,8 +2,8 @@
 
 One ``HTTPConnection`` per client: httptools (llhttp) parses what arrives into
 Requests, a task per request awaits the runtime's top-level dispatch (so that a client
-going away can cancel exactly its pipeline, DESIGN.md 2.7), and requests of one connection are
-answered one after the other, in order. ``http_writer`` writes the answers,
+going away can cancel exactly its pipeline, DESIGN.md 2.7), and requests of one
+connection are answered one after the other, in order. ``http_writer`` writes the answers,
 ``http_target`` turns the request line into a URL, ``http_exchange`` holds the state
 of one request and the server's limits.
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .request import Request
@@ -54,7 +54,7 @@ class HTTPLimits:
 class ServerState:
     """What every connection of one server shares."""
 
-    __slots__ = ("dispatch", "entry", "limits", "connections", "date", "draining",
+    __slots__ = ("dispatch", "limits", "connections", "date", "draining",
                  "log", "default_host")
 
     def __init__(self, runtime: Runtime, entry: str, limits: HTTPLimits, default_host: str,
@@ -63,7 +63,6 @@ class ServerState:
         # Runtime.dispatch awaits it, without that coroutine around it (the Server has
         # validated the Runtime and checked the entry).
         self.dispatch = partial(runtime._plan.call, runtime._handle_for(entry))
-        self.entry = entry
         self.limits = limits
         self.connections: set[Any] = set()  # the open HTTPConnections
         self.date = ""  # the Date header line, refreshed every second

@@ -14,8 +14,8 @@ from . import _impl, hangwatch
 from .bindings import RemoteBinding, ServiceBinding, normalize_binding
 from .durable import DEFAULT_IDLE_S, DurableObjects, check_declarations
 from .entrypoint import WorkerEntrypoint
-from .http_body import BodyReadError
 from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded, FastbindError
+from .http_body import BodyReadError
 from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .limits import Limits
