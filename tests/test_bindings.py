@@ -150,6 +150,42 @@ def test_headers_are_copied_shallowly(core, run) -> None:
 
     assert run(main()) == {"added": None, "keep": "1"}
 
+def test_forwarded_request_headers_assigned_a_dict_or_pairs(core, run) -> None:
+    # request.headers is a plain field: a Worker may assign a dict or pairs to it. The
+    # child still gets a Headers (made as Headers(...) makes it) on both cores, and a
+    # value Headers(...) refuses is its TypeError in the caller.
+    async def child(request, env, ctx):
+        assert type(request.headers).__name__ == "Headers"
+        request.headers.set("x-child", "1")
+        return Response(request.headers.get("x-a"))
+
+    async def parent(request, env, ctx):
+        request.headers = assigned = {"X-A": "dict"}
+        first = await (await env.C.fetch(request)).text()
+        assert request.headers is assigned and assigned == {"X-A": "dict"}  # the child's copy
+        request.headers = [("x-a", "pairs")]
+        second = await (await env.C.fetch(request)).text()
+        request.headers = 5
+        try:
+            await env.C.fetch(request)
+        except TypeError as exc:
+            refused = str(exc)
+        return Response.json([first, second, refused])
+
+    rt = Runtime()
+    rt.add_worker("parent", parent, services={"C": "child"})
+    rt.add_worker("child", child)
+
+    async def main():
+        resp = await rt.dispatch("parent", Request("https://e/"))
+        return resp.status, await resp.json()
+
+    status, (first, second, refused) = run(main())
+    assert status == 200
+    assert (first, second) == ("dict", "pairs")
+    assert refused == "Headers init must be a mapping or pairs, not int"
+
+
 
 def make_chain(limit: int | None = None) -> tuple[Runtime, list[int]]:
     started: list[int] = []

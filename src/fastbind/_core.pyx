@@ -29,7 +29,7 @@ from fastbind.errors import (
     TooManySubrequestsError,
 )
 from fastbind.headers import Headers, use_raw_decoder
-from fastbind.request import Request
+from fastbind.request import Request, forward_request
 from fastbind.response import Response
 from fastbind.rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 
@@ -43,6 +43,7 @@ cdef extern from "_core_capi.h":
         PyTypeObject* headers_type
         int pooled_request, pooled_headers
         PyObject* body_used_message
+        PyObject* forward_request
     fastbind_request_layout fastbind_req
     object fastbind_forward(object src)
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
@@ -1045,6 +1046,8 @@ cdef int _init_forward() except -1:
     fastbind_req.pooled_headers = _POOLED_HEADERS
     Py_INCREF(BODY_USED_MESSAGE)  # kept for the process's life
     fastbind_req.body_used_message = <PyObject*>BODY_USED_MESSAGE
+    Py_INCREF(forward_request)
+    fastbind_req.forward_request = <PyObject*>forward_request
     return 0
 
 

@@ -227,6 +227,7 @@ typedef struct {
     PyTypeObject *headers_type;
     int pooled_request, pooled_headers;
     PyObject *body_used_message;
+    PyObject *forward_request;  /* request.forward_request: the path for odd headers */
 } fastbind_request_layout;
 
 static fastbind_request_layout fastbind_req;
@@ -257,9 +258,9 @@ static PyObject *fastbind_forward(PyObject *src) {
         return NULL;
     }
     if (Py_TYPE(headers) != L->headers_type) {
-        PyErr_Format(PyExc_TypeError, "Request.headers must be a Headers, not %.200s",
-                     Py_TYPE(headers)->tp_name);
-        return NULL;
+        /* Something else was assigned to request.headers (a dict, pairs, a subclass):
+           the Python path makes it a Headers, as the pure core does. */
+        return PyObject_CallOneArg(L->forward_request, src);
     }
     if (body != Py_None) {
         if (used == Py_True) {

@@ -9,7 +9,7 @@ from .errors import BODY_USED_MESSAGE
 from .headers import TOKEN_CHARS as _TOKEN
 from .headers import Headers, HeadersInit
 
-__all__ = ("Request", "check_url", "normalize_method", "forward_request")
+__all__ = ("Request", "check_url", "normalize_method", "copy_headers", "forward_request")
 
 _SCHEME_CHARS_ANY_CASE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
@@ -95,7 +95,7 @@ class Request(BodyMixin):
         if isinstance(input, Request):
             self.url = input.url
             self.method = normalize_method(method) if method is not None else input.method
-            self.headers = Headers(headers) if headers is not None else input.headers.copy()
+            self.headers = Headers(headers) if headers is not None else copy_headers(input.headers)
             if body is None:
                 if input.body is not None:
                     if input.body_used:
@@ -117,7 +117,7 @@ class Request(BodyMixin):
         new = Request.__new__(Request)
         new.url = self.url
         new.method = self.method
-        new.headers = self.headers.copy()
+        new.headers = copy_headers(self.headers)
         new.body = theirs
         new.body_used = False
         return new
@@ -126,14 +126,23 @@ class Request(BodyMixin):
         return f"<Request {self.method} {self.url}>"
 
 
+def copy_headers(headers: object) -> Headers:
+    """A new Request's copy of ``headers``: copy-on-write for a Headers; anything else
+    that was assigned to ``request.headers`` (a dict, pairs) is made into a Headers,
+    checked as ``Headers(...)`` checks it."""
+    if type(headers) is Headers:
+        return headers.copy()
+    return Headers(headers)  # type: ignore[arg-type]  # Headers(...) names a wrong type
+
+
 def forward_request(src: Request) -> Request:
     """What a binding hands its child: same url, method and body object, headers
     copied (copy-on-write), and ``src`` marked used. The compiled core does the same
-    in C for the binding hot path."""
+    in C for the binding hot path, and calls this when ``src.headers`` is not a Headers."""
     req = Request.__new__(Request)
     req.url = src.url
     req.method = src.method
-    req.headers = src.headers.copy()
+    req.headers = copy_headers(src.headers)
     req.body = take_body(src)
     req.body_used = False
     return req
