@@ -59,6 +59,7 @@ cdef extern from "_core_capi.h":
     void fastbind_ticks_init(int allow_tsc)
     int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t* offset) nogil
     int fastbind_throw(PyObject* coro, PyObject* exc, PyObject** result)
+    int fastbind_send(PyObject* iter, PyObject* arg, PyObject** result)
     object fastbind_pool_new(int which)
     int fastbind_install_vectorcall(object type, Py_ssize_t offset) except -1
 
@@ -71,7 +72,6 @@ cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject* exc)
     int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
-    int PyIter_Send_raw "PyIter_Send" (PyObject* iter, PyObject* arg, PyObject** presult)
     object PyBaseObject_Type_new "PyBaseObject_Type.tp_new" (PyTypeObject* type, object args, PyObject* kw)
     object PyObject_GenericGetDict(object obj, void* context)
     object PyObject_GenericGetAttr(object obj, object name)
@@ -1207,7 +1207,7 @@ cdef class BindingCall:
         slot.current = inv
         # C calls, no try block (see _enter): -1 is PYGEN_ERROR, the exception is set.
         if exc is None:
-            status = PyIter_Send_raw(<PyObject*>self.coro, <PyObject*>arg, result)
+            status = fastbind_send(<PyObject*>self.coro, <PyObject*>arg, result)
         else:
             status = fastbind_throw(<PyObject*>self.coro, <PyObject*>exc, result)
         if status < 0:
@@ -2103,7 +2103,7 @@ cdef class TopLevelCall(BindingCall):
     cdef int _delegate(self, object arg, object exc, PyObject** result) except? -1:
         cdef int status
         if exc is None:
-            status = PyIter_Send_raw(<PyObject*>self.ending, <PyObject*>arg, result)
+            status = fastbind_send(<PyObject*>self.ending, <PyObject*>arg, result)
         else:
             status = fastbind_throw(<PyObject*>self.ending, <PyObject*>exc, result)
         if status < 0:  # the exception is set
