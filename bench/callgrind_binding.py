@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+import callgrind_count  # bench/: the script's own directory is on sys.path
 
 CASES = {  # name: (core, timing parent); the parents of fastbind.benchmark
     "direct await": ("c", "floor"),
@@ -45,7 +42,6 @@ RATIOS = (  # (case, reference): printed when both were counted
     ("rpc sync [c]", "direct sync method call"),
 )
 RPC_WORKERS = frozenset(("method", "rpc", "sync_method", "rpc_sync"))
-SUMMARY = re.compile(rb"^summary:\s+(\d+)", re.MULTILINE)
 
 
 def run_case(core: str, worker: str, calls: int) -> None:
@@ -67,18 +63,8 @@ def run_case(core: str, worker: str, calls: int) -> None:
 
 def instructions(case: str, calls: int, workdir: Path) -> int:
     core, worker = CASES[case]
-    out = workdir / f"callgrind.{worker}.{core}.{calls}"
-    # A fixed hash seed: the same dict and set layouts, so the same instructions, each run.
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-         "--dump-line=no", sys.executable, __file__, "--run", core, worker, str(calls)],
-        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    match = SUMMARY.search(out.read_bytes())
-    if match is None:
-        raise RuntimeError(f"no summary line in {out}")
-    return int(match[1])
+    return callgrind_count.instructions(
+        __file__, [core, worker, str(calls)], workdir / f"callgrind.{worker}.{core}.{calls}")
 
 
 def main() -> None:
@@ -95,8 +81,7 @@ def main() -> None:
         return
     if not 1 <= 5 * args.calls <= 10_000:  # one invocation's subrequest budget
         parser.error("--calls must be 1..2000: the second run makes 5 x --calls calls")
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    callgrind_count.require_valgrind()
     low, high = args.calls, 5 * args.calls
     per_call: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,16 +13,13 @@ Needs valgrind on PATH.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import callgrind_count  # bench/: the script's own directory is on sys.path
+
 CASES = ("binding", "raw", "dispatch")
-SUMMARY = re.compile(rb"^summary:\s+(\d+)", re.MULTILINE)
 
 
 def run_case(case: str, calls: int) -> None:
@@ -72,19 +69,9 @@ def run_case(case: str, calls: int) -> None:
 
 
 def instructions(case: str, calls: int, workdir: Path, core: str) -> int:
-    out = workdir / f"callgrind.{case}.{core}.{calls}"
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    if core == "py":
-        env["FASTBIND_NO_EXTENSIONS"] = "1"
-    subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-         "--dump-line=no", sys.executable, __file__, "--run", case, str(calls)],
-        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    match = SUMMARY.search(out.read_bytes())
-    if match is None:
-        raise RuntimeError(f"no summary line in {out}")
-    return int(match[1])
+    env = {"FASTBIND_NO_EXTENSIONS": "1"} if core == "py" else None
+    return callgrind_count.instructions(
+        __file__, [case, str(calls)], workdir / f"callgrind.{case}.{core}.{calls}", env)
 
 
 def main() -> None:
@@ -97,8 +84,7 @@ def main() -> None:
     if args.run:
         run_case(args.run[0], int(args.run[1]))
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    callgrind_count.require_valgrind()
     low, high = args.calls, 5 * args.calls
     per_call: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
