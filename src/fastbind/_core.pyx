@@ -1090,6 +1090,7 @@ cdef class BindingCall:
     def __await__(self):
         return self
 
+    @cython.final
     cdef int _enter(self) except -1:
         global _live_invocations
         cdef InvocationContext inv = self.inv
@@ -1139,6 +1140,7 @@ cdef class BindingCall:
         slot.current = previous
         return 0
 
+    @cython.final
     cdef void _exit(self, str outcome) noexcept:
         global _live_invocations
         cdef InvocationContext inv = self.inv
@@ -1156,6 +1158,7 @@ cdef class BindingCall:
             except BaseException:  # finished from another context (e.g. closed by the GC)
                 pass
 
+    @cython.final
     cdef object _check_result(self, object value):
         if self.borrowed:
             self._exit(_OK)
@@ -1176,6 +1179,7 @@ cdef class BindingCall:
         self._exit(_OK)
         return value
 
+    @cython.final
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1:
         if not self.started:
             if exc is not None:  # cancelled before it ever ran: the child never starts
@@ -1224,6 +1228,7 @@ cdef class BindingCall:
         result[0] = <PyObject*>value
         return 0
 
+    @cython.final
     cdef void _fail(self, str outcome) noexcept:
         """``_exit(outcome)`` while an exception is being raised, which it keeps."""
         cdef PyObject* kind
@@ -1233,6 +1238,7 @@ cdef class BindingCall:
         self._exit(outcome)
         PyErr_Restore(kind, value, tb)
 
+    @cython.final
     cdef void _fail_step(self, InvocationContext previous, int metered) noexcept:
         """A step of the child raised: leave it and end the call as canceled or error."""
         outcome = _CANCELED if PyErr_ExceptionMatches(_CancelledError) else _ERROR
@@ -1244,6 +1250,7 @@ cdef class BindingCall:
         self._exit(outcome)
         PyErr_Restore(kind, value, tb)
 
+    @cython.final
     cdef void _leave(self, InvocationContext previous, int metered) noexcept:
         if metered >= 0:
             _meter_exit(self.slot, self.inv, self.inv.pipeline, metered)
@@ -1263,6 +1270,7 @@ cdef class BindingCall:
     def close(self):
         self._close()
 
+    @cython.final
     cdef int _close(self) except -1:
         if self.coro is not None:
             try:
