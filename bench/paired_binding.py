@@ -6,7 +6,7 @@ batch by batch (``--calls`` calls each, about a millisecond), and the ratio is t
 median of the ratios of each pair: what the machine does to one batch it does to its
 neighbour too. Pin it to one CPU on a shared machine:
 
-    taskset -c 1 python bench/paired_binding.py [--pairs 201] [--calls 500] [--runs 3]
+    taskset -c 1 python bench/paired_binding.py [--pairs 1001] [--calls 500] [--runs 3]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ async def paired_ratio(pairs: int, calls: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=201)
+    parser.add_argument("--pairs", type=int, default=1001)
     parser.add_argument("--calls", type=int, default=500, help="calls per batch (at most 10,000)")
     parser.add_argument("--runs", type=int, default=3, help="separate medians to show the spread")
     args = parser.parse_args()
