@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import inspect
 import os
+import sys
 import weakref
 from contextvars import ContextVar
 from types import FunctionType, MappingProxyType
@@ -1491,7 +1492,38 @@ from libc.string cimport memcmp, memcpy
 from cpython.list cimport PyList_AsTuple, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from libc.stdint cimport uint64_t
 
+cdef extern from "_running_loop.h":
+    PyObject* fastbind_running_loop()
+    void fastbind_learn_holder(object loop)
+    int fastbind_running_loop_init(PyObject* key) except -1
+    PyTypeObject* fastbind_holder_type
+
 cdef object _get_running_loop = asyncio.get_running_loop
+cdef str _HOLDER_KEY = sys.intern("__asyncio_running_event_loop__")  # asyncio's own key object
+fastbind_running_loop_init(<PyObject*>_HOLDER_KEY)
+
+
+def _pid_after_fork():
+    fastbind_running_loop_init(NULL)  # the child's holders have their parent's pid
+
+
+os.register_at_fork(after_in_child=_pid_after_fork)
+
+
+def _running_loop_is_read_directly():
+    """Whether the running loop is read from asyncio's holder (3.11, once checked)."""
+    return fastbind_holder_type != NULL
+
+
+cdef object _running_loop():
+    """asyncio.get_running_loop(), without its getpid() on 3.11 (_running_loop.h)."""
+    cdef PyObject* loop = fastbind_running_loop()
+    if loop != NULL:
+        return <object>loop
+    found = PyObject_CallNoArgs(_get_running_loop)  # raises when no loop is running
+    fastbind_learn_holder(found)
+    return found
+
 cdef object _WeakRef = weakref.ref
 cdef Py_ssize_t _RESP_STATUS = fastbind_slot_offset(Response, "status")
 cdef Py_ssize_t _RESP_HEADERS = fastbind_slot_offset(Response, "headers")
@@ -1885,8 +1917,7 @@ cdef class DispatchPlan:
 
     cdef object _loop_checked(self):
         """The running loop, with the core's task factory on it."""
-        # (PyObject_CallNoArgs: CPython's own no-argument call, not Cython's generic one)
-        loop = PyObject_CallNoArgs(_get_running_loop)
+        loop = _running_loop()
         cdef object seen = self._loop_ref
         if type(seen) is _WeakRef:
             seen = <object>PyWeakref_GET_OBJECT(seen)

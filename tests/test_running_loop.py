@@ -1,0 +1,85 @@
+"""Which loop is running: each top-level request checks the task factory of that loop.
+
+The compiled core reads the running loop from asyncio's per-thread holder on CPython
+3.11 rather than calling asyncio.get_running_loop(), which makes a getpid() system call
+each time (_running_loop.h). These tests hold it to asyncio's answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import pytest
+import uvloop
+
+from fastbind import Request, Response, Runtime, _impl
+
+URL = "https://h.test/"
+
+
+def test_each_loop_in_turn_gets_the_task_factory(core) -> None:
+    # One Runtime, loops of two kinds one after the other in this thread: each request
+    # adopts the task its Worker spawns, so the factory is on the loop that runs it.
+    spawned: list[asyncio.Task[None]] = []
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        spawned.append(asyncio.create_task(asyncio.Event().wait()))
+        return Response("ok")
+
+    rt = Runtime()
+    rt.add_worker("w", worker)
+
+    async def main() -> tuple[int, bool]:
+        response = await rt.dispatch("w", Request(URL))
+        await asyncio.sleep(0)  # the pipeline's end cancels the task it adopted
+        return response.status, spawned[-1].cancelled()
+
+    for loop_run in (uvloop.run, asyncio.run, uvloop.run, asyncio.run):
+        assert loop_run(main()) == (200, True)
+    assert len(spawned) == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_does_not_see_its_parents_running_loop(core) -> None:
+    # asyncio tells a forked child that no loop is running (the holder's pid is the
+    # parent's); the compiled core, which does not ask getpid(), must say the same.
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        return Response("ok")
+
+    rt = Runtime()
+    rt.add_worker("w", worker)
+
+    async def main() -> int:
+        assert (await rt.dispatch("w", Request(URL))).status == 200  # the holder is known now
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            code = 3
+            try:
+                rt.dispatch("w", Request(URL)).send(None)
+            except RuntimeError as exc:
+                code = 0 if "no running event loop" in str(exc) else 2
+            except BaseException:
+                code = 4
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    assert uvloop.run(main()) == 0
+
+
+@pytest.mark.skipif(_impl.compiled is None, reason="the compiled core is not built")
+def test_the_compiled_core_reads_the_running_loop_directly_on_3_11() -> None:
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        return Response("ok")
+
+    rt = Runtime()  # the compiled core unless FASTBIND_NO_EXTENSIONS
+    rt.add_worker("w", worker)
+    if rt.implementation != "c":
+        pytest.skip("pure run")
+    assert uvloop.run(rt.dispatch("w", Request(URL))).status == 200
+    # 3.12 dropped the holder (and the getpid() call): asyncio's own path is the fast one.
+    assert _impl.compiled._running_loop_is_read_directly() is (sys.version_info < (3, 12))
