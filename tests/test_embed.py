@@ -185,6 +185,36 @@ def test_raw_headers_never_read_go_back_decoded(core: Any, run: Any) -> None:
         assert (status, headers, body) == (200, [(b"x-a", b"1"), (b"caf\xe9", b"cr\xe8me")], b"ok")
 
 
+def test_response_headers_written_as_literals_and_ones_that_change(core: Any, run: Any) -> None:
+    # The compiled core hands the same (bytes, bytes) pair out again for a header made
+    # of the same two str objects each time (a literal in the Worker's code); a value
+    # that changes, or one equal but made anew, or a long one, is encoded each time.
+    long_value = "v" * 300
+    answers = iter(range(1000))
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        n = next(answers)
+        return Response("ok", headers=[
+            ("content-type", "application/json"),
+            ("x-count", str(n)),
+            ("x-made", "".join(["ab", "c"])),  # equal each time, a new object each time
+            ("x-long", long_value),
+        ])
+
+    rt = Runtime()
+    rt.add_worker("w", worker)
+    raw = RawDispatcher(rt, "w")
+    first = run(raw(b"GET", "https://h.test/", [], b""))[1]
+    second = run(raw(b"GET", "https://h.test/", [], b""))[1]
+    expected = [(b"content-type", b"application/json"), (b"x-made", b"abc"), (b"x-long", long_value.encode())]
+    assert [pair for pair in first if pair[0] != b"x-count"] == expected
+    assert [pair for pair in second if pair[0] != b"x-count"] == expected
+    assert (first[1], second[1]) == ((b"x-count", b"0"), (b"x-count", b"1"))
+    if rt.implementation == "c":
+        assert second[0] is first[0]  # the literal's pair, kept
+        assert second[2] is not first[2] and second[3] is not first[3]
+
+
 def test_dispatcher_takes_keywords_and_reports_bad_calls(core: Any, run: Any) -> None:
     # Positional calls take the compiled core's C entry point; keywords and wrong
     # calls take the regular one, with the same meaning and Python's own errors.

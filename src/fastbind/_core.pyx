@@ -1801,6 +1801,48 @@ cdef inline object _new_request(str method, str url, list items, object raw, obj
     return request
 
 
+# A header a Worker answers with again and again (a content-type written as a literal
+# in its code) is the same two str objects every time: their (bytes, bytes) pair is
+# kept and handed out again, as tuples of bytes are immutable. Keyed by the two
+# objects' identity (the slot holds them, so an address is not reused while there);
+# short values only, in a direct-mapped table, so a value that changes with every
+# response (a length, a date) only replaces its slot.
+cdef enum:
+    _PAIR_SLOTS = 64
+    _PAIR_MAX_VALUE = 64
+
+cdef struct _PairSlot:
+    PyObject* name      # str, owned
+    PyObject* value     # str, owned
+    PyObject* pair      # (bytes, bytes), owned
+
+cdef _PairSlot _pairs[_PAIR_SLOTS]
+
+
+cdef inline object _raw_pair(object name, object value):
+    """``(name, value)`` (ASCII str) as bytes: the kept pair when there is one."""
+    cdef _PairSlot* slot = &_pairs[((<size_t><PyObject*>name >> 4) ^ (<size_t><PyObject*>value >> 4))
+                                   & (_PAIR_SLOTS - 1)]
+    if slot.name == <PyObject*>name and slot.value == <PyObject*>value:
+        return <object>slot.pair
+    raw_name = _known_name(<const unsigned char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name), False)
+    if raw_name is None:
+        raw_name = PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name))
+    pair = (raw_name, PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value)))
+    cdef PyObject* old_name = slot.name
+    cdef PyObject* old_value = slot.value
+    cdef PyObject* old_pair = slot.pair
+    if PyUnicode_GET_LENGTH(value) <= _PAIR_MAX_VALUE:
+        Py_INCREF(name)
+        Py_INCREF(value)
+        Py_INCREF(pair)
+        slot.name, slot.value, slot.pair = <PyObject*>name, <PyObject*>value, <PyObject*>pair
+        Py_XDECREF(old_name)  # str and tuples of bytes: freeing them runs no Python code
+        Py_XDECREF(old_value)
+        Py_XDECREF(old_pair)
+    return pair
+
+
 cdef object _fast_raw_response(object response):
     """``(status, headers, body)`` of a Response with a plain body, or None for embed's path."""
     headers = fastbind_slot_get(response, _RESP_HEADERS, "headers")
@@ -1828,10 +1870,7 @@ cdef object _fast_raw_response(object response):
         if (type(name) is not str or type(value) is not str or not PyUnicode_IS_ASCII(name)
                 or not PyUnicode_IS_ASCII(value)):
             return None
-        raw_name = _known_name(<const unsigned char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name), False)
-        if raw_name is None:
-            raw_name = PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(name), PyUnicode_GET_LENGTH(name))
-        pair = (raw_name, PyBytes_FromStringAndSize(<const char*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value)))
+        pair = _raw_pair(name, value)
         Py_INCREF(pair)  # PyList_SET_ITEM takes a reference
         PyList_SET_ITEM(out, i, pair)
     fastbind_slot_set(response, _RESP_BODY_USED, True)
