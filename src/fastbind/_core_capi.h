@@ -312,7 +312,7 @@ static PyObject *fastbind_forward(PyObject *src) {
 
 /* handler(a, b, c): a function handler's coroutine, NULL with the exception set.
    Through the function's own vectorcall, as Cython's fast calls do: PyObject_Vectorcall
-   adds a thread-state fetch and a result check on each call (-40 instructions). */
+   adds a thread-state fetch and a check of the result on each call. */
 static inline PyObject *fastbind_call3(PyObject *f, PyObject *a, PyObject *b, PyObject *c) {
     PyObject *args[4] = {NULL, a, b, c};
     vectorcallfunc call = PyVectorcall_Function(f);
