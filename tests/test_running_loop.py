@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -42,33 +43,51 @@ def test_each_loop_in_turn_gets_the_task_factory(core) -> None:
     assert len(spawned) == 4
 
 
+FORK_SCRIPT = """
+import os, sys
+import uvloop
+from fastbind import Request, Response, Runtime
+
+async def worker(request, env, ctx):
+    return Response("ok")
+
+rt = Runtime()
+rt.add_worker("w", worker)
+assert rt.implementation == sys.argv[1], rt.implementation
+
+async def main():
+    assert (await rt.dispatch("w", Request("https://h.test/"))).status == 200  # holder known
+    pid = os.fork()
+    if pid == 0:  # the child, still inside its parent's running loop
+        code = 3
+        try:
+            rt.dispatch("w", Request("https://h.test/")).send(None)
+        except RuntimeError as exc:
+            code = 0 if "no running event loop" in str(exc) else 2
+        except BaseException:
+            code = 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+sys.exit(uvloop.run(main()))
+"""
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_does_not_see_its_parents_running_loop(core) -> None:
     # asyncio tells a forked child that no loop is running (the holder's pid is the
     # parent's); the compiled core, which does not ask getpid(), must say the same.
-    async def worker(request: Request, env: Any, ctx: Any) -> Response:
-        return Response("ok")
-
-    rt = Runtime()
-    rt.add_worker("w", worker)
-
-    async def main() -> int:
-        assert (await rt.dispatch("w", Request(URL))).status == 200  # the holder is known now
-        pid = os.fork()
-        if pid == 0:  # the child: report through the exit code, never return into pytest
-            code = 3
-            try:
-                rt.dispatch("w", Request(URL)).send(None)
-            except RuntimeError as exc:
-                code = 0 if "no running event loop" in str(exc) else 2
-            except BaseException:
-                code = 4
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status)
-
-    assert uvloop.run(main()) == 0
+    # In a process of its own: this one has threads, and fork() should not copy them.
+    implementation = "c" if core is _impl.compiled else "py"
+    env = dict(os.environ)
+    env.pop("FASTBIND_NO_EXTENSIONS", None)
+    if implementation == "py":
+        env["FASTBIND_NO_EXTENSIONS"] = "1"
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT, implementation], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.skipif(_impl.compiled is None, reason="the compiled core is not built")
