@@ -19,6 +19,7 @@ from fastbind import (
     TooManySubrequestsError,
     WorkerEntrypoint,
 )
+from fastbind import _impl
 from fastbind.errors import BODY_USED_MESSAGE, DEPTH_MESSAGE
 
 
@@ -675,3 +676,38 @@ def test_fetch_with_a_url_gives_what_request_of_that_url_gives(core, run) -> Non
         r = Request(url)
         expected.append((Request, r.url, r.method, list(r.headers), r.body, r.body_used))
     assert seen == expected
+
+
+def test_a_binding_call_driven_by_next_ends_in_stop_iteration_with_the_response(core, run) -> None:
+    # From CPython 3.12 the interpreter drives `await call` through tp_iternext, so the
+    # call's end is a StopIteration carrying the child's Response (3.11 uses am_send).
+    # next() takes the same slot on every version; the compiled core raises it from C,
+    # with no traceback of its own functions.
+    async def child(request, env, ctx):
+        await asyncio.sleep(0)  # one step that yields, then the return
+        return Response("from child")
+
+    async def parent(request, env, ctx):
+        steps = env.C.fetch(request).__await__()  # the compiled core: the call itself
+        assert next(steps) is None  # the child's bare yield, passed out as it is
+        try:
+            next(steps)
+        except StopIteration as stop:
+            response = stop.value
+            assert stop.args == (response,)
+            tb, files = stop.__traceback__, set()
+            while tb is not None:
+                files.add(tb.tb_frame.f_code.co_filename)
+                tb = tb.tb_next
+            return Response.json([await response.text(), core is not _impl.compiled or files == {__file__}])
+        raise AssertionError("the call did not end")
+
+    rt = Runtime()
+    rt.add_worker("parent", parent, services={"C": "child"})
+    rt.add_worker("child", child)
+
+    async def main():
+        resp = await rt.dispatch("parent", Request("https://e/"))
+        return resp.status, await resp.json()
+
+    assert run(main()) == (200, ["from child", True])

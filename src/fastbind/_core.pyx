@@ -1359,6 +1359,7 @@ cdef int _binding_call_send(object self, object arg, PyObject** result) except? 
 
 
 fastbind_install_am_send(BindingCall, <fastbind_send_fn>_binding_call_send)
+fastbind_install_am_send(RpcCall, <fastbind_send_fn>_binding_call_send)  # its slots were copied from the base before
 
 
 @cython.final
