@@ -281,6 +281,25 @@ def test_a_flood_of_pipelined_requests_is_bounded(server: ServerProcess) -> None
     assert statuses[257] == 429
 
 
+def test_a_refusal_reaches_a_client_that_is_still_sending(server: ServerProcess) -> None:
+    # The client floods, goes on sending, and reads only later: the server must not close
+    # with its input unread (a reset, which can discard the answers in the client's
+    # buffer) but half-close, drop what still comes, and close when the client does.
+    with server.connect() as sock:
+        sock.sendall(get("/hello") * 2000)
+        for _ in range(20):
+            time.sleep(0.01)
+            try:
+                sock.sendall(get("/hello") * 50)  # arrives after the 429
+            except OSError:
+                break  # already shut for writing on the server's side: fine either way
+        time.sleep(0.3)  # the refusal and its close are long done by now
+        reader = sock.makefile("rb")
+        statuses = [read_reply(reader).status for _ in range(258)]
+        assert reader.read() == b""  # the server's FIN, not a reset
+    assert statuses[:257] == [200] * 257 and statuses[257] == 429
+
+
 def test_upgrade_connect_and_other_request_targets(server: ServerProcess) -> None:
     import json
 

@@ -39,6 +39,12 @@ _QUEUE_HIGH = 32
 # Reading stops at _QUEUE_HIGH, but one read can hold thousands of tiny pipelined
 # requests: past this many queued, the connection is answered 429 and closed.
 _QUEUE_MAX = 256
+# After a refusal (429, 413, 400...) the client may still be sending: closing a socket
+# with unread input resets the connection, and a reset can discard the refusal and the
+# answers before it in the client's buffer. So the server half-closes, reads and drops
+# what comes, and closes when the client does or after this many seconds
+# (RFC 9112 9.6, "tear-down").
+_LINGER_S = 2.0
 
 # What the headers of the message being parsed said, besides Host and Content-Length.
 _CHUNKED = 1
@@ -110,6 +116,7 @@ class HTTPConnection(asyncio.Protocol):
         self._pause = 0
         self._stopped = False  # no more requests are read from this connection
         self._lost = False
+        self._linger: asyncio.TimerHandle | None = None  # the close after a refusal
         # Progress counters, cheap to bump per request; the server's sweep turns them
         # into times (see check_timeouts).
         self.reads = 0  # data_received calls
@@ -130,6 +137,9 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._stopped = True
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self._state.connections.discard(self)
         self._queue.clear()
         for ex in (self._active, self._current):
@@ -393,8 +403,7 @@ class HTTPConnection(asyncio.Protocol):
                 self._serve_next()
             return
         if ex.finished:
-            if self._transport is not None:
-                self._transport.close()  # its response is out already
+            self._close_after_refusal()  # its response is out already
             return
         ex.fail(status, message)
         if ex.stream is not None:
@@ -523,9 +532,23 @@ class HTTPConnection(asyncio.Protocol):
     def _reject(self, ex: Exchange) -> None:
         self._stopped = True
         sent = self._writer.rejection(ex)
+        self._close_after_refusal()
         log = self._state.log
         if log is not None:
             log(self, ex, ex.reject, sent)
+
+    def _close_after_refusal(self) -> None:
+        """Close once the refusal is out, without a reset (see _LINGER_S)."""
+        transport = self._transport
+        if transport is None or self._lost or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # the answers so far, then FIN; input is still read, and dropped
+        self._pause = 0
+        transport.resume_reading()
+        self._linger = self._loop.call_later(_LINGER_S, transport.close)
 
     # -- timeouts and shutdown, called by the server ------------------------------------
 

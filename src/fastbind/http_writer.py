@@ -187,7 +187,10 @@ class ResponseWriter:
             await close_body(body)
 
     def rejection(self, ex: Exchange) -> int:
-        """Answer a request the server refused itself (4xx), then close; returns the body size."""
+        """Answer a request the server refused itself (4xx); returns the body size.
+
+        The caller closes the connection (HttpProtocol._close_after_refusal).
+        """
         transport = self.transport
         if transport is None or self.lost:
             return 0
@@ -202,7 +205,6 @@ class ResponseWriter:
             ).encode("latin-1")
             + body
         )
-        transport.close()
         return len(body)
 
     def send_continue(self) -> None:
