@@ -39,11 +39,11 @@ _QUEUE_HIGH = 32
 # Reading stops at _QUEUE_HIGH, but one read can hold thousands of tiny pipelined
 # requests: past this many queued, the connection is answered 429 and closed.
 _QUEUE_MAX = 256
-# After a refusal (429, 413, 400...) the client may still be sending: closing a socket
-# with unread input resets the connection, and a reset can discard the refusal and the
-# answers before it in the client's buffer. So the server half-closes, reads and drops
-# what comes, and closes when the client does or after this many seconds
-# (RFC 9112 9.6, "tear-down").
+# After a refusal (429, 413, 400...), or an answer given before its request body came
+# whole, the client may still be sending: closing a socket with unread input resets
+# the connection, and a reset can discard the last answers in the client's buffer. So
+# the server half-closes, reads and drops what comes, and closes when the client does
+# or after this many seconds (RFC 9112 9.6, "tear-down").
 _LINGER_S = 2.0
 
 # What the headers of the message being parsed said, besides Host and Content-Length.
@@ -403,7 +403,7 @@ class HTTPConnection(asyncio.Protocol):
                 self._serve_next()
             return
         if ex.finished:
-            self._close_after_refusal()  # its response is out already
+            self._close_draining()  # its response is out already
             return
         ex.fail(status, message)
         if ex.stream is not None:
@@ -512,7 +512,10 @@ class HTTPConnection(asyncio.Protocol):
         if not ex.keep_alive:
             assert self._transport is not None
             self._stopped = True
-            self._transport.close()
+            if ex.body_done and not self._pause and not self._queue and not self._in_message:
+                self._transport.close()  # nothing of the client's is left unread
+            else:
+                self._close_draining()
             return
         self.answers += 1  # the keep-alive timeout counts from here
         if self._queue or self._state.draining:
@@ -532,13 +535,13 @@ class HTTPConnection(asyncio.Protocol):
     def _reject(self, ex: Exchange) -> None:
         self._stopped = True
         sent = self._writer.rejection(ex)
-        self._close_after_refusal()
+        self._close_draining()
         log = self._state.log
         if log is not None:
             log(self, ex, ex.reject, sent)
 
-    def _close_after_refusal(self) -> None:
-        """Close once the refusal is out, without a reset (see _LINGER_S)."""
+    def _close_draining(self) -> None:
+        """Close once the last answer is out, without a reset (see _LINGER_S)."""
         transport = self._transport
         if transport is None or self._lost or transport.is_closing():
             return
@@ -546,6 +549,7 @@ class HTTPConnection(asyncio.Protocol):
             transport.close()
             return
         transport.write_eof()  # the answers so far, then FIN; input is still read, and dropped
+        self._queue.clear()  # requests after the last answer are not served
         self._pause = 0
         transport.resume_reading()
         self._linger = self._loop.call_later(_LINGER_S, transport.close)
@@ -571,8 +575,8 @@ class HTTPConnection(asyncio.Protocol):
                 self._answer_at = now
             self._seen = seen
         transport = self._transport
-        if transport is None or self._lost:
-            return
+        if transport is None or self._lost or self._linger is not None:
+            return  # (a draining close has its own timer)
         limits = self._limits
         writer = self._writer
         if writer.paused and now - writer.paused_at >= limits.read_timeout:

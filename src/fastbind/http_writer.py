@@ -189,7 +189,7 @@ class ResponseWriter:
     def rejection(self, ex: Exchange) -> int:
         """Answer a request the server refused itself (4xx); returns the body size.
 
-        The caller closes the connection (HttpProtocol._close_after_refusal).
+        The caller closes the connection (HTTPConnection._close_draining).
         """
         transport = self.transport
         if transport is None or self.lost:
