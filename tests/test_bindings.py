@@ -23,6 +23,19 @@ from fastbind import _impl
 from fastbind.errors import BODY_USED_MESSAGE, DEPTH_MESSAGE
 
 
+def parent_and_child(run: Any, parent: Any, child: Any) -> tuple[int, Any]:
+    """Dispatch to Worker ``parent``, which has ``child`` bound as C: the status and JSON body."""
+    rt = Runtime()
+    rt.add_worker("parent", parent, services={"C": "child"})
+    rt.add_worker("child", child)
+
+    async def main():
+        resp = await rt.dispatch("parent", Request("https://e/"))
+        return resp.status, await resp.json()
+
+    return run(main())
+
+
 def collect() -> tuple[list[Any], Any]:
     reports: list[Any] = []
     return reports, reports.append
@@ -173,15 +186,7 @@ def test_forwarded_request_headers_assigned_a_dict_or_pairs(core, run) -> None:
             refused = str(exc)
         return Response.json([first, second, refused])
 
-    rt = Runtime()
-    rt.add_worker("parent", parent, services={"C": "child"})
-    rt.add_worker("child", child)
-
-    async def main():
-        resp = await rt.dispatch("parent", Request("https://e/"))
-        return resp.status, await resp.json()
-
-    status, (first, second, refused) = run(main())
+    status, (first, second, refused) = parent_and_child(run, parent, child)
     assert status == 200
     assert (first, second) == ("dict", "pairs")
     assert refused == "Headers init must be a mapping or pairs, not int"
@@ -702,12 +707,4 @@ def test_a_binding_call_driven_by_next_ends_in_stop_iteration_with_the_response(
             return Response.json([await response.text(), core is not _impl.compiled or files == {__file__}])
         raise AssertionError("the call did not end")
 
-    rt = Runtime()
-    rt.add_worker("parent", parent, services={"C": "child"})
-    rt.add_worker("child", child)
-
-    async def main():
-        resp = await rt.dispatch("parent", Request("https://e/"))
-        return resp.status, await resp.json()
-
-    assert run(main()) == (200, ["from child", True])
+    assert parent_and_child(run, parent, child) == (200, ["from child", True])
