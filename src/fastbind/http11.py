@@ -116,7 +116,7 @@ class HTTPConnection(asyncio.Protocol):
         self._pause = 0
         self._stopped = False  # no more requests are read from this connection
         self._lost = False
-        self._linger: asyncio.TimerHandle | None = None  # the close after a refusal
+        self._linger: asyncio.TimerHandle | None = None  # the timed close of a draining close
         # Progress counters, cheap to bump per request; the server's sweep turns them
         # into times (see check_timeouts).
         self.reads = 0  # data_received calls
@@ -543,7 +543,7 @@ class HTTPConnection(asyncio.Protocol):
     def _close_draining(self) -> None:
         """Close once the last answer is out, without a reset (see _LINGER_S)."""
         transport = self._transport
-        if transport is None or self._lost or transport.is_closing():
+        if transport is None or self._lost or transport.is_closing() or self._linger is not None:
             return
         if not transport.can_write_eof():
             transport.close()
