@@ -43,6 +43,42 @@ def test_each_loop_in_turn_gets_the_task_factory(core) -> None:
     assert len(spawned) == 4
 
 
+def test_loops_in_two_threads_at_once_each_get_the_factory(core) -> None:
+    # The running loop is per thread: two threads, each with its own loop and Runtime,
+    # dispatching at the same time, each adopt the task their Worker spawns.
+    import threading
+
+    results: dict[str, tuple[int, bool]] = {}
+    both_running = threading.Barrier(2, timeout=10)
+
+    def serve(name: str, loop_run: Any) -> None:
+        spawned: list[asyncio.Task[None]] = []
+
+        async def worker(request: Request, env: Any, ctx: Any) -> Response:
+            spawned.append(asyncio.create_task(asyncio.Event().wait()))
+            await asyncio.sleep(0.05)  # both loops are inside a request now
+            return Response("ok")
+
+        rt = Runtime()
+        rt.add_worker("w", worker)
+
+        async def main() -> tuple[int, bool]:
+            await asyncio.get_running_loop().run_in_executor(None, both_running.wait)
+            response = await rt.dispatch("w", Request(URL))
+            await asyncio.sleep(0)
+            return response.status, spawned[-1].cancelled()
+
+        results[name] = loop_run(main())
+
+    threads = [threading.Thread(target=serve, args=("uvloop", uvloop.run)),
+               threading.Thread(target=serve, args=("asyncio", asyncio.run))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == {"uvloop": (200, True), "asyncio": (200, True)}
+
+
 FORK_SCRIPT = """
 import os, sys
 import uvloop
