@@ -1,17 +1,21 @@
-"""What the hot path reuses stays correct: pooled Request/Headers blocks, Env's name cache.
+"""What the hot path reuses stays correct: pooled Request/Headers blocks, Env's name cache,
+the StopIteration that ends a call.
 
 The compiled core keeps freed Request and Headers blocks for the child copies it makes
-on each binding call, and Env remembers the names it was asked for by identity. These
-tests run the same cases on both cores: the twin has neither, and must agree.
+on each binding call, and Env remembers the names it was asked for by identity. From
+CPython 3.12 it also raises one StopIteration again and again at the end of its calls.
+These tests run the same cases on both cores: the twin has none of it, and must agree.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
-from fastbind import Headers, Request, Response, Runtime
+from fastbind import Headers, Request, Response, Runtime, WorkerEntrypoint
 
 
 def make_body() -> bytes:
@@ -149,3 +153,101 @@ def test_an_ended_pipeline_is_freed_without_the_collector(core, run) -> None:
         assert [ref() for ref in seen] == [None, None]
     finally:
         gc.enable()
+
+
+class WeakResponse(Response):
+    """A Response that takes weak references (a subclass without __slots__)."""
+
+
+@dataclass
+class Result:
+    """An RPC result (a dataclass: passed as a copy) that takes weak references."""
+
+    n: int
+
+
+def test_the_end_of_a_call_keeps_nothing_it_carried_alive(core, run) -> None:
+    # The value of a binding call, of an RPC call and of a dispatch is gone once its
+    # awaiter dropped it: the StopIteration the compiled core raises again on 3.12+
+    # lets go of it when the call is freed.
+    refs: list[weakref.ref[Any]] = []
+
+    async def child(request: Request, env: Any, ctx: Any) -> Response:
+        response = WeakResponse("from child")
+        refs.append(weakref.ref(response))
+        return response
+
+    class Calc(WorkerEntrypoint):
+        async def make(self) -> Result:
+            return Result(7)
+
+    async def parent(request: Request, env: Any, ctx: Any) -> Response:
+        response = await env.CHILD.fetch(request)
+        text = await response.text()
+        del response
+        result = await env.CALC.make()  # the caller's copy
+        refs.append(weakref.ref(result))
+        assert result == Result(7)
+        del result
+        return Response.json([text] + [ref() is None for ref in refs])
+
+    async def top(request: Request, env: Any, ctx: Any) -> Response:
+        response = WeakResponse("top")
+        refs.append(weakref.ref(response))
+        return response
+
+    rt = Runtime()
+    rt.add_worker("parent", parent, services={"CHILD": "child", "CALC": "calc"})
+    rt.add_worker("child", child)
+    rt.add_worker("calc", Calc)
+    rt.add_worker("top", top)
+
+    async def main() -> tuple[Any, bool]:
+        response = await rt.dispatch("parent", Request("https://example.com/"))
+        answer = await response.json()
+        response = await rt.dispatch("top", Request("https://example.com/"))
+        assert await response.text() == "top"
+        del response
+        return answer, refs[-1]() is None
+
+    assert run(main()) == (["from child", True, True], True)
+
+
+def test_a_kept_stop_iteration_is_not_reused(core, run) -> None:
+    # Calls driven by next(): an exception its catcher kept still carries its own value
+    # after later calls, and one that was dropped comes back with nothing of its past
+    # (no notes, no earlier traceback).
+    async def child(request: Request, env: Any, ctx: Any) -> Response:
+        return Response(request.url.rsplit("/", 1)[1])
+
+    def end_of(call: Any) -> StopIteration:
+        steps = call.__await__()
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop
+        raise AssertionError("the call did not end at its first step")
+
+    async def parent(request: Request, env: Any, ctx: Any) -> Response:
+        first = end_of(env.C.fetch("https://example.com/first"))
+        noted = end_of(env.C.fetch("https://example.com/noted"))
+        noted.add_note("seen by a test")
+        del noted
+        second = end_of(env.C.fetch("https://example.com/second"))
+        tb = second.__traceback__
+        return Response.json([
+            await first.value.text(), first.args == (first.value,),
+            await second.value.text(), getattr(second, "__notes__", None),
+            tb is not None and tb.tb_next is None and tb.tb_frame.f_code is end_of.__code__,
+            second.__context__ is None and second.__cause__ is None,
+        ])
+
+    rt = Runtime()
+    rt.add_worker("parent", parent, services={"C": "child"})
+    rt.add_worker("child", child)
+
+    async def main() -> Any:
+        response = await rt.dispatch("parent", Request("https://example.com/"))
+        return response.status, await response.json()
+
+    assert run(main()) == (200, ["first", True, "second", None, True, True])
