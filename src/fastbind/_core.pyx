@@ -63,6 +63,7 @@ cdef extern from "_core_capi.h":
     int fastbind_send(PyObject* iter, PyObject* arg, PyObject** result)
     object fastbind_pool_new(int which)
     int fastbind_install_vectorcall(object type, Py_ssize_t offset) except -1
+    object fastbind_context_value(PyObject* var, PyTypeObject* type)
 
 cdef extern from "pthread.h" nogil:
     ctypedef unsigned long pthread_t
@@ -178,15 +179,7 @@ fastbind_ticks_init(os.environ.get("FASTBIND_CLOCK", "") != "monotonic")
 
 
 cdef inline ExecutionSlot _current_slot():
-    cdef PyObject* value = NULL
-    PyContextVar_Get(_SLOT, NULL, &value)
-    if value == NULL:
-        return None
-    result = <object>value
-    Py_XDECREF(value)
-    if result is None:
-        return None
-    return <ExecutionSlot?>result
+    return <ExecutionSlot>fastbind_context_value(<PyObject*>_SLOT, <PyTypeObject*>ExecutionSlot)
 
 
 cdef inline InvocationContext _current():

@@ -59,6 +59,23 @@ static inline PyObject *fastbind_alloc_instance(PyObject *type) {
     return PyType_GenericNew((PyTypeObject *)type, NULL, NULL);
 }
 
+/* The value of context variable ``var`` in the running context, as a new reference:
+   None when it is unset or None, NULL with TypeError when it is not an instance of
+   ``type`` (the variable is the core's, but a Context's keys can be reached). Inlined
+   at each use: the look-up is on every binding call, twice. */
+static inline __attribute__((always_inline)) PyObject *
+fastbind_context_value(PyObject *var, PyTypeObject *type) {
+    PyObject *value = NULL;
+    if (PyContextVar_Get(var, NULL, &value) < 0) return NULL;
+    if (value != NULL && Py_TYPE(value) == type) return value;
+    if (value == NULL) Py_RETURN_NONE;
+    if (value == Py_None || PyObject_TypeCheck(value, type)) return value;
+    PyErr_Format(PyExc_TypeError, "context variable %R holds a %.200s, not a %.200s",
+                 var, Py_TYPE(value)->tp_name, type->tp_name);
+    Py_DECREF(value);
+    return NULL;
+}
+
 /* Give instances of ``type`` a vectorcall entry point, stored at ``offset`` in each
    instance: a call from Python then passes its arguments as a C array, where tp_call
    would pack them in a tuple and the keywords in a dict. tp_call stays for
