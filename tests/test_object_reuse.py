@@ -251,3 +251,41 @@ def test_a_kept_stop_iteration_is_not_reused(core, run) -> None:
         return response.status, await response.json()
 
     assert run(main()) == (200, ["first", True, "second", None, True, True])
+
+
+def test_a_cycle_through_the_stop_iteration_of_a_call_is_collected(core, run) -> None:
+    # A caller of next() ties the call's StopIteration args to its value in a cycle and
+    # drops both; a collection in between made the kept instance's args look immutable
+    # to the collector. The cycle must still be found.
+    refs: list[weakref.ref[Any]] = []
+
+    async def child(request: Request, env: Any, ctx: Any) -> Response:
+        return WeakResponse("x")
+
+    def stop_of(call: Any) -> StopIteration:
+        try:
+            next(call.__await__())
+        except StopIteration as stop:
+            return stop
+        raise AssertionError("the call did not end at its first step")
+
+    async def parent(request: Request, env: Any, ctx: Any) -> Response:
+        stop_of(env.C.fetch("https://example.com/a"))  # the instance a later call reuses
+        gc.collect()
+        stop = stop_of(env.C.fetch("https://example.com/b"))
+        response = stop.value
+        response.cycle = [stop.args]  # args -> response -> list -> args
+        refs.append(weakref.ref(response))
+        del stop, response
+        gc.collect()
+        return Response.json(refs[0]() is None)
+
+    rt = Runtime()
+    rt.add_worker("parent", parent, services={"C": "child"})
+    rt.add_worker("child", child)
+
+    async def main() -> Any:
+        response = await rt.dispatch("parent", Request("https://example.com/"))
+        return response.status, await response.json()
+
+    assert run(main()) == (200, True)

@@ -158,6 +158,10 @@ static void fastbind_raise_stop(PyObject *value) {
     Py_INCREF(value);
     stop->value = value;
     PyTuple_SET_ITEM(stop->args, 0, value);
+    /* The collector untracks a tuple that holds only untracked objects (None, after
+       a release), taking it for immutable: tracked again, a cycle through it that a
+       caller of next() makes with the value stays collectable. */
+    if (!PyObject_GC_IsTracked(stop->args)) PyObject_GC_Track(stop->args);
     stop->traceback = stop->context = stop->cause = stop->notes = stop->dict = NULL;
     stop->suppress_context = 0;
     /* Dropped once the instance is whole again: any of them may run code when freed. */
