@@ -86,8 +86,8 @@ cdef class PipelineContext:
     cdef readonly bint cpu_exceeded
     cdef object __weakref__
 
-    cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1
-    cdef void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept
+    cdef inline Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1
+    cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept
     cdef void _record_cpu(self, Py_ssize_t index, int64_t cpu_ns) noexcept
 
 
@@ -102,7 +102,7 @@ cdef class InvocationContext:
     cdef Py_ssize_t ledger_index   # -1: the top-level invocation
     cdef readonly int64_t cpu_ns
 
-    cdef void _finish(self, str outcome) noexcept
+    cdef inline void _finish(self, str outcome) noexcept
 
     cdef int _charge(self) except -1
     cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props)
@@ -157,7 +157,7 @@ cdef class BindingCall:
     @cython.final
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1
     @cython.final
-    cdef void _leave(self, InvocationContext previous, int metered) noexcept
+    cdef inline void _leave(self, InvocationContext previous, int metered) noexcept
     @cython.final
     cdef void _fail(self, str outcome) noexcept
     @cython.final

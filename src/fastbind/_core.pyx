@@ -157,6 +157,12 @@ cdef inline uint8_t _label_code_or_error(str outcome) noexcept:
         return 5
     if outcome is _CANCELED:
         return 6
+    return _other_outcome_code(outcome)
+
+
+cdef uint8_t _other_outcome_code(str outcome) noexcept:
+    # Out of line: a try block inlined into _finish_entry would keep it from being
+    # inlined into the end of every binding call.
     try:
         return _label_code(outcome)
     except BaseException:
@@ -520,7 +526,7 @@ cdef class PipelineContext:
 
     # The ledger is C blocks of entries: a binding call adds one without allocating
     # a Python object, and entries become SubrequestRecords only when read.
-    cdef Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
+    cdef inline Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
         cdef Py_ssize_t offset
         cdef int k = fastbind_ledger_block(self._count, &offset)
         cdef LedgerEntry** blocks
@@ -548,7 +554,7 @@ cdef class PipelineContext:
         self._count += 1
         return self._count - 1
 
-    cdef void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept:
+    cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept:
         cdef LedgerEntry* e
         if index < 0:  # the top-level invocation
             if self.duration_ticks < 0:
@@ -742,7 +748,7 @@ cdef class InvocationContext:
         cdef Py_ssize_t index = pipeline._add_entry(self.handle.name, handle.name, kind, self.depth + 1)
         return _new_invocation(pipeline, self, handle, self.depth + 1, props, index)
 
-    cdef void _finish(self, str outcome) noexcept:
+    cdef inline void _finish(self, str outcome) noexcept:
         self.pipeline._finish_entry(self.ledger_index, outcome, self.cpu_ns)
 
     def wait_until(self, awaitable):
@@ -782,7 +788,7 @@ cdef class InvocationContext:
         return f"<InvocationContext {self.handle.name} depth={self.depth}>"
 
 
-cdef InvocationContext _new_invocation(
+cdef inline InvocationContext _new_invocation(
     PipelineContext pipeline, InvocationContext parent, WorkerHandle handle,
     long depth, object props, Py_ssize_t ledger_index,
 ):
@@ -1048,7 +1054,7 @@ cdef int _init_forward() except -1:
 _init_forward()
 
 
-cdef BindingCall _new_call(InvocationContext inv, object request, bint http):
+cdef inline BindingCall _new_call(InvocationContext inv, object request, bint http):
     cdef BindingCall call = BindingCall.__new__(BindingCall)
     call.inv = inv
     call.request = request
@@ -1245,7 +1251,7 @@ cdef class BindingCall:
         PyErr_Restore(kind, value, tb)
 
     @cython.final
-    cdef void _leave(self, InvocationContext previous, int metered) noexcept:
+    cdef inline void _leave(self, InvocationContext previous, int metered) noexcept:
         if metered >= 0:
             _meter_exit(self.slot, self.inv, self.inv.pipeline, metered)
         self.slot.current = previous

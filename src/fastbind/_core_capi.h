@@ -14,6 +14,32 @@
 #if defined(__GNUC__) && !defined(__clang__)
 static void __Pyx_AddTraceback(const char *funcname, int c_line, int py_line,
                                const char *filename) __attribute__((cold, noinline));
+
+/* The same way, the constructors of the two objects every binding call makes (its
+   awaitable and the child's invocation) are inlined where the core calls them
+   directly (Cython emits them as functions, also used as the types' tp_new). */
+#if CYTHON_VECTORCALL_TPNEW
+#define FASTBIND_TP_NEW_ARGS PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+#define FASTBIND_TP_NEW_ARGS PyObject *a, PyObject *k
+#endif
+static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_BindingCall(
+    PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
+static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_InvocationContext(
+    PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
+#undef FASTBIND_TP_NEW_ARGS
+
+/* And the end of a ledger entry, into the end of every call (GCC otherwise keeps it
+   out of line: it has several callers). A change of its signature in _core.pyx is
+   a compile error here. */
+struct __pyx_obj_8fastbind_5_core_PipelineContext;
+static CYTHON_INLINE void __pyx_f_8fastbind_5_core_15PipelineContext__finish_entry(
+    struct __pyx_obj_8fastbind_5_core_PipelineContext *, Py_ssize_t, PyObject *, int64_t)
+    __attribute__((always_inline));
+
+/* (The tp_new functions are also the types' slots: GCC warns that such a function
+   "might not be inlinable", though it inlines every direct call.) */
+#pragma GCC diagnostic ignored "-Wattributes"
 #endif
 
 /* Offsets of __slots__ members of the Fetch API classes, found once at import: the
