@@ -9,8 +9,8 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from time import perf_counter_ns
@@ -58,6 +58,7 @@ __all__ = (
     "core_cases",
     "Target",
     "TARGETS",
+    "pinned",
     "machine",
     "main",
 )
@@ -419,6 +420,29 @@ TARGETS = (
 )
 
 
+@contextmanager
+def pinned(cpu: int | None) -> Iterator[int | None]:
+    """Keep this thread on one CPU while it measures (Linux), then as it was: yields the CPU.
+
+    ``cpu`` None picks the last CPU the process may use (the first usually takes the
+    most interrupts); -1 leaves the thread free and yields None. A thread that moves
+    between CPUs starts again on cold caches, and which case that lands on is chance.
+    """
+    if cpu == -1 or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    allowed = os.sched_getaffinity(0)
+    if cpu is None:
+        cpu = max(allowed)
+    elif cpu not in allowed:
+        raise ValueError(f"--cpu {cpu} is not a CPU this process may use: {sorted(allowed)}")
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield cpu
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on: nproc, CPU model, Python, uvloop."""
     cpu = platform.processor() or "unknown"
@@ -432,7 +456,7 @@ def machine() -> dict[str, Any]:
         uvloop_version: str | None = metadata.version("uvloop")
     except metadata.PackageNotFoundError:
         uvloop_version = None
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    nproc = os.cpu_count()  # the machine's, not the one CPU a measuring process is pinned to
     return {"nproc": nproc, "cpu": cpu, "python": platform.python_version(),
             "python_implementation": platform.python_implementation(),
             "uvloop": uvloop_version, "platform": platform.platform()}
@@ -456,7 +480,13 @@ def paired_ratio(case: CaseResult, ref: CaseResult) -> float:
 
 
 def check_targets(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
-    """Each target's ratio of medians (what decides it) and its paired ratio."""
+    """Each target's ratio of medians and its paired ratio, which decides it.
+
+    The paired ratio compares samples taken next to each other; the ratio of medians
+    compares medians that may come from different moments of a machine whose speed
+    drifts (on a shared 2-vCPU machine it has put a binding at 1.2x a direct await in
+    one run and 1.7x in another, both impossible at 1.33x its instructions).
+    """
     by_name = {r.name: r for r in results if not r.skipped}
     checks: list[dict[str, Any]] = []
     for target in TARGETS:
@@ -464,9 +494,9 @@ def check_targets(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
             checks.append({"target": target.title, "measured": None, "paired": None, "met": None})
             continue
         case, ref = by_name[target.case], by_name[target.ref]
-        ratio = case.median / ref.median
-        checks.append({"target": target.title, "measured": ratio,
-                       "paired": paired_ratio(case, ref), "met": target.met(ratio)})
+        paired = paired_ratio(case, ref)
+        checks.append({"target": target.title, "measured": case.median / ref.median,
+                       "paired": paired, "met": target.met(paired)})
     return checks
 
 
@@ -474,7 +504,7 @@ def _ratio(value: float) -> str:
     return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
 
 
-def table(results: Sequence[CaseResult], calls: int, rounds: int) -> str:
+def table(results: Sequence[CaseResult], calls: int, rounds: int, cpu: int | None = None) -> str:
     """The text table: case, ns/op (median, min, max), ratio to each floor and to each peer."""
     by_case = ratios(results)
     refs = [r for r in results if r.role in ("floor", "peer")]
@@ -494,22 +524,25 @@ def table(results: Sequence[CaseResult], calls: int, rounds: int) -> str:
                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     info = machine()
+    pinned = "not pinned" if cpu is None else f"pinned to CPU {cpu}"
     lines.insert(0, f"{calls} calls per batch, median of {rounds} rounds, uvloop {info['uvloop']}, "
-                    f"{info['python_implementation']} {info['python']}, {info['nproc']} x {info['cpu']}")
+                    f"{info['python_implementation']} {info['python']}, {info['nproc']} x {info['cpu']}, "
+                    f"{pinned}")
     lines += [f"note: {note}" for note in notes]
     for check in check_targets(results):
         verdict = "not measured" if check["met"] is None else (
-            f"{check['measured']:.3g}x (per-round median {check['paired']:.3g}x): "
+            f"per-round median {check['paired']:.3g}x (ratio of medians {check['measured']:.3g}x): "
             f"{'met' if check['met'] else 'NOT met'}")
         lines.append(f"target: {check['target']}: {verdict}")
     return "\n".join(lines)
 
 
-def report(results: Sequence[CaseResult], calls: int, rounds: int) -> dict[str, Any]:
+def report(results: Sequence[CaseResult], calls: int, rounds: int, cpu: int | None = None) -> dict[str, Any]:
     """Everything ``--json`` saves."""
     by_case = ratios(results)
     return {
         "unit": "ns per call", "calls_per_batch": calls, "rounds": rounds, "machine": machine(),
+        "pinned_cpu": cpu,
         "cases": [{**r.as_dict(), "ratios": by_case.get(r.name, {})} for r in results],
         "targets": check_targets(results),
     }
@@ -557,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample-ms", type=float, default=20.0,
                         help="least time of one sample: fast cases repeat batches to fill it")
     parser.add_argument("--quick", action="store_true", help="a few short rounds (a smoke run)")
+    parser.add_argument("--cpu", type=int, default=None,
+                        help="the CPU to measure on (default: the last one allowed; -1: do not pin)")
     parser.add_argument("--json", metavar="FILE", help="save the figures as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -572,11 +607,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--plot needs matplotlib: pip install 'fastbind[plot]'")
     import uvloop  # a dependency of fastbind: the figures are for the loop it serves on
 
-    results = uvloop.run(measure(core_cases(), args.calls, args.rounds, int(args.sample_ms * 1e6)))
-    print(table(results, args.calls, args.rounds))
+    with ExitStack() as stack:
+        try:
+            cpu = stack.enter_context(pinned(args.cpu))
+        except ValueError as bad:
+            parser.error(str(bad))
+        results = uvloop.run(measure(core_cases(), args.calls, args.rounds, int(args.sample_ms * 1e6)))
+    print(table(results, args.calls, args.rounds, cpu))
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(report(results, args.calls, args.rounds), out, indent=2)
+            json.dump(report(results, args.calls, args.rounds, cpu), out, indent=2)
             out.write("\n")
     if args.plot:
         plot(results, args.plot)
