@@ -1938,7 +1938,7 @@ cdef class DispatchPlan:
         """The awaitable of one raw request (fastbind.embed): ``(status, headers, body)``."""
         return _raw_call(self, entry, None, method, url, headers, body)
 
-    cdef PipelineContext _pipeline(self, str entry):
+    cdef inline PipelineContext _pipeline(self, str entry):
         global _live_pipelines
         cdef PipelineContext p = PipelineContext.__new__(PipelineContext)
         p.entry = entry
@@ -1983,7 +1983,7 @@ cdef TopLevelCall _raw_call(DispatchPlan plan, str entry, WorkerHandle handle,
     return _top_call(plan, handle, request, True)
 
 
-cdef TopLevelCall _top_call(DispatchPlan plan, WorkerHandle handle, object request, bint raw):
+cdef inline TopLevelCall _top_call(DispatchPlan plan, WorkerHandle handle, object request, bint raw):
     cdef TopLevelCall call = TopLevelCall.__new__(TopLevelCall)
     call.plan = plan
     call.handle = handle

@@ -27,6 +27,13 @@ static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_BindingCall(
     PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
 static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_InvocationContext(
     PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
+/* A top-level request makes a pipeline and its driver; the driver's dealloc ends
+   with BindingCall's. */
+static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_PipelineContext(
+    PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
+static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_TopLevelCall(
+    PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
+static void __pyx_tp_dealloc_8fastbind_5_core_BindingCall(PyObject *o) __attribute__((always_inline));
 #undef FASTBIND_TP_NEW_ARGS
 
 /* And the end of a ledger entry, into the end of every call (GCC otherwise keeps it
@@ -36,6 +43,12 @@ struct __pyx_obj_8fastbind_5_core_PipelineContext;
 static CYTHON_INLINE void __pyx_f_8fastbind_5_core_15PipelineContext__finish_entry(
     struct __pyx_obj_8fastbind_5_core_PipelineContext *, Py_ssize_t, PyObject *, int64_t)
     __attribute__((always_inline));
+struct __pyx_obj_8fastbind_5_core_InvocationContext;
+static CYTHON_INLINE void __pyx_f_8fastbind_5_core_17InvocationContext__finish(
+    struct __pyx_obj_8fastbind_5_core_InvocationContext *, PyObject *) __attribute__((always_inline));
+/* The Request of a raw request, into the raw entry point. */
+static CYTHON_INLINE PyObject *__pyx_f_8fastbind_5_core__new_request(
+    PyObject *, PyObject *, PyObject *, PyObject *, PyObject *) __attribute__((always_inline));
 
 /* (The tp_new functions are also the types' slots: GCC warns that such a function
    "might not be inlinable", though it inlines every direct call.) */
@@ -71,7 +84,8 @@ static inline PyObject *fastbind_slot_get(PyObject *obj, Py_ssize_t off, const c
     return v;
 }
 
-static inline void fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
+static inline __attribute__((always_inline)) void
+fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
     PyObject **p = (PyObject **)((char *)obj + off);
     PyObject *old = *p;
     Py_INCREF(v);
@@ -342,7 +356,7 @@ static void fastbind_pool1_dealloc(PyObject *self) { fastbind_pool_dealloc(&fast
 
 /* A new instance of the pool's class with every slot empty, as object_new gives
    (a pooled block's slots were all cleared when it was freed). */
-static inline PyObject *fastbind_pool_new(int which) {
+static inline __attribute__((always_inline)) PyObject *fastbind_pool_new(int which) {
     fastbind_pool *pool = &fastbind_pools[which];
     PyObject *o;
     if (pool->n_free > 0) {
