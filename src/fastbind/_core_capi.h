@@ -15,43 +15,45 @@
 static void __Pyx_AddTraceback(const char *funcname, int c_line, int py_line,
                                const char *filename) __attribute__((cold, noinline));
 
-/* The same way, the constructors of the two objects every binding call makes (its
-   awaitable and the child's invocation) are inlined where the core calls them
-   directly (Cython emits them as functions, also used as the types' tp_new). */
+/* The same way, the small steps of a binding call and of a top-level request are
+   inlined into them: what GCC does with a training profile, and not without one,
+   because each of these functions has several callers or is also a type's slot (a
+   tp_new or tp_dealloc). The names are Cython's for the functions of _core.pyx; a
+   changed signature there is a compile error here. */
+#ifdef CYTHON_VECTORCALL_TPNEW  /* Cython 3.2+ names its tp_new functions so */
 #if CYTHON_VECTORCALL_TPNEW
 #define FASTBIND_TP_NEW_ARGS PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
 #else
 #define FASTBIND_TP_NEW_ARGS PyObject *a, PyObject *k
 #endif
+/* The two objects every binding call makes: its awaitable and the child's invocation;
+   the pipeline and the driver of a top-level request. */
 static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_BindingCall(
     PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
 static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_InvocationContext(
     PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
-/* A top-level request makes a pipeline and its driver; the driver's dealloc ends
-   with BindingCall's. */
 static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_PipelineContext(
     PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
 static PyObject *__pyx_tp_new_vectorcall_8fastbind_5_core_TopLevelCall(
     PyTypeObject *t, FASTBIND_TP_NEW_ARGS) __attribute__((always_inline));
-static void __pyx_tp_dealloc_8fastbind_5_core_BindingCall(PyObject *o) __attribute__((always_inline));
 #undef FASTBIND_TP_NEW_ARGS
-
-/* And the end of a ledger entry, into the end of every call (GCC otherwise keeps it
-   out of line: it has several callers). A change of its signature in _core.pyx is
-   a compile error here. */
+#endif
+/* The driver's dealloc ends with BindingCall's. */
+static void __pyx_tp_dealloc_8fastbind_5_core_BindingCall(PyObject *o) __attribute__((always_inline));
+/* The end of the child invocation and of its ledger entry, into the end of the call. */
 struct __pyx_obj_8fastbind_5_core_PipelineContext;
+struct __pyx_obj_8fastbind_5_core_InvocationContext;
 static CYTHON_INLINE void __pyx_f_8fastbind_5_core_15PipelineContext__finish_entry(
     struct __pyx_obj_8fastbind_5_core_PipelineContext *, Py_ssize_t, PyObject *, int64_t)
     __attribute__((always_inline));
-struct __pyx_obj_8fastbind_5_core_InvocationContext;
 static CYTHON_INLINE void __pyx_f_8fastbind_5_core_17InvocationContext__finish(
     struct __pyx_obj_8fastbind_5_core_InvocationContext *, PyObject *) __attribute__((always_inline));
 /* The Request of a raw request, into the raw entry point. */
 static CYTHON_INLINE PyObject *__pyx_f_8fastbind_5_core__new_request(
     PyObject *, PyObject *, PyObject *, PyObject *, PyObject *) __attribute__((always_inline));
 
-/* (The tp_new functions are also the types' slots: GCC warns that such a function
-   "might not be inlinable", though it inlines every direct call.) */
+/* (GCC warns that a function whose address is taken, as a slot's is, "might not be
+   inlinable"; it still inlines every direct call.) */
 #pragma GCC diagnostic ignored "-Wattributes"
 #endif
 
