@@ -166,6 +166,28 @@ class Result:
     n: int
 
 
+def end_of(call: Any) -> StopIteration:
+    """The StopIteration that ends ``call`` when next() drives it (it must end at once)."""
+    try:
+        next(call.__await__())
+    except StopIteration as stop:
+        return stop
+    raise AssertionError("the call did not end at its first step")
+
+
+def parent_and_child(run: Any, parent: Any, child: Any) -> tuple[int, Any]:
+    """Dispatch to Worker ``parent``, which has ``child`` bound as C: the status and JSON body."""
+    rt = Runtime()
+    rt.add_worker("parent", parent, services={"C": "child"})
+    rt.add_worker("child", child)
+
+    async def main() -> tuple[int, Any]:
+        response = await rt.dispatch("parent", Request("https://example.com/"))
+        return response.status, await response.json()
+
+    return run(main())
+
+
 def test_the_end_of_a_call_keeps_nothing_it_carried_alive(core, run) -> None:
     # The value of a binding call, of an RPC call and of a dispatch is gone once its
     # awaiter dropped it: the StopIteration the compiled core raises again on 3.12+
@@ -220,14 +242,6 @@ def test_a_kept_stop_iteration_is_not_reused(core, run) -> None:
     async def child(request: Request, env: Any, ctx: Any) -> Response:
         return Response(request.url.rsplit("/", 1)[1])
 
-    def end_of(call: Any) -> StopIteration:
-        steps = call.__await__()
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop
-        raise AssertionError("the call did not end at its first step")
-
     async def parent(request: Request, env: Any, ctx: Any) -> Response:
         first = end_of(env.C.fetch("https://example.com/first"))
         noted = end_of(env.C.fetch("https://example.com/noted"))
@@ -242,15 +256,7 @@ def test_a_kept_stop_iteration_is_not_reused(core, run) -> None:
             second.__context__ is None and second.__cause__ is None,
         ])
 
-    rt = Runtime()
-    rt.add_worker("parent", parent, services={"C": "child"})
-    rt.add_worker("child", child)
-
-    async def main() -> Any:
-        response = await rt.dispatch("parent", Request("https://example.com/"))
-        return response.status, await response.json()
-
-    assert run(main()) == (200, ["first", True, "second", None, True, True])
+    assert parent_and_child(run, parent, child) == (200, ["first", True, "second", None, True, True])
 
 
 def test_a_cycle_through_the_stop_iteration_of_a_call_is_collected(core, run) -> None:
@@ -262,17 +268,10 @@ def test_a_cycle_through_the_stop_iteration_of_a_call_is_collected(core, run) ->
     async def child(request: Request, env: Any, ctx: Any) -> Response:
         return WeakResponse("x")
 
-    def stop_of(call: Any) -> StopIteration:
-        try:
-            next(call.__await__())
-        except StopIteration as stop:
-            return stop
-        raise AssertionError("the call did not end at its first step")
-
     async def parent(request: Request, env: Any, ctx: Any) -> Response:
-        stop_of(env.C.fetch("https://example.com/a"))  # the instance a later call reuses
+        end_of(env.C.fetch("https://example.com/a"))  # the instance a later call reuses
         gc.collect()
-        stop = stop_of(env.C.fetch("https://example.com/b"))
+        stop = end_of(env.C.fetch("https://example.com/b"))
         response = stop.value
         response.cycle = [stop.args]  # args -> response -> list -> args
         refs.append(weakref.ref(response))
@@ -280,12 +279,4 @@ def test_a_cycle_through_the_stop_iteration_of_a_call_is_collected(core, run) ->
         gc.collect()
         return Response.json(refs[0]() is None)
 
-    rt = Runtime()
-    rt.add_worker("parent", parent, services={"C": "child"})
-    rt.add_worker("child", child)
-
-    async def main() -> Any:
-        response = await rt.dispatch("parent", Request("https://example.com/"))
-        return response.status, await response.json()
-
-    assert run(main()) == (200, True)
+    assert parent_and_child(run, parent, child) == (200, True)
