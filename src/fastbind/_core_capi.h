@@ -6,6 +6,16 @@
 #include <string.h>
 #include <structmember.h>
 
+/* For the few small helpers of the hot path that GCC would otherwise leave out of
+   line in some of their callers. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTBIND_ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define FASTBIND_ALWAYS_INLINE __forceinline
+#else
+#define FASTBIND_ALWAYS_INLINE inline
+#endif
+
 /* Every error exit of Cython's code calls __Pyx_AddTraceback, which Cython defines
    further down this file. Declared cold here, first, it makes GCC treat each block
    that leads to it as cold and move it out of its function's hot code (hot/cold
@@ -86,7 +96,7 @@ static inline PyObject *fastbind_slot_get(PyObject *obj, Py_ssize_t off, const c
     return v;
 }
 
-static inline __attribute__((always_inline)) void
+static FASTBIND_ALWAYS_INLINE void
 fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
     PyObject **p = (PyObject **)((char *)obj + off);
     PyObject *old = *p;
@@ -105,7 +115,7 @@ static inline PyObject *fastbind_alloc_instance(PyObject *type) {
    None when it is unset or None, NULL with TypeError when it is not an instance of
    ``type`` (the variable is the core's, but a Context's keys can be reached). Inlined
    at each use: the look-up is on every binding call, twice. */
-static inline __attribute__((always_inline)) PyObject *
+static FASTBIND_ALWAYS_INLINE PyObject *
 fastbind_context_value(PyObject *var, PyTypeObject *type) {
     PyObject *value = NULL;
     if (PyContextVar_Get(var, NULL, &value) < 0) return NULL;
@@ -358,7 +368,7 @@ static void fastbind_pool1_dealloc(PyObject *self) { fastbind_pool_dealloc(&fast
 
 /* A new instance of the pool's class with every slot empty, as object_new gives
    (a pooled block's slots were all cleared when it was freed). */
-static inline __attribute__((always_inline)) PyObject *fastbind_pool_new(int which) {
+static FASTBIND_ALWAYS_INLINE PyObject *fastbind_pool_new(int which) {
     fastbind_pool *pool = &fastbind_pools[which];
     PyObject *o;
     if (pool->n_free > 0) {
