@@ -524,10 +524,10 @@ def table(results: Sequence[CaseResult], calls: int, rounds: int, cpu: int | Non
                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     info = machine()
-    pinned = "not pinned" if cpu is None else f"pinned to CPU {cpu}"
+    where = "not pinned" if cpu is None else f"pinned to CPU {cpu}"
     lines.insert(0, f"{calls} calls per batch, median of {rounds} rounds, uvloop {info['uvloop']}, "
                     f"{info['python_implementation']} {info['python']}, {info['nproc']} x {info['cpu']}, "
-                    f"{pinned}")
+                    f"{where}")
     lines += [f"note: {note}" for note in notes]
     for check in check_targets(results):
         verdict = "not measured" if check["met"] is None else (
