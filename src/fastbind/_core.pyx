@@ -64,6 +64,8 @@ cdef extern from "_core_capi.h":
     object fastbind_pool_new(int which)
     int fastbind_install_vectorcall(object type, Py_ssize_t offset) except -1
     object fastbind_context_value(PyObject* var, PyTypeObject* type)
+    ctypedef void (*fastbind_cleanup_t)(PyObject*) noexcept
+    int fastbind_install_cleanup(object type, fastbind_cleanup_t cleanup) except -1
 
 cdef extern from "pthread.h" nogil:
     ctypedef unsigned long pthread_t
@@ -680,20 +682,26 @@ cdef class PipelineContext:
         sub.index = self._add_entry(caller.handle.name, target, _KIND_FETCH, caller.depth)
         return sub
 
-    def __dealloc__(self):
-        # An unclosed pipeline that is collected stays counted: a leak shows in
-        # live_counts() (the twin behaves the same).
-        cdef Py_ssize_t i
-        cdef LedgerEntry* e
-        for i in range(self._count):
-            e = _ledger_entry(self, i)
-            Py_XDECREF(e.caller)
-            Py_XDECREF(e.target)
-        for i in range(self._n_blocks):
-            PyMem_Free(self._blocks[i])
-        PyMem_Free(self._blocks)
-        self._blocks = NULL
-        self._n_blocks = 0
+
+cdef void _free_ledger(PipelineContext pipeline) noexcept:
+    """PipelineContext's clean-up before its dealloc (fastbind_install_cleanup): the
+    ledger's names and blocks. An unclosed pipeline that is collected stays counted: a
+    leak shows in live_counts() (the twin behaves the same)."""
+    cdef Py_ssize_t i
+    cdef LedgerEntry* e
+    for i in range(pipeline._count):
+        e = _ledger_entry(pipeline, i)
+        Py_XDECREF(e.caller)  # str: freeing one runs no Python code
+        Py_XDECREF(e.target)
+    for i in range(pipeline._n_blocks):
+        PyMem_Free(pipeline._blocks[i])
+    PyMem_Free(pipeline._blocks)
+    pipeline._blocks = NULL
+    pipeline._n_blocks = 0
+    pipeline._count = 0
+
+
+fastbind_install_cleanup(PipelineContext, <fastbind_cleanup_t>_free_ledger)
 
 
 cdef object _iterator_step(int status, PyObject* result):
@@ -1479,7 +1487,6 @@ cdef extern from "Python.h":
 
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
-    object PyObject_CallOneArg(object callable, object arg)
     PyObject* PyWeakref_GET_OBJECT(object ref)
     Py_ssize_t PySequence_Fast_GET_SIZE(object o)
     PyObject** PySequence_Fast_ITEMS(object o)
@@ -1487,6 +1494,7 @@ cdef extern from "Python.h":
 
 cdef extern from "_core_capi.h":
     object fastbind_alloc(object type)
+    object fastbind_call_one(object func, object arg)
 
 from libc.string cimport memcmp, memcpy
 from cpython.list cimport PyList_AsTuple, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
@@ -1632,19 +1640,21 @@ cdef inline bint _quick_url(object url):
         return False
     if s[start] == c'/' or s[start] == c'?' or s[start] == c'#':
         return False
-    # Eight characters at a time (all are ASCII): any below 0x21, or DEL?
-    cdef uint64_t word, ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL
+    # Any character below 0x21, or DEL? Eight at a time (n > 8), the last eight read
+    # again from the end rather than one by one. Every byte is below 0x80, so adding
+    # 0x5f or 1 to each carries into no other: the top bit of b + 0x5f is clear when
+    # b < 0x21, that of b + 1 set when b is 0x7f.
+    cdef uint64_t word, bad = 0, ones = 0x0101010101010101ULL
     i = 0
-    while i + 8 <= n:
+    while True:
         memcpy(&word, s + i, 8)
-        if ((word - 0x21 * ones) & ~word & high) or (((word ^ (0x7f * ones)) - ones) & ~(word ^ (0x7f * ones)) & high):
-            return False
+        bad |= ~(word + 0x5f * ones) | (word + ones)
         i += 8
-    while i < n:
-        if s[i] <= 0x20 or s[i] == 0x7f:
-            return False
-        i += 1
-    return True
+        if i >= n:
+            break
+        if i > n - 8:
+            i = n - 8
+    return (bad & 0x8080808080808080ULL) == 0
 
 
 cdef inline object _latin1(object raw, bint lower):
@@ -1960,10 +1970,10 @@ cdef class DispatchPlan:
         cdef object seen = self._loop_ref
         if type(seen) is _WeakRef:
             seen = <object>PyWeakref_GET_OBJECT(seen)
-        if seen is not loop or PyObject_CallOneArg(self._get_factory, loop) is not self._factory:
+        if seen is not loop or fastbind_call_one(self._get_factory, loop) is not self._factory:
             self._install_factory(loop)
             self._get_factory = type(loop).get_task_factory
-            self._factory = PyObject_CallOneArg(self._get_factory, loop)
+            self._factory = fastbind_call_one(self._get_factory, loop)
             try:
                 self._loop_ref = _WeakRef(loop)
             except TypeError:  # a loop class without weak references

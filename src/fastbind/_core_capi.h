@@ -738,10 +738,46 @@ static int fastbind_freelist_install(PyObject *type_obj, int which) {
     return 0;
 }
 
+/* A class's tp_dealloc preceded by a C clean-up: what a Cython __dealloc__ does, less
+   the save and restore of the current exception Cython puts around every __dealloc__
+   (two calls into libpython per object). The clean-up must run no Python code and
+   raise nothing. One class has one: the pipeline, whose ledger is C memory. */
+typedef void (*fastbind_cleanup_t)(PyObject *);
+static destructor fastbind_cleanup_base = NULL;
+static fastbind_cleanup_t fastbind_cleanup_fn = NULL;
+
+static void fastbind_cleanup_dealloc(PyObject *o) {
+    fastbind_cleanup_fn(o);
+    fastbind_cleanup_base(o);
+}
+
+static int fastbind_install_cleanup(PyObject *type_obj, fastbind_cleanup_t cleanup) {
+    PyTypeObject *type = (PyTypeObject *)type_obj;
+    if (fastbind_cleanup_fn != NULL || (type->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+        PyErr_SetString(PyExc_TypeError, "a clean-up is for one static class");
+        return -1;
+    }
+    fastbind_cleanup_fn = cleanup;
+    fastbind_cleanup_base = type->tp_dealloc;
+    type->tp_dealloc = fastbind_cleanup_dealloc;
+    return 0;
+}
+
 /* A new instance of a __slots__ class, as object.__new__(type) but without its checks
    (the caller knows the type: no __init__ to skip, no arguments). */
 static inline PyObject *fastbind_alloc(PyObject *type) {
     return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+}
+
+/* ``func(self)``: PyObject_CallOneArg less its thread-state look-up and its check of
+   the result (that a NULL comes with an exception), for a getter asked on every
+   top-level request (the loop's get_task_factory): a third of the call's cost. */
+static inline PyObject *fastbind_call_one(PyObject *func, PyObject *arg) {
+    vectorcallfunc call = PyVectorcall_Function(func);
+    if (call != NULL) {
+        return call(func, &arg, 1, NULL);
+    }
+    return PyObject_CallOneArg(func, arg);
 }
 
 #endif

@@ -14,7 +14,9 @@
    loop asyncio itself returned, that the object in the dict is such a holder: its
    class's size is the struct's, its loop field is that loop and its pid field this
    process's. On any other layout (3.12 stores the loop itself there) the check fails
-   and every call takes asyncio's own path. */
+   and every call takes asyncio's own path. The dict look-up itself (a hundred
+   instructions) is skipped while the thread's dict has not changed since the last one
+   (its PEP 509 version). */
 
 #ifndef FASTBIND_RUNNING_LOOP_H
 #define FASTBIND_RUNNING_LOOP_H
@@ -32,21 +34,50 @@ static PyTypeObject *fastbind_holder_type = NULL;  /* set once checked; kept for
 static PyObject *fastbind_holder_key = NULL;       /* "__asyncio_running_event_loop__" */
 static pid_t fastbind_pid = 0;                     /* this process: set at import and fork */
 
-/* The holder in this thread's state dict, borrowed; NULL (no exception) if none. */
-static inline PyObject *fastbind_holder_here(void) {
-    PyObject *dict = PyThreadState_GetDict(), *holder;
+/* The holder in thread state dict ``dict``, borrowed; NULL (no exception) if none. */
+static inline PyObject *fastbind_holder_in(PyObject *dict) {
+    PyObject *holder;
     if (dict == NULL || fastbind_holder_key == NULL) return NULL;
     holder = PyDict_GetItemWithError(dict, fastbind_holder_key);
     if (holder == NULL && PyErr_Occurred()) PyErr_Clear();  /* a look-up only: ask asyncio */
     return holder;
 }
 
+static inline PyObject *fastbind_holder_here(void) {
+    return fastbind_holder_in(PyThreadState_GetDict());
+}
+
+#if PY_VERSION_HEX < 0x030C0000
+/* The holder last found, and the state of the dict it was found in: the dict itself
+   and its version (PEP 509), which every change of that dict replaces by a new number
+   no other dict has had. While the thread's dict is that one, unchanged, the holder
+   is still in it: the look-up is skipped. Both pointers are borrowed; the dict's is
+   only compared, and the holder's read only while that dict holds it. */
+static PyObject *fastbind_seen_dict = NULL;
+static uint64_t fastbind_seen_version = 0;
+static PyObject *fastbind_seen_holder = NULL;
+#endif
+
 /* The running loop (borrowed), or NULL with no exception: then ask asyncio. */
 static inline PyObject *fastbind_running_loop(void) {
     PyObject *holder;
     if (fastbind_holder_type == NULL) return NULL;
+#if PY_VERSION_HEX < 0x030C0000
+    PyObject *dict = PyThreadState_GetDict();
+    if (dict != NULL && dict == fastbind_seen_dict
+            && ((PyDictObject *)dict)->ma_version_tag == fastbind_seen_version) {
+        holder = fastbind_seen_holder;
+    } else {
+        holder = fastbind_holder_in(dict);
+        if (holder == NULL || Py_TYPE(holder) != fastbind_holder_type) return NULL;
+        fastbind_seen_dict = dict;
+        fastbind_seen_version = ((PyDictObject *)dict)->ma_version_tag;
+        fastbind_seen_holder = holder;
+    }
+#else
     holder = fastbind_holder_here();
     if (holder == NULL || Py_TYPE(holder) != fastbind_holder_type) return NULL;
+#endif
     if (((fastbind_loop_holder *)holder)->rl_pid != fastbind_pid) return NULL;
     return ((fastbind_loop_holder *)holder)->rl_loop;
 }
