@@ -687,6 +687,8 @@ cdef void _free_ledger(PipelineContext pipeline) noexcept:
     """PipelineContext's clean-up before its dealloc (fastbind_install_cleanup): the
     ledger's names and blocks. An unclosed pipeline that is collected stays counted: a
     leak shows in live_counts() (the twin behaves the same)."""
+    if pipeline._blocks == NULL:  # no subrequest: nothing was allocated
+        return
     cdef Py_ssize_t i
     cdef LedgerEntry* e
     for i in range(pipeline._count):
@@ -1494,7 +1496,8 @@ cdef extern from "Python.h":
 
 cdef extern from "_core_capi.h":
     object fastbind_alloc(object type)
-    object fastbind_call_one(object func, object arg)
+    void* fastbind_vectorcall_of(object func)
+    object fastbind_call_one(void* call, object func, object arg)
 
 from libc.string cimport memcmp, memcpy
 from cpython.list cimport PyList_AsTuple, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
@@ -1919,6 +1922,7 @@ cdef class DispatchPlan:
                                   # if it takes none: a closed loop is not kept alive),
     cdef object _get_factory      # its class's get_task_factory (unbound, for the same
     cdef object _factory          # reason), and the task factory it had then
+    cdef void* _factory_call      # _get_factory's vectorcall entry point (NULL: none)
 
     def __init__(self, runtime, limits, *, validate, lookup, finish, report,
                  install_factory, watch_hang, watch_cpu):
@@ -1966,14 +1970,27 @@ cdef class DispatchPlan:
 
     cdef object _loop_checked(self):
         """The running loop, with the core's task factory on it."""
+        # The common case without a reference taken: the loop last seen is running
+        # (read from asyncio's holder) and has the factory it had then.
+        cdef PyObject* running = fastbind_running_loop()
+        cdef PyObject* seen = <PyObject*>self._loop_ref
+        if running != NULL:
+            if Py_TYPE(seen) == <PyTypeObject*>_WeakRef:
+                seen = PyWeakref_GET_OBJECT(<object>seen)
+            if seen == running and fastbind_call_one(self._factory_call, self._get_factory, <object>running) is self._factory:
+                return <object>running
+        return self._install_on_running_loop()
+
+    cdef object _install_on_running_loop(self):
         loop = _running_loop()
         cdef object seen = self._loop_ref
         if type(seen) is _WeakRef:
             seen = <object>PyWeakref_GET_OBJECT(seen)
-        if seen is not loop or fastbind_call_one(self._get_factory, loop) is not self._factory:
+        if seen is not loop or fastbind_call_one(self._factory_call, self._get_factory, loop) is not self._factory:
             self._install_factory(loop)
             self._get_factory = type(loop).get_task_factory
-            self._factory = fastbind_call_one(self._get_factory, loop)
+            self._factory_call = fastbind_vectorcall_of(self._get_factory)
+            self._factory = fastbind_call_one(self._factory_call, self._get_factory, loop)
             try:
                 self._loop_ref = _WeakRef(loop)
             except TypeError:  # a loop class without weak references

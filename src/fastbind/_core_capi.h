@@ -769,13 +769,17 @@ static inline PyObject *fastbind_alloc(PyObject *type) {
     return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
 }
 
-/* ``func(self)``: PyObject_CallOneArg less its thread-state look-up and its check of
-   the result (that a NULL comes with an exception), for a getter asked on every
-   top-level request (the loop's get_task_factory): a third of the call's cost. */
-static inline PyObject *fastbind_call_one(PyObject *func, PyObject *arg) {
-    vectorcallfunc call = PyVectorcall_Function(func);
+/* ``func(arg)`` through ``call``, func's vectorcall entry point as
+   fastbind_vectorcall_of() gave it (NULL: func has none): PyObject_CallOneArg less
+   its look-ups and its check of the result (that a NULL comes with an exception), for
+   a getter asked on every top-level request (the loop's get_task_factory). */
+static inline void *fastbind_vectorcall_of(PyObject *func) {
+    return (void *)PyVectorcall_Function(func);
+}
+
+static inline PyObject *fastbind_call_one(void *call, PyObject *func, PyObject *arg) {
     if (call != NULL) {
-        return call(func, &arg, 1, NULL);
+        return ((vectorcallfunc)call)(func, &arg, 1, NULL);
     }
     return PyObject_CallOneArg(func, arg);
 }
