@@ -2039,25 +2039,28 @@ cdef class RawEntry:
     def __call__(self, method, url, headers, body=None):
         # Calls from Python take _raw_entry_vectorcall; this serves keywords and
         # PyObject_Call.
-        return self._serve(method, url, headers, body)
+        return _raw_serve(self, method, url, headers, body)
 
-    cdef object _serve(self, method, url, headers, body):
-        plan = self._plan
-        if type(plan) is not DispatchPlan:  # a Runtime on the pure twin
-            return plan.raw(self.entry, method, url, headers, body)
-        cdef DispatchPlan p = <DispatchPlan>plan
-        if self._handle is None:
-            if not p.resolved:
-                p._validate()
-            self._handle = p._lookup(self.entry)
-        return _raw_call(p, self.entry, self._handle, method, url, headers, body)
+
+cdef inline object _raw_serve(RawEntry self, method, url, headers, body):
+    # A function rather than a method of RawEntry (which is not final): called
+    # directly, not through the class's table, it is inlined into the entry point.
+    plan = self._plan
+    if type(plan) is not DispatchPlan:  # a Runtime on the pure twin
+        return plan.raw(self.entry, method, url, headers, body)
+    cdef DispatchPlan p = <DispatchPlan>plan
+    if self._handle is None:
+        if not p.resolved:
+            p._validate()
+        self._handle = p._lookup(self.entry)
+    return _raw_call(p, self.entry, self._handle, method, url, headers, body)
 
 
 cdef object _raw_entry_vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames):
     cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf)
     if (n == 3 or n == 4) and (kwnames == NULL or PyTuple_GET_SIZE(<object>kwnames) == 0):
-        return (<RawEntry>callable)._serve(<object>args[0], <object>args[1], <object>args[2],
-                                           <object>args[3] if n == 4 else None)
+        return _raw_serve(<RawEntry>callable, <object>args[0], <object>args[1], <object>args[2],
+                          <object>args[3] if n == 4 else None)
     # Keywords, or a wrong number of arguments: __call__ parses and reports them.
     cdef tuple names = () if kwnames == NULL else <tuple>kwnames
     positional = tuple([<object>args[i] for i in range(n)])

@@ -58,9 +58,20 @@ static CYTHON_INLINE void __pyx_f_8fastbind_5_core_15PipelineContext__finish_ent
     __attribute__((always_inline));
 static CYTHON_INLINE void __pyx_f_8fastbind_5_core_17InvocationContext__finish(
     struct __pyx_obj_8fastbind_5_core_InvocationContext *, PyObject *) __attribute__((always_inline));
-/* The Request of a raw request, into the raw entry point. */
+/* The Request of a raw request, and the raw entry point's two steps, into it. */
 static CYTHON_INLINE PyObject *__pyx_f_8fastbind_5_core__new_request(
     PyObject *, PyObject *, PyObject *, PyObject *, PyObject *) __attribute__((always_inline));
+struct __pyx_obj_8fastbind_5_core_RawEntry;
+struct __pyx_obj_8fastbind_5_core_DispatchPlan;
+struct __pyx_obj_8fastbind_5_core_WorkerHandle;
+struct __pyx_obj_8fastbind_5_core_TopLevelCall;
+static CYTHON_INLINE PyObject *__pyx_f_8fastbind_5_core__raw_serve(
+    struct __pyx_obj_8fastbind_5_core_RawEntry *, PyObject *, PyObject *, PyObject *, PyObject *)
+    __attribute__((always_inline));
+static struct __pyx_obj_8fastbind_5_core_TopLevelCall *__pyx_f_8fastbind_5_core__raw_call(
+    struct __pyx_obj_8fastbind_5_core_DispatchPlan *, PyObject *,
+    struct __pyx_obj_8fastbind_5_core_WorkerHandle *, PyObject *, PyObject *, PyObject *,
+    PyObject *) __attribute__((always_inline));
 
 /* (GCC warns that a function whose address is taken, as a slot's is, "might not be
    inlinable"; it still inlines every direct call.) */
