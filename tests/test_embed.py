@@ -215,6 +215,57 @@ def test_response_headers_written_as_literals_and_ones_that_change(core: Any, ru
         assert second[2] is not first[2] and second[3] is not first[3]
 
 
+def test_response_parts_a_worker_keeps_are_left_as_they_were(core: Any, run: Any) -> None:
+    # A Response that nobody else holds gives the answer its header list (the compiled
+    # core converts the pairs in place); one that the Worker keeps, or whose Headers or
+    # list it keeps, or of a subclass (whose __del__ may read it), is left as it was.
+    kept = Response("kept", headers={"content-type": "text/plain", "x-a": "1"})
+    shared_headers = Response("h", headers={"x-b": "2"}).headers
+    held: list[Any] = []
+
+    class Noted(Response):
+        __slots__ = ()
+
+        def __del__(self) -> None:  # runs as the Response is freed, after the answer
+            held.append(list(self.headers.items()))
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        kind = request.url.rsplit("/", 1)[1]
+        if kind == "kept":
+            return kept
+        if kind == "noted":
+            return Noted("n", headers={"x-d": "4"})
+        if kind == "headers":
+            response = Response("h")
+            response.headers = shared_headers  # the same object (Headers(...) would copy)
+            return response
+        response = Response("fresh", headers={"x-c": "3"})
+        if kind == "list":
+            held.append(response.headers._items)
+        return response
+
+    rt = Runtime()
+    rt.add_worker("w", worker)
+    raw = RawDispatcher(rt, "w")
+
+    def call(kind: str) -> Any:
+        return run(raw(b"GET", f"https://h.test/{kind}", [], b""))
+
+    for _ in range(2):
+        kept.body_used = False
+        assert call("kept") == (200, [(b"content-type", b"text/plain"), (b"x-a", b"1")], b"kept")
+        assert list(kept.headers.items()) == [("content-type", "text/plain"), ("x-a", "1")]
+        assert call("headers") == (200, [(b"x-b", b"2")], b"h")
+        assert list(shared_headers.items()) == [("x-b", "2")]
+        assert call("list") == (200, [(b"x-c", b"3")], b"fresh")
+        assert held[-1] == [("x-c", "3")]
+        assert call("noted") == (200, [(b"x-d", b"4")], b"n")
+        assert held[-1] == [("x-d", "4")]
+        status, headers, body = call("fresh")
+        assert (status, headers, body) == (200, [(b"x-c", b"3")], b"fresh")
+        assert type(headers) is list and all(type(pair) is tuple for pair in headers)
+
+
 def test_dispatcher_takes_keywords_and_reports_bad_calls(core: Any, run: Any) -> None:
     # Positional calls take the compiled core's C entry point; keywords and wrong
     # calls take the regular one, with the same meaning and Python's own errors.

@@ -6,7 +6,7 @@ from cpython.exc cimport PyErr_ExceptionMatches, PyErr_Fetch, PyErr_Restore
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Reset, PyContextVar_Set
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.ref cimport Py_INCREF, Py_REFCNT, Py_XDECREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID, clock_gettime, timespec
@@ -1872,7 +1872,6 @@ cdef object _fast_raw_response(object response):
     if type(items) is not list:  # e.g. raw request headers put in the response as they are
         return None
     cdef Py_ssize_t i, n = PyList_GET_SIZE(items)
-    cdef list out = PyList_New(n)  # every place filled below, or the list dropped
     cdef PyObject* item
     for i in range(n):
         item = PyList_GET_ITEM(items, i)
@@ -1883,9 +1882,29 @@ cdef object _fast_raw_response(object response):
         if (type(name) is not str or type(value) is not str or not PyUnicode_IS_ASCII(name)
                 or not PyUnicode_IS_ASCII(value)):
             return None
-        pair = _raw_pair(name, value)
-        Py_INCREF(pair)  # PyList_SET_ITEM takes a reference
-        PyList_SET_ITEM(out, i, pair)
+    cdef list out
+    cdef PyObject* old
+    if (Py_REFCNT(response) == 1 and type(response) is _ResponseType
+            and Py_REFCNT(headers) == 2 and Py_REFCNT(items) == 2):
+        # Nothing else holds the Response (its one reference is the caller's), its
+        # Headers or their list, and it is freed when this call returns, with no Python
+        # code run before: its list becomes the answer's, the pairs replaced in place,
+        # rather than a new list made and this one freed.
+        fastbind_slot_set(headers, _HDR_ITEMS, None)
+        out = <list>items
+        for i in range(n):
+            old = PyList_GET_ITEM(items, i)
+            pair = _raw_pair(<object>PyTuple_GET_ITEM(<object>old, 0), <object>PyTuple_GET_ITEM(<object>old, 1))
+            Py_INCREF(pair)  # PyList_SET_ITEM takes a reference
+            PyList_SET_ITEM(out, i, pair)
+            Py_XDECREF(old)  # the list's reference to the str pair
+    else:
+        out = PyList_New(n)  # every place filled below (or the list dropped)
+        for i in range(n):
+            old = PyList_GET_ITEM(items, i)
+            pair = _raw_pair(<object>PyTuple_GET_ITEM(<object>old, 0), <object>PyTuple_GET_ITEM(<object>old, 1))
+            Py_INCREF(pair)
+            PyList_SET_ITEM(out, i, pair)
     fastbind_slot_set(response, _RESP_BODY_USED, True)
     return (fastbind_slot_get(response, _RESP_STATUS, "status"), out, body)
 
