@@ -1508,6 +1508,7 @@ cdef extern from "_running_loop.h":
     void fastbind_learn_holder(object loop)
     int fastbind_running_loop_init(PyObject* key) except -1
     PyTypeObject* fastbind_holder_type
+    int fastbind_loop_in_dict
 
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef str _HOLDER_KEY = sys.intern("__asyncio_running_event_loop__")  # asyncio's own key object
@@ -1522,12 +1523,12 @@ os.register_at_fork(after_in_child=_pid_after_fork)
 
 
 def _running_loop_is_read_directly():
-    """Whether the running loop is read from asyncio's holder (3.11, once checked)."""
-    return fastbind_holder_type != NULL
+    """Whether the running loop is read where asyncio keeps it (3.11 to 3.13, once checked)."""
+    return fastbind_holder_type != NULL or fastbind_loop_in_dict != 0
 
 
 cdef object _running_loop():
-    """asyncio.get_running_loop(), without its getpid() on 3.11 (_running_loop.h)."""
+    """asyncio.get_running_loop(), read where asyncio keeps it (_running_loop.h)."""
     cdef PyObject* loop = fastbind_running_loop()
     if loop != NULL:
         return <object>loop

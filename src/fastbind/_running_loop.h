@@ -1,22 +1,28 @@
-/* The running event loop of this thread without a system call.
+/* The running event loop of this thread, read where asyncio keeps it.
 
    Every top-level request asks which loop is running, to check that the core's task
-   factory is on it. On CPython 3.11, asyncio.get_running_loop() calls getpid() each
-   time (it compares the pid its holder recorded, so that a forked child does not see
-   its parent's loop): a system call, about 160 ns here, a tenth of a raw round trip.
-   3.12 dropped the check and the holder.
+   factory is on it. asyncio keeps the running loop in the thread state's dict under
+   "__asyncio_running_event_loop__":
 
-   The holder is an object in the thread state's dict under
-   "__asyncio_running_event_loop__": { PyObject_HEAD; PyObject *rl_loop; pid_t rl_pid; }.
-   fastbind_running_loop() reads the loop from it when its pid is this process's
-   (kept by an at-fork hook instead of asked each time), which is the answer asyncio
-   gives. It reads a holder only after fastbind_learn_holder() has checked, against a
-   loop asyncio itself returned, that the object in the dict is such a holder: its
-   class's size is the struct's, its loop field is that loop and its pid field this
-   process's. On any other layout (3.12 stores the loop itself there) the check fails
-   and every call takes asyncio's own path. The dict look-up itself (a hundred
-   instructions) is skipped while the thread's dict has not changed since the last one
-   (its PEP 509 version). */
+   - CPython 3.11 keeps a holder there: { PyObject_HEAD; PyObject *rl_loop; pid_t
+     rl_pid; }, and asyncio.get_running_loop() calls getpid() each time to compare the
+     pid (so that a forked child does not see its parent's loop): a system call, about
+     160 ns here, a tenth of a raw round trip. fastbind_running_loop() reads the loop
+     from the holder when its pid is this process's (kept by an at-fork hook instead of
+     asked each time), which is the answer asyncio gives.
+   - 3.12 and 3.13 keep the loop itself there (or None), and reset it in a forked
+     child: the value is the answer.
+
+   Either way is used only once fastbind_learn_holder() has checked it against a loop
+   asyncio itself returned: the object in the dict is that loop, or a holder of it of
+   the layout above (its class's size is the struct's, its pid this process's). On
+   any other layout the check fails and every call takes asyncio's own path (after a
+   few tries: a check that failed eight times is not made again).
+
+   The dict look-up itself (a hundred instructions) is skipped while the thread's
+   dict is the one of the last look-up, unchanged: its PEP 509 version, which every
+   change of a dict replaces by a number no dict has had. The value found then is
+   still in that dict. Both pointers are borrowed; the dict's is only compared. */
 
 #ifndef FASTBIND_RUNNING_LOOP_H
 #define FASTBIND_RUNNING_LOOP_H
@@ -30,11 +36,13 @@ typedef struct {
     pid_t rl_pid;
 } fastbind_loop_holder;
 
-static PyTypeObject *fastbind_holder_type = NULL;  /* set once checked; kept for life */
+static PyTypeObject *fastbind_holder_type = NULL;  /* 3.11: the holder's class, once checked */
+static int fastbind_loop_in_dict = 0;              /* 3.12+: the loop itself, once checked */
+static int fastbind_learn_tries = 0;
 static PyObject *fastbind_holder_key = NULL;       /* "__asyncio_running_event_loop__" */
 static pid_t fastbind_pid = 0;                     /* this process: set at import and fork */
 
-/* The holder in thread state dict ``dict``, borrowed; NULL (no exception) if none. */
+/* The value in thread state dict ``dict``, borrowed; NULL (no exception) if none. */
 static inline PyObject *fastbind_holder_in(PyObject *dict) {
     PyObject *holder;
     if (dict == NULL || fastbind_holder_key == NULL) return NULL;
@@ -43,62 +51,71 @@ static inline PyObject *fastbind_holder_in(PyObject *dict) {
     return holder;
 }
 
-static inline PyObject *fastbind_holder_here(void) {
-    return fastbind_holder_in(PyThreadState_GetDict());
-}
-
-#if PY_VERSION_HEX < 0x030C0000
-/* The holder last found, and the state of the dict it was found in: the dict itself
-   and its version (PEP 509), which every change of that dict replaces by a new number
-   no other dict has had. While the thread's dict is that one, unchanged, the holder
-   is still in it: the look-up is skipped. Both pointers are borrowed; the dict's is
-   only compared, and the holder's read only while that dict holds it. */
+#if PY_VERSION_HEX < 0x030E0000
+#define FASTBIND_DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
 static PyObject *fastbind_seen_dict = NULL;
 static uint64_t fastbind_seen_version = 0;
-static PyObject *fastbind_seen_holder = NULL;
+static PyObject *fastbind_seen_value = NULL;
 #endif
+
+/* The value under the key in this thread's dict (borrowed), or NULL. */
+static inline PyObject *fastbind_holder_here(void) {
+    PyObject *dict = PyThreadState_GetDict(), *value;
+#if PY_VERSION_HEX < 0x030E0000
+    if (dict != NULL && dict == fastbind_seen_dict
+            && FASTBIND_DICT_VERSION(dict) == fastbind_seen_version) {
+        return fastbind_seen_value;
+    }
+    value = fastbind_holder_in(dict);
+    if (value != NULL) {
+        fastbind_seen_dict = dict;
+        fastbind_seen_version = FASTBIND_DICT_VERSION(dict);
+        fastbind_seen_value = value;
+    }
+#else
+    value = fastbind_holder_in(dict);
+#endif
+    return value;
+}
 
 /* The running loop (borrowed), or NULL with no exception: then ask asyncio. */
 static inline PyObject *fastbind_running_loop(void) {
-    PyObject *holder;
-    if (fastbind_holder_type == NULL) return NULL;
-#if PY_VERSION_HEX < 0x030C0000
-    PyObject *dict = PyThreadState_GetDict();
-    if (dict != NULL && dict == fastbind_seen_dict
-            && ((PyDictObject *)dict)->ma_version_tag == fastbind_seen_version) {
-        holder = fastbind_seen_holder;
-    } else {
-        holder = fastbind_holder_in(dict);
-        if (holder == NULL || Py_TYPE(holder) != fastbind_holder_type) return NULL;
-        fastbind_seen_dict = dict;
-        fastbind_seen_version = ((PyDictObject *)dict)->ma_version_tag;
-        fastbind_seen_holder = holder;
+    PyObject *value;
+    if (fastbind_holder_type == NULL && !fastbind_loop_in_dict) return NULL;
+    value = fastbind_holder_here();
+    if (value == NULL) return NULL;
+    if (fastbind_loop_in_dict) return value == Py_None ? NULL : value;
+    if (Py_TYPE(value) != fastbind_holder_type
+            || ((fastbind_loop_holder *)value)->rl_pid != fastbind_pid) {
+        return NULL;
     }
-#else
-    holder = fastbind_holder_here();
-    if (holder == NULL || Py_TYPE(holder) != fastbind_holder_type) return NULL;
-#endif
-    if (((fastbind_loop_holder *)holder)->rl_pid != fastbind_pid) return NULL;
-    return ((fastbind_loop_holder *)holder)->rl_loop;
+    return ((fastbind_loop_holder *)value)->rl_loop;
 }
 
-/* ``loop`` is what asyncio.get_running_loop() just returned: learn the holder's class
-   if the object in the dict is a holder of that loop, laid out as above. */
+/* ``loop`` is what asyncio.get_running_loop() just returned: learn which of the two
+   layouts above the dict's value has, if it has one. */
 static void fastbind_learn_holder(PyObject *loop) {
     PyObject *holder;
-    if (fastbind_holder_type != NULL) return;
+    if (fastbind_holder_type != NULL || fastbind_loop_in_dict || fastbind_learn_tries >= 8) {
+        return;
+    }
+    fastbind_learn_tries++;
     holder = fastbind_holder_here();
-    if (holder == NULL || holder == loop
-            || Py_TYPE(holder)->tp_basicsize != (Py_ssize_t)sizeof(fastbind_loop_holder)
-            || Py_TYPE(holder)->tp_itemsize != 0) {
-        return;
+    if (holder == NULL) return;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (holder == loop) {
+        fastbind_loop_in_dict = 1;
     }
-    if (((fastbind_loop_holder *)holder)->rl_loop != loop
-            || ((fastbind_loop_holder *)holder)->rl_pid != getpid()) {
-        return;
+#else
+    if (holder != loop
+            && Py_TYPE(holder)->tp_basicsize == (Py_ssize_t)sizeof(fastbind_loop_holder)
+            && Py_TYPE(holder)->tp_itemsize == 0
+            && ((fastbind_loop_holder *)holder)->rl_loop == loop
+            && ((fastbind_loop_holder *)holder)->rl_pid == getpid()) {
+        Py_INCREF(Py_TYPE(holder));
+        fastbind_holder_type = Py_TYPE(holder);
     }
-    Py_INCREF(Py_TYPE(holder));
-    fastbind_holder_type = Py_TYPE(holder);
+#endif
 }
 
 /* At import (with the key) and in a forked child (key NULL: keep it). */
