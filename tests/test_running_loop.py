@@ -1,7 +1,7 @@
 """Which loop is running: each top-level request checks the task factory of that loop.
 
 The compiled core reads the running loop where asyncio keeps it, in the thread state's
-dict (a holder with a pid on CPython 3.11, the loop itself on 3.12 and 3.13), rather
+dict (a holder with a pid on CPython 3.11, the loop itself on 3.12), rather
 than calling asyncio.get_running_loop(), which on 3.11 makes a getpid() system call each
 time (_running_loop.h). These tests hold it to asyncio's answers.
 """
@@ -128,7 +128,7 @@ def test_a_forked_child_does_not_see_its_parents_running_loop(core) -> None:
 
 
 @pytest.mark.skipif(_impl.compiled is None, reason="the compiled core is not built")
-@pytest.mark.skipif(sys.version_info >= (3, 14), reason="asyncio keeps the loop elsewhere")
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="asyncio keeps the loop in the thread state")
 def test_the_compiled_core_reads_the_running_loop_where_asyncio_keeps_it() -> None:
     async def worker(request: Request, env: Any, ctx: Any) -> Response:
         return Response("ok")
@@ -138,6 +138,6 @@ def test_the_compiled_core_reads_the_running_loop_where_asyncio_keeps_it() -> No
     if rt.implementation != "c":
         pytest.skip("pure run")
     assert uvloop.run(rt.dispatch("w", Request(URL))).status == 200
-    # 3.11 keeps a holder with a pid, 3.12 and 3.13 the loop itself: both are read
+    # 3.11 keeps a holder with a pid, 3.12 the loop itself: both are read
     # from the thread state's dict once checked against asyncio's answer.
     assert _impl.compiled._running_loop_is_read_directly() is True

@@ -1523,7 +1523,7 @@ os.register_at_fork(after_in_child=_pid_after_fork)
 
 
 def _running_loop_is_read_directly():
-    """Whether the running loop is read where asyncio keeps it (3.11 to 3.13, once checked)."""
+    """Whether the running loop is read where asyncio keeps it (3.11 and 3.12, once checked)."""
     return fastbind_holder_type != NULL or fastbind_loop_in_dict != 0
 
 

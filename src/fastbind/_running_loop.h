@@ -10,8 +10,9 @@
      160 ns here, a tenth of a raw round trip. fastbind_running_loop() reads the loop
      from the holder when its pid is this process's (kept by an at-fork hook instead of
      asked each time), which is the answer asyncio gives.
-   - 3.12 and 3.13 keep the loop itself there (or None), and reset it in a forked
-     child: the value is the answer.
+   - 3.12 keeps the loop itself there (or None), and resets it in a forked child: the
+     value is the answer. (3.13 keeps it in the thread state's own struct, which is
+     not read here: asyncio's path, which is short there.)
 
    Either way is used only once fastbind_learn_holder() has checked it against a loop
    asyncio itself returned: the object in the dict is that loop, or a holder of it of
@@ -37,7 +38,7 @@ typedef struct {
 } fastbind_loop_holder;
 
 static PyTypeObject *fastbind_holder_type = NULL;  /* 3.11: the holder's class, once checked */
-static int fastbind_loop_in_dict = 0;              /* 3.12+: the loop itself, once checked */
+static int fastbind_loop_in_dict = 0;              /* 3.12: the loop itself, once checked */
 static int fastbind_learn_tries = 0;
 static PyObject *fastbind_holder_key = NULL;       /* "__asyncio_running_event_loop__" */
 static pid_t fastbind_pid = 0;                     /* this process: set at import and fork */
