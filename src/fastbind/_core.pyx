@@ -1893,19 +1893,16 @@ cdef object _fast_raw_response(object response):
         # rather than a new list made and this one freed.
         fastbind_slot_set(headers, _HDR_ITEMS, None)
         out = <list>items
-        for i in range(n):
-            old = PyList_GET_ITEM(items, i)
-            pair = _raw_pair(<object>PyTuple_GET_ITEM(<object>old, 0), <object>PyTuple_GET_ITEM(<object>old, 1))
-            Py_INCREF(pair)  # PyList_SET_ITEM takes a reference
-            PyList_SET_ITEM(out, i, pair)
-            Py_XDECREF(old)  # the list's reference to the str pair
     else:
         out = PyList_New(n)  # every place filled below (or the list dropped)
-        for i in range(n):
-            old = PyList_GET_ITEM(items, i)
-            pair = _raw_pair(<object>PyTuple_GET_ITEM(<object>old, 0), <object>PyTuple_GET_ITEM(<object>old, 1))
-            Py_INCREF(pair)
-            PyList_SET_ITEM(out, i, pair)
+    cdef bint in_place = out is items
+    for i in range(n):
+        old = PyList_GET_ITEM(items, i)
+        pair = _raw_pair(<object>PyTuple_GET_ITEM(<object>old, 0), <object>PyTuple_GET_ITEM(<object>old, 1))
+        Py_INCREF(pair)  # PyList_SET_ITEM takes a reference
+        PyList_SET_ITEM(out, i, pair)
+        if in_place:
+            Py_XDECREF(old)  # the list's reference to the str pair it held
     fastbind_slot_set(response, _RESP_BODY_USED, True)
     return (fastbind_slot_get(response, _RESP_STATUS, "status"), out, body)
 
