@@ -83,7 +83,6 @@ cdef extern from "Python.h":
     bint PyCoro_CheckExact(object obj)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
-    object PyObject_CallNoArgs(object callable)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
     Py_ssize_t PyTuple_GET_SIZE(object t)
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
@@ -1498,6 +1497,7 @@ cdef extern from "_core_capi.h":
     object fastbind_alloc(object type)
     void* fastbind_vectorcall_of(object func)
     object fastbind_call_one(void* call, object func, object arg)
+    object fastbind_call_none(void* call, object func)
 
 from libc.string cimport memcmp, memcpy
 from cpython.list cimport PyList_AsTuple, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
@@ -1511,6 +1511,7 @@ cdef extern from "_running_loop.h":
     int fastbind_loop_in_dict
 
 cdef object _get_running_loop = asyncio.get_running_loop
+cdef void* _get_running_loop_call = fastbind_vectorcall_of(_get_running_loop)  # asked on 3.13+
 cdef str _HOLDER_KEY = sys.intern("__asyncio_running_event_loop__")  # asyncio's own key object
 fastbind_running_loop_init(<PyObject*>_HOLDER_KEY)
 
@@ -1532,7 +1533,7 @@ cdef object _running_loop():
     cdef PyObject* loop = fastbind_running_loop()
     if loop != NULL:
         return <object>loop
-    found = PyObject_CallNoArgs(_get_running_loop)  # raises when no loop is running
+    found = fastbind_call_none(_get_running_loop_call, _get_running_loop)  # raises when none runs
     fastbind_learn_holder(found)
     return found
 
@@ -1988,22 +1989,22 @@ cdef class DispatchPlan:
     cdef object _loop_checked(self):
         """The running loop, with the core's task factory on it."""
         # The common case without a reference taken: the loop last seen is running
-        # (read from asyncio's holder) and has the factory it had then.
+        # (read where asyncio keeps it) and has the factory it had then.
         cdef PyObject* running = fastbind_running_loop()
-        cdef PyObject* seen = <PyObject*>self._loop_ref
-        if running != NULL:
-            if Py_TYPE(seen) == <PyTypeObject*>_WeakRef:
-                seen = PyWeakref_GET_OBJECT(<object>seen)
-            if seen == running and fastbind_call_one(self._factory_call, self._get_factory, <object>running) is self._factory:
-                return <object>running
+        if running != NULL and self._has_factory(running):
+            return <object>running
         return self._install_on_running_loop()
 
+    cdef inline bint _has_factory(self, PyObject* loop) except -1:
+        """``loop`` is the loop last seen, and has the task factory it had then."""
+        cdef PyObject* seen = <PyObject*>self._loop_ref
+        if Py_TYPE(seen) == <PyTypeObject*>_WeakRef:
+            seen = PyWeakref_GET_OBJECT(<object>seen)
+        return seen == loop and fastbind_call_one(self._factory_call, self._get_factory, <object>loop) is self._factory
+
     cdef object _install_on_running_loop(self):
-        loop = _running_loop()
-        cdef object seen = self._loop_ref
-        if type(seen) is _WeakRef:
-            seen = <object>PyWeakref_GET_OBJECT(seen)
-        if seen is not loop or fastbind_call_one(self._factory_call, self._get_factory, loop) is not self._factory:
+        loop = _running_loop()  # asyncio's answer (it raises when no loop is running)
+        if not self._has_factory(<PyObject*>loop):
             self._install_factory(loop)
             self._get_factory = type(loop).get_task_factory
             self._factory_call = fastbind_vectorcall_of(self._get_factory)

@@ -795,4 +795,13 @@ static inline PyObject *fastbind_call_one(void *call, PyObject *func, PyObject *
     return PyObject_CallOneArg(func, arg);
 }
 
+/* ``func()`` the same way (asyncio.get_running_loop, where the loop is not read from
+   the thread state's dict: CPython 3.13+). */
+static inline PyObject *fastbind_call_none(void *call, PyObject *func) {
+    if (call != NULL) {
+        return ((vectorcallfunc)call)(func, NULL, 0, NULL);
+    }
+    return PyObject_CallNoArgs(func);
+}
+
 #endif
