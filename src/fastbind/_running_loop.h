@@ -52,17 +52,23 @@ static inline PyObject *fastbind_holder_in(PyObject *dict) {
     return holder;
 }
 
-#if PY_VERSION_HEX < 0x030E0000
+#if PY_VERSION_HEX < 0x030D0000
 #define FASTBIND_DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
 static PyObject *fastbind_seen_dict = NULL;
 static uint64_t fastbind_seen_version = 0;
 static PyObject *fastbind_seen_value = NULL;
 #endif
 
+/* 3.12 marks ma_version_tag deprecated (dict watchers succeed it for other uses); it
+   still changes with every change of the dict, which is all that is read here. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
 /* The value under the key in this thread's dict (borrowed), or NULL. */
 static inline PyObject *fastbind_holder_here(void) {
     PyObject *dict = PyThreadState_GetDict(), *value;
-#if PY_VERSION_HEX < 0x030E0000
+#if PY_VERSION_HEX < 0x030D0000
     if (dict != NULL && dict == fastbind_seen_dict
             && FASTBIND_DICT_VERSION(dict) == fastbind_seen_version) {
         return fastbind_seen_value;
@@ -78,6 +84,9 @@ static inline PyObject *fastbind_holder_here(void) {
 #endif
     return value;
 }
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 /* The running loop (borrowed), or NULL with no exception: then ask asyncio. */
 static inline PyObject *fastbind_running_loop(void) {
