@@ -215,6 +215,41 @@ def test_response_headers_written_as_literals_and_ones_that_change(core: Any, ru
         assert second[2] is not first[2] and second[3] is not first[3]
 
 
+def test_str_bodies_literal_changing_long_and_not_ascii(core: Any, run: Any) -> None:
+    # The compiled core keeps the UTF-8 bytes of a short str body made of the same object
+    # each time (a literal); a body that changes, a long one and one beyond ASCII are
+    # encoded each time, as raw_response does.
+    long_body = "x" * 300
+    answers = iter(range(1000))
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        kind = request.url.rsplit("/", 1)[1]
+        if kind == "literal":
+            return Response("ok")
+        if kind == "changing":
+            return Response(f"n={next(answers)}")
+        if kind == "long":
+            return Response(long_body)
+        return Response("caf\u00e9 \u2615")
+
+    rt = Runtime()
+    rt.add_worker("w", worker)
+    raw = RawDispatcher(rt, "w")
+
+    def body(kind: str) -> Any:
+        return run(raw(b"GET", f"https://h.test/{kind}", [], b""))[2]
+
+    first, second = body("literal"), body("literal")
+    assert first == second == b"ok"
+    assert (body("changing"), body("changing")) == (b"n=0", b"n=1")
+    long_first, long_second = body("long"), body("long")
+    assert long_first == long_second == long_body.encode()
+    assert body("other") == "caf\u00e9 \u2615".encode() == body("other")
+    if rt.implementation == "c":
+        assert second is first  # the literal's bytes, kept
+        assert long_second is not long_first
+
+
 def test_response_parts_a_worker_keeps_are_left_as_they_were(core: Any, run: Any) -> None:
     # A Response that nobody else holds gives the answer its header list (the compiled
     # core converts the pairs in place); one that the Worker keeps, or whose Headers or

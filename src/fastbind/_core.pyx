@@ -1858,6 +1858,36 @@ cdef inline object _raw_pair(object name, object value):
     return pair
 
 
+# A str body answered again and again (a literal in the Worker's code: Response("ok")) is
+# the same object every time: its UTF-8 bytes are kept the same way, for short bodies.
+cdef enum:
+    _BODY_SLOTS = 16
+    _BODY_MAX = 256
+
+cdef struct _BodySlot:
+    PyObject* text      # str, owned
+    PyObject* raw       # its UTF-8 bytes, owned
+
+cdef _BodySlot _bodies[_BODY_SLOTS]
+
+
+cdef inline object _raw_body(object text):
+    """``text.encode()``: the kept bytes when ``text`` is a body seen last time in its slot."""
+    cdef _BodySlot* slot = &_bodies[(<size_t><PyObject*>text >> 4) & (_BODY_SLOTS - 1)]
+    if slot.text == <PyObject*>text:
+        return <object>slot.raw
+    raw = (<str>text).encode("utf-8")
+    cdef PyObject* old_text = slot.text
+    cdef PyObject* old_raw = slot.raw
+    if PyUnicode_GET_LENGTH(text) <= _BODY_MAX:
+        Py_INCREF(text)
+        Py_INCREF(raw)
+        slot.text, slot.raw = <PyObject*>text, <PyObject*>raw
+        Py_XDECREF(old_text)  # a str and bytes: freeing them runs no Python code
+        Py_XDECREF(old_raw)
+    return raw
+
+
 cdef object _fast_raw_response(object response):
     """``(status, headers, body)`` of a Response with a plain body, or None for embed's path."""
     headers = fastbind_slot_get(response, _RESP_HEADERS, "headers")
@@ -1867,7 +1897,7 @@ cdef object _fast_raw_response(object response):
     if body is None:
         body = b""
     elif type(body) is str:
-        body = (<str>body).encode("utf-8")
+        body = _raw_body(body)
     elif type(body) is not bytes and type(body) is not bytearray and type(body) is not memoryview:
         return None
     items = fastbind_slot_get(headers, _HDR_ITEMS, "_items")
