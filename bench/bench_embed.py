@@ -1,6 +1,9 @@
 """Raw embedding round trip vs. a binding round trip, side by side in one process.
 
-Both sides reach the same Worker, which returns a small Response:
+Both sides reach the same Worker: by default a small JSON answer with a content-type
+header, the request with four headers; with ``--worker minimal`` the smallest Worker
+there is, ``Response("ok")``, and one request header (the raw round trip's own cost is
+about the same either way, so its ratio is highest there):
 
 - ``binding``: inside a running Worker, ``await env.LEAF.fetch(request)`` with one
   prebuilt GET Request (no body), called again and again: a child invocation at
@@ -18,7 +21,7 @@ round trip is taken in each round, between samples measured next to each other, 
 the median of those is shown with its 10th-90th percentile spread: on a shared
 machine, that is what stays put from run to run.
 
-    python bench/bench_embed.py [--calls 2000] [--rounds 101]
+    python bench/bench_embed.py [--calls 2000] [--rounds 101] [--worker json|minimal]
     FASTBIND_NO_EXTENSIONS=1 python bench/bench_embed.py     # on the pure twin
 
 Timings on a small shared machine are noisy; ``bench/callgrind_embed.py`` counts the
@@ -52,6 +55,17 @@ async def leaf(request: Request, env: Any, ctx: Any) -> Response:
     return Response(b'{"ok":true}', headers={"content-type": "application/json"})
 
 
+async def minimal_leaf(request: Request, env: Any, ctx: Any) -> Response:
+    return Response("ok")
+
+
+# What each --worker sends and answers: the Worker and the request's raw headers.
+WORKERS = {
+    "json": (leaf, RAW_HEADERS),
+    "minimal": (minimal_leaf, [(b"accept", b"*/*")]),
+}
+
+
 async def time_calls(calls: int, step: Callable[[], Awaitable[Any]]) -> float:
     """Nanoseconds per ``await step()``, over ``calls`` calls."""
     start = time.perf_counter_ns()
@@ -63,13 +77,14 @@ async def time_calls(calls: int, step: Callable[[], Awaitable[Any]]) -> float:
 CASES = ("binding", "raw", "dispatch")
 
 
-async def main(calls: int, rounds: int) -> dict[str, Any]:
+async def main(calls: int, rounds: int, worker: str = "json") -> dict[str, Any]:
+    leaf, raw_headers = WORKERS[worker]
     rt = Runtime(limits=Limits(subrequests=calls + 10))
     samples: dict[str, list[float]] = {case: [] for case in CASES}
 
     async def caller(request: Request, env: Any, ctx: Any) -> Response:
         # One round of the binding case: ``calls`` calls from this invocation.
-        forward = Request(URL, headers=[(n.decode(), v.decode()) for n, v in RAW_HEADERS])
+        forward = Request(URL, headers=[(n.decode(), v.decode()) for n, v in raw_headers])
         fetch = env.LEAF.fetch
         samples["binding"].append(await time_calls(calls, lambda: fetch(forward)))
         return Response(None)
@@ -77,13 +92,13 @@ async def main(calls: int, rounds: int) -> dict[str, Any]:
     rt.add_worker("caller", caller, services={"LEAF": "leaf"})
     rt.add_worker("leaf", leaf)
     raw = RawDispatcher(rt, "leaf")
-    prebuilt = Request(URL, headers=[(n.decode(), v.decode()) for n, v in RAW_HEADERS])
+    prebuilt = Request(URL, headers=[(n.decode(), v.decode()) for n, v in raw_headers])
 
     async def binding_round() -> None:
         await rt.dispatch("caller", Request(URL))
 
     async def raw_round() -> None:
-        samples["raw"].append(await time_calls(calls, lambda: raw(b"GET", URL, RAW_HEADERS, b"")))
+        samples["raw"].append(await time_calls(calls, lambda: raw(b"GET", URL, raw_headers, b"")))
 
     async def dispatch_round() -> None:
         samples["dispatch"].append(await time_calls(calls, lambda: rt.dispatch("leaf", prebuilt)))
@@ -98,13 +113,13 @@ async def main(calls: int, rounds: int) -> dict[str, Any]:
         if round_ == 0:
             for values in samples.values():
                 values.clear()
-    return {"samples": samples, "implementation": rt.implementation}
+    return {"samples": samples, "implementation": rt.implementation, "worker": worker}
 
 
 def report(results: dict[str, Any]) -> None:
     samples = results["samples"]
     binding = samples["binding"]
-    print(f"core: {results['implementation']}, {len(binding)} rounds; "
+    print(f"core: {results['implementation']}, worker: {results['worker']}, {len(binding)} rounds; "
           "ratios are the median of each round's ratio (p10-p90)")
     for name in CASES:
         values = samples[name]
@@ -118,5 +133,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2_000, help="calls per round and case")
     parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--worker", choices=sorted(WORKERS), default="json",
+                        help="the Worker both sides reach (see above)")
     args = parser.parse_args()
-    report(uvloop.run(main(args.calls, args.rounds)))
+    report(uvloop.run(main(args.calls, args.rounds, args.worker)))
