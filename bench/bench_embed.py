@@ -78,7 +78,7 @@ CASES = ("binding", "raw", "dispatch")
 
 
 async def main(calls: int, rounds: int, worker: str = "json") -> dict[str, Any]:
-    leaf, raw_headers = WORKERS[worker]
+    leaf_worker, raw_headers = WORKERS[worker]
     rt = Runtime(limits=Limits(subrequests=calls + 10))
     samples: dict[str, list[float]] = {case: [] for case in CASES}
 
@@ -90,7 +90,7 @@ async def main(calls: int, rounds: int, worker: str = "json") -> dict[str, Any]:
         return Response(None)
 
     rt.add_worker("caller", caller, services={"LEAF": "leaf"})
-    rt.add_worker("leaf", leaf)
+    rt.add_worker("leaf", leaf_worker)
     raw = RawDispatcher(rt, "leaf")
     prebuilt = Request(URL, headers=[(n.decode(), v.decode()) for n, v in raw_headers])
 

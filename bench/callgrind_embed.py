@@ -34,7 +34,7 @@ def run_case(case: str, calls: int, worker: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_embed import URL, WORKERS
 
-    leaf, raw_headers = WORKERS[worker]
+    leaf_worker, raw_headers = WORKERS[worker]
 
     rt = Runtime(limits=Limits(subrequests=10 * calls + 1000))
     raw = RawDispatcher(rt, "leaf")
@@ -50,7 +50,7 @@ def run_case(case: str, calls: int, worker: str) -> None:
         return Response(None)
 
     rt.add_worker("caller", caller, services={"LEAF": "leaf"})
-    rt.add_worker("leaf", leaf)
+    rt.add_worker("leaf", leaf_worker)
 
     async def batch(n: int) -> None:
         if case == "binding":
