@@ -43,7 +43,8 @@ import uvloop
 from aiohttp import web
 
 from fastbind import Limits, Request, Response, Runtime, fetch
-from fastbind.http_client import DEFAULT_FETCH_TIMEOUT, client_timeout
+from fastbind.outbound.client import client_timeout
+from fastbind.runtime import DEFAULT_FETCH_TIMEOUT_S as DEFAULT_FETCH_TIMEOUT
 
 BODY = b'{"id":42,"name":"ada","roles":["admin"]}'
 
@@ -179,7 +180,7 @@ def main() -> None:
     if args.calls % args.batch:
         parser.error("--calls must be a multiple of --batch")
 
-    from fastbind import _impl
+    from fastbind import core as cores
 
     proc, port = start_server()
     try:
@@ -189,7 +190,7 @@ def main() -> None:
         proc.stdin.close()
         proc.wait(10)
 
-    core = "compiled" if _impl.core is _impl.compiled else "pure"
+    core = "compiled" if cores.impl is cores.compiled else "pure"
     print(f"GET of a {len(BODY)}-byte body, read to the end; {args.rounds} rounds x {args.calls} calls "
           f"each; fastbind core: {core}; Python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, "
           f"uvloop {uvloop.__version__}")

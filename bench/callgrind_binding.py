@@ -48,11 +48,11 @@ def run_case(core: str, worker: str, calls: int) -> None:
     """The process callgrind watches: a warm-up batch, then one batch of ``calls``."""
     import uvloop
 
-    from fastbind import _core_py, _impl
+    from fastbind import core as cores
     from fastbind.benchmark import round_trip_runtime, rpc_runtime, timed_dispatch
 
     make_runtime = rpc_runtime if worker in RPC_WORKERS else round_trip_runtime
-    rt = make_runtime(_impl.compiled if core == "c" else _core_py)
+    rt = make_runtime(cores.compiled if core == "c" else cores.twin)
 
     async def batches() -> None:
         await timed_dispatch(rt, worker, 100)

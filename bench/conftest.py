@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import uvloop
 
-from fastbind import _core_py, _impl
+from fastbind import core as cores
 from fastbind.benchmark import CALLS, Batch, Opener, PeerMissing
 
-CORES = [pytest.param(_core_py, id="py")]
-if _impl.compiled is not None:
-    CORES.insert(0, pytest.param(_impl.compiled, id="c"))
+CORES = [pytest.param(cores.twin, id="py")]
+if cores.compiled is not None:
+    CORES.insert(0, pytest.param(cores.compiled, id="c"))
 else:
     CORES.insert(0, pytest.param(None, id="c", marks=pytest.mark.skip("compiled core not built")))
 

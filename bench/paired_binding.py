@@ -16,12 +16,12 @@ import statistics
 
 import uvloop
 
-from fastbind import _impl
+from fastbind import core as cores
 from fastbind.benchmark import round_trip_runtime, timed_dispatch
 
 
 async def paired_ratio(pairs: int, calls: int) -> float:
-    rt = round_trip_runtime(_impl.compiled)  # raises PeerMissing without the compiled core
+    rt = round_trip_runtime(cores.compiled)  # raises PeerMissing without the compiled core
     for worker in ("floor", "binding"):  # warm-up
         await timed_dispatch(rt, worker, calls)
     ratios = []

@@ -38,7 +38,8 @@ from typing import Any
 import uvloop
 from workloads import MB, body_of, body_runtime, chain_runtime, peak_growth
 
-from fastbind import Request, Response, _core_py, _impl
+from fastbind import Request, Response
+from fastbind import core as cores
 from fastbind.benchmark import URL, Case, dispatcher, machine, measure, runtime_on, timed_dispatch
 
 BYTES_PER_PIPELINE = 2048  # on top of the direct version
@@ -107,7 +108,7 @@ async def memory_per_pipeline(core: ModuleType, count: int) -> dict[str, dict[st
     return {"fastbind": fastbind, "direct": direct}
 
 
-CORES = (("c", _impl.compiled), ("py", _core_py))
+CORES = (("c", cores.compiled), ("py", cores.twin))
 
 
 def check_memory(count: int) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def chain_case(name: str, core: ModuleType | None, depth: int, worker: str) -> C
 
 
 def check_depth(rounds: int) -> dict[str, Any]:
-    cases = [chain_case(f"{d} [direct]", _impl.core, d, "direct") for d in (1, 32)]
+    cases = [chain_case(f"{d} [direct]", cores.impl, d, "direct") for d in (1, 32)]
     cases += [chain_case(f"{d} [{label}]", core, d, "chain") for label, core in CORES for d in (1, 32)]
     results = {r.name: r for r in uvloop.run(measure(cases, 1000, rounds, 20_000_000))}
     print(f"a call through 32 nested calls against depth 1 (ns per call, median of {rounds} rounds)")
@@ -203,7 +204,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     # The targets are for the compiled core, the build users get; the twin's are shown for reference.
-    decisive = "c" if _impl.compiled is not None else "py"
+    decisive = "c" if cores.compiled is not None else "py"
     met = [report[check][decisive]["met"] for check in ("memory", "depth", "body") if decisive in report[check]]
     return 0 if all(met) else 1
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from workloads import MB, body_of, body_runtime, json_runtime, peak_growth
 
-from fastbind import _impl
+from fastbind import core as cores
 from fastbind.benchmark import timed_dispatch
 
 SIZES = [pytest.param(1 * MB, id="1MB"), pytest.param(100 * MB, id="100MB")]
@@ -36,5 +36,5 @@ def test_json(benchmark: Any, core: Any, run_batches: Any) -> None:
 @pytest.mark.benchmark(group="json")
 def test_json_floor(benchmark: Any, run_batches: Any) -> None:
     """The same Requests, JSON and child, called with a direct await."""
-    rt = json_runtime(_impl.core)
+    rt = json_runtime(cores.impl)
     run_batches(lambda calls: timed_dispatch(rt, "direct", calls))

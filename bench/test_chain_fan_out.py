@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from workloads import chain_runtime, fan_out_runtime
 
-from fastbind import _impl
+from fastbind import core as cores
 from fastbind.benchmark import timed_dispatch
 
 DEPTHS = [1, 8, 32]
@@ -26,7 +26,7 @@ def test_chain(benchmark: Any, core: Any, run_batches: Any, depth: int) -> None:
 def test_chain_floor(benchmark: Any, run_batches: Any, depth: int) -> None:
     """The same chain as ``depth`` coroutines awaiting one another."""
     benchmark.group = f"chain depth {depth}"
-    rt = chain_runtime(_impl.core, depth)
+    rt = chain_runtime(cores.impl, depth)
     run_batches(lambda calls: timed_dispatch(rt, "direct", calls))
 
 
@@ -42,5 +42,5 @@ def test_fan_out(benchmark: Any, core: Any, run_batches: Any, width: int) -> Non
 def test_fan_out_floor(benchmark: Any, run_batches: Any, width: int) -> None:
     """The same gathers of direct coroutine calls of the child."""
     benchmark.group = f"fan-out {width}"
-    rt = fan_out_runtime(_impl.core, width)
+    rt = fan_out_runtime(cores.impl, width)
     run_batches(lambda calls: timed_dispatch(rt, "direct", calls))

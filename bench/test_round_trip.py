@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fastbind import _impl
+from fastbind import core as cores
 from fastbind import benchmark as fb
 from fastbind.benchmark import Batch, Opener
 
@@ -22,7 +22,7 @@ def test_binding(benchmark: Any, core: Any, run_batches: Any) -> None:
 @pytest.mark.benchmark(group="round trip")
 def test_floor_direct_await(benchmark: Any, run_batches: Any) -> None:
     """``await child(request, env, ctx)``: the same child and Request, in the same kind of parent."""
-    rt = fb.round_trip_runtime(_impl.core)
+    rt = fb.round_trip_runtime(cores.impl)
     run_batches(lambda calls: fb.timed_dispatch(rt, "floor", calls))
 
 
@@ -36,7 +36,7 @@ def test_rpc(benchmark: Any, core: Any, run_batches: Any) -> None:
 @pytest.mark.benchmark(group="rpc")
 def test_floor_direct_method_call(benchmark: Any, run_batches: Any) -> None:
     """``await instance.value(7)``: the same async method on one existing RpcChild."""
-    rt = fb.rpc_runtime(_impl.core)
+    rt = fb.rpc_runtime(cores.impl)
     run_batches(lambda calls: fb.timed_dispatch(rt, "method", calls))
 
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from fastbind import _core_py, _impl
+from fastbind import core as cores
 
-CORES = [pytest.param(_core_py, id="py")]
-if _impl.compiled is not None:
-    CORES.insert(0, pytest.param(_impl.compiled, id="c"))
-elif not _impl.NO_EXTENSIONS:
+CORES = [pytest.param(cores.twin, id="py")]
+if cores.compiled is not None:
+    CORES.insert(0, pytest.param(cores.compiled, id="c"))
+elif not cores.NO_EXTENSIONS:
     CORES.insert(0, pytest.param(None, id="c", marks=pytest.mark.skip("compiled core not built")))
 
 
@@ -25,7 +25,7 @@ def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     After the test, every counter that must return to zero is checked.
     """
     module = request.param
-    monkeypatch.setattr(_impl, "core", module)
+    monkeypatch.setattr(cores, "impl", module)
     yield module
     assert module.live_counts() == {"pipelines": 0, "invocations": 0, "tasks": 0}
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import platform
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -33,9 +36,39 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "serve" in out and "check" in out and "bench" in out
 
 
-def test_version() -> None:
-    proc = subprocess.run([sys.executable, "-m", "fastbind", "--version"], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0 and proc.stdout.strip() == f"fastbind {fastbind.__version__}"
+def _version(**env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FASTBIND_")}
+    proc = subprocess.run([sys.executable, "-m", "fastbind", "--version"], capture_output=True,
+                          text=True, timeout=30, env={**clean, **env})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_version_names_the_core_the_fast_paths_and_the_interpreter() -> None:
+    lines = _version()
+    interpreter = f"interpreter: {platform.python_implementation()} {platform.python_version()}"
+    assert lines[0] == f"fastbind {fastbind.__version__}" and lines[2].startswith(interpreter)
+    if importlib.util.find_spec("fastbind.core._core") is not None:  # installed compiled
+        built = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info < (3, 14)
+        fast = "on" if built else "not built for this interpreter"
+        assert lines[1].startswith(f"core: compiled (fast paths {fast}")
+        assert _version(FASTBIND_FAST_PATHS="0")[1] == (
+            "core: compiled (fast paths off: FASTBIND_FAST_PATHS=0; ledger clock monotonic)"
+            if built else
+            "core: compiled (fast paths not built for this interpreter; ledger clock monotonic)"
+        )
+    else:
+        assert lines[1] == "core: pure (installed without the compiled core)"
+    assert _version(FASTBIND_NO_EXTENSIONS="1")[1] == "core: pure (FASTBIND_NO_EXTENSIONS is set)"
+
+
+def test_a_wrong_fast_paths_switch_is_refused_with_its_values() -> None:
+    if fastbind.core.compiled is None:
+        pytest.skip("the switch belongs to the compiled core")
+    proc = subprocess.run([sys.executable, "-m", "fastbind", "--version"], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "FASTBIND_FAST_PATHS": "yes"})
+    assert proc.returncode != 0
+    assert "FASTBIND_FAST_PATHS must be 0 (public C API only) or 1 (the default), not 'yes'" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from fetch_origin import collect, fetches, origin, origin_server, until  # noqa: F401 (fixtures)
 
 from fastbind import Limits, Request, Response, Runtime, fetch, remote
-from fastbind.gate import ConnectionGate, gate_for
+from fastbind.outbound.gate import ConnectionGate, gate_for
 
 
 # -- the gate on its own -------------------------------------------------------------
@@ -57,7 +57,7 @@ def test_gate_is_fifo_and_cancellation_neither_takes_nor_leaks_a_slot(run) -> No
 
 
 def test_one_gate_per_pipeline_gone_with_it(core) -> None:
-    from fastbind import gate as gate_module
+    from fastbind.outbound import gate as gate_module
 
     first = core.PipelineContext("a", Limits(open_connections=3))
     second = core.PipelineContext("b", Limits())

@@ -30,7 +30,7 @@ from fastbind.durable import (
     namespace_specs_from_config,
 )
 from fastbind.errors import DEPTH_MESSAGE
-from fastbind.storage import MAX_TRANSACTION_ATTEMPTS, TransactionConflictError
+from fastbind.durable.storage import MAX_TRANSACTION_ATTEMPTS, TransactionConflictError
 
 Job = Callable[[Any, Any], Awaitable[Any]]
 _urls = itertools.count()
@@ -807,9 +807,9 @@ def test_objects_of_one_namespace_keep_separate_storage(core, run) -> None:
 
 
 def test_a_blocking_callback_that_runs_too_long_resets_the_object(core, run, caplog, monkeypatch) -> None:
-    from fastbind import durable
+    from fastbind.durable import namespace
 
-    monkeypatch.setattr(durable, "BLOCK_CONCURRENCY_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(namespace, "BLOCK_CONCURRENCY_TIMEOUT_S", 0.01)
 
     class Room(DurableObject):
         async def stuck(self) -> None:

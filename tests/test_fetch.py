@@ -18,7 +18,7 @@ from fetch_origin import WAIT_S, collect, fetches, free_port, origin, origin_ser
 
 import fastbind
 from fastbind import FetchError, Limits, Request, Response, Runtime, TooManySubrequestsError, fetch, remote
-from fastbind.http_client import NetworkBody, session_for
+from fastbind.outbound.client import NetworkBody, OutboundClient
 from fastbind.runtime import current_runtime
 
 
@@ -367,7 +367,7 @@ def test_one_session_per_runtime_closed_by_aclose(core, run, origin) -> None:
 
     async def worker(request, env, ctx):
         await (await fetch(origin.url("/hello"))).aclose()
-        sessions.append(session_for(current_runtime()))
+        sessions.append(current_runtime().extension(OutboundClient).session())
         return Response(None)
 
     rt = Runtime()
@@ -459,7 +459,7 @@ def test_a_remote_binding_reaches_a_worker_in_another_process(core, run, peer) -
 
 
 def test_a_remote_binding_outside_a_worker_raises(core, run) -> None:
-    from fastbind.remote import RemoteFetcher
+    from fastbind.outbound.remote import RemoteFetcher
 
     binding = RemoteFetcher(Runtime(), "USERS", "http://127.0.0.1:9/")
     assert binding.url_for("https://x/a/b?c=d#e") == "http://127.0.0.1:9/a/b?c=d"

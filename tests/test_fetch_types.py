@@ -153,7 +153,7 @@ def test_str_enum_methods_and_item_assignment() -> None:
 
 
 def test_missing_binding_error_is_one_class(core) -> None:
-    from fastbind.env import MissingBindingError
+    from fastbind.errors import MissingBindingError
 
     env = core.Env("w", {"A": 1})
     with pytest.raises(MissingBindingError):

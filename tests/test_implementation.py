@@ -8,28 +8,29 @@ import sys
 
 import pytest
 
-from fastbind import Runtime, _impl
+from fastbind import Runtime
+from fastbind import core as cores
 
 
 @pytest.mark.skipif(bool(os.environ.get("FASTBIND_NO_EXTENSIONS")), reason="pure run asked for")
 def test_compiled_core_is_loaded() -> None:
-    assert _impl.compiled is not None, "fastbind._core did not build or import"
-    assert _impl.core is _impl.compiled
-    assert _impl.compiled.IMPLEMENTATION == "c"
-    assert _impl.compiled.__file__.endswith((".so", ".pyd"))
+    assert cores.compiled is not None, "fastbind._core did not build or import"
+    assert cores.impl is cores.compiled
+    assert cores.compiled.IMPLEMENTATION == "c"
+    assert cores.compiled.__file__.endswith((".so", ".pyd"))
     assert Runtime().implementation == "c"
 
 
 @pytest.mark.skipif(not os.environ.get("FASTBIND_NO_EXTENSIONS"), reason="only in the pure run")
 def test_pure_run_uses_the_twin() -> None:
-    assert _impl.core.IMPLEMENTATION == "py"
+    assert cores.impl.IMPLEMENTATION == "py"
     assert Runtime().implementation == "py"
 
 
 def test_both_cores_expose_the_same_names(core) -> None:
-    from fastbind import _core_py
+    from fastbind import core as cores
 
-    for name in _core_py.__all__:
+    for name in cores.twin.__all__:
         assert hasattr(core, name), name
 
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from fastbind import (
-    Env,
     FastbindError,
     Headers,
     Limits,
@@ -95,7 +94,7 @@ def reachable_envs(start: Any, core: Any) -> list[Any]:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, (Env, core.Env)):
+        if isinstance(obj, core.Env):
             found.append(obj)
             todo.extend(obj[name] for name in obj)
         elif isinstance(obj, (tuple, list)):

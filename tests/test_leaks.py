@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fastbind import _impl
+from fastbind import core as cores
 
 SCRIPT = Path(__file__).with_name("isolated") / "pipeline_churn.py"
 # Enough to show a leak of one object or a few bytes per pipeline; the script's
@@ -18,14 +18,14 @@ PIPELINES = 8_000
 
 
 def test_pipelines_leave_nothing_behind() -> None:
-    cores = ["py"] if _impl.compiled is None else ["c", "py"]
+    names = ["py"] if cores.compiled is None else ["c", "py"]
     # One process per core, side by side: each measures its own heap.
     procs = {
         core: subprocess.Popen(
             [sys.executable, str(SCRIPT), str(PIPELINES), core],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        for core in cores
+        for core in names
     }
     failures = []
     for core, proc in procs.items():

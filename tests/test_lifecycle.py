@@ -629,7 +629,7 @@ def test_a_caller_cancelled_before_the_worker_ran_leaves_nothing(core, run) -> N
 
 def test_a_body_the_client_did_not_send_is_a_500_logged_as_a_warning(core, run, caplog) -> None:
     # BodyReadError is the client's doing (it went away mid-body): no ERROR, no traceback.
-    from fastbind.http_body import BodyReadError
+    from fastbind.errors import BodyReadError
 
     async def reader(request: Request, env: Any, ctx: Any) -> Response:
         raise BodyReadError("The client went away before sending the whole body")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fastbind import ConfigError, Request, Response, Runtime
-from fastbind.passthrough import origin_url
+from fastbind.outbound.passthrough import origin_url
 
 URL = "https://example.com/shop/cart?item=7"
 

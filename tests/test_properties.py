@@ -187,13 +187,15 @@ def test_raw_headers_read_as_their_decoded_items(
 ) -> None:
     # Raw pairs stay raw until first read: whatever reads them first sees the decoded
     # items (latin-1, names lower-cased), and the C decoder gives what the Python one does.
-    from fastbind import _impl, headers as headers_module
+    from fastbind import core as cores, headers as headers_module
     from fastbind.embed import raw_request
 
     model = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in pairs]
     decoders = [headers_module.decode_raw_headers]
-    if _impl.compiled is not None:
-        decoders.append(_impl.compiled.decode_raw_headers)
+    if cores.compiled is not None:
+        from fastbind.http import _raw
+
+        decoders.append(_raw.decode_raw_headers)
     for decode in decoders:
         for given in (pairs, tuple(pairs)):
             raw = raw_request(b"GET", "http://h/", given).headers

@@ -294,5 +294,5 @@ def test_what_needs_cloudflare_is_named() -> None:
 
 
 def test_fetch_is_the_global_outbound_fetch() -> None:
-    fetch_module = pytest.importorskip("fastbind.fetch", reason="fastbind.fetch is not built yet")
+    fetch_module = pytest.importorskip("fastbind.outbound.fetch")
     assert workers.fetch is fetch_module.fetch

@@ -15,9 +15,12 @@ import sys
 from typing import Any
 
 import pytest
+
+import fastbind
 import uvloop
 
-from fastbind import Request, Response, Runtime, _impl
+from fastbind import Request, Response, Runtime
+from fastbind import core as cores
 
 URL = "https://h.test/"
 
@@ -117,7 +120,7 @@ def test_a_forked_child_does_not_see_its_parents_running_loop(core) -> None:
     # asyncio tells a forked child that no loop is running (the holder's pid is the
     # parent's); the compiled core, which does not ask getpid(), must say the same.
     # In a process of its own: this one has threads, and fork() should not copy them.
-    implementation = "c" if core is _impl.compiled else "py"
+    implementation = "c" if core is cores.compiled else "py"
     env = dict(os.environ)
     env.pop("FASTBIND_NO_EXTENSIONS", None)
     if implementation == "py":
@@ -127,8 +130,9 @@ def test_a_forked_child_does_not_see_its_parents_running_loop(core) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.skipif(_impl.compiled is None, reason="the compiled core is not built")
+@pytest.mark.skipif(cores.compiled is None, reason="the compiled core is not built")
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="asyncio keeps the loop in the thread state")
+@pytest.mark.skipif(not fastbind.core_info()["fast_paths"], reason="a fast path (FASTBIND_FAST_PATHS=0)")
 def test_the_compiled_core_reads_the_running_loop_where_asyncio_keeps_it() -> None:
     async def worker(request: Request, env: Any, ctx: Any) -> Response:
         return Response("ok")
@@ -140,4 +144,4 @@ def test_the_compiled_core_reads_the_running_loop_where_asyncio_keeps_it() -> No
     assert uvloop.run(rt.dispatch("w", Request(URL))).status == 200
     # 3.11 keeps a holder with a pid, 3.12 the loop itself: both are read
     # from the thread state's dict once checked against asyncio's answer.
-    assert _impl.compiled._running_loop_is_read_directly() is True
+    assert cores.compiled._running_loop_is_read_directly() is True

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import fastbind
-from fastbind import _impl
+from fastbind import core as cores
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK_FILE = ROOT / "tests" / "typing" / "check_public_api.py"
@@ -67,10 +67,10 @@ def test_the_package_passes_mypy_strict(tmp_path: Path) -> None:
 
 def test_core_stub_matches_the_compiled_core() -> None:
     pytest.importorskip("mypy", reason="mypy is not installed")
-    if _impl.compiled is None:
+    if cores.compiled is None:
         pytest.skip("the compiled core is not built")
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "fastbind._core",
+        [sys.executable, "-m", "mypy.stubtest", "fastbind.core._core",
          "--allowlist", str(ROOT / "tests" / "typing" / "stubtest_allowlist.txt")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any as _Any
 
-# The submodule fastbind.remote shares its name with the function remote(): it is
-# loaded first, so that binding the function below wins and a later
-# `import fastbind.remote` (Runtime does one for remote bindings) finds it loaded
-# instead of rebinding fastbind.remote to the module.
-from . import remote as _remote_module  # noqa: F401
+from . import config as _config  # noqa: F401 - registers Runtime.from_config's file loader
+from . import core as _cores
+from . import durable as _durable  # noqa: F401 - registers the Durable Objects extension
+from . import outbound as _outbound  # noqa: F401 - registers fetch, remote bindings, pass-through
 from .bindings import remote, service
 from .durable import DurableObject
 from .embed import RawDispatcher
 from .entrypoint import WorkerEntrypoint
-from .env import Env
 from .errors import (
     ConfigError,
     CpuLimitExceeded,
@@ -22,16 +20,16 @@ from .errors import (
     SubrequestDepthError,
     TooManySubrequestsError,
 )
-from .fetch import fetch
 from .hangwatch import WorkerHangError
 from .headers import Headers
 from .limits import Limits
+from .outbound.fetch import fetch
 from .request import Request
 from .response import Response
 from .runtime import PipelineReport, Runtime
 
 if TYPE_CHECKING:
-    from ._core_py import InvocationContext
+    from .core._twin import InvocationContext
 
 __version__ = "0.1.0"
 
@@ -42,7 +40,6 @@ __all__ = (
     "Response",
     "Headers",
     "Limits",
-    "Env",
     "PipelineReport",
     "FastbindError",
     "SubrequestDepthError",
@@ -54,6 +51,7 @@ __all__ = (
     "service",
     "remote",
     "current_invocation",
+    "core_info",
     "fetch",
     "FetchError",
     "RawDispatcher",
@@ -62,6 +60,14 @@ __all__ = (
 
 def current_invocation() -> InvocationContext | None:
     """The InvocationContext whose code runs now (the ``ctx`` of that Worker), or None."""
-    from . import _impl
+    return _cores.current_invocation()  # type: ignore[no-any-return]
 
-    return _impl.core.current_invocation()
+
+def core_info() -> dict[str, _Any]:
+    """Which core runs new Runtimes, on which interpreter, and whether its fast paths are on.
+
+    ``core`` is "compiled" or "pure"; ``fast_paths`` says whether the compiled core's
+    techniques that rely on CPython internals are on (FASTBIND_FAST_PATHS); ``clock``
+    is the ledger's clock ("tsc" or "monotonic").
+    """
+    return {"version": __version__, **_cores.info()}

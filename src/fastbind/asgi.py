@@ -26,8 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .embed import raw_request, raw_response
-from .errors import ConfigError
-from .http_body import BodyReadError
+from .errors import BodyReadError, ConfigError
 from .request import Request
 from .response import Response
 from .runtime import Runtime, current_runtime

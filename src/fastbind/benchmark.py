@@ -17,7 +17,7 @@ from time import perf_counter_ns
 from types import ModuleType
 from typing import Any
 
-from . import _core_py, _impl
+from . import core as cores
 from .request import Request
 from .entrypoint import WorkerEntrypoint
 from .response import Response
@@ -169,15 +169,15 @@ async def sync_method_parent(request: Request, env: Any, ctx: Any) -> Response:
 
 
 def runtime_on(core: ModuleType | None, **kwargs: Any) -> Runtime:
-    """A Runtime run by ``core`` (``_impl.compiled`` or ``_core_py``) whatever the default is."""
+    """A Runtime run by ``core`` (``cores.compiled`` or ``cores.twin``) whatever the default is."""
     if core is None:
         raise PeerMissing("the compiled core is not built")
-    previous = _impl.core
-    _impl.core = core  # read once, by Runtime.__init__: the Runtime keeps its core
+    previous = cores.impl
+    cores.impl = core  # read once, by Runtime.__init__: the Runtime keeps its core
     try:
         return Runtime(**kwargs)
     finally:
-        _impl.core = previous
+        cores.impl = previous
 
 
 def round_trip_runtime(core: ModuleType | None) -> Runtime:
@@ -383,12 +383,12 @@ async def measure(cases: Sequence[Case], calls: int, rounds: int, sample_ns: int
 def core_cases() -> list[Case]:
     """The core comparison of ``fastbind bench``."""
     return [
-        Case("direct await", "floor", dispatcher(lambda: round_trip_runtime(_impl.core), "floor"), "floor"),
-        Case("binding [c]", "fastbind", dispatcher(lambda: round_trip_runtime(_impl.compiled), "binding")),
-        Case("binding [py]", "fastbind", dispatcher(lambda: round_trip_runtime(_core_py), "binding")),
-        Case("direct method call", "floor", dispatcher(lambda: rpc_runtime(_impl.core), "method"), "method"),
-        Case("rpc [c]", "fastbind", dispatcher(lambda: rpc_runtime(_impl.compiled), "rpc")),
-        Case("rpc [py]", "fastbind", dispatcher(lambda: rpc_runtime(_core_py), "rpc")),
+        Case("direct await", "floor", dispatcher(lambda: round_trip_runtime(cores.impl), "floor"), "floor"),
+        Case("binding [c]", "fastbind", dispatcher(lambda: round_trip_runtime(cores.compiled), "binding")),
+        Case("binding [py]", "fastbind", dispatcher(lambda: round_trip_runtime(cores.twin), "binding")),
+        Case("direct method call", "floor", dispatcher(lambda: rpc_runtime(cores.impl), "method"), "method"),
+        Case("rpc [c]", "fastbind", dispatcher(lambda: rpc_runtime(cores.compiled), "rpc")),
+        Case("rpc [py]", "fastbind", dispatcher(lambda: rpc_runtime(cores.twin), "rpc")),
         Case("raw ASGI by hand", "peer", open_raw_asgi, "raw ASGI"),
         Case("httpx ASGITransport", "peer", open_httpx, "httpx"),
         Case("aiohttp loopback", "peer", open_aiohttp, "aiohttp"),

@@ -1,4 +1,4 @@
-"""Declarations of service bindings: what ``services={...}`` of a Worker may hold."""
+"""Declarations: a Worker as ``add_worker`` received it, and what its ``services`` may hold."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ("ServiceBinding", "RemoteBinding", "service", "remote", "normalize_binding")
+from .errors import ConfigError
+from .request import check_url
+
+__all__ = ("ServiceBinding", "RemoteBinding", "WorkerSpec", "service", "remote", "normalize_binding")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,19 @@ class RemoteBinding:
     url: str
 
 
+@dataclass(slots=True)
+class WorkerSpec:
+    """One Worker as declared: its handler, bindings and vars, and what extensions read
+    (``options``: ``durable_objects``)."""
+
+    name: str
+    handler: Any
+    services: dict[str, Any]
+    vars: dict[str, Any]
+    entrypoints: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 def service(
     name: str, *, entrypoint: str | None = None, props: Mapping[str, Any] | None = None
 ) -> ServiceBinding:
@@ -34,14 +50,10 @@ def service(
 
 def remote(url: str) -> RemoteBinding:
     """Bind to a Worker served at ``url`` (another fastbind process, or any origin)."""
-    from .request import check_url
-
     return RemoteBinding(check_url(url).rstrip("/"))
 
 
 def normalize_binding(worker: str, binding: str, spec: Any) -> ServiceBinding | RemoteBinding:
-    from .errors import ConfigError
-
     if isinstance(spec, str):
         return ServiceBinding(spec)
     if isinstance(spec, (ServiceBinding, RemoteBinding)):

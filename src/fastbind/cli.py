@@ -10,11 +10,13 @@ import re
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import benchmark, core_info
 from .bindings import RemoteBinding
 from .config import Config, binding_cycles, build_runtime, read_config
 from .errors import ConfigError
-from .http_exchange import HTTPLimits
+from .http.exchange import HTTPLimits
+from .http.server import ListenError, format_address, run
+from .http.supervisor import reserve_port, supervise
 
 __all__ = ("main",)
 
@@ -28,8 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["bench"]:
         # Everything after "bench" belongs to the benchmark's own parser.
-        from . import benchmark
-
         return int(benchmark.main(args[1:]) or 0)
     parser = _parser()
     options = parser.parse_args(args)
@@ -46,12 +46,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def version_text() -> str:
+    """``fastbind --version``: the version, which core runs, the interpreter."""
+    info = core_info()
+    if info["core"] == "compiled":
+        if info["fast_paths"]:
+            paths = "fast paths on"
+        elif info["fast_paths_built"]:
+            paths = "fast paths off: FASTBIND_FAST_PATHS=0"
+        else:
+            paths = "fast paths not built for this interpreter"
+        core = f"compiled ({paths}; ledger clock {info['clock']})"
+    elif info["no_extensions"]:
+        core = "pure (FASTBIND_NO_EXTENSIONS is set)"
+    elif info["compiled_available"]:
+        core = "pure (chosen in fastbind.core)"
+    else:
+        core = "pure (installed without the compiled core)"
+    return (
+        f"fastbind {info['version']}\n"
+        f"core: {core}\n"
+        f"interpreter: {info['interpreter']} on {info['platform']}"
+    )
+
+
+class _Version(argparse.Action):
+    """``--version``, printed as its lines are (argparse's own action rewraps them)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastbind",
         description="Run Workers that call each other through service bindings.",
     )
-    parser.add_argument("--version", action="version", version=f"fastbind {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version, the core and the interpreter, and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -89,8 +124,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(options: argparse.Namespace) -> int:
-    from .server import ListenError, format_address, run
-
     config = read_config(options.config)
     runtime = build_runtime(config)
     entry = options.entry or config.entry
@@ -117,8 +150,6 @@ def _serve(options: argparse.Namespace) -> int:
         except ListenError as exc:
             print(f"fastbind: {exc.strerror}", file=sys.stderr)
             return 1
-
-    from .supervisor import reserve_port, supervise
 
     try:
         reserved = reserve_port(options.host, options.port)

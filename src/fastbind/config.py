@@ -1,4 +1,4 @@
-"""fastbind.toml: Workers, their bindings and limits, read into a Runtime (DESIGN.md section 4)."""
+"""fastbind.toml: Workers, their bindings and limits, read into a Runtime."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
+from . import workers
 from .bindings import RemoteBinding, ServiceBinding, remote, service
 from .durable import namespace_specs_from_config
 from .errors import ConfigError
 from .limits import Limits
-from .runtime import Runtime
+from .runtime import Runtime, set_config_loader
 
 __all__ = ("Config", "WorkerConfig", "read_config", "build_runtime", "load_config", "binding_cycles")
 
@@ -271,8 +272,6 @@ def _import_main(label: str, worker: WorkerConfig, folder: Path) -> Any:
     if not all(part.isidentifier() for part in module_name.split(".")):
         raise ConfigError(f'{where} must be "module:attribute", e.g. "{worker.name}:Default".')
     if not colon:  # a Python Worker's module: Default or on_fetch, as Cloudflare picks
-        from . import workers
-
         workers.install()  # its code imports the SDK as `workers`
         return _load_python_worker(where, _import_module(where, module_name, folder))
     module = _import_module(where, module_name, folder)
@@ -310,8 +309,6 @@ def _import_module(where: str, name: str, folder: Path) -> Any:
 
 
 def _load_python_worker(where: str, module_or_path: Any) -> Any:
-    from . import workers
-
     if isinstance(module_or_path, Path) and not module_or_path.is_file():
         raise ConfigError(f"{where}: no such file {module_or_path}.")
     try:
@@ -349,3 +346,6 @@ def _kind(value: object) -> str:
     if isinstance(value, (datetime, date, time)):
         return "a date or time"
     return type(value).__name__
+
+
+set_config_loader(load_config)  # Runtime.from_config reads files with it

@@ -9,6 +9,8 @@ __all__ = (
     "ConfigError",
     "FetchError",
     "CpuLimitExceeded",
+    "MissingBindingError",
+    "BodyReadError",
     "BODY_USED_MESSAGE",
     "CPU_LIMIT_MESSAGE",
 )
@@ -59,6 +61,17 @@ class CpuLimitExceeded(BaseException):
 
     def __init__(self, message: str = CPU_LIMIT_MESSAGE) -> None:
         super().__init__(message)
+
+
+class MissingBindingError(AttributeError, KeyError):
+    """``env.NAME`` or ``env["NAME"]`` for a name the Worker has not bound."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BodyReadError(FastbindError):
+    """A request body could not be read to its end (the client went away, a limit)."""
 
 
 class FetchError(FastbindError):

@@ -1,6 +1,6 @@
 """Hang detection: end a pipeline whose Workers wait on what nothing can ever resolve."""
 
-# The rule, and why it can be trusted, is documented in lifecycle.py (DESIGN.md 2.7).
+# The rule, and why it can be trusted, is documented in lifecycle.py.
 # In short: every task of a pipeline is suspended on a future that only the pipeline's
 # own suspended code holds, so nothing can wake any of them. It is checked by one timer
 # per event loop, never on a binding call.
@@ -18,6 +18,7 @@ from contextvars import Context
 from typing import Any
 
 from .errors import FastbindError
+from .lifecycle import logger
 
 __all__ = (
     "HANG_MESSAGE",
@@ -207,8 +208,6 @@ def checking(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _declare_hung(pipeline: Any, task: asyncio.Task[Any]) -> None:
-    from .lifecycle import logger
-
     logger.error('%s (Worker "%s")', HANG_MESSAGE, pipeline.entry)
     task.cancel(HANG_MESSAGE)
 

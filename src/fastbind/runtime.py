@@ -1,70 +1,65 @@
-"""Runtime: the Worker registry, binding resolution and top-level dispatch."""
+"""Runtime: the Worker registry, binding resolution, and the entry points of top-level requests."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
-from functools import partial
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from os import PathLike
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from . import _impl, hangwatch
-from .bindings import RemoteBinding, ServiceBinding, normalize_binding
-from .durable import DEFAULT_IDLE_S, DurableObjects, check_declarations
+from . import core as _cores
+from .bindings import ServiceBinding, WorkerSpec, normalize_binding
 from .entrypoint import WorkerEntrypoint
-from .errors import CPU_LIMIT_MESSAGE, ConfigError, CpuLimitExceeded, FastbindError
-from .http_body import BodyReadError
-from .http_client import DEFAULT_FETCH_TIMEOUT, check_timeout
-from .lifecycle import PipelineStream, end_pipeline, logger
+from .errors import ConfigError
+from .extension import Extension, registered
 from .limits import Limits
-from .passthrough import OriginalRequest, check_origin, pass_through
+from .policy import DispatchPolicy, PipelineReport
 from .request import Request
 from .response import Response
-from .watchdog import watchdog
 
-__all__ = ("Runtime", "PipelineReport", "current_runtime")
+__all__ = (
+    "Runtime",
+    "RuntimeOptions",
+    "PipelineReport",
+    "current_runtime",
+    "DEFAULT_FETCH_TIMEOUT_S",
+    "DEFAULT_DURABLE_IDLE_S",
+    "set_config_loader",
+)
 
-_PLAIN_BODIES = (bytes, str, bytearray, memoryview)
+E = TypeVar("E", bound=Extension)
+
+DEFAULT_FETCH_TIMEOUT_S = 30.0
+DEFAULT_DURABLE_IDLE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
-class PipelineReport:
-    """What one finished pipeline did: given to ``Runtime(on_pipeline_end=...)``."""
+class RuntimeOptions:
+    """What ``Runtime(...)`` was given for its extensions, which check it when made."""
 
-    entry: str
-    status: int | None
-    start_ns: int
-    duration_ns: int
-    subrequests: tuple[Any, ...]  # SubrequestRecord: caller, target, kind, depth, ...
-    error: BaseException | None
-    cpu_ns: int | None = None  # the pipeline's CPU, when Limits.cpu_ms or measure_cpu is set
+    origin: Any = None
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S
+    durable_dir: str | os.PathLike[str] | None = None
+    durable_idle_s: float | None = DEFAULT_DURABLE_IDLE_S
 
 
-@dataclass(slots=True)
-class _WorkerSpec:
-    name: str
-    handler: Any
-    services: dict[str, ServiceBinding | RemoteBinding]
-    vars: dict[str, Any]
-    entrypoints: dict[str, Any]
-    durable_objects: dict[str, type] = field(default_factory=dict)
+# fastbind.config registers how a config file becomes a Runtime (Runtime.from_config).
+_config_loader: Callable[..., Any] | None = None
 
 
-def _has_factory(factory: Any, implementation: str) -> bool:
-    while factory is not None:
-        if getattr(factory, "fastbind_implementation", None) == implementation:
-            return True
-        factory = getattr(factory, "previous", None)
-    return False
+def set_config_loader(loader: Callable[..., Any]) -> None:
+    global _config_loader
+    _config_loader = loader
 
 
 class Runtime:
     """Holds Workers and their bindings; ``dispatch`` serves one top-level request.
 
     Workers may be added in any order: bindings are resolved on first use (the first
-    ``dispatch`` or an explicit ``validate()``), and a ConfigError raises from there.
+    ``dispatch`` or ``entry``, or an explicit ``validate()``), and a ConfigError
+    raises from there.
     """
 
     def __init__(
@@ -73,57 +68,40 @@ class Runtime:
         limits: Limits | None = None,
         origin: Any = None,
         on_pipeline_end: Callable[[PipelineReport], Any] | None = None,
-        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
-        durable_dir: str | PathLike[str] | None = None,
-        durable_idle_s: float | None = DEFAULT_IDLE_S,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S,
+        durable_dir: str | os.PathLike[str] | None = None,
+        durable_idle_s: float | None = DEFAULT_DURABLE_IDLE_S,
     ) -> None:
         if limits is None:
             limits = Limits()
         elif not isinstance(limits, Limits):
             raise TypeError(f"limits must be a fastbind.Limits, not {type(limits).__name__}")
         self._limits = limits
-        self._origin = origin
-        # Default of fetch(timeout=...) in this Runtime's Workers, in seconds.
-        self.fetch_timeout = check_timeout(fetch_timeout, "Runtime fetch_timeout")
-        self._core = core = _impl.core
-        # What every top-level request shares, prepared once (the core's dispatch driver).
-        self._plan = core.DispatchPlan(
-            self, limits, validate=self.validate, lookup=self._handle_for,
-            finish=self._finish_dispatch, report=self._report_ok,
-            install_factory=self._install_task_factory, watch_hang=hangwatch.watch,
-            watch_cpu=partial(watchdog.watch, core),
-        )
-        self._plan.origin = None if origin is None else OriginalRequest
-        self.on_pipeline_end = on_pipeline_end
-        self._specs: dict[str, _WorkerSpec] = {}
+        self.options = RuntimeOptions(origin, fetch_timeout, durable_dir, durable_idle_s)
+        self._core = core = _cores.impl
+        self._policy = DispatchPolicy(self, core)
+        self._policy.set_hook(on_pipeline_end)
+        self._specs: dict[str, WorkerSpec] = {}
         self._handles: dict[str, Any] = {}
-        self._resolved = False
+        self._entries: dict[str, Any] = {}
+        self._entrypoint_handles: dict[tuple[str, str], Any] = {}
         self._closers: list[Callable[[], Any]] = []
-        self._fetch_session: Any = None  # (loop, aiohttp session) of fetch(): http_client.session_for
-        # Durable Object storage: one SQLite file per namespace under durable_dir (in
-        # memory without one); objects idle for durable_idle_s seconds leave memory.
-        self._durable = DurableObjects(self, durable_dir, durable_idle_s)
+        # Each extension checks its options here: a wrong one fails the constructor.
+        self._extensions: dict[type[Extension], Extension] = {}
+        for kind in registered():
+            self._extensions[kind] = kind(self)
 
     @property
     def limits(self) -> Limits:
         return self._limits
 
     @property
-    def on_pipeline_end(self) -> Callable[[PipelineReport], Any] | None:
-        """Called with a PipelineReport when each pipeline has ended (None: no report)."""
-        return self._plan.hook  # type: ignore[no-any-return]
+    def core(self) -> Any:
+        """The core this Runtime runs on (``fastbind.core.compiled`` or ``.twin``).
 
-    @on_pipeline_end.setter
-    def on_pipeline_end(self, hook: Callable[[PipelineReport], Any] | None) -> None:
-        self._plan.hook = hook
-
-    @property
-    def _resolved(self) -> bool:
-        return bool(self._plan.resolved)
-
-    @_resolved.setter
-    def _resolved(self, value: bool) -> None:
-        self._plan.resolved = value
+        For extensions: it makes the handles and child calls of in-process targets.
+        """
+        return self._core
 
     @property
     def implementation(self) -> str:
@@ -131,8 +109,29 @@ class Runtime:
         return str(self._core.IMPLEMENTATION)
 
     @property
+    def fetch_timeout(self) -> float:
+        """Default of ``fetch(timeout=...)`` in this Runtime's Workers, in seconds."""
+        return float(self.options.fetch_timeout)
+
+    @property
+    def on_pipeline_end(self) -> Callable[[PipelineReport], Any] | None:
+        """Called with a PipelineReport when each pipeline has ended (None: no report)."""
+        return self._policy.hook
+
+    @on_pipeline_end.setter
+    def on_pipeline_end(self, hook: Callable[[PipelineReport], Any] | None) -> None:
+        self._policy.set_hook(hook)
+
+    @property
     def workers(self) -> tuple[str, ...]:
         return tuple(self._specs)
+
+    def extension(self, kind: type[E]) -> E:
+        """This Runtime's instance of extension class ``kind`` (see fastbind.extension)."""
+        try:
+            return self._extensions[kind]  # type: ignore[return-value]
+        except KeyError:
+            raise LookupError(f"{kind.__name__} is not a registered extension") from None
 
     def add_worker(
         self,
@@ -164,80 +163,86 @@ class Runtime:
                 f"function (request, env, ctx), not {handler!r}."
             ) from None
         bindings = {}
-        for binding, spec in (services or {}).items():
+        for binding, declaration in (services or {}).items():
             if not isinstance(binding, str) or not binding:
                 raise ConfigError(f'Worker "{name}" has a binding with an invalid name {binding!r}.')
-            bindings[binding] = normalize_binding(name, binding, spec)
-        vars = dict(vars or {})
-        for key in vars:
+            bindings[binding] = normalize_binding(name, binding, declaration)
+        values = dict(vars or {})
+        for key in values:
             if not isinstance(key, str) or not key:
                 raise ConfigError(f'Worker "{name}" has a var with an invalid name {key!r}.')
             if key in bindings:
                 raise ConfigError(f'Worker "{name}" defines "{key}" both as a binding and a var.')
-        durable = check_declarations(name, durable_objects)
-        for binding in durable:
-            if binding in bindings or binding in vars:
-                raise ConfigError(
-                    f'Worker "{name}" defines "{binding}" both as a Durable Object namespace '
-                    "and as a binding or var."
-                )
         named = dict(entrypoints or {})
         for ep_name, ep in named.items():
             if not (isinstance(ep, type) and issubclass(ep, WorkerEntrypoint)):
                 raise ConfigError(
                     f'Worker "{name}" entrypoint "{ep_name}" must be a WorkerEntrypoint subclass, not {ep!r}.'
                 )
-        self._specs[name] = _WorkerSpec(name, handler, bindings, vars, named, durable)
+        options = {} if durable_objects is None else {"durable_objects": durable_objects}
+        spec = WorkerSpec(name, handler, bindings, values, named, options)
+        for extension in self._extensions.values():
+            extension.worker_added(spec)
+        self._specs[name] = spec
         self._handles[name] = handle
-        self._resolved = False
+        self._policy.plan.resolved = False
 
     @classmethod
-    def from_config(cls, path: str | PathLike[str]) -> Runtime:
-        """A Runtime built from a ``fastbind.toml`` file (DESIGN.md section 4).
+    def from_config(cls, path: str | os.PathLike[str]) -> Runtime:
+        """A Runtime built from a ``fastbind.toml`` file (format: ``examples/fastbind.toml``).
 
         Raises ConfigError, naming the file, the Worker and the key, when it is wrong.
         """
-        from .config import load_config
-
-        return load_config(path, runtime_class=cls)
+        if _config_loader is None:
+            raise ConfigError("No config loader is registered; import fastbind.config first.")
+        return _config_loader(path, runtime_class=cls)  # type: ignore[no-any-return]
 
     def validate(self) -> None:
         """Resolve every binding; raise ConfigError naming the first that is wrong."""
         core = self._core
         envs = {}
-        self._entry_handles: dict[tuple[str, str], Any] = {}
+        self._entrypoint_handles = {}
         for spec in self._specs.values():
             values: dict[str, Any] = dict(spec.vars)
-            for binding, target in spec.services.items():
-                values[binding] = self._make_binding(core, spec.name, binding, target)
-            for binding, cls in spec.durable_objects.items():
-                values[binding] = self._durable.namespace(spec.name, binding, cls, self._handles[spec.name])
+            for binding, declaration in spec.services.items():
+                values[binding] = self._bind(spec.name, binding, declaration)
+            for extension in self._extensions.values():
+                values.update(extension.env_values(spec, self._handles[spec.name]))
             envs[spec.name] = core.Env(spec.name, values)
         for name, env in envs.items():
             self._handles[name].env = env
-        for (service, _), handle in self._entry_handles.items():
+        for (service, _), handle in self._entrypoint_handles.items():
             handle.env = envs[service]  # a named entrypoint runs with its Worker's env
-        check_origin(self._origin, self._specs)
-        self._resolved = True
+        rescuers = []
+        for extension in self._extensions.values():
+            extension.validate()
+            rescuer = extension.rescuer()
+            if rescuer is not None:
+                rescuers.append(rescuer)
+        self._policy.set_rescuer(rescuers[0] if rescuers else None)
+        self._policy.plan.resolved = True
 
-    def _make_binding(self, core: Any, worker: str, binding: str, target: Any) -> Any:
-        if isinstance(target, RemoteBinding):
-            from .remote import RemoteFetcher
-
-            return RemoteFetcher(self, binding, target.url)
-        handle = self._handles.get(target.service)
+    def _bind(self, worker: str, binding: str, declaration: Any) -> Any:
+        if not isinstance(declaration, ServiceBinding):
+            for extension in self._extensions.values():
+                value = extension.binding(worker, binding, declaration)
+                if value is not NotImplemented:
+                    return value
+            raise ConfigError(f'Worker "{worker}" binding "{binding}": nothing serves {declaration!r}.')
+        handle = self._handles.get(declaration.service)
         if handle is None:
             raise ConfigError(
                 f'Worker "{worker}" binding "{binding}" refers to a service '
-                f'"{target.service}", but no such service is defined.'
+                f'"{declaration.service}", but no such service is defined.'
             )
-        if target.entrypoint is not None:
-            handle = self._entrypoint_handle(core, worker, binding, target)
-        return core.Fetcher(handle, binding, target.props or None)
+        if declaration.entrypoint is not None:
+            handle = self._entrypoint_handle(worker, binding, declaration)
+        return self._core.Fetcher(handle, binding, declaration.props or None)
 
-    def _entrypoint_handle(self, core: Any, worker: str, binding: str, target: Any) -> Any:
+    def _entrypoint_handle(self, worker: str, binding: str, target: ServiceBinding) -> Any:
+        assert target.entrypoint is not None
         key = (target.service, target.entrypoint)
-        handle = self._entry_handles.get(key)
+        handle = self._entrypoint_handles.get(key)
         if handle is not None:
             return handle
         spec = self._specs[target.service]
@@ -251,13 +256,25 @@ class Runtime:
                 f'with a named entrypoint "{target.entrypoint}", but "{target.service}" has '
                 "no such named entrypoint."
             )
-        handle = self._entry_handles[key] = core.WorkerHandle(target.service, cls)
+        handle = self._entrypoint_handles[key] = self._core.WorkerHandle(target.service, cls)
         return handle
 
-    def _install_task_factory(self, loop: asyncio.AbstractEventLoop) -> None:
-        current = loop.get_task_factory()
-        if not _has_factory(current, self._core.IMPLEMENTATION):
-            loop.set_task_factory(self._core.make_task_factory(current))
+    def entry(self, name: str) -> Any:
+        """The entry point of top-level requests served by Worker ``name``.
+
+        ``await entry(request)`` is ``await runtime.dispatch(name, request)`` without
+        the name's look-up: what a server or an embedder keeps for each request.
+        Resolves the bindings first if needed; ConfigError for an unknown Worker.
+        """
+        if not self._policy.plan.resolved:
+            self.validate()
+        entry = self._entries.get(name)
+        if entry is None:
+            handle = self._handles.get(name)
+            if handle is None:
+                raise ConfigError(f'No Worker named "{name}" is defined.')
+            entry = self._entries[name] = self._policy.plan.entry(handle)
+        return entry
 
     async def dispatch(self, name: str, request: Request) -> Response:
         """Serve one top-level request with Worker ``name`` and return its Response.
@@ -266,150 +283,25 @@ class Runtime:
         the awaiting task cancels the pipeline; a hung pipeline gets a 500 (see
         ``fastbind.lifecycle`` for the rules).
         """
-        if not self._plan.resolved:
-            self.validate()
-        handle = self._handles.get(name)
-        if handle is None:
-            raise ConfigError(f'No Worker named "{name}" is defined.')
-        # The core's driver (DispatchPlan.call) refuses a dispatch from inside a
-        # Worker, opens the pipeline, runs the root invocation in this task and ends
-        # the pipeline in the common case; the other endings come to _finish_dispatch.
-        return await self._plan.call(handle, request)  # type: ignore[no-any-return]
-
-    def _handle_for(self, name: str) -> Any:
-        handle = self._handles.get(name)
-        if handle is None:
-            raise ConfigError(f'No Worker named "{name}" is defined.')
-        return handle
-
-    async def _finish_dispatch(
-        self,
-        pipeline: Any,
-        original: OriginalRequest | None,
-        response: Response | None,
-        exc: BaseException | None,
-        hung: bool,
-    ) -> Response:
-        """End a top-level request other than the common way (the core's driver calls it).
-
-        ``response`` is what the root invocation returned, or ``exc`` what it raised;
-        ``hung`` is the hang detector's verdict. Returns the Response ``dispatch``
-        gives, or raises the caller's cancellation.
-        """
-        name = pipeline.entry
-        error: BaseException | None = None
-        gone: BaseException | None = None  # the caller went away (or the process is stopping)
-        if exc is None:
-            pass
-        elif isinstance(exc, asyncio.CancelledError):
-            gone = exc
-        elif isinstance(exc, CpuLimitExceeded):
-            error = exc
-            response = self._cpu_exceeded(name)
-        elif isinstance(exc, Exception):
-            error = exc
-            if not hung:
-                try:
-                    response = await self._uncaught(pipeline, name, original, exc)
-                except BaseException as late:  # cancelled while passing through
-                    response, gone = None, late
-        else:
-            gone = exc
-        if hung:
-            task = asyncio.current_task()
-            assert task is not None
-            if task.uncancel() == 0:  # the cancel was the hang verdict's alone: answer for it
-                if response is not None:
-                    await response.aclose()
-                gone, error = None, hangwatch.WorkerHangError()
-                response = _hung_response()
-            elif gone is None:  # the caller cancelled too, and the Worker swallowed it
-                gone = asyncio.CancelledError()
-        if gone is not None:
-            done = self._reporter(pipeline, None, gone)
-            await end_pipeline(
-                pipeline, done, cancel_wait_until=not isinstance(gone, asyncio.CancelledError)
-            )
-            raise gone
-        assert response is not None
-        if pipeline.cpu_exceeded and error is None:  # over budget in its last step
-            response = self._cpu_exceeded(name)
-        done = self._reporter(pipeline, response.status, error)
-        rbody = response.body
-        if rbody is None or isinstance(rbody, _PLAIN_BODIES):
-            if pipeline.idle:  # nothing left to cancel or wait for
-                pipeline.close()
-                done()
-            else:
-                await end_pipeline(pipeline, done)
-        else:
-            response.body = PipelineStream(
-                rbody, lambda: end_pipeline(pipeline, done), pipeline.root
-            )
-        return response
-
-    def _report_ok(self, pipeline: Any, status: int) -> None:
-        """Report a pipeline that ended the common way (the core's driver calls it)."""
-        self._reporter(pipeline, status, None)()
-
-    def _reporter(self, pipeline: Any, status: int | None, error: BaseException | None) -> Callable[[], None]:
-        hook = self.on_pipeline_end
-        limited = pipeline.cpu_limit_ns >= 0
-        if hook is None and not limited:
-            return _nothing
-
-        def report() -> None:
-            if limited:
-                watchdog.unwatch()
-            if hook is None:
-                return
-            try:
-                hook(PipelineReport(
-                    pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
-                    pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
-                ))
-            except Exception:
-                logger.exception("on_pipeline_end hook raised")
-
-        return report
-
-    async def _uncaught(
-        self, pipeline: Any, name: str, original: OriginalRequest | None, exc: Exception
-    ) -> Response:
-        root = pipeline.root
-        if original is not None and root is not None and root.passes_through_on_exception:
-            logger.warning('Worker "%s" raised %r; passing the request through to the origin', name, exc)
-            return await pass_through(self, original)
-        if isinstance(exc, BodyReadError):
-            # The client's doing (it went away, went silent or sent too much), not a
-            # fault of the Worker: no traceback, not an error of this server.
-            logger.warning('Worker "%s" could not read its request body: %s', name, exc)
-        else:
-            logger.error('Uncaught exception in Worker "%s"', name, exc_info=exc)
-        return Response(
-            "Internal Server Error", status=500, headers={"content-type": "text/plain; charset=utf-8"}
-        )
-
-    def _cpu_exceeded(self, name: str) -> Response:
-        logger.error('%s (Worker "%s")', CPU_LIMIT_MESSAGE, name)
-        return Response(
-            CPU_LIMIT_MESSAGE, status=503, headers={"content-type": "text/plain; charset=utf-8"}
-        )
+        return await self.entry(name)(request)  # type: ignore[no-any-return]
 
     def live_counts(self) -> dict[str, int]:
         """Process-wide counters that return to zero when every pipeline has ended."""
         return dict(self._core.live_counts())
 
     def add_closer(self, closer: Callable[[], Any]) -> None:
+        """Call ``closer`` (sync or async) at ``aclose()``."""
         self._closers.append(closer)
 
     async def aclose(self) -> None:
-        """Release what the Runtime holds (e.g. the outbound HTTP session)."""
+        """Release what the Runtime holds (the outbound HTTP session, Durable Objects)."""
         closers, self._closers = self._closers, []
         for closer in closers:
             result = closer()
             if asyncio.iscoroutine(result):
                 await result
+        for extension in self._extensions.values():
+            await extension.aclose()
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -418,24 +310,7 @@ class Runtime:
         await self.aclose()
 
 
-def _nothing() -> None:
-    return None
-
-
-def _hung_response() -> Response:
-    # The verdict was logged by the detector when it cancelled the pipeline.
-    return Response(
-        hangwatch.HANG_MESSAGE, status=500, headers={"content-type": "text/plain; charset=utf-8"}
-    )
-
-
 def current_runtime() -> Runtime | None:
     """The Runtime whose pipeline the running code belongs to, or None outside one."""
-    from . import _core_py, _impl
-
-    for core in (_impl.compiled, _core_py):
-        if core is not None:
-            inv = core.current_invocation()
-            if inv is not None:
-                return inv.pipeline.owner  # type: ignore[no-any-return]
-    return None
+    inv = _cores.current_invocation()
+    return None if inv is None else inv.pipeline.owner

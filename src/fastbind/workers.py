@@ -58,12 +58,11 @@ from .body import BodyInit, BodyMixin
 from .entrypoint import WorkerEntrypoint as _BaseEntrypoint
 from .errors import ConfigError
 from .headers import Headers, HeadersInit
+from .outbound.fetch import fetch
 from .request import Request
 from .response import Response as _BaseResponse
 from .response import _ClassOrInstance
 
-if TYPE_CHECKING:
-    from .fetch import fetch
 
 __all__ = (
     "WorkerEntrypoint",
@@ -350,11 +349,6 @@ def _adapt_on_fetch(on_fetch: Callable[..., Any]) -> Callable[[Request, Any, Any
 
 
 def __getattr__(name: str) -> Any:
-    if name == "fetch":
-        # Imported on first use: the outbound client (aiohttp) loads only when needed.
-        from .fetch import fetch
-
-        return fetch
     if name in _NOT_PROVIDED:
         raise AttributeError(
             f'fastbind.workers does not provide "{name}": it needs the Cloudflare runtime. '

@@ -26,7 +26,8 @@ from typing import Any
 
 import uvloop
 
-from fastbind import Limits, Request, Response, Runtime, _core_py, _impl, hangwatch, lifecycle
+from fastbind import Limits, Request, Response, Runtime, hangwatch, lifecycle
+from fastbind import core as cores
 
 IN_FLIGHT = 64  # pipelines running at once
 KINDS = ("plain", "stream-read", "stream-closed", "raise", "disconnect", "slow-wait-until", "hang", "plain")
@@ -118,7 +119,7 @@ async def churn(rt: Runtime, count: int) -> None:
     # detector's timer stops at its first tick with no pipeline to look at.
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + 10
-    while _impl.core.live_counts()["pipelines"] or hangwatch.checking(loop):
+    while cores.impl.live_counts()["pipelines"] or hangwatch.checking(loop):
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.01)
@@ -138,7 +139,7 @@ def rss_kib() -> int:
 
 def measure(core: Any, count: int) -> dict[str, Any]:
     global NEVER
-    _impl.core = core
+    cores.impl = core
     loop = uvloop.new_event_loop()
     NEVER = asyncio.Event()
     rt = Runtime(limits=Limits(wait_until_s=0.02))
@@ -206,7 +207,7 @@ def measure(core: Any, count: int) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     count = int(argv[0].replace("_", "")) if argv else 100_000
     names = argv[1:] or ["c", "py"]
-    cores = {"py": _core_py, "c": _impl.compiled}
+    by_name = {"py": cores.twin, "c": cores.compiled}
     # The runtime logs every failure, hang and wait_until cut: keep the records, drop the output.
     log = logging.getLogger("fastbind")
     log.addHandler(logging.NullHandler())
@@ -214,7 +215,7 @@ def main(argv: list[str]) -> int:
     hangwatch.settings.interval_s = 0.005  # hung pipelines get their verdict quickly
     failed = False
     for name in names:
-        core = cores[name]
+        core = by_name[name]
         if core is None:
             print(json.dumps({"core": name, "skipped": "compiled core not built"}))
             continue

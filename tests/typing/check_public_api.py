@@ -22,7 +22,7 @@ from fastbind import (
     fetch,
     workers,
 )
-from fastbind import _core
+from fastbind.core import _core
 from fastbind.embed import RawDispatcher, raw_request, raw_response
 
 
@@ -77,7 +77,7 @@ async def python_workers(path: Path) -> None:
 def compiled_core() -> None:
     reveal_type(_core.live_counts())  # R: dict[str, int]
     reveal_type(_core.IMPLEMENTATION)  # R: Literal['c'] | Literal['py']
-    reveal_type(_core.current_invocation())  # R: fastbind._core.InvocationContext | None
+    reveal_type(_core.current_invocation())  # R: fastbind.core._core.InvocationContext | None
     pipeline = _core.PipelineContext("gateway", Limits())
-    reveal_type(pipeline.ledger)  # R: tuple[fastbind._core.SubrequestRecord, ...]
-    reveal_type(current_invocation())  # R: fastbind._core_py.InvocationContext | None
+    reveal_type(pipeline.ledger)  # R: tuple[fastbind.core._core.SubrequestRecord, ...]
+    reveal_type(current_invocation())  # R: fastbind.core._twin_contexts.InvocationContext | None

@@ -2,7 +2,7 @@
 
 The parent loads the config once (so errors show before anything is served), reserves
 the port, and forks N children, each of which listens on its own SO_REUSEPORT socket and
-serves the whole set of Workers (DESIGN.md section 5): the kernel spreads connections
+serves the whole set of Workers: the kernel spreads connections
 between them. The parent only watches: a child that dies is replaced, SIGTERM or SIGINT
 is passed on to every child as SIGTERM, and the parent exits once they have drained
 (0 when every child ended cleanly). A second signal kills what is left.

@@ -7,8 +7,8 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from .http_exchange import Exchange, ServerState
-from .response import Response
+from ..response import Response
+from .exchange import Exchange, ServerState
 
 __all__ = ("ResponseWriter", "close_body")
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .request import Request
-from .runtime import Runtime
+from ..request import Request
 
 if TYPE_CHECKING:
-    from .http_body import RequestBody
+    from .request_body import RequestBody
 
 __all__ = ("HTTPLimits", "ServerState", "Exchange", "AccessLog", "DISCARD_MAX")
 
@@ -57,12 +55,11 @@ class ServerState:
     __slots__ = ("dispatch", "limits", "connections", "date", "draining",
                  "log", "default_host")
 
-    def __init__(self, runtime: Runtime, entry: str, limits: HTTPLimits, default_host: str,
+    def __init__(self, entry: Any, limits: HTTPLimits, default_host: str,
                  access_log: AccessLog | None = None) -> None:
-        # ``dispatch(request)``: the core's top-level awaitable for Worker ``entry``, as
-        # Runtime.dispatch awaits it, without that coroutine around it (the Server has
-        # validated the Runtime and checked the entry).
-        self.dispatch = partial(runtime._plan.call, runtime._handle_for(entry))
+        # ``dispatch(request)``: the entry point of the served Worker (Runtime.entry),
+        # awaited as Runtime.dispatch awaits it, without that coroutine around it.
+        self.dispatch = entry
         self.limits = limits
         self.connections: set[Any] = set()  # the open HTTPConnections
         self.date = ""  # the Date header line, refreshed every second

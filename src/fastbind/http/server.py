@@ -13,9 +13,9 @@ from typing import Any
 
 import uvloop
 
-from .http11 import HTTPConnection
-from .http_exchange import Exchange, HTTPLimits, ServerState
-from .runtime import Runtime
+from ..runtime import Runtime
+from .connection import HTTPConnection
+from .exchange import Exchange, HTTPLimits, ServerState
 
 __all__ = ("Server", "HTTPLimits", "ListenError", "serve", "run", "format_address")
 
@@ -43,11 +43,8 @@ class Server:
         limits: HTTPLimits | None = None,
         access_log: bool = False,
     ) -> None:
-        runtime.validate()  # a wrong binding fails here, before anything is served
-        if entry not in runtime.workers:
-            from .errors import ConfigError
-
-            raise ConfigError(f'No Worker named "{entry}" is defined.')
+        # A wrong binding or an unknown entry fails here, before anything is served.
+        self._entry = runtime.entry(entry)
         self.runtime = runtime
         self.entry = entry
         self.limits = limits or HTTPLimits()
@@ -68,7 +65,7 @@ class Server:
                     backlog: int = 2048) -> None:
         loop = asyncio.get_running_loop()
         state = self._state = ServerState(
-            self.runtime, self.entry, self.limits, default_host=_host_header(host, port),
+            self._entry, self.limits, default_host=_host_header(host, port),
             access_log=_print_access if self._access_log else None,
         )
         try:

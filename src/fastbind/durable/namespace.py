@@ -1,4 +1,4 @@
-"""Durable Object namespaces: one live, single-threaded, stateful object per id (issue 9).
+"""Durable Object namespaces: one live, single-threaded, stateful object per id.
 
 A Worker declares ``add_worker(..., durable_objects={"ROOMS": Room})``; its env then holds
 ``env.ROOMS``, a DurableObjectNamespace. ``env.ROOMS.get(id)`` gives a stub whose
@@ -32,26 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
-from .durable_config import check_declarations, namespace_specs_from_config
-from .durable_ids import DurableObjectId, IdMaker
-from .errors import ConfigError, FastbindError
+from ..core.rpc_values import RESERVED_METHODS, reserved_message, unknown_message
+from ..errors import FastbindError
+from ..lifecycle import logger
+from ..request import Request
+from .ids import DurableObjectId, IdMaker
 from .input_gate import InputGate
-from .lifecycle import logger
-from .durable_stub import SUBREQUEST_KIND, DurableObjectStub
-from .request import Request
-from .rpc_values import RESERVED_METHODS, reserved_message, unknown_message
 from .storage import DurableObjectStorage, NamespaceDatabase
+from .stub import SUBREQUEST_KIND, DurableObjectStub
 
 if TYPE_CHECKING:
-    from .response import Response
-    from .runtime import Runtime
+    from ..response import Response
+    from .extension import DurableObjects
 
 __all__ = (
     "DurableObject",
@@ -59,17 +55,12 @@ __all__ = (
     "DurableObjectNamespace",
     "DurableObjectState",
     "DurableObjectStub",
-    "DurableObjects",
     "BLOCK_CONCURRENCY_TIMEOUT_S",
-    "DEFAULT_IDLE_S",
     "SUBREQUEST_KIND",
-    "check_declarations",
-    "namespace_specs_from_config",
 )
 
 T = TypeVar("T")
 
-DEFAULT_IDLE_S = 60.0
 # As Cloudflare: a callback that holds the gate longer resets the object, which also
 # ends a callback that deadlocked by waiting for a call to its own object.
 BLOCK_CONCURRENCY_TIMEOUT_S = 30.0
@@ -214,7 +205,7 @@ class DurableObjectNamespace:
         self, registry: DurableObjects, worker: str, binding: str, cls: type, worker_handle: Any
     ) -> None:
         self._registry = registry
-        self._core = registry.runtime._core
+        self._core = registry.runtime.core
         self._worker = worker
         self._binding = binding
         self._class = cls
@@ -283,7 +274,6 @@ class DurableObjectNamespace:
             # The Runtime is driven by another loop now (tests do this): the old loop's
             # futures and timers can never fire here, so the object is built afresh.
             self._detach(stale)
-        self._registry.opened()
         live = self._live[oid.raw] = _LiveObject(self, oid)
         try:
             live.instance = self._class(DurableObjectState(live), self._worker_handle.env)
@@ -397,66 +387,3 @@ class DurableObjectNamespace:
 
     def __repr__(self) -> str:
         return f"<DurableObjectNamespace {self.label}>"
-
-
-class DurableObjects:
-    """A Runtime's Durable Object namespaces, their storage directory and idle time."""
-
-    __slots__ = ("runtime", "directory", "idle_s", "_namespaces", "_closer_added")
-
-    def __init__(
-        self, runtime: Runtime, directory: str | os.PathLike[str] | None, idle_s: float | None
-    ) -> None:
-        if directory is not None and not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(
-                f"Runtime durable_dir must be a path or None, not {type(directory).__name__}"
-            )
-        if idle_s is not None and (
-            isinstance(idle_s, bool) or not isinstance(idle_s, (int, float))
-            or not 0 < idle_s < math.inf
-        ):
-            raise ValueError(
-                "Runtime durable_idle_s must be a positive number of seconds or None, "
-                f"not {idle_s!r}"
-            )
-        self.runtime = runtime
-        self.directory = None if directory is None else Path(directory)
-        self.idle_s = None if idle_s is None else float(idle_s)
-        self._namespaces: dict[tuple[str, str], DurableObjectNamespace] = {}
-        self._closer_added = False
-
-    def database_path(self, worker: str, class_name: str) -> Path | None:
-        if self.directory is None:
-            return None
-        # Quoted so that any Worker name makes one plain file name, "." included so
-        # that ("a.b", "C") and ("a", "b.C") cannot meet.
-        parts = (quote(part, safe="").replace(".", "%2E") for part in (worker, class_name))
-        return self.directory / (".".join(parts) + ".sqlite3")
-
-    def namespace(
-        self, worker: str, binding: str, cls: type, worker_handle: Any
-    ) -> DurableObjectNamespace:
-        """The namespace of ``cls`` in Worker ``worker``, the same one at every validate()."""
-        key = (worker, cls.__name__)
-        ns = self._namespaces.get(key)
-        if ns is None:
-            ns = DurableObjectNamespace(self, worker, binding, cls, worker_handle)
-            self._namespaces[key] = ns
-        elif ns._class is not cls:
-            raise ConfigError(
-                f'Worker "{worker}" declares two Durable Object classes named "{cls.__name__}" '
-                "(they would share ids and storage); give them different names."
-            )
-        return ns
-
-    def opened(self) -> None:
-        """Something is live: make sure Runtime.aclose() will close it."""
-        if not self._closer_added:
-            self._closer_added = True
-            self.runtime.add_closer(self.aclose)
-
-    async def aclose(self) -> None:
-        """Drop every live object, cancel its timers and close the databases."""
-        self._closer_added = False
-        for ns in self._namespaces.values():
-            await ns._close()

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 import orjson
 
-from .errors import FastbindError
+from ..errors import FastbindError
 
 __all__ = (
     "DurableObjectStorage",

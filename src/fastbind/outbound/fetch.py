@@ -1,4 +1,4 @@
-"""Global ``fetch()``: outbound HTTP from Workers, counted and gated (DESIGN.md 2.4, 2.5, 3)."""
+"""Global ``fetch()``: outbound HTTP from Workers, counted in the ledger and gated per pipeline."""
 
 from __future__ import annotations
 
@@ -9,28 +9,29 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from yarl import URL
 
-from .body import BodyInit
-from .errors import FetchError
-from .gate import gate_for
-from .headers import HeadersInit
-from .http_client import (
-    DEFAULT_FETCH_TIMEOUT,
+from ..body import BodyInit
+from ..core import current_invocation
+from ..errors import FetchError
+from ..headers import HeadersInit
+from ..request import Request, check_url
+from ..response import Response
+from ..runtime import DEFAULT_FETCH_TIMEOUT_S
+from .client import (
     NetworkBody,
+    OutboundClient,
     check_timeout,
     client_timeout,
     network_error,
     new_session,
     outgoing_headers,
     response_headers,
-    session_for,
 )
-from .request import Request, check_url
-from .response import Response
-from .runtime import current_runtime
+from .gate import gate_for
 
 if TYPE_CHECKING:
     import aiohttp
-    from .runtime import Runtime
+
+    from ..runtime import Runtime
 
 __all__ = ("fetch", "send", "MAX_REDIRECTS", "RedirectMode")
 
@@ -84,8 +85,8 @@ async def fetch(
     Raises TypeError for a malformed URL or a scheme other than http and https, and
     FetchError, naming the URL, when the network fails.
     """
-    runtime = current_runtime()
-    invocation = None if runtime is None else runtime._core.current_invocation()
+    invocation = current_invocation()
+    runtime = None if invocation is None else invocation.pipeline.owner
     if type(input) is str and method is None and headers is None and body is None:
         # The common ``fetch(url)``: there is no Request to build or copy.
         return await send(runtime, invocation, input, "GET", [], None, redirect, timeout)
@@ -115,18 +116,19 @@ async def send(
     """
     if redirect not in _REDIRECT_MODES:
         raise TypeError(f'fetch() redirect must be "follow", "manual" or "error", not {redirect!r}')
+    client = None if runtime is None else runtime.extension(OutboundClient)
     if timeout is not None:
         timeout = check_timeout(timeout)
-    elif runtime is not None:
-        timeout = runtime.fetch_timeout
+    elif client is not None:
+        timeout = client.timeout
     else:
-        timeout = DEFAULT_FETCH_TIMEOUT
+        timeout = DEFAULT_FETCH_TIMEOUT_S
     target = url
     parsed = _parse_url(url)
     data, headers = _payload(body, headers)
     owned = None
-    if runtime is not None:
-        session = session_for(runtime)
+    if client is not None:
+        session = client.session()
     else:
         session = owned = new_session()
     try:

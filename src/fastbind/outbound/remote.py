@@ -1,4 +1,4 @@
-"""Bindings to Workers served by another process: their fetch is an outbound fetch (DESIGN.md 5)."""
+"""Bindings to Workers served by another process: their fetch is an outbound fetch."""
 
 from __future__ import annotations
 
@@ -6,19 +6,22 @@ from typing import TYPE_CHECKING
 
 from yarl import URL
 
-from .body import BodyInit
-from .errors import ConfigError, FastbindError
+from ..bindings import RemoteBinding
+from ..body import BodyInit
+from ..core import current_invocation
+from ..errors import ConfigError, FastbindError
+from ..extension import Extension, register
+from ..headers import HeadersInit
+from ..request import Request
+from ..response import Response
+from .client import outgoing_headers
 from .fetch import send
-from .headers import HeadersInit
-from .http_client import outgoing_headers
-from .request import Request
-from .response import Response
 
 if TYPE_CHECKING:
+    from ..runtime import Runtime
     from .fetch import RedirectMode
-    from .runtime import Runtime
 
-__all__ = ("RemoteFetcher",)
+__all__ = ("RemoteFetcher", "RemoteBindings")
 
 
 class RemoteFetcher:
@@ -68,7 +71,7 @@ class RemoteFetcher:
     ) -> Response:
         """Send the request, built as ``fetch()`` would, to the remote Worker."""
         runtime = self._runtime
-        invocation = runtime._core.current_invocation()
+        invocation = current_invocation()
         if invocation is None:
             raise FastbindError(
                 f"env.{self._binding}.fetch() was called outside a fastbind invocation"
@@ -81,3 +84,13 @@ class RemoteFetcher:
 
     def __repr__(self) -> str:
         return f"<RemoteFetcher {self._binding} -> {self.target}>"
+
+
+@register
+class RemoteBindings(Extension):
+    """Serves ``fastbind.remote(url)`` bindings: a RemoteFetcher in the Worker's env."""
+
+    def binding(self, worker: str, name: str, declaration: object) -> object:
+        if isinstance(declaration, RemoteBinding):
+            return RemoteFetcher(self.runtime, name, declaration.url)
+        return NotImplemented

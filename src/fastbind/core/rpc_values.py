@@ -6,14 +6,14 @@ import dataclasses
 import enum
 from typing import Any
 
-from .body import take_body
-from .headers import Headers
-from .request import Request, forward_request
-from .response import Response
+from ..body import take_body
+from ..headers import Headers
+from ..request import Request, forward_request
+from ..response import Response
 
 __all__ = ("isolate", "RESERVED_METHODS", "SCALAR_TYPES", "reserved_message", "unknown_message")
 
-# Names a Fetcher keeps for itself (DESIGN.md section 6); `_`-names are private too.
+# Names a Fetcher keeps for itself; `_`-names are private too.
 RESERVED_METHODS = frozenset(("fetch", "connect", "dup", "constructor"))
 
 # Types whose values ``isolate`` hands over as they are, without looking further.

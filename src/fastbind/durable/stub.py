@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from .request import Request
-from .rpc_values import isolate
+from ..core.rpc_values import isolate
+from ..request import Request
 
 if TYPE_CHECKING:
-    from .body import BodyInit
-    from .durable import DurableObjectNamespace
-    from .durable_ids import DurableObjectId
-    from .headers import HeadersInit
-    from .response import Response
+    from ..body import BodyInit
+    from ..headers import HeadersInit
+    from ..response import Response
+    from .ids import DurableObjectId
+    from .namespace import DurableObjectNamespace
 
 __all__ = ("DurableObjectStub", "SUBREQUEST_KIND")
 

@@ -1,29 +1,26 @@
-# Type stub of the compiled core, fastbind/_core.pyx. The pure twin _core_py.py has the
-# same public names and behaviour; fastbind._impl.core is one or the other.
+# Type stub of the compiled core, fastbind/core/_core.pyx. The pure twin core/_twin.py has
+# the same public names and behaviour; fastbind.core.impl is one or the other.
 #
 # Types that Python code must not build raise TypeError from __init__ in the compiled
 # core ("... is created by the runtime only"); they are declared without a public
 # constructor here.
 
 import asyncio
-from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal, final
 
 from typing_extensions import disjoint_base
 
-from .headers import Headers
-from .entrypoint import WorkerEntrypoint
-from .limits import Limits
-from .request import Request
-from .response import Response
+from ..entrypoint import WorkerEntrypoint
+from ..errors import MissingBindingError as MissingBindingError
+from ..limits import Limits
+from ..request import Request
+from ..response import Response
 
 IMPLEMENTATION: Final[Literal["c", "py"]]
 
 _Outcome = Literal["ok", "error", "canceled"]
-
-class MissingBindingError(AttributeError, KeyError):
-    """``env.NAME`` or ``env["NAME"]`` for a name the Worker has not bound."""
 
 @final
 class Env:
@@ -127,7 +124,6 @@ class PipelineContext:
     def cpu_exceeded(self) -> bool: ...
     @property
     def ledger(self) -> tuple[SubrequestRecord, ...]: ...
-    def root_call(self, handle: WorkerHandle, request: Request) -> BindingCall: ...
     def adopt(self, task: asyncio.Future[Any]) -> None: ...
     def keep_alive(self, task: asyncio.Future[Any]) -> None: ...
     @property
@@ -252,33 +248,32 @@ class DispatchPlan:
     """What every top-level request of one Runtime shares, prepared once."""
 
     resolved: bool
-    hook: Callable[[Any], Any] | None
-    origin: Callable[[Request], Any] | None
-    def __init__(
-        self,
-        runtime: Any,
-        limits: Limits,
-        *,
-        validate: Callable[[], None],
-        lookup: Callable[[str], WorkerHandle],
-        finish: Callable[..., Coroutine[Any, Any, Response]],
-        report: Callable[[PipelineContext, int], None],
-        install_factory: Callable[[asyncio.AbstractEventLoop], None],
-        watch_hang: Callable[..., Any],
-        watch_cpu: Callable[[], None],
-    ) -> None: ...
+    reports: bool
+    snapshot: Callable[[Request], Any] | None
+    def __init__(self, policy: Any, limits: Limits) -> None: ...
+    def entry(self, handle: WorkerHandle) -> Entry: ...
+    def conclude(
+        self, pipeline: PipelineContext, response: Response | None, error: BaseException | None = None
+    ) -> Coroutine[Any, Any, None] | None: ...
+
+@final
+class Entry:
+    """One Worker's entry point for top-level requests: ``await entry(request)``."""
+
     @property
-    def runtime(self) -> Any: ...
-    def call(self, handle: WorkerHandle, request: Request) -> TopLevelCall: ...
-    def raw(
-        self, entry: str, method: Any, url: Any, headers: Any, body: Any = None
-    ) -> TopLevelCall: ...
+    def plan(self) -> DispatchPlan: ...
+    @property
+    def handle(self) -> WorkerHandle: ...
+    @property
+    def worker(self) -> str: ...
+    def __call__(self, request: Request) -> TopLevelCall: ...
+    def converted(self, request: Request, convert: Callable[[Response], Any]) -> TopLevelCall: ...
 
 @final
 class TopLevelCall(BindingCall):
-    """The awaitable of one top-level request: ``dispatch``'s Response, or raw parts."""
+    """The awaitable of one top-level request: its Response, or what a converter made of it."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # raises: built by a DispatchPlan
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # raises: built by an Entry
     @property
     def pipeline_context(self) -> PipelineContext | None: ...
     def __await__(self) -> Generator[Any, None, Any]: ...
@@ -287,25 +282,6 @@ class TopLevelCall(BindingCall):
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
     def close(self) -> None: ...
 
-@disjoint_base
-class RawEntry:
-    """Base of fastbind.embed.RawDispatcher: calling it serves one raw request."""
-
-    def __init__(self, runtime: Any, entry: str) -> None: ...
-    @property
-    def runtime(self) -> Any: ...
-    @property
-    def entry(self) -> str: ...
-    def __call__(self, method: Any, url: Any, headers: Any, body: Any = None) -> Any: ...
-
-def enable_fast_calls(cls: type[RawEntry]) -> None: ...
-def install_raw(
-    raw_request: Callable[..., Request],
-    raw_response: Callable[[Response], Any],
-    methods: dict[Any, str],
-    names: Iterable[str] = (),
-) -> None: ...
-def decode_raw_headers(headers: Headers) -> list[tuple[str, str]]: ...
 def call_child(
     target: WorkerHandle,
     kind: str,
@@ -318,4 +294,5 @@ def current_invocation() -> InvocationContext | None: ...
 def live_counts() -> dict[str, int]: ...
 def make_task_factory(previous: Callable[..., asyncio.Future[Any]] | None) -> TaskFactory: ...
 def watchdog_tick() -> bool: ...
+def fast_paths() -> dict[str, Any]: ...
 def _running_loop_is_read_directly() -> bool: ...

@@ -6,13 +6,9 @@ import asyncio
 from collections import deque
 from typing import Any, Protocol
 
-from .errors import FastbindError
+from ..errors import BodyReadError
 
 __all__ = ("RequestBody", "BodyReadError")
-
-
-class BodyReadError(FastbindError):
-    """The request body could not be read to its end (the client went away, a limit)."""
 
 
 class _Connection(Protocol):

@@ -2,9 +2,9 @@
 
 One ``HTTPConnection`` per client: httptools (llhttp) parses what arrives into
 Requests, a task per request awaits the runtime's top-level dispatch (so that a client
-going away can cancel exactly its pipeline, DESIGN.md 2.7), and requests of one
-connection are answered one after the other, in order. ``http_writer`` writes the answers,
-``http_target`` turns the request line into a URL, ``http_exchange`` holds the state
+going away can cancel exactly its pipeline), and requests of one connection are
+answered one after the other, in order. ``writer`` writes the answers, ``target``
+turns the request line into a URL, ``exchange`` holds the state
 of one request and the server's limits.
 """
 
@@ -18,13 +18,14 @@ from typing import Any, cast
 
 import httptools
 
-from .headers import Headers
-from .http_body import BodyReadError, RequestBody
-from .http_exchange import AccessLog, Exchange, HTTPLimits, ServerState
-from .http_target import HOST_OK, METHODS, message_end, other_form_url, quote_target, unknown_method, valid_host
-from .http_writer import ResponseWriter, close_body
-from .request import Request
-from .response import Response
+from ..errors import BodyReadError
+from ..headers import Headers
+from ..request import Request
+from ..response import Response
+from .exchange import AccessLog, Exchange, HTTPLimits, ServerState
+from .request_body import RequestBody
+from .target import HOST_OK, METHODS, message_end, other_form_url, quote_target, unknown_method, valid_host
+from .writer import ResponseWriter, close_body
 
 __all__ = ("HTTPConnection", "HTTPLimits", "ServerState", "Exchange", "AccessLog")
 
@@ -146,7 +147,7 @@ class HTTPConnection(asyncio.Protocol):
             if ex is not None and ex.stream is not None:
                 ex.stream.fail(BodyReadError("The client went away before sending the whole body"))
         if self._task is not None:
-            self._task.cancel()  # the client went away: its pipeline is cancelled (DESIGN.md 2.7)
+            self._task.cancel()  # the client went away: its pipeline is cancelled
         self._writer.connection_lost()
 
     def pause_writing(self) -> None:
@@ -596,7 +597,7 @@ class HTTPConnection(asyncio.Protocol):
             transport.close()
 
     def drain(self) -> None:
-        """Shutdown: serve what has been received, then close (DESIGN.md 5)."""
+        """Shutdown: serve what has been received, then close."""
         if self._active is None and not self._queue and self._transport is not None:
             self._stopped = True
             self._transport.close()

@@ -1,4 +1,4 @@
-"""``ctx.pass_through_on_exception()``: a failed top-level request goes to the origin (DESIGN.md 2.6)."""
+"""``ctx.pass_through_on_exception()``: a failed top-level request goes to the origin."""
 
 # ``Runtime(origin=...)`` takes one of:
 #   * an http(s) URL string: the request goes there with ``fastbind.fetch`` (redirects
@@ -17,16 +17,18 @@ from typing import TYPE_CHECKING, Any, Union
 
 from yarl import URL
 
-from .body import is_stream
-from .errors import ConfigError
-from .lifecycle import logger
-from .request import Request
-from .response import Response
+from ..body import is_stream
+from ..errors import ConfigError
+from ..extension import Extension, register
+from ..lifecycle import logger
+from ..request import Request
+from ..response import Response
+from .fetch import fetch
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
-__all__ = ("Origin", "OriginalRequest", "check_origin", "origin_url", "pass_through")
+__all__ = ("Origin", "OriginalRequest", "PassThrough", "check_origin", "origin_url", "pass_through")
 
 Origin = Union[str, Callable[[Request], Awaitable[Response]]]
 
@@ -104,7 +106,7 @@ async def pass_through(runtime: Runtime, original: OriginalRequest) -> Response:
     A streamed body that the Worker read cannot be sent again: that is a 500. An
     origin that fails is a 502. Both are logged on the ``fastbind`` logger.
     """
-    origin = runtime._origin
+    origin = runtime.options.origin
     if _passing_through.get():
         logger.error("The origin itself failed while serving a passed-through request")
         return Response("Internal Server Error", status=500, headers=_TEXT)
@@ -119,8 +121,6 @@ async def pass_through(runtime: Runtime, original: OriginalRequest) -> Response:
     token = _passing_through.set(True)
     try:
         if is_url:
-            from .fetch import fetch
-
             return await fetch(request, redirect="manual")
         if isinstance(origin, str):
             return await runtime.dispatch(origin, request)
@@ -136,3 +136,19 @@ async def pass_through(runtime: Runtime, original: OriginalRequest) -> Response:
     finally:
         _passing_through.reset(token)
 
+
+@register
+class PassThrough(Extension):
+    """``Runtime(origin=...)``: where requests of Workers that pass through go on failure."""
+
+    def validate(self) -> None:
+        check_origin(self.runtime.options.origin, self.runtime.workers)
+
+    def rescuer(self) -> PassThrough | None:
+        return None if self.runtime.options.origin is None else self
+
+    def snapshot(self, request: Request) -> OriginalRequest:
+        return OriginalRequest(request)
+
+    async def rescue(self, snapshot: OriginalRequest, error: Exception) -> Response:
+        return await pass_through(self.runtime, snapshot)

@@ -1,18 +1,13 @@
-"""Env: what one Worker can reach, its bindings and vars, read-only (DESIGN.md 2.9)."""
+"""Env of the pure twin: what one Worker can reach, its bindings and vars, read-only."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ("Env", "MissingBindingError")
+from ..errors import MissingBindingError
 
-
-class MissingBindingError(AttributeError, KeyError):
-    """``env.NAME`` or ``env["NAME"]`` for a name the Worker has not bound."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
+__all__ = ("Env",)
 
 
 class Env:

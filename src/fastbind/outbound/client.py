@@ -10,15 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
-from .errors import FetchError
-from .headers import Headers
+from ..errors import FetchError
+from ..extension import Extension, register
+from ..headers import Headers
 
 if TYPE_CHECKING:
     import aiohttp
-    from .runtime import Runtime
+
+    from ..runtime import Runtime
 
 __all__ = (
-    "DEFAULT_FETCH_TIMEOUT",
+    "OutboundClient",
     "NetworkBody",
     "check_timeout",
     "client_timeout",
@@ -26,10 +28,7 @@ __all__ = (
     "new_session",
     "outgoing_headers",
     "response_headers",
-    "session_for",
 )
-
-DEFAULT_FETCH_TIMEOUT = 30.0
 
 # Never forwarded: they describe one hop's connection, not the request (RFC 9110 7.6.1),
 # or aiohttp derives them from the URL and the body it sends.
@@ -73,33 +72,41 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-def session_for(runtime: Runtime) -> aiohttp.ClientSession:
-    """The Runtime's shared session, made on first use; ``runtime.aclose()`` closes it.
+@register
+class OutboundClient(Extension):
+    """A Runtime's outbound HTTP: its default timeout and its aiohttp session.
 
-    Kept on the Runtime with the loop it was made on: a Runtime may be driven by
-    several loops in turn (tests do), and a session cannot outlive its loop.
+    The session is made on first use, with the loop it was made on: a Runtime may be
+    driven by several loops in turn (tests do), and a session cannot outlive its loop.
+    ``runtime.aclose()`` closes it.
     """
-    loop = asyncio.get_running_loop()
-    entry: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = runtime._fetch_session
-    if entry is not None and entry[0] is loop:
-        return entry[1]
-    session = new_session()
-    runtime._fetch_session = (loop, session)
-    runtime.add_closer(functools.partial(_close_session, runtime, loop, session))
-    return session
 
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self.timeout = check_timeout(runtime.options.fetch_timeout, "Runtime fetch_timeout")
+        self._session: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
 
-async def _close_session(
-    runtime: Runtime, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
-) -> None:
-    entry = runtime._fetch_session
-    if entry is not None and entry[1] is session:
-        runtime._fetch_session = None
-    if loop is asyncio.get_running_loop():
-        await session.close()
-    else:
-        # Made on a loop that has since stopped: its sockets cannot be closed from here.
-        session.detach()
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        entry = self._session
+        if entry is not None and entry[0] is loop:
+            return entry[1]
+        if entry is not None:
+            entry[1].detach()  # made on a loop that has since stopped
+        session = new_session()
+        self._session = (loop, session)
+        return session
+
+    async def aclose(self) -> None:
+        entry, self._session = self._session, None
+        if entry is None:
+            return
+        loop, session = entry
+        if loop is asyncio.get_running_loop():
+            await session.close()
+        else:
+            # Made on a loop that has since stopped: its sockets cannot be closed from here.
+            session.detach()
 
 
 @functools.lru_cache(maxsize=32)

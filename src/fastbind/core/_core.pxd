@@ -1,4 +1,5 @@
-# Declarations of the compiled core's types (see _core.pyx).
+# Declarations of the compiled core's types and of what other compiled modules of
+# fastbind may call (see _core.pyx).
 
 cimport cython
 from cpython.object cimport PyObject
@@ -7,6 +8,9 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cdef enum:
     _ENV_CACHE = 8   # entries of Env's name cache (a power of two)
+
+# Turns a top-level request's Response into what its caller wants (a raw answer).
+ctypedef object (*answer_converter)(object)
 
 
 cdef class Env:
@@ -39,10 +43,10 @@ cdef class WorkerHandle:
 cdef struct LedgerEntry:
     PyObject* caller         # str, owned
     PyObject* target         # str, owned
-    int64_t start_ticks      # fastbind_ticks() (_core_capi.h): ns only when read
+    int64_t start_ticks      # fastbind_ticks(): ns only when read
     int64_t duration_ticks   # -1 while running
     int32_t depth
-    uint8_t kind             # code in _core.pyx's _LABELS
+    uint8_t kind             # code in _LABELS
     uint8_t outcome          # code in _LABELS; 0 while running
 
 
@@ -69,7 +73,7 @@ cdef class PipelineContext:
     cdef readonly long max_subrequests
     cdef readonly long open_connections
     cdef readonly double wait_until_s
-    cdef LedgerEntry** _blocks   # see fastbind_ledger_block (_core_capi.h)
+    cdef LedgerEntry** _blocks   # see fastbind_ledger_block (_capi.h)
     cdef int _n_blocks
     cdef Py_ssize_t _count
     cdef dict _entry_cpu        # ledger index -> CPU ns, for metered pipelines only
@@ -195,3 +199,68 @@ cdef class SliceMeter:
 
 cdef class TaskFactory:
     cdef readonly object previous
+
+
+cdef class DispatchPlan:
+    cdef object owner              # the Runtime: each pipeline's ``owner``
+    cdef long max_depth
+    cdef long max_subrequests
+    cdef long open_connections
+    cdef double wait_until_s
+    cdef int64_t cpu_limit_ns
+    cdef bint cpu_enabled
+    cdef public bint resolved      # the Runtime's bindings are resolved (validate() ran)
+    cdef public bint reports       # the Runtime has an on_pipeline_end hook
+    cdef public object snapshot    # (request) -> what pass-through keeps of it, or None
+    # The policy's methods (fastbind/policy.py), looked up once.
+    cdef object _validate
+    cdef object _install_factory
+    cdef object _watch_hang
+    cdef object _watch_cpu
+    cdef object _answer
+    cdef object _report
+    cdef object _end
+    cdef object _stream
+    # The loop last seen (a weak reference, or the loop itself if it takes none), its
+    # class's get_task_factory with its vectorcall entry point, and its factory then.
+    cdef object _loop_ref
+    cdef object _get_factory
+    cdef void* _factory_call
+    cdef object _factory
+
+    cdef inline PipelineContext _pipeline(self, str entry)
+    cdef object _loop_checked(self)
+    cdef bint _has_factory(self, object loop) except -1
+
+
+cdef class Entry:
+    cdef void* _vectorcall  # _entry_vectorcall: ``entry(request)`` skips argument parsing
+    cdef readonly DispatchPlan plan
+    cdef readonly WorkerHandle handle
+
+
+cdef class TopLevelCall(BindingCall):
+    cdef DispatchPlan plan
+    cdef WorkerHandle handle
+    cdef answer_converter convert  # NULL: the answer is the Response
+    cdef object py_convert         # or this callable's value (Entry.converted)
+    cdef bint opened               # its first step has run (the pipeline was opened)
+    cdef bint finished
+    cdef PipelineContext pipeline
+    cdef object original           # the policy's snapshot of the request, for pass-through
+    cdef object loop
+    cdef object watch              # the hang detector's watch, once the root suspended
+    cdef object ending             # a coroutine of the policy, once delegated
+    cdef object answer             # the Response to give once ``ending`` is done
+
+    cdef int _start(self) except -1
+    cdef int _top_send(self, object arg, object exc, PyObject** result) except? -1
+    cdef int _root_ended(self, object response, object error, PyObject** result) except? -1
+    cdef int _answer(self, object response, PyObject** result) except -1
+    cdef int _delegate(self, object arg, object exc, PyObject** result) except? -1
+
+
+# For other compiled modules of fastbind (fastbind.http._raw).
+cdef object new_request(str method, str url, list items, object raw, object body)
+cdef bint quick_url(object url) except -1
+cdef TopLevelCall entry_call(Entry entry, object request, answer_converter convert)

@@ -1,0 +1,538 @@
+# Part of _core.pyx: a Worker's env and handle, the pipeline with its ledger, and the
+# invocation contexts of its Workers.
+
+
+cdef str _missing_binding(str worker, str name):
+    return f'Worker "{worker}" has no binding or var named "{name}".'
+
+
+@cython.final
+cdef class Env:
+    """Attribute and item access to one Worker's bindings and vars, read-only.
+
+    Built once per Worker. ``env.AUTH`` is one dict look-up in C: bindings and vars
+    come before the few methods (``get``), which a binding of the same name hides.
+    """
+
+    def __init__(self, str worker not None, values):
+        self._worker = worker
+        self._values = dict(values)
+
+    def __getattribute__(self, str name):
+        # A name is looked up once, then found by identity: the names a Worker's code
+        # uses are the interned strings of its code objects, the same object each call.
+        cdef size_t i = (<size_t><PyObject*>name >> 4) & (_ENV_CACHE - 1)
+        if self._cached_names[i] == <PyObject*>name:
+            return <object>self._cached_values[i]
+        cdef PyObject* value = PyDict_GetItemWithError(self._values, name)
+        if value != NULL:
+            # The cache owns its key (no other string can get its address while it is
+            # here); the value is borrowed from _values, which never changes.
+            Py_INCREF(name)
+            Py_XDECREF(self._cached_names[i])
+            self._cached_names[i] = <PyObject*>name
+            self._cached_values[i] = value
+            return <object>value
+        if name.startswith("__") and name.endswith("__") or name == "get":
+            return PyObject_GenericGetAttr(self, name)
+        raise MissingBindingError(_missing_binding(self._worker, name))
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(_ENV_CACHE):
+            Py_XDECREF(self._cached_names[i])
+
+    def __getitem__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise MissingBindingError(_missing_binding(self._worker, name)) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f'The env of Worker "{self._worker}" is read-only')
+
+    def __delattr__(self, name):
+        raise AttributeError(f'The env of Worker "{self._worker}" is read-only')
+
+    def __contains__(self, name):
+        return name in self._values
+
+    def __iter__(self):
+        return iter(list(self._values))
+
+    def __len__(self):
+        return len(self._values)
+
+    def get(self, name, default=None):
+        return self._values.get(name, default)
+
+    def __dir__(self):
+        return list(self._values)
+
+    def __repr__(self):
+        return f"<Env of {self._worker!r}: {', '.join(self._values)}>"
+
+
+@cython.final
+cdef class ExecutionSlot:
+    """Which invocation the code of one task is running now.
+
+    The contextvar holds one slot per task (the task factory gives each spawned task
+    its own); a binding call swaps ``current`` around each step of its child instead
+    of setting the contextvar, which would cost a new context mapping per call.
+    Python code can read ``current`` but not change it.
+    """
+
+    def __init__(self):
+        raise TypeError("ExecutionSlot is created by the runtime only")
+
+
+@cython.final
+cdef class WorkerHandle:
+    """What the core needs to invoke one Worker: its name, handler and env."""
+
+    def __init__(self, str name, handler):
+        self.name = name
+        self.handler = handler
+        self.env = None
+        if isinstance(handler, type) and issubclass(handler, WorkerEntrypoint):
+            self.is_class = True
+            # Skipping __new__ and __init__ is only safe when nobody overrode them, and
+            # env and ctx can go straight to their slots when the class did not hide them.
+            self.fast_init = (
+                handler.__init__ is WorkerEntrypoint.__init__
+                and handler.__new__ is object.__new__
+                and not inspect.isabstract(handler)
+                and inspect.getattr_static(handler, "env", None) is _EP_ENV_SLOT
+                and inspect.getattr_static(handler, "ctx", None) is _EP_CTX_SLOT
+            )
+        elif inspect.iscoroutinefunction(handler):
+            self.is_class = False
+            self.fast_init = False
+        elif handler is not None:
+            raise TypeError(name)
+        self._rpc = {}
+
+    @staticmethod
+    def for_target(str name not None, env):
+        """A handle for an in-process target that is not a Worker (e.g. a Durable Object)."""
+        cdef WorkerHandle handle = WorkerHandle.__new__(WorkerHandle)
+        handle.name = name
+        handle.env = env
+        handle._rpc = {}
+        return handle
+
+    cdef bint has_rpc_method(self, str name) except -1:
+        if name in self._rpc:
+            return True
+        attr = getattr(self.handler, name, None) if self.is_class else None
+        if callable(attr) and not isinstance(attr, type):
+            self._rpc[name] = True  # only methods that exist: names may come from clients
+            return True
+        return False
+
+    cdef object rpc_function(self, str name):
+        """The plain function behind method ``name``, or None if it is not one."""
+        attr = inspect.getattr_static(self.handler, name, None)
+        return attr if type(attr) is _FunctionType else None
+
+    cdef object instantiate(self, InvocationContext ctx):
+        if self.fast_init:
+            inst = fastbind_alloc_instance(self.handler)
+            fastbind_slot_set(inst, _EP_CTX, ctx)
+            fastbind_slot_set(inst, _EP_ENV, self.env)
+            return inst
+        return self.handler(ctx, self.env)
+
+    cdef object invoke(self, object request, InvocationContext ctx):
+        if self.is_class:
+            return self.instantiate(ctx).fetch(request)
+        return self.handler(request, self.env, ctx)
+
+    def __repr__(self):
+        return f"<WorkerHandle {self.name}>"
+
+
+# --- the ledger ----------------------------------------------------------------------
+# Entries keep kinds and outcomes as one-byte codes into this table (an entry is 40
+# bytes, not 64). Code 0 is "running"; the table only grows, with the few labels the
+# code base uses.
+cdef list _LABELS = [None, _KIND_BINDING, _KIND_RPC, _KIND_FETCH, _OK, _ERROR, _CANCELED]
+cdef dict _LABEL_CODES = {label: code for code, label in enumerate(_LABELS) if code}
+
+
+cdef inline uint8_t _label_code(str label) except 0:
+    if label is _KIND_BINDING:
+        return 1
+    if label is _KIND_RPC:
+        return 2
+    if label is _KIND_FETCH:
+        return 3
+    code = _LABEL_CODES.get(label)
+    if code is not None:
+        return code
+    if len(_LABELS) > 255:
+        raise ValueError(f"too many distinct ledger labels (at {label!r})")
+    _LABELS.append(label)
+    _LABEL_CODES[label] = len(_LABELS) - 1
+    return len(_LABELS) - 1
+
+
+cdef inline uint8_t _outcome_code(str outcome) noexcept:
+    if outcome is _OK:
+        return 4
+    if outcome is _ERROR:
+        return 5
+    if outcome is _CANCELED:
+        return 6
+    return _other_outcome_code(outcome)
+
+
+cdef uint8_t _other_outcome_code(str outcome) noexcept:
+    try:
+        return _label_code(outcome)
+    except BaseException:
+        return 5
+
+
+# Records hold only strings and numbers, so they cannot be part of a reference cycle.
+@cython.final
+@cython.no_gc
+cdef class SubrequestRecord:
+    """One ledger entry: who called what, how deep, when, for how long, and how it ended.
+
+    A snapshot: the pipeline keeps its ledger as C structs and builds these on reading.
+    """
+
+    def __init__(self):
+        raise TypeError("SubrequestRecord is created by the runtime only")
+
+    def as_dict(self):
+        return {
+            "caller": self.caller, "target": self.target, "kind": self.kind,
+            "depth": self.depth, "start_ns": self.start_ns,
+            "duration_ns": self.duration_ns, "outcome": self.outcome,
+            "cpu_ns": self.cpu_ns,
+        }
+
+    def __repr__(self):
+        return (
+            f"<SubrequestRecord {self.caller}->{self.target} {self.kind} "
+            f"depth={self.depth} outcome={self.outcome}>"
+        )
+
+
+@cython.final
+cdef class OpenSubrequest:
+    """A subrequest in progress (an outbound fetch): ``finish(outcome)`` closes its entry."""
+
+    def __init__(self):
+        raise TypeError("OpenSubrequest is created by the runtime only")
+
+    def finish(self, str outcome not None):
+        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
+        self.pipeline._finish_entry(self.index, outcome, -1)
+
+
+cdef inline LedgerEntry* _ledger_entry(PipelineContext pipeline, Py_ssize_t index) noexcept:
+    cdef Py_ssize_t offset
+    cdef int k = fastbind_ledger_block(index, &offset)
+    return &pipeline._blocks[k][offset]
+
+
+@cython.final
+@cython.freelist(16)
+cdef class PipelineContext:
+    """One top-level request and everything it reaches: limits, ledger, tasks."""
+
+    def __init__(self, str entry not None, limits, owner=None):
+        global _live_pipelines
+        self.entry = entry
+        self.owner = owner
+        self.max_depth = limits.depth
+        self.max_subrequests = limits.subrequests
+        self.open_connections = limits.open_connections
+        self.wait_until_s = limits.wait_until_s
+        self.start_ticks = fastbind_ticks()
+        self.duration_ticks = -1
+        cpu_ms = limits.cpu_ms
+        # int64 nanoseconds hold 292 years: a larger budget is the same as that.
+        self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>min(cpu_ms * 1e6, 9.2e18)
+        self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
+        _live_pipelines += 1
+
+    def __dealloc__(self):
+        # The ledger's names and blocks. An unclosed pipeline that is collected stays
+        # counted: a leak shows in live_counts() (the twin behaves the same).
+        if self._blocks == NULL:  # no subrequest: nothing was allocated
+            return
+        cdef Py_ssize_t i
+        cdef LedgerEntry* e
+        for i in range(self._count):
+            e = _ledger_entry(self, i)
+            Py_XDECREF(e.caller)  # str: freeing one runs no Python code
+            Py_XDECREF(e.target)
+        for i in range(self._n_blocks):
+            PyMem_Free(self._blocks[i])
+        PyMem_Free(self._blocks)
+        self._blocks = NULL
+
+    @property
+    def start_ns(self):
+        """When the pipeline opened, in CLOCK_MONOTONIC nanoseconds (time.monotonic_ns)."""
+        return fastbind_ticks_to_ns(self.start_ticks, fastbind_tick_rate())
+
+    @property
+    def duration_ns(self):
+        """From opening to the end of the top-level invocation, in ns; -1 until then."""
+        if self.duration_ticks < 0:
+            return -1
+        return <int64_t>(self.duration_ticks * fastbind_tick_rate())
+
+    # The ledger is C blocks of entries: a binding call adds one without allocating
+    # a Python object, and entries become SubrequestRecords only when read.
+    cdef inline Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
+        cdef Py_ssize_t offset
+        cdef int k = fastbind_ledger_block(self._count, &offset)
+        cdef LedgerEntry** blocks
+        cdef LedgerEntry* block
+        if k == self._n_blocks:  # the last block is full (offset is 0): one more
+            blocks = <LedgerEntry**>PyMem_Realloc(self._blocks, (k + 1) * sizeof(LedgerEntry*))
+            if blocks == NULL:
+                raise MemoryError()
+            self._blocks = blocks
+            block = <LedgerEntry*>PyMem_Malloc((<Py_ssize_t>8 << k) * sizeof(LedgerEntry))
+            if block == NULL:
+                raise MemoryError()
+            blocks[k] = block
+            self._n_blocks = k + 1
+        cdef LedgerEntry* e = &self._blocks[k][offset]
+        Py_INCREF(caller)
+        e.caller = <PyObject*>caller
+        Py_INCREF(target)
+        e.target = <PyObject*>target
+        e.kind = _label_code(kind)
+        e.depth = <int32_t>depth
+        e.start_ticks = fastbind_ticks()
+        e.duration_ticks = -1
+        e.outcome = 0
+        self._count += 1
+        return self._count - 1
+
+    cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept:
+        cdef LedgerEntry* e
+        if index < 0:  # the top-level invocation
+            if self.duration_ticks < 0:
+                self.duration_ticks = fastbind_ticks() - self.start_ticks
+            return
+        if index >= self._count:
+            return
+        e = _ledger_entry(self, index)
+        if e.outcome == 0:
+            e.duration_ticks = fastbind_ticks() - e.start_ticks
+            e.outcome = _outcome_code(outcome)
+            if self.cpu_enabled:  # metered pipelines only: most entries carry no CPU figure
+                self._record_cpu(index, cpu_ns)
+
+    cdef void _record_cpu(self, Py_ssize_t index, int64_t cpu_ns) noexcept:
+        try:
+            if self._entry_cpu is None:
+                self._entry_cpu = {}
+            self._entry_cpu[index] = cpu_ns
+        except BaseException:  # out of memory: the entry keeps no CPU figure
+            pass
+
+    @property
+    def ledger(self):
+        """Every subrequest of the pipeline so far, in the order they were made."""
+        cdef list records = []
+        cdef SubrequestRecord rec
+        cdef LedgerEntry* e
+        cdef Py_ssize_t i
+        cdef double rate = fastbind_tick_rate()
+        for i in range(self._count):
+            e = _ledger_entry(self, i)
+            rec = SubrequestRecord.__new__(SubrequestRecord)
+            rec.caller = <str>e.caller
+            rec.target = <str>e.target
+            rec.kind = <str>PyList_GET_ITEM(_LABELS, e.kind)
+            rec.depth = e.depth
+            rec.start_ns = fastbind_ticks_to_ns(e.start_ticks, rate)
+            rec.duration_ns = -1 if e.duration_ticks < 0 else <int64_t>(e.duration_ticks * rate)
+            rec.outcome = None if e.outcome == 0 else <str>PyList_GET_ITEM(_LABELS, e.outcome)
+            rec.cpu_ns = -1 if self._entry_cpu is None else self._entry_cpu.get(i, -1)
+            records.append(rec)
+        return tuple(records)
+
+    def adopt(self, task):
+        """Account a task spawned by one of this pipeline's Workers."""
+        global _live_tasks
+        if self.closed:
+            return
+        if self._tasks is None:
+            # Most pipelines never spawn a task: two empty sets are 432 bytes of every
+            # in-flight request.
+            self._tasks = set()
+            self._waiting = set()
+        elif task in self._tasks or task in self._waiting:
+            return
+        self._tasks.add(task)
+        _live_tasks += 1
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task):
+        global _live_tasks
+        if task in self._tasks:
+            self._tasks.discard(task)
+        elif task in self._waiting:
+            self._waiting.discard(task)
+        else:
+            return
+        _live_tasks -= 1
+
+    def keep_alive(self, task):
+        """Move an adopted task to the wait_until set: it outlives the response."""
+        if self._tasks is not None and task in self._tasks:
+            self._tasks.discard(task)
+            self._waiting.add(task)
+
+    @property
+    def idle(self):
+        """True when no task of the pipeline, wait_until work included, is still running."""
+        return _pipeline_idle(self)
+
+    def take_tasks(self):
+        """Pending tasks to cancel when the response is done (not wait_until ones)."""
+        if self._tasks is None:
+            return []
+        return [t for t in self._tasks if not t.done()]
+
+    def take_waiting(self):
+        if self._waiting is None:
+            return []
+        return [t for t in self._waiting if not t.done()]
+
+    def close(self):
+        """Mark the pipeline ended; it adopts nothing more."""
+        _close_pipeline(self)
+
+    def charge_fetch(self, InvocationContext caller not None, str target not None):
+        """Count one outbound fetch (or redirect) of ``caller``; returns its ledger record."""
+        caller._charge()
+        cdef OpenSubrequest sub = OpenSubrequest.__new__(OpenSubrequest)
+        sub.pipeline = self
+        sub.index = self._add_entry(caller.handle.name, target, _KIND_FETCH, caller.depth)
+        return sub
+
+
+cdef inline void _close_pipeline(PipelineContext pipeline) noexcept:
+    # ``root`` is let go: the root invocation refers to its pipeline, and the pair
+    # would otherwise live on as a cycle until the garbage collector ran.
+    global _live_pipelines
+    if not pipeline.closed:
+        pipeline.closed = True
+        pipeline.root = None
+        _live_pipelines -= 1
+
+
+cdef bint _pipeline_idle(PipelineContext pipeline) except -1:
+    if pipeline._tasks is None:
+        return True
+    for task in pipeline._tasks:
+        if not task.done():
+            return False
+    for task in pipeline._waiting:
+        if not task.done():
+            return False
+    return True
+
+
+@cython.final
+@cython.freelist(64)
+cdef class InvocationContext:
+    """One run of one Worker: its depth, subrequest budget and ``ctx`` methods."""
+
+    def __init__(self):
+        raise TypeError("InvocationContext is created by the runtime only")
+
+    @property
+    def worker(self):
+        return self.handle.name
+
+    @property
+    def env(self):
+        """This invocation's env, readable only by its own code (not by a child via ``parent``)."""
+        if _current() is not self:
+            raise AttributeError("An invocation's env is readable only by its own code")
+        return self.handle.env
+
+    @property
+    def passes_through_on_exception(self):
+        return self.pass_through
+
+    cdef int _charge(self) except -1:
+        if self.subrequests >= self.pipeline.max_subrequests:
+            raise TooManySubrequestsError()
+        self.subrequests += 1
+        return 0
+
+    cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props):
+        cdef PipelineContext pipeline = self.pipeline
+        if self.depth >= pipeline.max_depth:
+            raise SubrequestDepthError()
+        self._charge()
+        cdef Py_ssize_t index = pipeline._add_entry(self.handle.name, handle.name, kind, self.depth + 1)
+        return _new_invocation(pipeline, self, handle, self.depth + 1, props, index)
+
+    cdef inline void _finish(self, str outcome) noexcept:
+        self.pipeline._finish_entry(self.ledger_index, outcome, self.cpu_ns)
+
+    def wait_until(self, awaitable):
+        """Let ``awaitable`` run on after the response, up to ``Limits.wait_until_s``."""
+        cdef PipelineContext pipeline = self.pipeline
+        if pipeline.closed:
+            raise FastbindError("wait_until() called after the pipeline ended")
+        cdef ExecutionSlot slot = _current_slot()
+        if slot is None:
+            raise FastbindError("wait_until() called outside a fastbind invocation")
+        previous = slot.current
+        slot.current = self
+        try:
+            task = asyncio.ensure_future(awaitable)
+        finally:
+            slot.current = previous
+        pipeline.adopt(task)
+        pipeline.keep_alive(task)
+
+    def run(self, awaitable):
+        """Await ``awaitable`` as this invocation: its code sees this ``ctx`` as current.
+
+        No ledger entry, depth or subrequest is added: it is the same invocation,
+        resumed from another task (e.g. the reader of a streamed response body).
+        """
+        cdef BindingCall call = _new_call(self, awaitable, False)
+        call.borrowed = True
+        return call
+
+    def pass_through_on_exception(self):
+        """On an uncaught exception, forward the request to the Runtime's origin."""
+        self.pass_through = True
+        if self.pipeline.root is not None:
+            self.pipeline.root.pass_through = True
+
+    def __repr__(self):
+        return f"<InvocationContext {self.handle.name} depth={self.depth}>"
+
+
+cdef inline InvocationContext _new_invocation(
+    PipelineContext pipeline, InvocationContext parent, WorkerHandle handle,
+    long depth, object props, Py_ssize_t ledger_index,
+):
+    cdef InvocationContext inv = InvocationContext.__new__(InvocationContext)
+    inv.pipeline = pipeline
+    inv.parent = parent
+    inv.handle = handle
+    inv.depth = depth
+    inv.props = props
+    inv.ledger_index = ledger_index
+    return inv

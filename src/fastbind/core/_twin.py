@@ -1,0 +1,66 @@
+"""Pure-Python twin of the compiled core (``fastbind.core._core``): the same names and
+the same behaviour, in three parts (``_twin_contexts``, ``_twin_bindings``,
+``_twin_dispatch``) that mirror the compiled core's. Runs on any Python 3.11+."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._twin_bindings import (
+    IMPLEMENTATION,
+    Fetcher,
+    RpcMethod,
+    SliceMeter,
+    TaskFactory,
+    WorkerHandle,
+    call_child,
+    make_task_factory,
+)
+from ._twin_contexts import (
+    BindingCall,
+    ExecutionSlot,
+    InvocationContext,
+    OpenSubrequest,
+    PipelineContext,
+    SubrequestRecord,
+    current_invocation,
+    live_counts,
+    watchdog_tick,
+)
+from ._twin_dispatch import DispatchPlan, Entry
+from .env import Env
+
+__all__ = (
+    "IMPLEMENTATION",
+    "Env",
+    "ExecutionSlot",
+    "WorkerHandle",
+    "PipelineContext",
+    "SubrequestRecord",
+    "OpenSubrequest",
+    "InvocationContext",
+    "Fetcher",
+    "RpcMethod",
+    "BindingCall",
+    "TaskFactory",
+    "SliceMeter",
+    "DispatchPlan",
+    "Entry",
+    "call_child",
+    "current_invocation",
+    "fast_paths",
+    "live_counts",
+    "make_task_factory",
+    "watchdog_tick",
+)
+
+
+def fast_paths() -> dict[str, Any]:
+    """What this core does: the twin has no fast paths and stamps with the monotonic clock."""
+    return {
+        "built": False,
+        "on": False,
+        "clock": "monotonic",
+        "thread_cpu_clock": hasattr(time, "pthread_getcpuclockid"),
+    }

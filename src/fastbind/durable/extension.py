@@ -1,0 +1,95 @@
+"""Durable Objects in a Runtime: the extension that declares, builds and closes its namespaces."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ..errors import ConfigError
+from ..extension import Extension, register
+from .declarations import check_declarations
+from .namespace import DurableObjectNamespace
+
+if TYPE_CHECKING:
+    from ..bindings import WorkerSpec
+    from ..runtime import Runtime
+
+__all__ = ("DurableObjects",)
+
+
+@register
+class DurableObjects(Extension):
+    """A Runtime's Durable Object namespaces, their storage directory and idle time.
+
+    ``Runtime(durable_dir=...)``: one SQLite file per namespace there (in memory
+    without one); ``durable_idle_s``: objects idle that long leave memory (None: never).
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        directory = runtime.options.durable_dir
+        idle_s = runtime.options.durable_idle_s
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(
+                f"Runtime durable_dir must be a path or None, not {type(directory).__name__}"
+            )
+        if idle_s is not None and (
+            isinstance(idle_s, bool) or not isinstance(idle_s, (int, float))
+            or not 0 < idle_s < math.inf
+        ):
+            raise ValueError(
+                "Runtime durable_idle_s must be a positive number of seconds or None, "
+                f"not {idle_s!r}"
+            )
+        self.directory = None if directory is None else Path(directory)
+        self.idle_s = None if idle_s is None else float(idle_s)
+        self._namespaces: dict[tuple[str, str], DurableObjectNamespace] = {}
+
+    def worker_added(self, spec: WorkerSpec) -> None:
+        declared = check_declarations(spec.name, spec.options.get("durable_objects"))
+        for binding in declared:
+            if binding in spec.services or binding in spec.vars:
+                raise ConfigError(
+                    f'Worker "{spec.name}" defines "{binding}" both as a Durable Object namespace '
+                    "and as a binding or var."
+                )
+        spec.options["durable_objects"] = declared
+
+    def env_values(self, spec: WorkerSpec, handle: Any) -> dict[str, DurableObjectNamespace]:
+        declared = spec.options.get("durable_objects") or {}
+        return {
+            binding: self.namespace(spec.name, binding, cls, handle)
+            for binding, cls in declared.items()
+        }
+
+    def database_path(self, worker: str, class_name: str) -> Path | None:
+        if self.directory is None:
+            return None
+        # Quoted so that any Worker name makes one plain file name, "." included so
+        # that ("a.b", "C") and ("a", "b.C") cannot meet.
+        parts = (quote(part, safe="").replace(".", "%2E") for part in (worker, class_name))
+        return self.directory / (".".join(parts) + ".sqlite3")
+
+    def namespace(
+        self, worker: str, binding: str, cls: type, worker_handle: Any
+    ) -> DurableObjectNamespace:
+        """The namespace of ``cls`` in Worker ``worker``, the same one at every validate()."""
+        key = (worker, cls.__name__)
+        ns = self._namespaces.get(key)
+        if ns is None:
+            ns = DurableObjectNamespace(self, worker, binding, cls, worker_handle)
+            self._namespaces[key] = ns
+        elif ns._class is not cls:
+            raise ConfigError(
+                f'Worker "{worker}" declares two Durable Object classes named "{cls.__name__}" '
+                "(they would share ids and storage); give them different names."
+            )
+        return ns
+
+    async def aclose(self) -> None:
+        """Drop every live object, cancel its timers and close the databases."""
+        for ns in self._namespaces.values():
+            await ns._close()

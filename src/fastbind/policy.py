@@ -1,0 +1,189 @@
+"""What a Runtime decides about its top-level requests, for the core that runs them.
+
+The core (``DispatchPlan``) owns the rule of how a pipeline ends once its Response is
+known (``DispatchPlan.conclude``). This policy is the rest, the parts that belong to
+the Runtime: the Response an exception, a hang or the CPU limit becomes (``answer``),
+the report of a finished pipeline (``report``), and the lifecycle's mechanics that the
+rule calls (``end``: cancel what is left and supervise wait_until work; ``stream``: end
+when a streamed body is consumed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from . import hangwatch
+from .errors import CPU_LIMIT_MESSAGE, BodyReadError, CpuLimitExceeded
+from .lifecycle import PipelineStream, end_pipeline, logger
+from .response import Response
+from .watchdog import watchdog
+
+if TYPE_CHECKING:
+    from .extension import Rescuer
+    from .runtime import Runtime
+
+__all__ = ("DispatchPolicy", "PipelineReport")
+
+_TEXT = {"content-type": "text/plain; charset=utf-8"}
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineReport:
+    """What one finished pipeline did: given to ``Runtime(on_pipeline_end=...)``."""
+
+    entry: str
+    status: int | None
+    start_ns: int
+    duration_ns: int
+    subrequests: tuple[Any, ...]  # SubrequestRecord: caller, target, kind, depth, ...
+    error: BaseException | None
+    cpu_ns: int | None = None  # the pipeline's CPU, when Limits.cpu_ms or measure_cpu is set
+
+
+def _has_factory(factory: Any, implementation: str) -> bool:
+    while factory is not None:
+        if getattr(factory, "fastbind_implementation", None) == implementation:
+            return True
+        factory = getattr(factory, "previous", None)
+    return False
+
+
+class DispatchPolicy:
+    """The Runtime's side of top-level dispatch; ``plan`` is the core's side."""
+
+    __slots__ = (
+        "runtime", "core", "plan", "hook", "rescuer", "watch_hang", "watch_cpu", "__weakref__",
+    )
+
+    def __init__(self, runtime: Runtime, core: Any) -> None:
+        self.runtime = runtime
+        self.core = core
+        self.hook: Callable[[PipelineReport], Any] | None = None
+        self.rescuer: Rescuer | None = None
+        # Called by the core as they are (no method of this class in between).
+        self.watch_hang = hangwatch.watch
+        self.watch_cpu = partial(watchdog.watch, core)
+        self.plan = core.DispatchPlan(self, runtime.limits)
+
+    def set_hook(self, hook: Callable[[PipelineReport], Any] | None) -> None:
+        self.hook = hook
+        self.plan.reports = hook is not None
+
+    def set_rescuer(self, rescuer: Rescuer | None) -> None:
+        self.rescuer = rescuer
+        self.plan.snapshot = None if rescuer is None else rescuer.snapshot
+
+    # -- what the core calls -------------------------------------------------------------
+
+    def validate(self) -> None:
+        self.runtime.validate()
+
+    def install_task_factory(self, loop: asyncio.AbstractEventLoop) -> None:
+        current = loop.get_task_factory()
+        if not _has_factory(current, self.core.IMPLEMENTATION):
+            loop.set_task_factory(self.core.make_task_factory(current))
+
+    async def answer(
+        self, pipeline: Any, original: Any, response: Response | None, exc: BaseException | None,
+        hung: bool,
+    ) -> Response:
+        """The Response of a top-level request that did not end with one of its own.
+
+        ``response`` is what the root invocation returned, or ``exc`` what it raised;
+        ``hung`` is the hang detector's verdict. Ends the pipeline by the core's rule
+        and returns the Response, or raises the caller's cancellation.
+        """
+        name = pipeline.entry
+        error: BaseException | None = None
+        gone: BaseException | None = None  # the caller went away (or the process is stopping)
+        if exc is None:
+            pass
+        elif isinstance(exc, asyncio.CancelledError):
+            gone = exc
+        elif isinstance(exc, CpuLimitExceeded):
+            error = exc
+            response = _cpu_exceeded(name)
+        elif isinstance(exc, Exception):
+            error = exc
+            if not hung:
+                try:
+                    response = await self._uncaught(pipeline, name, original, exc)
+                except BaseException as late:  # cancelled while passing through
+                    response, gone = None, late
+        else:
+            gone = exc
+        if hung:
+            task = asyncio.current_task()
+            assert task is not None
+            if task.uncancel() == 0:  # the cancel was the hang verdict's alone: answer for it
+                if response is not None:
+                    await response.aclose()
+                gone, error = None, hangwatch.WorkerHangError()
+                response = Response(hangwatch.HANG_MESSAGE, status=500, headers=_TEXT)
+            elif gone is None:  # the caller cancelled too, and the Worker swallowed it
+                gone = asyncio.CancelledError()
+        if gone is not None:
+            await self.plan.conclude(pipeline, None, gone)
+            raise gone
+        assert response is not None
+        if pipeline.cpu_exceeded and error is None:  # over budget in its last step
+            response = _cpu_exceeded(name)
+        ending = self.plan.conclude(pipeline, response, error)
+        if ending is not None:
+            await ending
+        return response
+
+    def report(self, pipeline: Any, status: int | None, error: BaseException | None) -> None:
+        """A pipeline has ended: release its CPU watch, give the hook its report."""
+        if pipeline.cpu_limit_ns >= 0:
+            watchdog.unwatch()
+        hook = self.hook
+        if hook is None:
+            return
+        try:
+            hook(PipelineReport(
+                pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
+                pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
+            ))
+        except Exception:
+            logger.exception("on_pipeline_end hook raised")
+
+    def end(
+        self, pipeline: Any, status: int | None, error: BaseException | None, cancel_wait_until: bool,
+    ) -> Coroutine[Any, Any, None]:
+        """Cancel what is left of ``pipeline``, supervise its wait_until work, then report."""
+        return end_pipeline(
+            pipeline, partial(self.report, pipeline, status, error), cancel_wait_until=cancel_wait_until
+        )
+
+    def stream(self, pipeline: Any, response: Response, status: int, error: BaseException | None) -> None:
+        """``response``'s body is a stream: the pipeline ends once it is read or closed."""
+        done = partial(self.report, pipeline, status, error)
+        response.body = PipelineStream(
+            response.body, lambda: end_pipeline(pipeline, done), pipeline.root
+        )
+
+    # -- the Responses of failures -------------------------------------------------------------
+
+    async def _uncaught(self, pipeline: Any, name: str, original: Any, exc: Exception) -> Response:
+        root = pipeline.root
+        rescuer = self.rescuer
+        if rescuer is not None and original is not None and root is not None and root.passes_through_on_exception:
+            logger.warning('Worker "%s" raised %r; passing the request through to the origin', name, exc)
+            return await rescuer.rescue(original, exc)
+        if isinstance(exc, BodyReadError):
+            # The client's doing (it went away, went silent or sent too much), not a
+            # fault of the Worker: no traceback, not an error of this server.
+            logger.warning('Worker "%s" could not read its request body: %s', name, exc)
+        else:
+            logger.error('Uncaught exception in Worker "%s"', name, exc_info=exc)
+        return Response("Internal Server Error", status=500, headers=_TEXT)
+
+
+def _cpu_exceeded(name: str) -> Response:
+    logger.error('%s (Worker "%s")', CPU_LIMIT_MESSAGE, name)
+    return Response(CPU_LIMIT_MESSAGE, status=503, headers=_TEXT)
