@@ -237,7 +237,30 @@ cdef class OpenSubrequest:
 cdef inline LedgerEntry* _ledger_entry(PipelineContext pipeline, Py_ssize_t index) noexcept:
     cdef Py_ssize_t offset
     cdef int k = fastbind_ledger_block(index, &offset)
-    return &pipeline._blocks[k][offset]
+    return &pipeline._ledger._blocks[k][offset]
+
+
+@cython.final
+@cython.no_gc
+cdef class LedgerBlocks:
+    """The C memory of a pipeline's ledger, made at its first subrequest.
+
+    Its own object, so that a pipeline without subrequests (most top-level requests
+    of a leaf Worker) has nothing to free and no clean-up to run when it goes.
+    """
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i, offset
+        cdef int k
+        cdef LedgerEntry* e
+        for i in range(self.count):
+            k = fastbind_ledger_block(i, &offset)
+            e = &self._blocks[k][offset]
+            Py_XDECREF(e.caller)  # str: freeing one runs no Python code
+            Py_XDECREF(e.target)
+        for i in range(self._n_blocks):
+            PyMem_Free(self._blocks[i])
+        PyMem_Free(self._blocks)
 
 
 @cython.final
@@ -261,22 +284,6 @@ cdef class PipelineContext:
         self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
         _live_pipelines += 1
 
-    def __dealloc__(self):
-        # The ledger's names and blocks. An unclosed pipeline that is collected stays
-        # counted: a leak shows in live_counts() (the twin behaves the same).
-        if self._blocks == NULL:  # no subrequest: nothing was allocated
-            return
-        cdef Py_ssize_t i
-        cdef LedgerEntry* e
-        for i in range(self._count):
-            e = _ledger_entry(self, i)
-            Py_XDECREF(e.caller)  # str: freeing one runs no Python code
-            Py_XDECREF(e.target)
-        for i in range(self._n_blocks):
-            PyMem_Free(self._blocks[i])
-        PyMem_Free(self._blocks)
-        self._blocks = NULL
-
     @property
     def start_ns(self):
         """When the pipeline opened, in CLOCK_MONOTONIC nanoseconds (time.monotonic_ns)."""
@@ -294,19 +301,22 @@ cdef class PipelineContext:
     cdef inline Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
         cdef Py_ssize_t offset
         cdef int k = fastbind_ledger_block(self._count, &offset)
+        cdef LedgerBlocks ledger = self._ledger
         cdef LedgerEntry** blocks
         cdef LedgerEntry* block
-        if k == self._n_blocks:  # the last block is full (offset is 0): one more
-            blocks = <LedgerEntry**>PyMem_Realloc(self._blocks, (k + 1) * sizeof(LedgerEntry*))
+        if ledger is None:
+            ledger = self._ledger = LedgerBlocks.__new__(LedgerBlocks)
+        if k == ledger._n_blocks:  # the last block is full (offset is 0): one more
+            blocks = <LedgerEntry**>PyMem_Realloc(ledger._blocks, (k + 1) * sizeof(LedgerEntry*))
             if blocks == NULL:
                 raise MemoryError()
-            self._blocks = blocks
+            ledger._blocks = blocks
             block = <LedgerEntry*>PyMem_Malloc((<Py_ssize_t>8 << k) * sizeof(LedgerEntry))
             if block == NULL:
                 raise MemoryError()
             blocks[k] = block
-            self._n_blocks = k + 1
-        cdef LedgerEntry* e = &self._blocks[k][offset]
+            ledger._n_blocks = k + 1
+        cdef LedgerEntry* e = &ledger._blocks[k][offset]
         Py_INCREF(caller)
         e.caller = <PyObject*>caller
         Py_INCREF(target)
@@ -317,6 +327,7 @@ cdef class PipelineContext:
         e.duration_ticks = -1
         e.outcome = 0
         self._count += 1
+        ledger.count = self._count
         return self._count - 1
 
     cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept:

@@ -61,6 +61,12 @@ cdef class SubrequestRecord:
     cdef readonly int64_t cpu_ns
 
 
+cdef class LedgerBlocks:
+    cdef LedgerEntry** _blocks   # see fastbind_ledger_block (_capi.h)
+    cdef int _n_blocks
+    cdef Py_ssize_t count        # entries written (their names are owned)
+
+
 cdef class OpenSubrequest:
     cdef PipelineContext pipeline
     cdef Py_ssize_t index
@@ -73,8 +79,7 @@ cdef class PipelineContext:
     cdef readonly long max_subrequests
     cdef readonly long open_connections
     cdef readonly double wait_until_s
-    cdef LedgerEntry** _blocks   # see fastbind_ledger_block (_capi.h)
-    cdef int _n_blocks
+    cdef LedgerBlocks _ledger     # None until the first subrequest
     cdef Py_ssize_t _count
     cdef dict _entry_cpu        # ledger index -> CPU ns, for metered pipelines only
     cdef set _tasks
@@ -262,5 +267,4 @@ cdef class TopLevelCall(BindingCall):
 
 # For other compiled modules of fastbind (fastbind.http._raw).
 cdef object new_request(str method, str url, list items, object raw, object body)
-cdef bint quick_url(object url) except -1
 cdef TopLevelCall entry_call(Entry entry, object request, answer_converter convert)

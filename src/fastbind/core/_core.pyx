@@ -24,6 +24,8 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
+from fastbind.core._url cimport quick_url as _quick_url
+
 import asyncio
 import contextvars
 import inspect

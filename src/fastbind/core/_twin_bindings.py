@@ -22,6 +22,7 @@ from ._twin_contexts import (
     InvocationContext,
     PipelineContext,
     child_of,
+    hidden_field,
     invocation_state,
     meter_enter,
     meter_exit,
@@ -132,25 +133,21 @@ class Fetcher:
 
     Any other public name is an RPC method of the bound WorkerEntrypoint
     (``await env.USERS.get_user(42)``); its stub is cached in the instance dict so
-    later look-ups are plain attribute loads.
+    later look-ups are plain attribute loads. Its own fields are hidden (every other
+    name is an RPC stub's, as on the compiled core).
     """
 
-    __slots__ = ("_target", "_binding", "_props", "__dict__")
+    __slots__ = ("_state", "__dict__")
 
     def __init__(self, target: WorkerHandle, binding: str, props: Any = None) -> None:
-        self._target = target
-        self._binding = binding
-        self._props = EMPTY_PROPS if not props else MappingProxyType(dict(props))
+        set_fetcher_state(self, (target, binding, EMPTY_PROPS if not props else MappingProxyType(dict(props))))
 
     def __getattr__(self, name: str) -> RpcMethod:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         method = RpcMethod(self, name)
-        if (
-            name not in RESERVED_METHODS
-            and not name.startswith("_")
-            and self._target.has_rpc_method(name)
-        ):
+        target = fetcher_state(self)[0]
+        if name not in RESERVED_METHODS and not name.startswith("_") and target.has_rpc_method(name):
             # Only real methods are cached: names can come from clients.
             self.__dict__[name] = method
         return method
@@ -159,16 +156,21 @@ class Fetcher:
         self, input: Any, *, method: Any = None, headers: Any = None, body: Any = None
     ) -> BindingCall:
         """Run the bound Worker's fetch handler with a Request built as fetch() would."""
-        caller = _caller(f"env.{self._binding}.fetch()")
+        target, binding, props = fetcher_state(self)
+        caller = _caller(f"env.{binding}.fetch()")
         if type(input) is Request and method is None and headers is None and body is None:
             request = _forward(input)
         else:
             request = Request(input, method=method, headers=headers, body=body)
-        inv = child_of(caller, self._target, "binding", self._props)
+        inv = child_of(caller, target, "binding", props)
         return BindingCall(inv, request, True)
 
     def __repr__(self) -> str:
-        return f"<Fetcher {self._binding} -> {self._target.name}>"
+        target, binding, _ = fetcher_state(self)
+        return f"<Fetcher {binding} -> {target.name}>"
+
+
+fetcher_state, set_fetcher_state = hidden_field(Fetcher, "_state")
 
 
 class RpcMethod:
@@ -182,7 +184,7 @@ class RpcMethod:
         # Decided once per binding and name: the class's methods do not change per call.
         if name in RESERVED_METHODS or name.startswith("_"):
             self._error: str | None = reserved_message(name)
-        elif not fetcher._target.has_rpc_method(name):
+        elif not fetcher_state(fetcher)[0].has_rpc_method(name):
             self._error = unknown_message(name)
         else:
             self._error = None
@@ -190,19 +192,19 @@ class RpcMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> BindingCall:
         if self._error is not None:
             raise TypeError(self._error)
-        fetcher = self._fetcher
-        caller = _caller(f"env.{fetcher._binding}.{self._name}()")
+        target, binding, props = fetcher_state(self._fetcher)
+        caller = _caller(f"env.{binding}.{self._name}()")
         for value in args:  # scalars, the usual arguments, pass as they are
             if type(value) not in SCALAR_TYPES:
                 args = tuple([isolate(v) for v in args])
                 break
         if kwargs:
             kwargs = {k: isolate(v) for k, v in kwargs.items()}
-        inv = child_of(caller, fetcher._target, "rpc", fetcher._props)
+        inv = child_of(caller, target, "rpc", props)
         return BindingCall(inv, None, False, self._name, args, kwargs)
 
     def __repr__(self) -> str:
-        return f"<RpcMethod {self._fetcher._binding}.{self._name}>"
+        return f"<RpcMethod {fetcher_state(self._fetcher)[1]}.{self._name}>"
 
 
 def call_child(

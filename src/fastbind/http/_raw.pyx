@@ -12,7 +12,8 @@ from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_REFCNT, Py_XDECREF
 from libc.string cimport memcmp, memcpy
 
-from fastbind.core._core cimport Entry, entry_call, new_request, quick_url
+from fastbind.core._core cimport Entry, entry_call, new_request
+from fastbind.core._url cimport quick_url
 
 from fastbind.core import _core as _compiled_core
 from fastbind.headers import Headers, use_raw_decoder
