@@ -1,4 +1,4 @@
-"""Semantics of a binding call (DESIGN.md 2.1-2.4, 2.6, 2.8, 2.9), on both cores."""
+"""Semantics of a binding call (docs/design.md, "The contract"), on both cores."""
 
 from __future__ import annotations
 

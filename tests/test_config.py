@@ -1,4 +1,4 @@
-"""fastbind.toml (DESIGN.md section 4): what it builds, every error it reports, `fastbind check`."""
+"""fastbind.toml (docs/design.md, "The config file"): what it builds, every error it reports, `fastbind check`."""
 
 from __future__ import annotations
 

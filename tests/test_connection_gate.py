@@ -1,4 +1,4 @@
-"""The connection gate (DESIGN.md 2.5, 2.7): FIFO, never failing, cancellation-safe, per pipeline."""
+"""The connection gate (docs/design.md, "Open connections" and "Lifecycle"): FIFO, never failing, cancellation-safe, per pipeline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Outbound fetch (DESIGN.md 2.4, 3, 5) against a real aiohttp server, on both cores."""
+"""Outbound fetch (docs/design.md, "Subrequests" and "Open connections") against a real aiohttp server, on both cores."""
 
 from __future__ import annotations
 

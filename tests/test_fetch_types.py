@@ -1,4 +1,4 @@
-"""Request, Response and Headers: the Fetch API contract of DESIGN.md section 1."""
+"""Request, Response and Headers: the Fetch API contract (docs/design.md, "The Fetch API types")."""
 
 from __future__ import annotations
 

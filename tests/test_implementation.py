@@ -41,3 +41,46 @@ def test_import_does_not_load_the_http_client() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "False"
+
+
+CTYPES_LESS = """
+import sys
+sys.modules["ctypes"] = None  # an interpreter whose ctypes cannot reach the C API
+import asyncio, time
+from fastbind import Limits, Request, Response, Runtime, core_info
+
+async def spin(request, env, ctx):
+    deadline = time.thread_time() + 0.3
+    while time.thread_time() < deadline:  # past the budget, and no step to stop at
+        pass
+    await asyncio.sleep(0)  # the next step: the pipeline is stopped here
+    return Response("too late")
+
+async def gateway(request, env, ctx):
+    return await env.LEAF.fetch(request)
+
+async def leaf(request, env, ctx):
+    return Response("ok")
+
+rt = Runtime(limits=Limits(cpu_ms=50))
+rt.add_worker("gateway", gateway, services={"LEAF": "leaf"})
+rt.add_worker("leaf", leaf)
+rt.add_worker("spin", spin)
+
+async def main():
+    ok = await rt.dispatch("gateway", Request("https://example.com/"))
+    stopped = await rt.dispatch("spin", Request("https://example.com/"))
+    return ok.status, await ok.text(), stopped.status
+
+print(core_info()["core"], *asyncio.run(main()))
+"""
+
+
+def test_the_pure_core_runs_where_ctypes_cannot_reach_the_c_api() -> None:
+    # On such an interpreter a busy loop past its CPU budget cannot be interrupted; it
+    # is stopped at its next step instead.
+    env = {**os.environ, "FASTBIND_NO_EXTENSIONS": "1"}
+    done = subprocess.run([sys.executable, "-c", CTYPES_LESS], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pure", "200", "ok", "503"]

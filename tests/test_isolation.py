@@ -1,4 +1,4 @@
-"""Isolation (DESIGN.md 2.9) on both cores: a Worker reaches only what is bound to it and cannot lift its limits."""
+"""Isolation (docs/design.md, "Isolation") on both cores: a Worker reaches only what is bound to it and cannot lift its limits."""
 
 from __future__ import annotations
 

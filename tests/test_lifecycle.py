@@ -1,4 +1,4 @@
-"""How pipelines end (DESIGN.md 2.7, 2.8): wait_until, leftover tasks, streams, disconnects."""
+"""How pipelines end (docs/design.md, "Lifecycle" and "Shared execution"): wait_until, leftover tasks, streams, disconnects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ctx.pass_through_on_exception()`` with each kind of ``Runtime(origin=...)`` (DESIGN.md 2.6)."""
+"""``ctx.pass_through_on_exception()`` with each kind of ``Runtime(origin=...)`` (docs/design.md, "Exceptions")."""
 
 from __future__ import annotations
 

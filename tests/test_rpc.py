@@ -1,4 +1,4 @@
-"""RPC over bindings (DESIGN.md section 6), on both cores."""
+"""RPC over bindings (docs/design.md, "RPC"), on both cores."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A tiny HTTP/1.0-style server: httptools parses each request into bytes (method, 
 header pairs, body), a ``RawDispatcher`` serves it, and the response is written back
 and the connection closed (HTTP/1.0 framing: a streamed body ends when the connection
 does, so no chunked encoding is needed). A client that goes away cancels its request's
-pipeline, as DESIGN.md 2.7 asks.
+pipeline (docs/design.md, "Lifecycle").
 
     python examples/embedding/httptools_server.py [--port 8080]
     curl -H 'authorization: Bearer demo' http://127.0.0.1:8080/me

@@ -2,7 +2,7 @@
 
 ``app(runtime, entry)`` is an ASGI 3 application: uvicorn, hypercorn or granian serve the
 Runtime's Worker ``entry`` with it, request and response bodies streamed both ways, a
-client that goes away cancelling the pipeline (DESIGN.md 2.7), and lifespan events
+client that goes away cancelling the pipeline (docs/design.md, "Lifecycle"), and lifespan events
 accepted (startup resolves the bindings, shutdown closes the Runtime)::
 
     uvicorn --factory myapp:make_app        # def make_app(): return fastbind.asgi.app(rt, "gateway")

@@ -1,4 +1,4 @@
-"""The exceptions fastbind raises, with the messages of DESIGN.md section 2."""
+"""The exceptions fastbind raises; the messages copied from Cloudflare are kept exact."""
 
 from __future__ import annotations
 

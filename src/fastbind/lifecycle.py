@@ -1,4 +1,4 @@
-"""How a pipeline ends: cancel what is left, let wait_until work finish, detect hangs (DESIGN.md 2.7).
+"""How a pipeline ends: cancel what is left, let wait_until work finish, detect hangs (docs/design.md, "Lifecycle").
 
 The rules, as ``Runtime.dispatch`` applies them:
 

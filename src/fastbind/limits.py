@@ -1,4 +1,4 @@
-"""Per-pipeline limits (DESIGN.md section 1 and 2)."""
+"""Per-pipeline limits (docs/design.md, "The contract")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The connection gate: at most N outbound fetches of one pipeline await headers (DESIGN.md 2.5)."""
+"""The connection gate: at most N outbound fetches of one pipeline await headers (docs/design.md, "Open connections")."""
 
 from __future__ import annotations
 
