@@ -82,6 +82,10 @@ class SubrequestRecord:
     def as_dict(self) -> dict[str, Any]: ...
 
 @final
+class LedgerBlocks:
+    """The C memory of a pipeline's ledger (made at its first subrequest)."""
+
+@final
 class OpenSubrequest:
     """A subrequest in progress (an outbound fetch)."""
 
