@@ -1,4 +1,10 @@
-"""Runtime: the Worker registry, binding resolution, and the entry points of top-level requests."""
+"""Runtime: the Worker registry, binding resolution, and the entry points of top-level requests.
+
+The Runtime owns Workers and their envs; the core owns the rules of a call and of a
+pipeline's end; the DispatchPolicy (policy.py) what failures become; extensions
+(extension.py) add Durable Objects, outbound fetch and pass-through. docs/design.md
+has the whole picture.
+"""
 
 from __future__ import annotations
 
@@ -283,7 +289,10 @@ class Runtime:
         the awaiting task cancels the pipeline; a hung pipeline gets a 500 (see
         ``fastbind.lifecycle`` for the rules).
         """
-        return await self.entry(name)(request)  # type: ignore[no-any-return]
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self.entry(name)
+        return await entry(request)  # type: ignore[no-any-return]
 
     def live_counts(self) -> dict[str, int]:
         """Process-wide counters that return to zero when every pipeline has ended."""

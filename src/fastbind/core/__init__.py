@@ -3,7 +3,8 @@
 ``impl`` is the core new Runtimes run on: the compiled one, unless the package was
 built without it (``FASTBIND_NO_EXTENSIONS=1`` at install, or an interpreter other
 than CPython) or ``FASTBIND_NO_EXTENSIONS=1`` is set now. A compiled module that is
-there but fails to load is an error, not a reason to run the twin.
+there but fails to load is an error, not a reason to run the twin. docs/design.md
+("The compiled core and its twin") describes both, and the fast paths.
 """
 
 from __future__ import annotations
