@@ -27,6 +27,7 @@ from .outbound.fetch import fetch
 from .request import Request
 from .response import Response
 from .runtime import PipelineReport, Runtime
+from .websocket import WebSocket, WebSocketPair
 
 if TYPE_CHECKING:
     from .core._twin import InvocationContext
@@ -55,6 +56,8 @@ __all__ = (
     "fetch",
     "FetchError",
     "RawDispatcher",
+    "WebSocket",
+    "WebSocketPair",
 )
 
 

@@ -77,6 +77,7 @@ from typing import Any
 
 __all__ = (
     "end_pipeline",
+    "end_in_background",
     "PipelineStream",
     "WAIT_UNTIL_MESSAGE",
     "PIPELINE_ENDED_MESSAGE",
@@ -161,6 +162,12 @@ async def end_pipeline(
         _spawn(loop, _supervise_wait_until(pipeline, done, deadline))
     else:
         _close(pipeline, done)
+
+
+def end_in_background(pipeline: Any, done: Callable[[], None]) -> None:
+    """``end_pipeline`` in a supervisor task of its own (nobody awaits the end)."""
+    loop = asyncio.get_running_loop()
+    _spawn(loop, end_pipeline(pipeline, done))
 
 
 async def _end(pipeline: Any, done: Callable[[], None], deadline: float, wait_until_too: bool) -> None:

@@ -5,7 +5,7 @@ known (``DispatchPlan.conclude``). This policy is the rest, the parts that belon
 the Runtime: the Response an exception, a hang or the CPU limit becomes (``answer``),
 the report of a finished pipeline (``report``), and the lifecycle's mechanics that the
 rule calls (``end``: cancel what is left and supervise wait_until work; ``stream``: end
-when a streamed body is consumed).
+when a streamed body is consumed; ``hold``: end when a WebSocket closes).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hangwatch
 from .errors import CPU_LIMIT_MESSAGE, BodyReadError, CpuLimitExceeded
-from .lifecycle import PipelineStream, end_pipeline, logger
+from .lifecycle import PipelineStream, end_in_background, end_pipeline, logger
 from .response import Response
 from .watchdog import watchdog
 
@@ -166,6 +166,13 @@ class DispatchPolicy:
         response.body = PipelineStream(
             response.body, lambda: end_pipeline(pipeline, done), pipeline.root
         )
+
+    def hold(self, pipeline: Any, response: Response, status: int, error: BaseException | None) -> None:
+        """``response`` answers a WebSocket upgrade: the pipeline ends when its socket closes."""
+        done = partial(self.report, pipeline, status, error)
+        web_socket = response.web_socket
+        assert web_socket is not None
+        web_socket.when_closed(partial(end_in_background, pipeline, done))
 
     # -- the Responses of failures -------------------------------------------------------------
 

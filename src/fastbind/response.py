@@ -10,6 +10,7 @@ import orjson
 from .body import BodyInit, BodyMixin, check_body
 from .headers import Headers, HeadersInit
 from .request import check_url
+from .websocket import WebSocket
 
 __all__ = ("Response",)
 
@@ -20,6 +21,11 @@ _JSON_TYPE = ("content-type", "application/json")
 
 def _check_status(status: object) -> int:
     if type(status) is not int or not 200 <= status <= 599:
+        if status == 101 and type(status) is int:
+            raise ValueError(
+                "A Response with status 101 answers a WebSocket upgrade: give it the "
+                "other end of a WebSocketPair, Response(None, status=101, web_socket=client)"
+            )
         raise ValueError(f"Response status must be an int in 200..599, not {status!r}")
     return status
 
@@ -60,9 +66,14 @@ def _build_json(cls: type[Response], obj: Any, *, status: int = 200, headers: He
 
 
 class Response(BodyMixin):
-    """An HTTP response: ``Response(body=None, *, status=200, headers=None)``."""
+    """An HTTP response: ``Response(body=None, *, status=200, headers=None, web_socket=None)``.
 
-    __slots__ = ("status", "headers", "body", "body_used")
+    ``web_socket``: the end of a WebSocketPair that answers an upgrade (status 101, no
+    body); whoever receives the Response relays it.
+    """
+
+    # _web_socket is set only on the Responses that have one (most never pay for it).
+    __slots__ = ("status", "headers", "body", "body_used", "_web_socket")
 
     status: int
     headers: Headers
@@ -70,9 +81,16 @@ class Response(BodyMixin):
     body_used: bool
 
     def __init__(
-        self, body: BodyInit = None, *, status: int = 200, headers: HeadersInit = None
+        self, body: BodyInit = None, *, status: int = 200, headers: HeadersInit = None,
+        web_socket: WebSocket | None = None,
     ) -> None:
-        if status != 200 or type(status) is not int:
+        if web_socket is not None:
+            if not isinstance(web_socket, WebSocket):
+                raise TypeError(f"web_socket must be a WebSocket, not {type(web_socket).__name__}")
+            if status != 101 or body is not None:
+                raise ValueError("A Response with a web_socket has status 101 and no body")
+            self._web_socket = web_socket
+        elif status != 200 or type(status) is not int:
             _check_status(status)
             if body is not None and status in _NULL_BODY_STATUSES:
                 raise TypeError(f"Response with null body status {status} cannot have body")
@@ -95,7 +113,14 @@ class Response(BodyMixin):
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
+    @property
+    def web_socket(self) -> WebSocket | None:
+        """The WebSocket end this Response answers an upgrade with, or None."""
+        return getattr(self, "_web_socket", None)
+
     def clone(self) -> Response:
+        if self.web_socket is not None:
+            raise TypeError("A Response with a web_socket cannot be cloned: one end, one holder")
         mine, theirs = self._split_body()
         self.body = mine
         new = Response.__new__(Response)

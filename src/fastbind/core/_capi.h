@@ -64,6 +64,11 @@ static inline void fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v)
     Py_XDECREF(old);
 }
 
+/* A slot's value, borrowed, or NULL when it is unset. */
+static inline PyObject *fastbind_slot_peek(PyObject *obj, Py_ssize_t off) {
+    return FASTBIND_SLOT(obj, off);
+}
+
 /* A slot of an object just allocated (empty): no old value to release. */
 static inline void fastbind_slot_store(PyObject *fresh, Py_ssize_t off, PyObject *v) {
     Py_INCREF(v);

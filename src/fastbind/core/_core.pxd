@@ -226,6 +226,7 @@ cdef class DispatchPlan:
     cdef object _report
     cdef object _end
     cdef object _stream
+    cdef object _hold
     # The loop last seen (a weak reference, or the loop itself if it takes none), its
     # class's get_task_factory with its vectorcall entry point, and its factory then.
     cdef object _loop_ref

@@ -72,6 +72,7 @@ cdef extern from "_capi.h":
     ctypedef int clockid_t
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
+    PyObject* fastbind_slot_peek(object obj, Py_ssize_t off)
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     object fastbind_alloc_instance(object type)
     object fastbind_context_value(PyObject* var, PyTypeObject* type)
@@ -174,6 +175,7 @@ cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
 cdef Py_ssize_t _HDR_RAW = fastbind_slot_offset(Headers, "_raw")
 cdef Py_ssize_t _RESP_STATUS = fastbind_slot_offset(Response, "status")
 cdef Py_ssize_t _RESP_BODY = fastbind_slot_offset(Response, "body")
+cdef Py_ssize_t _RESP_WEB_SOCKET = fastbind_slot_offset(Response, "_web_socket")
 cdef Py_ssize_t _EP_ENV = fastbind_slot_offset(WorkerEntrypoint, "env")
 cdef Py_ssize_t _EP_CTX = fastbind_slot_offset(WorkerEntrypoint, "ctx")
 cdef object _EP_ENV_SLOT = WorkerEntrypoint.__dict__["env"]

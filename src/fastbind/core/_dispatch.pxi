@@ -71,6 +71,7 @@ cdef class DispatchPlan:
         self._report = policy.report
         self._end = policy.end
         self._stream = policy.stream
+        self._hold = policy.hold
 
     def entry(self, WorkerHandle handle not None):
         """The entry point of top-level requests served by Worker ``handle``."""
@@ -138,7 +139,8 @@ cdef object _conclude(DispatchPlan plan, PipelineContext pipeline, object respon
     A plain body (None, bytes-like, str) is consumed now: the pipeline ends at once if
     nothing of it is left running, else once its tasks are cancelled and awaited and
     its wait_until work is over (the policy's ``end``, an awaitable returned here). A
-    streamed body ends it when read to its end or closed (the policy's ``stream``).
+    streamed body ends it when read to its end or closed (the policy's ``stream``); a
+    WebSocket's upgrade answer when the socket closes (the policy's ``hold``).
     ``response`` None: the caller went away; its tasks are cancelled, and its
     wait_until work too unless the caller was cancelled (a disconnect).
     """
@@ -147,6 +149,10 @@ cdef object _conclude(DispatchPlan plan, PipelineContext pipeline, object respon
     status = fastbind_slot_get(response, _RESP_STATUS, "status")
     body = fastbind_slot_get(response, _RESP_BODY, "body")
     if body is None or type(body) is bytes or type(body) is str or isinstance(body, _PLAIN_BODIES):
+        web_socket = fastbind_slot_peek(response, _RESP_WEB_SOCKET)
+        if web_socket != NULL and web_socket != <PyObject*>None:
+            plan._hold(pipeline, response, status, error)
+            return None
         if not _pipeline_idle(pipeline):
             return plan._end(pipeline, status, error, False)
         _close_pipeline(pipeline)

@@ -45,7 +45,7 @@ class DispatchPlan:
 
     __slots__ = (
         "_owner", "_limits", "resolved", "reports", "snapshot", "_validate", "_install_factory",
-        "_watch_hang", "_watch_cpu", "_answer", "_report", "_end", "_stream",
+        "_watch_hang", "_watch_cpu", "_answer", "_report", "_end", "_stream", "_hold",
     )
 
     def __init__(self, policy: Any, limits: Any) -> None:
@@ -62,6 +62,7 @@ class DispatchPlan:
         self._report = policy.report
         self._end = policy.end
         self._stream = policy.stream
+        self._hold = policy.hold
 
     def entry(self, handle: Any) -> Entry:
         """The entry point of top-level requests served by Worker ``handle``."""
@@ -77,6 +78,9 @@ class DispatchPlan:
         status = response.status
         body = response.body
         if body is None or isinstance(body, _PLAIN_BODIES):
+            if getattr(response, "_web_socket", None) is not None:
+                self._hold(pipeline, response, status, error)
+                return None
             if not pipeline.idle:
                 return self._end(pipeline, status, error, False)
             pipeline.close()

@@ -80,4 +80,7 @@ def _hand_over_response(src: Response) -> Response:
     resp.headers = Headers(src.headers) if type(src.headers) is not Headers else src.headers.copy()
     resp.body = take_body(src)
     resp.body_used = False
+    web_socket = src.web_socket
+    if web_socket is not None:  # an upgrade's answer: its socket goes with it
+        resp._web_socket = web_socket
     return resp
