@@ -69,7 +69,7 @@ def test_a_half_open_end_answers_a_close_only_when_it_closes(run) -> None:
         server.close(3002, "me too")
         return states + [client.ready_state, server.ready_state, client.close_code, server.close_code]
 
-    assert run(main()) == [CLOSING, CLOSING, CLOSED, CLOSED, 3001, 3001]
+    assert run(main()) == [CLOSING, CLOSING, CLOSED, CLOSED, 3002, 3001]  # each hears the other's
 
 
 def test_listeners_get_every_message_then_the_close(run) -> None:

@@ -322,10 +322,9 @@ class WebSocket:
         self.was_clean = was_clean
         if self._state == CLOSING or not self._half_open:
             peer = self._peer
-            if peer is not None and peer._state != CLOSED:  # the reply to its close
+            if peer is not None and peer._state != CLOSED:  # the reply: its code echoed
                 peer.was_clean = was_clean
-                if peer.close_code is None:
-                    peer.close_code, peer.close_reason = code, reason
+                peer.close_code, peer.close_reason = code, reason
                 peer._closed()
             self._closed()
         else:
@@ -335,8 +334,6 @@ class WebSocket:
     def _close(self, code: int, reason: str, was_clean: bool) -> None:
         self._close_sent = True
         self._state = CLOSING
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
         peer = self._peer
         if peer is not None:
             peer._remote_close(code, reason, was_clean)
