@@ -322,9 +322,10 @@ class WebSocket:
         self.was_clean = was_clean
         if self._state == CLOSING or not self._half_open:
             peer = self._peer
-            if peer is not None and peer._state != CLOSED:  # the reply: its code echoed
+            if peer is not None and peer._state != CLOSED:
                 peer.was_clean = was_clean
-                peer.close_code, peer.close_reason = code, reason
+                if peer.close_code is None:  # the automatic reply echoes the code
+                    peer.close_code, peer.close_reason = code, reason
                 peer._closed()
             self._closed()
         else:
