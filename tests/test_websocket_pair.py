@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from fastbind import Request, Response, Runtime, WebSocket, WebSocketPair, WorkerEntrypoint
+from fastbind import DurableObject, Request, Response, Runtime, WebSocket, WebSocketPair, WorkerEntrypoint
+from fastbind.durable import DurableObjects
 from fastbind.websocket import CLOSED, CLOSING, LOW_WATER, OPEN, CloseEvent, MessageEvent
 
 NOT_ACCEPTED = (
@@ -237,3 +238,62 @@ def test_an_rpc_result_that_answers_an_upgrade_keeps_its_socket(core, run) -> No
         return [response.status, [m async for m in ws], ws.ready_state]
 
     assert run(main()) == [101, ["welcome"], CLOSED]
+
+
+class Room(DurableObject):
+    """A chat room: every message goes to every socket of the room, tagged by user."""
+
+    async def fetch(self, request: Request) -> Response:
+        client, server = WebSocketPair()
+        user = request.url.rsplit("=", 1)[1]
+        self.ctx.accept_websocket(server, [user, "everyone"])
+        server.serialize_attachment({"user": user})
+        return Response(None, status=101, web_socket=client)
+
+    async def websocket_message(self, ws: WebSocket, message: Any) -> None:
+        user = ws.deserialize_attachment()["user"]
+        for other in self.ctx.get_websockets("everyone"):
+            other.send(f"{user}: {message}")
+
+    async def websocket_close(self, ws: WebSocket, code: int, reason: str, was_clean: bool) -> None:
+        for other in self.ctx.get_websockets():
+            if other is not ws:
+                other.send(f"{ws.deserialize_attachment()['user']} left ({code})")
+
+
+def test_a_durable_object_room_relays_between_its_sockets(core, run) -> None:
+    async def gateway(request: Request, env: Any, ctx: Any) -> Response:
+        return await env.ROOMS.get_by_name("lobby").fetch(request)
+
+    rt = Runtime(durable_idle_s=0.01)
+    rt.add_worker("gateway", gateway, durable_objects={"ROOMS": Room})
+
+    async def join(user: str) -> WebSocket:
+        response = await rt.dispatch("gateway", Request(f"https://chat/?user={user}"))
+        ws = response.web_socket
+        assert response.status == 101 and ws is not None
+        ws.accept()
+        return ws
+
+    async def main() -> list[Any]:
+        ada, bob, eve = [await join(u) for u in ("ada", "bob", "eve")]
+        ada.send("hi")
+        heard = [await asyncio.wait_for(ws.receive(), 5) for ws in (ada, bob, eve)]
+        await asyncio.sleep(0.05)  # longer than the idle time: the room holds sockets
+        bob.send("yo")
+        heard += [await asyncio.wait_for(ws.receive(), 5) for ws in (ada, bob, eve)]
+        eve.close(1000)
+        heard += [await asyncio.wait_for(ws.receive(), 5) for ws in (ada, bob)]
+        live = rt.extension(DurableObjects)._namespaces[("gateway", "Room")].live_count
+        ada.close(1000)
+        bob.close(1000)
+        for _ in range(200):
+            if rt.live_counts()["pipelines"] == 0:
+                break
+            await asyncio.sleep(0.005)
+        return [heard, live]
+
+    heard, live = run(main())
+    assert heard == ["ada: hi"] * 3 + ["bob: yo"] * 3 + ["eve left (1000)"] * 2
+    assert live == 1
+    assert rt.live_counts() == {"pipelines": 0, "invocations": 0, "tasks": 0}

@@ -241,6 +241,28 @@ class WebSocket:
         if callback in callbacks:
             callbacks.remove(callback)
 
+    # -- for what relays an end (a server, an outbound connection) -------------------------
+
+    def relay_close(self, code: int, reason: str = "", *, was_clean: bool = True) -> None:
+        """Close this end as the connection it stands for closed: with any code a peer
+        may send (1001 going away, 1005 no code, 1009 too big...), unchecked."""
+        if self._state != CLOSED and not self._close_sent:
+            self._close(code, reason, was_clean)
+
+    async def receive(self) -> Message | CloseEvent | ErrorEvent:
+        """The next event of this end: a message, an ErrorEvent, or its CloseEvent (which
+        every later call returns again). For relays; a Worker iterates or listens."""
+        item = await self._next()
+        if isinstance(item, _Closed):
+            return CloseEvent(item.code, item.reason, item.was_clean)
+        if isinstance(item, _Failed):
+            return ErrorEvent(item.error)
+        return item
+
+    def has_unread(self) -> bool:
+        """Whether messages the other end sent wait here (the close aside)."""
+        return any(not isinstance(item, (_Closed, _Failed)) for item in self._inbox)
+
     def when_closed(self, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` once this end is CLOSED (at once if it is already)."""
         if self._state == CLOSED:

@@ -31,8 +31,9 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,6 +44,8 @@ from ..request import Request
 from .ids import DurableObjectId, IdMaker
 from .input_gate import InputGate
 from .storage import DurableObjectStorage, NamespaceDatabase
+from ..websocket import WebSocket
+from .sockets import ObjectSockets
 from .stub import SUBREQUEST_KIND, DurableObjectStub
 
 if TYPE_CHECKING:
@@ -132,6 +135,18 @@ class DurableObjectState:
         task.add_done_callback(live.blocker_done)
         return task
 
+    def accept_websocket(self, ws: WebSocket, tags: Iterable[str] = ()) -> None:
+        """Hold ``ws`` (the server end of a WebSocketPair): its events go to this object's
+        ``websocket_message``, ``websocket_close`` and ``websocket_error`` (sockets.py)."""
+        self._live.sockets.accept(ws, tags)
+
+    def get_websockets(self, tag: str | None = None) -> list[WebSocket]:
+        """The open sockets this object accepted, or those with ``tag``."""
+        return self._live.sockets.get(tag)
+
+    acceptWebSocket = accept_websocket  # noqa: N815 - Cloudflare's names
+    getWebSockets = get_websockets  # noqa: N815
+
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         """Let ``awaitable`` run on after the current call, as ``ctx.wait_until``."""
         inv = self._live.namespace._core.current_invocation()
@@ -162,7 +177,7 @@ class _LiveObject:
 
     __slots__ = (
         "namespace", "id", "label", "loop", "storage", "gate", "instance", "calls", "last_used",
-        "timer", "detached",
+        "timer", "detached", "sockets",
     )
 
     def __init__(self, namespace: DurableObjectNamespace, oid: DurableObjectId) -> None:
@@ -178,6 +193,7 @@ class _LiveObject:
         self.last_used = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.detached = False  # evicted, reset or closed: no longer the live one
+        self.sockets = ObjectSockets(self)  # the WebSockets it holds keep it in memory
 
     def blocker_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -290,19 +306,7 @@ class DurableObjectNamespace:
         live = self._live.get(oid.raw)
         if live is None or live.loop is not asyncio.get_running_loop():
             live = self._activate(oid)
-        live.calls += 1
-        try:
-            gate = live.gate
-            waiter = gate.admit()
-            if waiter is not None:
-                if gate.is_blocked_by(asyncio.current_task()):
-                    waiter.cancel()
-                    raise FastbindError(
-                        f"Durable Object {live.label} was called from its own "
-                        "block_concurrency_while() callback, which would wait for the call "
-                        "while the call waits for it."
-                    )
-                await waiter
+        async with self.admitted(live):
             if method is None:
                 handler = getattr(live.instance, "fetch", None)
                 if handler is None:
@@ -316,9 +320,27 @@ class DurableObjectNamespace:
             if inspect.isawaitable(result):
                 result = await result
             return result
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, live: _LiveObject) -> AsyncIterator[None]:
+        """Run the body as one call of ``live``: admitted by its input gate, counted."""
+        live.calls += 1
+        try:
+            gate = live.gate
+            waiter = gate.admit()
+            if waiter is not None:
+                if gate.is_blocked_by(asyncio.current_task()):
+                    waiter.cancel()
+                    raise FastbindError(
+                        f"Durable Object {live.label} was called from its own "
+                        "block_concurrency_while() callback, which would wait for the call "
+                        "while the call waits for it."
+                    )
+                await waiter
+            yield
         finally:
             live.calls -= 1
-            if not live.calls:
+            if not live.calls and not len(live.sockets):
                 self._arm_idle_timer(live)
 
     # --- eviction, reset, close --------------------------------------------------
@@ -335,8 +357,8 @@ class DurableObjectNamespace:
 
     def _expire(self, live: _LiveObject, idle_s: float) -> None:
         live.timer = None
-        if live.detached or live.calls or not live.gate.idle:
-            return  # busy: the end of its last call arms the timer again
+        if live.detached or live.calls or len(live.sockets) or not live.gate.idle:
+            return  # busy: the end of its last call (or socket) arms the timer again
         loop = live.loop
         remaining = live.last_used + idle_s - loop.time()
         if remaining > 0:
