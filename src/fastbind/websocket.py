@@ -344,10 +344,12 @@ class WebSocket:
         self.was_clean = was_clean
         if self._state == CLOSING or not self._half_open:
             peer = self._peer
-            if peer is not None and peer._state != CLOSED:
+            if peer is not None and peer._state != CLOSED:  # the reply reaches the closer
                 peer.was_clean = was_clean
                 if peer.close_code is None:  # the automatic reply echoes the code
                     peer.close_code, peer.close_reason = code, reason
+                peer._inbox.append(_Closed(peer.close_code, peer.close_reason, was_clean))
+                peer._wake()
                 peer._closed()
             self._closed()
         else:

@@ -27,6 +27,7 @@ from .client import (
     response_headers,
 )
 from .gate import gate_for
+from .websocket import open_websocket, wants_websocket
 
 if TYPE_CHECKING:
     import aiohttp
@@ -91,6 +92,11 @@ async def fetch(
         # The common ``fetch(url)``: there is no Request to build or copy.
         return await send(runtime, invocation, input, "GET", [], None, redirect, timeout)
     request = Request(input, method=method, headers=headers, body=body)
+    if wants_websocket(request.headers):
+        client = None if runtime is None else runtime.extension(OutboundClient)
+        wait = check_timeout(timeout) if timeout is not None else (
+            client.timeout if client is not None else DEFAULT_FETCH_TIMEOUT_S)
+        return await open_websocket(runtime, invocation, request.url, request.headers, wait)
     return await send(
         runtime, invocation, request.url, request.method, outgoing_headers(request.headers),
         request.body, redirect, timeout,

@@ -14,8 +14,9 @@ from ..extension import Extension, register
 from ..headers import HeadersInit
 from ..request import Request
 from ..response import Response
-from .client import outgoing_headers
+from .client import OutboundClient, check_timeout, outgoing_headers
 from .fetch import send
+from .websocket import open_websocket, wants_websocket
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -77,6 +78,9 @@ class RemoteFetcher:
                 f"env.{self._binding}.fetch() was called outside a fastbind invocation"
             )
         request = Request(input, method=method, headers=headers, body=body)
+        if wants_websocket(request.headers):
+            wait = check_timeout(timeout) if timeout is not None else runtime.extension(OutboundClient).timeout
+            return await open_websocket(runtime, invocation, self.url_for(request.url), request.headers, wait)
         return await send(
             runtime, invocation, self.url_for(request.url), request.method,
             outgoing_headers(request.headers), request.body, redirect, timeout,
