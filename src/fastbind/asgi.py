@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .embed import raw_request, raw_response
+from .http import asgi_websocket
 from .errors import BodyReadError, ConfigError
 from .request import Request
 from .response import Response
@@ -43,6 +44,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 WorkerFunction = Callable[[Request, Any, Any], Awaitable[Response]]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_HTTP_SCHEMES = {"ws": "http", "wss": "https"}
 _NO_BODY_STATUSES = frozenset((204, 304))
 
 
@@ -67,8 +69,11 @@ class RuntimeApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1003, "reason": "fastbind serves HTTP only"})
+            headers = list(scope["headers"])
+            if not any(name == b"upgrade" for name, _ in headers):
+                headers += [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]
+            request = raw_request(b"GET", request_url(scope), headers, None)
+            await asgi_websocket.serve(self.runtime.entry(self.entry), request, scope, receive, send)
         else:
             raise ValueError(f"fastbind.asgi.app serves HTTP, not {kind!r} connections")
 
@@ -114,8 +119,9 @@ class RuntimeApp:
 
 
 def request_url(scope: Scope) -> str:
-    """The absolute URL of an ASGI HTTP request: scheme, Host (or server), path, query."""
-    scheme = scope.get("scheme", "http")
+    """The absolute URL of an ASGI request: scheme, Host (or server), path, query (a
+    WebSocket's ws/wss scheme is written http/https, as the upgrade request had it)."""
+    scheme = _HTTP_SCHEMES.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
     host = None
     for name, value in scope["headers"]:
         if name == b"host":
@@ -263,6 +269,9 @@ class _MountedApp:
     async def fetch(self, request: Request, ctx: Any) -> Response:
         if self.lifespan is not False:
             await self._started()
+        upgrade = request.headers.get("upgrade")
+        if upgrade is not None and upgrade.strip().lower() == "websocket":
+            return await asgi_websocket.mounted(self.app, request, self.state)
         exchange = _Exchange(request)
         scope = _scope(request, self.state)
         task = asyncio.ensure_future(self.app(scope, exchange.receive, exchange.send))
