@@ -50,7 +50,7 @@ def test_a_runtime_under_uvicorn_serves_websockets(core, run) -> None:
 
     async def main() -> list[Any]:
         config = uvicorn.Config(fastbind.asgi.app(rt, "gateway"), host="127.0.0.1", port=port,
-                                log_level="warning", lifespan="off", ws="websockets")
+                                log_level="warning", lifespan="off", ws="websockets-sansio")
         server = uvicorn.Server(config)
         serving = asyncio.ensure_future(server.serve())
         try:
