@@ -121,7 +121,8 @@ class RuntimeApp:
 def request_url(scope: Scope) -> str:
     """The absolute URL of an ASGI request: scheme, Host (or server), path, query (a
     WebSocket's ws/wss scheme is written http/https, as the upgrade request had it)."""
-    scheme = _HTTP_SCHEMES.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+    given: str = scope.get("scheme") or "http"
+    scheme = _HTTP_SCHEMES.get(given, given)
     host = None
     for name, value in scope["headers"]:
         if name == b"host":

@@ -17,12 +17,14 @@ from .errors import ConfigError
 from .http.exchange import HTTPLimits
 from .http.server import ListenError, format_address, run
 from .http.supervisor import reserve_port, supervise
+from .http.websocket import WebSocketLimits
 
 __all__ = ("main",)
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DEFAULTS = HTTPLimits()
+_WS = WebSocketLimits()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="a client silent this long in the middle of a request gets 408 (default: 30)")
     serve.add_argument("--keep-alive-timeout", type=_seconds, default=_DEFAULTS.keep_alive_timeout,
                        metavar="SECONDS", help="idle keep-alive connections are closed after this (default: 5)")
+    serve.add_argument("--ws-max-message", type=_size, default=_WS.max_message, metavar="BYTES",
+                       help="largest WebSocket message accepted (default: 1M); larger close the socket with 1009")
+    serve.add_argument("--ws-ping-interval", type=_seconds, default=_WS.ping_interval, metavar="SECONDS",
+                       help="a WebSocket quiet this long is pinged (default: 20)")
+    serve.add_argument("--ws-ping-timeout", type=_seconds, default=_WS.ping_timeout, metavar="SECONDS",
+                       help="a ping unanswered this long closes the WebSocket with 1011 (default: 20)")
+    serve.add_argument("--ws-send-queue", type=_size, default=_WS.send_queue, metavar="BYTES",
+                       help="what a Worker may queue for a WebSocket's client (default: 16M); past it, 1011")
     serve.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                        help="on SIGTERM, how long in-flight requests and wait_until work may take (default: 30)")
 
@@ -136,8 +146,12 @@ def _serve(options: argparse.Namespace) -> int:
         max_body=options.max_body, max_head=options.max_header_size,
         read_timeout=options.read_timeout, keep_alive_timeout=options.keep_alive_timeout,
     )
+    ws_limits = WebSocketLimits(
+        max_message=options.ws_max_message, ping_interval=options.ws_ping_interval,
+        ping_timeout=options.ws_ping_timeout, send_queue=options.ws_send_queue,
+    )
     settings = {
-        "limits": limits, "access_log": options.access_log,
+        "limits": limits, "ws_limits": ws_limits, "access_log": options.access_log,
         "shutdown_timeout": options.shutdown_timeout,
     }
     if options.workers == 1:

@@ -146,7 +146,7 @@ async def mounted(app: Callable[..., Awaitable[None]], request: Request, state: 
 
     # A task of the invocation: it lives while the pipeline does (held open by the 101).
     task = asyncio.ensure_future(app(scope, receive, send))
-    task.add_done_callback(lambda done: answer.done() or answer.set_result(None))
+    task.add_done_callback(lambda done: None if answer.done() else answer.set_result(None))
     accepted = await answer
     if accepted is None:
         return Response("WebSocket connection refused by the application\n", status=403)

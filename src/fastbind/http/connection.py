@@ -22,9 +22,11 @@ from ..errors import BodyReadError
 from ..headers import Headers
 from ..request import Request
 from ..response import Response
+from ..websocket import WebSocket
 from .exchange import AccessLog, Exchange, HTTPLimits, ServerState
 from .request_body import RequestBody
 from .target import HOST_OK, METHODS, message_end, other_form_url, quote_target, unknown_method, valid_host
+from .websocket import WebSocketRelay, handshake
 from .writer import ResponseWriter, close_body
 
 __all__ = ("HTTPConnection", "HTTPLimits", "ServerState", "Exchange", "AccessLog")
@@ -52,13 +54,15 @@ _CHUNKED = 1
 _EXPECT = 2
 _CONNECTION = 4
 _TWO_HOSTS = 8
+_UPGRADE = 16  # Upgrade: websocket
 # Request headers that change how the server reads the request.
-_WATCHED = frozenset(("host", "content-length", "transfer-encoding", "expect", "connection"))
+_WATCHED = frozenset(("host", "content-length", "transfer-encoding", "expect", "connection", "upgrade"))
 
 # Why the socket is not being read.
 _PAUSE_BODY = 1
 _PAUSE_QUEUE = 2
 _PAUSE_STOPPED = 4
+_PAUSE_UPGRADE = 8  # an upgrade request waits for its answer
 
 _PLAIN = (bytes, str, bytearray, memoryview)
 _NAME_CACHE_SIZE = 512
@@ -118,6 +122,8 @@ class HTTPConnection(asyncio.Protocol):
         self._stopped = False  # no more requests are read from this connection
         self._lost = False
         self._linger: asyncio.TimerHandle | None = None  # the timed close of a draining close
+        self._relay: WebSocketRelay | None = None  # once upgraded: the WebSocket it carries
+        self._upgrade_rest = b""  # what came after an upgrade request, before its answer
         # Progress counters, cheap to bump per request; the server's sweep turns them
         # into times (see check_timeouts).
         self.reads = 0  # data_received calls
@@ -136,6 +142,10 @@ class HTTPConnection(asyncio.Protocol):
             self.peer = transport.get_extra_info("peername")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._relay is not None:
+            self._state.connections.discard(self)
+            self._relay.connection_lost()
+            return
         self._lost = True
         self._stopped = True
         if self._linger is not None:
@@ -151,12 +161,19 @@ class HTTPConnection(asyncio.Protocol):
         self._writer.connection_lost()
 
     def pause_writing(self) -> None:
+        if self._relay is not None:
+            self._relay.pause_writing()
         self._writer.pause()
 
     def resume_writing(self) -> None:
+        if self._relay is not None:
+            self._relay.resume_writing()
         self._writer.resume()
 
     def data_received(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.data_received(data)
+            return
         self.reads += 1
         if self._stopped:
             return
@@ -243,6 +260,9 @@ class HTTPConnection(asyncio.Protocol):
                 self._flags |= _CHUNKED
             elif lname == "connection":
                 self._flags |= _CONNECTION
+            elif lname == "upgrade":
+                if text.strip().lower() == "websocket":
+                    self._flags |= _UPGRADE
             elif text.lower() == "100-continue":
                 self._flags |= _EXPECT
 
@@ -276,6 +296,8 @@ class HTTPConnection(asyncio.Protocol):
         if method is None:
             method = self._method_override or raw_method.decode("ascii")
             self._method_override = None
+        if flags & _UPGRADE and raw_method == b"GET" and parser.should_upgrade():
+            ex.websocket = headers._items  # (the handshake reads them as the client sent them)
         target = ex.target = self._url
         if host is None:
             if version != "1.0":
@@ -363,9 +385,15 @@ class HTTPConnection(asyncio.Protocol):
                 self._stop_reading()
 
     def _upgraded(self, data: bytes, offset: int) -> None:
-        # The Upgrade header or CONNECT paused the parser: no protocol switch is made,
-        # so what follows is HTTP again, except after CONNECT (a tunnel's bytes).
+        # The Upgrade header or CONNECT paused the parser. After a WebSocket upgrade
+        # request, what follows is kept for the socket (or dropped with the connection
+        # if the Worker answers otherwise); after CONNECT, a tunnel's bytes; else no
+        # protocol switch is made and what follows is HTTP again.
         last = self._queue[-1] if self._queue else self._active
+        if last is not None and last.websocket is not None:
+            self._upgrade_rest = data[offset:]
+            self._pause_reading(_PAUSE_UPGRADE)
+            return
         if last is not None and last.tunnel:
             last.keep_alive = False
             self._stop_reading()
@@ -478,6 +506,16 @@ class HTTPConnection(asyncio.Protocol):
             await close_body(response)
             self._reject(ex)
             return
+        web_socket = response.web_socket
+        if web_socket is not None:
+            if ex.websocket is not None and response.status == 101:
+                self._upgrade(ex, response, web_socket)
+                return
+            logger.error("Worker answered %s %s with a WebSocket, but the request asked for no upgrade",
+                         request.method, request.url)
+            web_socket.relay_close(1011, "the request was not a WebSocket upgrade")
+            response = Response("Internal Server Error", status=500,
+                                headers={"content-type": "text/plain; charset=utf-8"})
         body = response.body
         response.body_used = True
         if body is None or isinstance(body, _PLAIN):
@@ -485,6 +523,40 @@ class HTTPConnection(asyncio.Protocol):
         else:
             sent = await self._writer.stream(ex, response, body)
         self._finish(ex, response.status, sent)
+        if ex.websocket is not None and not self._lost:
+            # Not switched: HTTP/1.1 goes on after the upgrade request (RFC 9110 7.8).
+            rest, self._upgrade_rest = self._upgrade_rest, b""
+            self._parser = httptools.HttpRequestParser(self)
+            self._resume_reading(_PAUSE_UPGRADE)
+            if rest:
+                self._feed(rest)
+
+    def _upgrade(self, ex: Exchange, response: Response, web_socket: WebSocket) -> None:
+        """The Worker answered the upgrade with a socket: complete the handshake and
+        carry the socket on this connection from now on (http/websocket.py)."""
+        assert ex.websocket is not None and self._transport is not None
+        limits = self._state.ws_limits
+        protocol, head, accepted = handshake(ex.target.decode("latin-1"), ex.websocket,
+                                             response.headers.items(), limits)
+        transport = self._transport
+        transport.write(head)
+        ex.finished = True
+        log = self._state.log
+        if log is not None:
+            log(self, ex, 101 if accepted else ex.reject or 400, 0)
+        self._task = None
+        self._active = None
+        if not accepted:  # a malformed handshake: its error answer is out
+            web_socket.relay_close(1002, "the WebSocket handshake failed")
+            transport.close()
+            return
+        relay = self._relay = WebSocketRelay(transport, protocol, web_socket, limits, transport.close)
+        rest, self._upgrade_rest = self._upgrade_rest, b""
+        if rest:
+            relay.data_received(rest)
+        self._pause = 0
+        if not transport.is_closing():
+            transport.resume_reading()
 
     def _take_body(self, ex: Exchange) -> Any:
         chunks = ex.chunks
@@ -564,8 +636,11 @@ class HTTPConnection(asyncio.Protocol):
         (a head trickled byte by byte is cut off too); a body may take as long as it
         needs while it keeps coming, but not stall for the read timeout; an idle
         keep-alive connection is closed the keep-alive timeout after its last answer,
-        whatever bytes it trickles that start no request.
+        whatever bytes it trickles that start no request. A WebSocket keeps itself
+        alive with pings (http/websocket.py).
         """
+        if self._relay is not None:
+            return
         seen = (self.reads, self.heads, self.answers)
         if seen != self._seen:
             if seen[0] != self._seen[0]:
@@ -598,6 +673,9 @@ class HTTPConnection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Shutdown: serve what has been received, then close."""
+        if self._relay is not None:
+            self._relay.going_away()  # a WebSocket: 1001 once what the Worker sent is out
+            return
         if self._active is None and not self._queue and self._transport is not None:
             self._stopped = True
             self._transport.close()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..request import Request
+from .websocket import WebSocketLimits
 
 if TYPE_CHECKING:
     from .request_body import RequestBody
@@ -52,15 +53,16 @@ class HTTPLimits:
 class ServerState:
     """What every connection of one server shares."""
 
-    __slots__ = ("dispatch", "limits", "connections", "date", "draining",
+    __slots__ = ("dispatch", "limits", "ws_limits", "connections", "date", "draining",
                  "log", "default_host")
 
     def __init__(self, entry: Any, limits: HTTPLimits, default_host: str,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, ws_limits: WebSocketLimits | None = None) -> None:
         # ``dispatch(request)``: the entry point of the served Worker (Runtime.entry),
         # awaited as Runtime.dispatch awaits it, without that coroutine around it.
         self.dispatch = entry
         self.limits = limits
+        self.ws_limits = ws_limits or WebSocketLimits()
         self.connections: set[Any] = set()  # the open HTTPConnections
         self.date = ""  # the Date header line, refreshed every second
         self.draining = False
@@ -96,6 +98,7 @@ class Exchange:
     target = b""
     start = 0.0
     tunnel = False  # CONNECT: nothing after it on this connection is HTTP
+    websocket: list[tuple[str, str]] | None = None  # a WebSocket upgrade request: its headers
     finished = False  # its response has been written
 
     @classmethod

@@ -16,6 +16,7 @@ import uvloop
 from ..runtime import Runtime
 from .connection import HTTPConnection
 from .exchange import Exchange, HTTPLimits, ServerState
+from .websocket import WebSocketLimits
 
 __all__ = ("Server", "HTTPLimits", "ListenError", "serve", "run", "format_address")
 
@@ -41,6 +42,7 @@ class Server:
         entry: str,
         *,
         limits: HTTPLimits | None = None,
+        ws_limits: WebSocketLimits | None = None,
         access_log: bool = False,
     ) -> None:
         # A wrong binding or an unknown entry fails here, before anything is served.
@@ -48,6 +50,7 @@ class Server:
         self.runtime = runtime
         self.entry = entry
         self.limits = limits or HTTPLimits()
+        self.ws_limits = ws_limits or WebSocketLimits()
         self._access_log = access_log
         self._server: asyncio.Server | None = None
         self._state: ServerState | None = None
@@ -65,7 +68,7 @@ class Server:
                     backlog: int = 2048) -> None:
         loop = asyncio.get_running_loop()
         state = self._state = ServerState(
-            self._entry, self.limits, default_host=_host_header(host, port),
+            self._entry, self.limits, ws_limits=self.ws_limits, default_host=_host_header(host, port),
             access_log=_print_access if self._access_log else None,
         )
         try:
@@ -142,6 +145,7 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8787,
     limits: HTTPLimits | None = None,
+    ws_limits: WebSocketLimits | None = None,
     access_log: bool = False,
     shutdown_timeout: float = 30.0,
     reuse_port: bool = False,
@@ -151,7 +155,7 @@ async def serve(
 
     A second signal during the shutdown cancels what is still running at once (exit 1).
     """
-    server = Server(runtime, entry, limits=limits, access_log=access_log)
+    server = Server(runtime, entry, limits=limits, ws_limits=ws_limits, access_log=access_log)
     await server.start(host, port, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -27,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.datastructures import Headers as WSHeaders
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Close, Opcode
 from websockets.http11 import Request as WSRequest
 from websockets.protocol import OPEN, State
+from websockets.frames import Frame
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from ..websocket import WebSocket
 
@@ -85,10 +86,19 @@ def handshake(
     chosen = [v.strip() for n, v in answer_headers if n == "sec-websocket-protocol"]
     protocol = ServerProtocol(
         extensions=[ServerPerMessageDeflateFactory()],
-        subprotocols=[chosen[0]] if chosen and chosen[0] else None,
+        subprotocols=[Subprotocol(chosen[0])] if chosen and chosen[0] else None,
         max_size=limits.max_message,
     )
-    response = protocol.accept(WSRequest(target, WSHeaders(request_headers)))
+    # The protocol reads the request head itself (as the client sent it, rewritten from
+    # what the HTTP parser kept): it then expects frames.
+    head = "".join([f"GET {target} HTTP/1.1\r\n", *(f"{n}: {v}\r\n" for n, v in request_headers), "\r\n"])
+    protocol.receive_data(head.encode("latin-1", "replace"))
+    requests = [event for event in protocol.events_received() if isinstance(event, WSRequest)]
+    if not requests:  # the head could not be read back (it was checked once already)
+        response = protocol.reject(400, "Failed to open a WebSocket connection: bad request.\n")
+        protocol.send_response(response)
+        return protocol, b"".join(protocol.data_to_send()), False
+    response = protocol.accept(requests[0])
     if response.status_code == 101:
         for name, value in answer_headers:
             if name not in _HANDSHAKE_HEADERS:
@@ -116,7 +126,7 @@ class WebSocketRelay:
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._on_done = on_done
-        self._chunks: list[bytes] = []
+        self._chunks: list[Any] = []  # str pieces of a text message, bytes of a binary one
         self._decoder: Any = None  # the UTF-8 decoder of a text message being assembled
         self._writable: asyncio.Future[None] | None = None  # set while the transport is paused
         self._relayed_close = False  # the client's close (or the loss) reached the Worker
@@ -145,6 +155,8 @@ class WebSocketRelay:
     def _handle_events(self) -> None:
         end = self._end
         for frame in self._protocol.events_received():
+            if not isinstance(frame, Frame):
+                continue
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
                 if opcode is not _CONT:
@@ -218,7 +230,7 @@ class WebSocketRelay:
             async for message in end:
                 if protocol.state is not OPEN:
                     continue  # closing: what is left is dropped
-                if type(message) is str:
+                if isinstance(message, str):
                     protocol.send_text(message.encode())
                 else:
                     protocol.send_binary(message)

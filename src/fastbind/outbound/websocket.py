@@ -115,7 +115,7 @@ async def _relay(
                 return
             if isinstance(event, ErrorEvent):
                 continue
-            if type(event) is str:
+            if isinstance(event, str):
                 await connection.send_str(event)
             else:
                 await connection.send_bytes(event)

@@ -1,0 +1,210 @@
+"""WebSockets through `fastbind serve`, a real process on 127.0.0.1, with real clients
+(the websockets library's and aiohttp's), on both cores. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+websockets = pytest.importorskip("websockets", reason="the websockets library is not installed")
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.frames import Frame, Opcode  # noqa: E402
+
+from fastbind import core as cores  # noqa: E402
+
+APP = Path(__file__).resolve().parent / "ws_app" / "fastbind.toml"
+LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+) ")
+CORES = ["c", "py"] if cores.compiled is not None else ["py"]
+T = 10.0
+
+
+class Server:
+    """One `fastbind serve` process on a free port."""
+
+    def __init__(self, core: str, *args: str, config: Path = APP) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if core == "py":
+            env["FASTBIND_NO_EXTENSIONS"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastbind", "serve", str(config), "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = LISTENING.search(line)
+        assert match, f"{line!r} {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        self.port = int(match[1])
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/{path}"
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout=T)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module", params=CORES)
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    served = Server(request.param, "--ws-max-message", "65536", "--ws-ping-interval", "0.3")
+    yield served
+    served.stop()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_echo_through_a_gateway_and_a_binding(server: Server) -> None:
+    async def main() -> list[Any]:
+        async with connect(server.url("echo"), subprotocols=["chat", "other"]) as ws:
+            await ws.send("hello")
+            got: list[Any] = [await ws.recv(), ws.subprotocol]
+            await ws.send(b"\x00\xff" * 1000)
+            got.append(await ws.recv())
+            await ws.send(["frag", "mented ", "text"])  # one message in three frames
+            got.append(await ws.recv())
+            pong = await ws.ping(b"between")  # a ping interleaved with messages
+            await ws.send([b"a", b"b"])
+            await asyncio.wait_for(pong, T)
+            got.append(await ws.recv())
+            await asyncio.sleep(0.7)  # quiet longer than the server's ping interval
+            await ws.send("still here")
+            got.append(await ws.recv())
+        return got + [ws.close_code]
+
+    assert run(main()) == ["hello", "chat", b"\x00\xff" * 1000, "fragmented text", b"ab", "still here", 1000]
+
+
+def test_aiohttp_client_through_the_gateway(server: Server) -> None:
+    async def main() -> list[Any]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url("echo"), compress=15) as ws:
+                await ws.send_str("compressed")
+                first = await ws.receive_str(timeout=T)
+                await ws.send_bytes(b"z" * 50_000)
+                second = await ws.receive_bytes(timeout=T)
+                extensions = ws._response.headers.get("Sec-WebSocket-Extensions", "")
+                await ws.close()
+                return [first, len(second), "permessage-deflate" in extensions, ws.close_code]
+
+    assert run(main()) == ["compressed", 50_000, True, 1000]
+
+
+def test_invalid_utf8_text_closes_with_1007(server: Server) -> None:
+    async def main() -> int | None:
+        async with connect(server.url("echo")) as ws:
+            # A text frame whose payload is not UTF-8, written with the library's framing.
+            frame = Frame(Opcode.TEXT, b"\xff\xfe invalid")
+            ws.transport.write(frame.serialize(mask=True, extensions=[]))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), T)
+            return ws.close_code
+
+    assert run(main()) == 1007
+
+
+def test_a_message_over_the_limit_closes_with_1009(server: Server) -> None:
+    async def main() -> int | None:
+        async with connect(server.url("echo"), max_size=None) as ws:
+            await ws.send(b"x" * 70_000)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), T)
+            return ws.close_code
+
+    assert run(main()) == 1009
+
+
+def test_a_durable_object_room_with_three_clients(server: Server) -> None:
+    async def main() -> list[Any]:
+        url = server.url("room/lobby?user=")
+        async with connect(url + "ada") as ada, connect(url + "bob") as bob, connect(url + "eve") as eve:
+            await ada.send("hi all")
+            heard = [await asyncio.wait_for(ws.recv(), T) for ws in (ada, bob, eve)]
+            await eve.send(b"\x01")
+            heard += [await asyncio.wait_for(ws.recv(), T) for ws in (ada, bob, eve)]
+            # eve goes away without a close frame: the room hears a 1006
+            eve.transport.abort()
+            heard += [await asyncio.wait_for(ws.recv(), T) for ws in (ada, bob)]
+            return heard
+
+    assert run(main()) == (["ada: hi all"] * 3 + ["eve: b'\\x01'"] * 3 + ["eve left (1006)"] * 2)
+
+
+def test_an_upgrade_answered_with_plain_http_is_plain_http(server: Server) -> None:
+    async def main() -> list[Any]:
+        async with aiohttp.ClientSession() as session:
+            try:
+                await session.ws_connect(server.url("plain"))
+            except aiohttp.WSServerHandshakeError as refused:
+                status = refused.status
+            async with session.get(server.url("wrong").replace("ws:", "http:")) as wrong:
+                return [status, wrong.status]
+
+    assert run(main()) == [200, 500]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_sigterm_closes_open_sockets_with_1001(core: str) -> None:
+    served = Server(core)
+
+    async def main() -> list[Any]:
+        async with connect(served.url("echo")) as ws:
+            await ws.send("before")
+            first = await ws.recv()
+            served.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), T)
+            return [first, ws.close_code]
+
+    try:
+        assert run(main()) == ["before", 1001]
+        assert served.proc.wait(timeout=T) == 0  # the shutdown ended cleanly
+    finally:
+        served.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_remote_binding_carries_a_websocket(core: str, tmp_path: Path) -> None:
+    backend = Server(core)
+    config = tmp_path / "fastbind.toml"
+    config.write_text(
+        "[[workers]]\nname = \"front\"\nmain = \"ws_app_workers:gateway\"\n"
+        f"services = [{{ binding = \"ECHO\", url = \"http://127.0.0.1:{backend.port}\" }}]\n"
+        "durable_objects = [{ binding = \"ROOMS\", class_name = \"Room\" }]\n"
+    )
+    (tmp_path / "ws_app_workers.py").write_text((APP.parent / "ws_app_workers.py").read_text())
+    front = Server(core, config=config)
+
+    async def main() -> list[Any]:
+        async with connect(front.url("echo")) as ws:
+            await ws.send("across processes")
+            return [await asyncio.wait_for(ws.recv(), T)]
+
+    try:
+        assert run(main()) == ["across processes"]
+    finally:
+        front.stop()
+        backend.stop()
+
+
+def test_nothing_is_left_listening(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=T):
+        pass
