@@ -1,0 +1,118 @@
+"""The chat example in a real browser: headless Chromium opens the page in two tabs, one
+sends a message, the other shows it. Chromium is driven through its DevTools protocol
+(a WebSocket; the websockets library's client). Skipped where Chromium is not installed
+(.ci/run installs Debian's package)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+websockets = pytest.importorskip("websockets", reason="the websockets library is not installed")
+from websockets.asyncio.client import connect  # noqa: E402
+
+CHAT = Path(__file__).resolve().parent.parent / "examples" / "chat" / "fastbind.toml"
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+T = 20.0
+
+pytestmark = pytest.mark.skipif(BROWSER is None, reason="Chromium is not installed (apt-get install chromium)")
+
+
+class DevTools:
+    """A minimal client of Chromium's DevTools protocol: commands, answers by id."""
+
+    def __init__(self, socket: Any) -> None:
+        self._socket = socket
+        self._ids = itertools.count(1)
+
+    async def call(self, method: str, session: str | None = None, **params: Any) -> Any:
+        number = next(self._ids)
+        message: dict[str, Any] = {"id": number, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        await self._socket.send(json.dumps(message))
+        while True:  # events come in between; only the answer is waited for
+            answer = json.loads(await asyncio.wait_for(self._socket.recv(), T))
+            if answer.get("id") == number:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer.get("result", {})
+
+    async def open_tab(self, url: str) -> str:
+        target = (await self.call("Target.createTarget", url=url))["targetId"]
+        return str((await self.call("Target.attachToTarget", targetId=target, flatten=True))["sessionId"])
+
+    async def evaluate(self, session: str, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", session, expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    async def wait_for(self, session: str, expression: str) -> Any:
+        for _ in range(int(T / 0.05)):
+            value = await self.evaluate(session, expression)
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never true in the page: {expression}")
+
+
+def test_two_tabs_of_the_chat_page_see_each_others_messages(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fastbind", "serve", str(CHAT), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    browser = None
+    try:
+        assert server.stdout is not None
+        port = int(re.search(r"127\.0\.0\.1:(\d+) ", server.stdout.readline())[1])  # type: ignore[index]
+        browser = subprocess.Popen(
+            [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        assert browser.stderr is not None
+        for line in browser.stderr:
+            found = re.search(r"DevTools listening on (ws://\S+)", line)
+            if found:
+                break
+        else:
+            raise AssertionError("Chromium did not start its DevTools endpoint")
+
+        async def main() -> str:
+            async with connect(found[1], max_size=None) as socket:
+                tools = DevTools(socket)
+                page = f"http://127.0.0.1:{port}/?room=browsers&user="
+                ada, bob = await tools.open_tab(page + "ada"), await tools.open_tab(page + "bob")
+                for tab in (ada, bob):
+                    await tools.wait_for(tab, "document.body.dataset.connected === 'yes'")
+                await tools.evaluate(ada, """
+                    document.getElementById('text').value = 'hello from ada';
+                    document.getElementById('form').requestSubmit();""")
+                text = await tools.wait_for(
+                    bob, "document.getElementById('log').innerText.includes('ada: hello from ada')"
+                    " && document.getElementById('log').innerText")
+                await tools.call("Browser.close")
+                return str(text)
+
+        text = asyncio.run(asyncio.wait_for(main(), 60))
+        assert "ada: hello from ada" in text and "bob joined" in text
+    finally:
+        for process in (browser, server):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=T)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
