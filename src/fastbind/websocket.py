@@ -139,9 +139,11 @@ def _as_message(message: object) -> Message:
 class WebSocket:
     """One end of a WebSocketPair (see the module docstring)."""
 
+    # Containers are made when first needed: most sockets never queue, listen or drain,
+    # and an idle socket should cost little (there may be tens of thousands).
     __slots__ = (
         "_peer", "_inbox", "_queued", "_accepted", "_state", "_waiter", "_drainers",
-        "_listeners", "_dispatcher", "_half_open", "send_limit", "close_code", "close_reason",
+        "_listeners", "_sink", "_half_open", "send_limit", "close_code", "close_reason",
         "was_clean", "protocol", "_attachment", "_on_closed", "_close_sent", "__weakref__",
     )
 
@@ -149,14 +151,14 @@ class WebSocket:
         if _made_by is not _PAIR:
             raise TypeError("A WebSocket is made by WebSocketPair()")
         self._peer: WebSocket | None = None
-        self._inbox: deque[Message | _Closed | _Failed] = deque()
+        self._inbox: deque[Message | _Closed | _Failed] | None = None
         self._queued = 0  # bytes in this end's inbox, sent by the peer and not read yet
         self._accepted = False
         self._state = OPEN
         self._waiter: asyncio.Future[None] | None = None
-        self._drainers: list[asyncio.Future[None]] = []
-        self._listeners: dict[str, list[Callable[[Any], Any]]] = {}
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._drainers: list[asyncio.Future[None]] | None = None
+        self._listeners: dict[str, list[Callable[[Any], Any]]] | None = None
+        self._sink: Callable[[Message | CloseEvent | ErrorEvent], bool] | None = None
         self._half_open = False
         self.send_limit = SEND_LIMIT
         self.close_code: int | None = None
@@ -164,7 +166,7 @@ class WebSocket:
         self.was_clean = False
         self.protocol = ""  # the subprotocol the handshake chose, when one did
         self._attachment: bytes | None = None
-        self._on_closed: list[Callable[[], Any]] = []
+        self._on_closed: list[Callable[[], Any]] | None = None
         self._close_sent = False
 
     # -- state --------------------------------------------------------------------------
@@ -202,7 +204,9 @@ class WebSocket:
         data = _as_message(message)
         peer = self._peer
         assert peer is not None
-        peer._receive(data)
+        if peer._state == CLOSED:
+            return  # the other end is gone: nothing reads any more
+        peer._put(data)
         if peer._queued > self.send_limit and self._state == OPEN:
             logger.warning(
                 "WebSocket send queue over %d bytes (the other end does not read); closed with 1011",
@@ -215,6 +219,8 @@ class WebSocket:
         peer = self._peer
         while peer is not None and peer._queued > LOW_WATER and peer._state != CLOSED:
             waiter = asyncio.get_running_loop().create_future()
+            if peer._drainers is None:
+                peer._drainers = []
             peer._drainers.append(waiter)
             await waiter
 
@@ -231,44 +237,16 @@ class WebSocket:
             raise ValueError(f'WebSocket event must be one of {", ".join(_EVENTS)}, not {event!r}')
         if not callable(callback):
             raise TypeError(f"A WebSocket listener must be callable, not {callback!r}")
-        self._listeners.setdefault(event, []).append(callback)
-        if self._dispatcher is None:
+        if self._listeners is None:
+            self._listeners = {}
             # A task of the code that listens: in a Worker, a task of its invocation.
-            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+            asyncio.get_running_loop().create_task(self._dispatch())
+        self._listeners.setdefault(event, []).append(callback)
 
     def remove_event_listener(self, event: str, callback: Callable[[Any], Any]) -> None:
-        callbacks = self._listeners.get(event, [])
+        callbacks = (self._listeners or {}).get(event, [])
         if callback in callbacks:
             callbacks.remove(callback)
-
-    # -- for what relays an end (a server, an outbound connection) -------------------------
-
-    def relay_close(self, code: int, reason: str = "", *, was_clean: bool = True) -> None:
-        """Close this end as the connection it stands for closed: with any code a peer
-        may send (1001 going away, 1005 no code, 1009 too big...), unchecked."""
-        if self._state != CLOSED and not self._close_sent:
-            self._close(code, reason, was_clean)
-
-    async def receive(self) -> Message | CloseEvent | ErrorEvent:
-        """The next event of this end: a message, an ErrorEvent, or its CloseEvent (which
-        every later call returns again). For relays; a Worker iterates or listens."""
-        item = await self._next()
-        if isinstance(item, _Closed):
-            return CloseEvent(item.code, item.reason, item.was_clean)
-        if isinstance(item, _Failed):
-            return ErrorEvent(item.error)
-        return item
-
-    def has_unread(self) -> bool:
-        """Whether messages the other end sent wait here (the close aside)."""
-        return any(not isinstance(item, (_Closed, _Failed)) for item in self._inbox)
-
-    def when_closed(self, callback: Callable[[], Any]) -> None:
-        """Call ``callback()`` once this end is CLOSED (at once if it is already)."""
-        if self._state == CLOSED:
-            callback()
-        else:
-            self._on_closed.append(callback)
 
     def serialize_attachment(self, value: Any) -> None:
         """Keep ``value`` with this socket, as JSON of at most 2,048 bytes (Durable
@@ -292,7 +270,7 @@ class WebSocket:
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[Message]:
-        if self._listeners.get("message"):
+        if self._listeners and self._listeners.get("message"):
             raise TypeError("This WebSocket's messages go to its message listeners; do not also iterate it")
         while True:
             item = await self._next()
@@ -301,7 +279,81 @@ class WebSocket:
             if not isinstance(item, _Failed):  # (the close that follows ends the loop)
                 yield item
 
+    # -- for what relays an end (a server, an outbound connection) -------------------------
+
+    def relay_close(self, code: int, reason: str = "", *, was_clean: bool = True) -> None:
+        """Close this end as the connection it stands for closed: with any code a peer
+        may send (1001 going away, 1005 no code, 1009 too big...), unchecked."""
+        if self._state != CLOSED and not self._close_sent:
+            self._close(code, reason, was_clean)
+
+    def relay_to(self, sink: Callable[[Message | CloseEvent | ErrorEvent], bool]) -> None:
+        """Hand what reaches this end to ``sink`` as it arrives, with no task between:
+        ``sink(event)`` returns False when it cannot take it now (its connection is not
+        writable); the event then waits, and so does all that follows, until
+        ``pop_waiting()`` takes them. What waited before this call waits still."""
+        self._sink = sink
+
+    def pop_waiting(self) -> Message | CloseEvent | ErrorEvent | None:
+        """The next event that waits here, taken off (a close stays), or None."""
+        inbox = self._inbox
+        if not inbox:
+            return None
+        item = inbox[0]
+        if not isinstance(item, _Closed):
+            self._pop()
+        return _event(item)
+
+    async def receive(self) -> Message | CloseEvent | ErrorEvent:
+        """The next event of this end: a message, an ErrorEvent, or its CloseEvent (which
+        every later call returns again). For relays; a Worker iterates or listens."""
+        return _event(await self._next())
+
+    def has_unread(self) -> bool:
+        """Whether messages the other end sent wait here (the close aside)."""
+        return any(not isinstance(item, (_Closed, _Failed)) for item in self._inbox or ())
+
+    def when_closed(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` once this end is CLOSED (at once if it is already)."""
+        if self._state == CLOSED:
+            callback()
+        else:
+            if self._on_closed is None:
+                self._on_closed = []
+            self._on_closed.append(callback)
+
+    def fail(self, error: BaseException, code: int = 1006) -> None:
+        """The connection behind this pair broke: "error" listeners hear of ``error``,
+        then both ends close with ``code`` (1006: closed without a close frame)."""
+        for end in (self, self._peer):
+            if end is not None and end._state != CLOSED and end._listeners and end._listeners.get("error"):
+                end._put(_Failed(error))
+        self._fail_both(code, "")
+
     # -- delivery ---------------------------------------------------------------------------
+
+    def _put(self, item: Message | _Closed | _Failed) -> None:
+        """Something for this end: to its relay at once when it takes it, else queued."""
+        sink = self._sink
+        if sink is not None and not self._inbox and sink(_event(item)):
+            return
+        if self._inbox is None:
+            self._inbox = deque()
+        self._inbox.append(item)
+        if not isinstance(item, (_Closed, _Failed)):
+            self._queued += len(item)
+        self._wake()
+
+    def _pop(self) -> Message | _Closed | _Failed:
+        """The first queued item, taken off (the caller knows there is one)."""
+        inbox = self._inbox
+        assert inbox
+        item = inbox.popleft()
+        if not isinstance(item, (_Closed, _Failed)):
+            self._queued -= len(item)
+            if self._drainers and self._queued <= LOW_WATER:
+                self._wake_drainers()
+        return item
 
     async def _next(self) -> Message | _Closed | _Failed:
         """The next message, or the close mark once the other end closed."""
@@ -313,48 +365,30 @@ class WebSocket:
                 await waiter
             finally:
                 self._waiter = None
-        item = self._inbox.popleft()
-        if isinstance(item, _Closed):
-            self._inbox.appendleft(item)  # the close stays: later reads see it again
-            return item
-        if isinstance(item, _Failed):
-            return item
-        self._queued -= len(item)
-        if self._drainers and self._queued <= LOW_WATER:
-            drainers, self._drainers = self._drainers, []
-            for waiter in drainers:
-                if not waiter.done():
-                    waiter.set_result(None)
-        return item
-
-    def _receive(self, data: Message) -> None:
-        if self._state == CLOSED:
-            return  # closed: nothing is read any more
-        self._inbox.append(data)
-        self._queued += len(data)
-        self._wake()
+        assert self._inbox
+        if isinstance(self._inbox[0], _Closed):
+            return self._inbox[0]  # the close stays: later reads see it again
+        return self._pop()
 
     def _remote_close(self, code: int, reason: str, was_clean: bool) -> None:
         """The other end closed with ``code``; answer it unless half-open."""
         if self._state == CLOSED:
             return
-        self._inbox.append(_Closed(code, reason, was_clean))
         self.close_code = code
         self.close_reason = reason
         self.was_clean = was_clean
+        self._put(_Closed(code, reason, was_clean))
         if self._state == CLOSING or not self._half_open:
             peer = self._peer
             if peer is not None and peer._state != CLOSED:  # the reply reaches the closer
                 peer.was_clean = was_clean
                 if peer.close_code is None:  # the automatic reply echoes the code
                     peer.close_code, peer.close_reason = code, reason
-                peer._inbox.append(_Closed(peer.close_code, peer.close_reason, was_clean))
-                peer._wake()
+                peer._put(_Closed(peer.close_code, peer.close_reason, was_clean))
                 peer._closed()
             self._closed()
         else:
             self._state = CLOSING
-        self._wake()
 
     def _close(self, code: int, reason: str, was_clean: bool) -> None:
         self._close_sent = True
@@ -368,23 +402,14 @@ class WebSocket:
         for end in (self, self._peer):
             if end is not None and end._state != CLOSED:
                 end.close_code, end.close_reason, end.was_clean = code, reason, False
-                end._inbox.append(_Closed(code, reason, False))
-                end._wake()
+                end._put(_Closed(code, reason, False))
                 end._closed()
-
-    def fail(self, error: BaseException, code: int = 1006) -> None:
-        """The connection behind this pair broke: "error" listeners hear of ``error``,
-        then both ends close with ``code`` (1006: closed without a close frame)."""
-        for end in (self, self._peer):
-            if end is not None and end._state != CLOSED and end._listeners.get("error"):
-                end._inbox.append(_Failed(error))
-        self._fail_both(code, "")
 
     def _closed(self) -> None:
         self._state = CLOSED
         self._wake_drainers()
-        callbacks, self._on_closed = self._on_closed, []
-        for callback in callbacks:
+        callbacks, self._on_closed = self._on_closed, None
+        for callback in callbacks or ():
             try:
                 callback()
             except Exception:
@@ -396,8 +421,8 @@ class WebSocket:
             waiter.set_result(None)
 
     def _wake_drainers(self) -> None:
-        drainers, self._drainers = self._drainers, []
-        for waiter in drainers:
+        drainers, self._drainers = self._drainers, None
+        for waiter in drainers or ():
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -420,7 +445,7 @@ class WebSocket:
             await self._call("message", MessageEvent(item))
 
     async def _call(self, event: str, payload: Any) -> None:
-        for callback in tuple(self._listeners.get(event, ())):
+        for callback in tuple((self._listeners or {}).get(event, ())):
             try:
                 result = callback(payload)
                 if inspect.isawaitable(result):
@@ -431,6 +456,14 @@ class WebSocket:
     def __repr__(self) -> str:
         state = ("CONNECTING", "OPEN", "CLOSING", "CLOSED")[self._state]
         return f"<WebSocket {state}>"
+
+
+def _event(item: Message | _Closed | _Failed) -> Message | CloseEvent | ErrorEvent:
+    if isinstance(item, _Closed):
+        return CloseEvent(item.code, item.reason, item.was_clean)
+    if isinstance(item, _Failed):
+        return ErrorEvent(item.error)
+    return item
 
 
 class WebSocketPair:

@@ -35,7 +35,7 @@ from websockets.frames import Frame
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from ..websocket import WebSocket
+from ..websocket import CloseEvent, ErrorEvent, Message, WebSocket
 
 __all__ = ("WebSocketLimits", "WebSocketRelay", "handshake")
 
@@ -108,12 +108,17 @@ def handshake(
 
 
 class WebSocketRelay:
-    """Relays one upgraded connection and the Worker's end of its pair (the ``client`` end)."""
+    """Relays one upgraded connection and the Worker's end of its pair (the ``client`` end).
+
+    No task of its own: frames from the client are handled as the transport hands them
+    over, and what the Worker sends is written from its ``send()`` call while the
+    transport takes more; while it is paused the Worker's messages wait on the end (where
+    ``drain()`` and the send queue's bound see them) until ``resume_writing``.
+    """
 
     __slots__ = (
         "_transport", "_protocol", "_end", "_limits", "_loop", "_on_done", "_chunks", "_decoder",
-        "_writable", "_sender", "_ping", "_ping_sent", "_relayed_close", "_closer", "_done",
-        "__weakref__",
+        "_paused", "_going_away", "_ping", "_ping_sent", "_relayed_close", "_closer", "_done",
     )
 
     def __init__(
@@ -128,7 +133,8 @@ class WebSocketRelay:
         self._on_done = on_done
         self._chunks: list[Any] = []  # str pieces of a text message, bytes of a binary one
         self._decoder: Any = None  # the UTF-8 decoder of a text message being assembled
-        self._writable: asyncio.Future[None] | None = None  # set while the transport is paused
+        self._paused = False  # the transport's buffer is full: the Worker's messages wait
+        self._going_away = False  # close with 1001 once what waits is written
         self._relayed_close = False  # the client's close (or the loss) reached the Worker
         self._closer: asyncio.TimerHandle | None = None
         self._ping: asyncio.TimerHandle | None = None
@@ -136,8 +142,8 @@ class WebSocketRelay:
         self._done = False
         end.accept()
         end.send_limit = limits.send_queue
-        # Not a task of any pipeline (an empty context): it relays until the socket closes.
-        self._sender = self._loop.create_task(self._send_out(), context=contextvars.Context())
+        end.relay_to(self._deliver)
+        self.resume_writing()  # what the Worker sent before the handshake was written
         self._arm_ping()
 
     # -- from the client ---------------------------------------------------------------
@@ -154,11 +160,24 @@ class WebSocketRelay:
 
     def _handle_events(self) -> None:
         end = self._end
+        message: Message
         for frame in self._protocol.events_received():
             if not isinstance(frame, Frame):
                 continue
             opcode = frame.opcode
-            if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
+            if frame.fin and (opcode is _TEXT or opcode is _BINARY):  # a whole message
+                if opcode is _TEXT:
+                    try:
+                        message = str(frame.data, "utf-8")
+                    except UnicodeDecodeError:
+                        self._protocol.fail(1007, "invalid UTF-8 in a text message")
+                        break
+                else:
+                    message = bytes(frame.data)
+                if end.ready_state == 1:
+                    end.send(message)
+                    self._hold_back()
+            elif opcode is _TEXT or opcode is _BINARY or opcode is _CONT:  # a fragment
                 if opcode is not _CONT:
                     self._decoder = codecs.getincrementaldecoder("utf-8")() if opcode is _TEXT else None
                 decoder = self._decoder
@@ -172,7 +191,7 @@ class WebSocketRelay:
                     self._chunks.append(bytes(frame.data))
                 if frame.fin:
                     chunks, self._chunks = self._chunks, []
-                    message: Any = "".join(chunks) if decoder is not None else b"".join(chunks)
+                    message = "".join(chunks) if decoder is not None else b"".join(chunks)
                     if end.ready_state == 1:
                         end.send(message)
                         self._hold_back()
@@ -203,8 +222,7 @@ class WebSocketRelay:
         self._relayed_close = True
         clean = protocol.close_rcvd is not None and protocol.close_sent is not None
         self._end.relay_close(close.code, close.reason, was_clean=clean or protocol.close_rcvd is not None)
-        if protocol.close_expected():
-            self._closer = self._loop.call_later(_CLOSE_GRACE_S, self._transport.close)
+        self._expect_close()
 
     def connection_lost(self) -> None:
         if self._done:
@@ -213,39 +231,40 @@ class WebSocketRelay:
         for timer in (self._ping, self._closer):
             if timer is not None:
                 timer.cancel()
-        self._wake_writer()
         if not self._relayed_close:
             self._relayed_close = True
             self._end.fail(ConnectionResetError("the client went away without a close frame"), 1006)
         elif self._end.ready_state != 3:
             self._end.fail(ConnectionResetError("the connection closed before the close handshake ended"))
-        self._sender.cancel()
         self._on_done()
 
     # -- to the client -------------------------------------------------------------------
 
-    async def _send_out(self) -> None:
-        end, protocol = self._end, self._protocol
+    def _deliver(self, event: Message | CloseEvent | ErrorEvent) -> bool:
+        """What the Worker's end sent: written now, or False (it waits) while paused."""
+        if self._paused:
+            return False
+        self._write(event)
+        return True
+
+    def _write(self, event: Message | CloseEvent | ErrorEvent) -> None:
+        protocol = self._protocol
+        if self._done or protocol.state is not OPEN:
+            return  # closing: what is left is dropped
         try:
-            async for message in end:
-                if protocol.state is not OPEN:
-                    continue  # closing: what is left is dropped
-                if isinstance(message, str):
-                    protocol.send_text(message.encode())
-                else:
-                    protocol.send_binary(message)
-                self._flush()
-                if self._writable is not None:
-                    await self._writable
-            # The Worker's end closed: its code goes to the client (1006 is never sent).
-            if protocol.state is OPEN:
-                code = end.close_code or 1000
-                protocol.send_close(1011 if code in (1005, 1006) else code, end.close_reason or "")
-                self._flush()
-                if protocol.close_expected():
-                    self._closer = self._loop.call_later(_CLOSE_GRACE_S, self._transport.close)
-        except asyncio.CancelledError:
-            pass
+            if type(event) is str:
+                protocol.send_text(event.encode())
+            elif type(event) is bytes:
+                protocol.send_binary(event)
+            elif isinstance(event, CloseEvent):
+                # The Worker's end closed: its code goes to the client (1005 and 1006
+                # are never sent on the wire).
+                code = event.code
+                protocol.send_close(1011 if code in (1005, 1006) else code, event.reason)
+                self._expect_close()
+            else:
+                return  # an ErrorEvent: the close that follows says it
+            self._flush()
         except Exception:
             logger.exception("Relaying a WebSocket to its client failed")
             self._transport.abort()
@@ -261,16 +280,27 @@ class WebSocketRelay:
                 transport.close()
 
     def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = self._loop.create_future()
+        self._paused = True
 
     def resume_writing(self) -> None:
-        self._wake_writer()
+        """The transport takes more: write what waited, in order, while it does."""
+        self._paused = False
+        end = self._end
+        while not self._paused:
+            event = end.pop_waiting()
+            if event is None:
+                break
+            self._write(event)
+            if isinstance(event, CloseEvent):
+                return
+        if self._going_away and not self._paused:
+            self._going_away = False
+            self._close_going_away()
 
-    def _wake_writer(self) -> None:
-        writable, self._writable = self._writable, None
-        if writable is not None and not writable.done():
-            writable.set_result(None)
+    def _expect_close(self) -> None:
+        """A close was sent: the client has a grace period to close its side."""
+        if self._protocol.close_expected() and self._closer is None and not self._done:
+            self._closer = self._loop.call_later(_CLOSE_GRACE_S, self._transport.close)
 
     # -- keep-alive and shutdown --------------------------------------------------------
 
@@ -299,14 +329,13 @@ class WebSocketRelay:
 
     def going_away(self) -> None:
         """The server stops: close with 1001 once what the Worker already sent is written."""
-        end = self._end
-        if end.ready_state in (1, 2):
-            self._loop.create_task(self._close_after_sending(), context=contextvars.Context())
+        if self._paused or self._end.has_unread():
+            self._going_away = True  # resume_writing closes after the rest
+        else:
+            self._close_going_away()
 
-    async def _close_after_sending(self) -> None:
-        end, protocol = self._end, self._protocol
-        while end.has_unread() and protocol.state is OPEN and not self._done:
-            await asyncio.sleep(0)
+    def _close_going_away(self) -> None:
+        protocol = self._protocol
         if protocol.state is OPEN and not self._done:
             protocol.send_close(1001, "server shutting down")
             self._flush()
