@@ -17,11 +17,13 @@ from fastbind import DurableObject, Request, Response, WebSocket, WebSocketPair
 async def gateway(request: Request, env: Any, ctx: Any) -> Response:
     url = urlsplit(request.url)
     if url.path.startswith("/room/"):
-        if request.headers.get("upgrade", "").lower() != "websocket":
+        if (request.headers.get("upgrade") or "").lower() != "websocket":
             return Response("this is a WebSocket endpoint\n", status=426)
         room = url.path[len("/room/"):] or "lobby"
-        return await env.ROOMS.get_by_name(room).fetch(request)
-    return await env.PAGES.fetch(request)
+        answer: Response = await env.ROOMS.get_by_name(room).fetch(request)
+    else:
+        answer = await env.PAGES.fetch(request)
+    return answer
 
 
 class ChatRoom(DurableObject):
