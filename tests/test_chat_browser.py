@@ -1,7 +1,8 @@
 """The chat example in a real browser: headless Chromium opens the page in two tabs, one
 sends a message, the other shows it. Chromium is driven through its DevTools protocol
 (a WebSocket; the websockets library's client). Skipped where Chromium is not installed
-(.ci/run installs Debian's package)."""
+(.ci/run installs Debian's package and sets FASTBIND_REQUIRE_BROWSER=1, under which
+a missing Chromium is an error)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ CHAT = Path(__file__).resolve().parent.parent / "examples" / "chat" / "fastbind.
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 T = 20.0
 
+if BROWSER is None and os.environ.get("FASTBIND_REQUIRE_BROWSER") == "1":  # CI: never skip
+    raise RuntimeError("FASTBIND_REQUIRE_BROWSER=1 but Chromium is not installed (apt-get install chromium)")
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="Chromium is not installed (apt-get install chromium)")
 
 

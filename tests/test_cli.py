@@ -88,8 +88,17 @@ def test_bad_sizes(text: str) -> None:
 
 def test_bad_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["serve", "--port", "70000"], ["serve", "--workers", "0"], ["serve", "--read-timeout", "0"],
-                 ["serve", "--max-body", "lots"]):
+                 ["serve", "--max-body", "lots"], ["serve", "--ws-ping-interval", "-1"],
+                 ["serve", "--ws-ping-timeout", "0"], ["serve", "--ws-max-message", "0"]):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2
     assert "argument --max-body: not a size in bytes" in capsys.readouterr().err
+
+
+def test_websocket_options() -> None:
+    parsed = cli._parser().parse_args(["serve", "--ws-ping-interval", "0", "--ws-send-queue", "1M"])
+    assert parsed.ws_ping_interval is None  # 0: no pings
+    assert parsed.ws_send_queue == 1024**2
+    defaults = cli._parser().parse_args(["serve"])
+    assert (defaults.ws_max_message, defaults.ws_ping_interval, defaults.ws_ping_timeout) == (1024**2, 20.0, 20.0)

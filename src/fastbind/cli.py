@@ -113,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="SECONDS", help="idle keep-alive connections are closed after this (default: 5)")
     serve.add_argument("--ws-max-message", type=_size, default=_WS.max_message, metavar="BYTES",
                        help="largest WebSocket message accepted (default: 1M); larger close the socket with 1009")
-    serve.add_argument("--ws-ping-interval", type=_seconds, default=_WS.ping_interval, metavar="SECONDS",
-                       help="a WebSocket quiet this long is pinged (default: 20)")
+    serve.add_argument("--ws-ping-interval", type=_seconds_or_off, default=_WS.ping_interval, metavar="SECONDS",
+                       help="a WebSocket quiet this long is pinged; 0 sends no pings (default: 20)")
     serve.add_argument("--ws-ping-timeout", type=_seconds, default=_WS.ping_timeout, metavar="SECONDS",
                        help="a ping unanswered this long closes the WebSocket with 1011 (default: 20)")
     serve.add_argument("--ws-send-queue", type=_size, default=_WS.send_queue, metavar="BYTES",
@@ -268,6 +268,13 @@ def _size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1 byte")
     return value
+
+
+def _seconds_or_off(text: str) -> float | None:
+    """Seconds, or 0 for "never" (None)."""
+    if text.strip() in ("0", "0.0"):
+        return None
+    return _seconds(text)
 
 
 def _seconds(text: str) -> float:
