@@ -100,12 +100,12 @@ def test_listeners_get_every_message_then_the_close(run) -> None:
     assert run(main()) == ["a", b"b", (1000, "", True)]
 
 
-def test_a_reader_that_stalls_closes_the_pair_with_1011_past_the_send_limit(run, caplog) -> None:
+def test_a_reader_that_stalls_closes_the_pair_with_1011_past_its_queue_limit(run, caplog) -> None:
     async def main() -> list[Any]:
         client, server = WebSocketPair()
         client.accept()
         server.accept()
-        server.send_limit = 100_000
+        client.queue_limit = 100_000  # what may wait unread at the client end
         chunk = b"x" * 10_000
         sent = 0
         while server.ready_state == OPEN:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ import pytest
 websockets = pytest.importorskip("websockets", reason="the websockets library is not installed")
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.client import ClientProtocol  # noqa: E402
 from websockets.frames import Frame, Opcode  # noqa: E402
+from websockets.uri import parse_uri  # noqa: E402
 
 from fastbind import core as cores  # noqa: E402
 
 APP = Path(__file__).resolve().parent / "ws_app" / "fastbind.toml"
+FLOOD = 400  # messages the "flood" routes send (ws_app_workers.FLOOD)
 LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+) ")
 CORES = ["c", "py"] if cores.compiled is not None else ["py"]
 T = 10.0
@@ -63,7 +67,8 @@ class Server:
 
 @pytest.fixture(scope="module", params=CORES)
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    served = Server(request.param, "--ws-max-message", "65536", "--ws-ping-interval", "0.3")
+    served = Server(request.param, "--ws-max-message", "65536", "--ws-ping-interval", "0.3",
+                    "--ws-send-queue", "1M")
     yield served
     served.stop()
 
@@ -130,6 +135,52 @@ def test_a_message_over_the_limit_closes_with_1009(server: Server) -> None:
             return ws.close_code
 
     assert run(main()) == 1009
+
+
+def read_late(port: int, path: str) -> tuple[list[bytes | str], int | None]:
+    """A client that reads nothing for half a second, then everything: the websockets
+    library's sans-I/O client over a socket with a small receive buffer, so the server's
+    writes back up (a client library's own reader would keep reading meanwhile).
+    Returns the messages and the close code."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.settimeout(T)
+    sock.connect(("127.0.0.1", port))
+    client = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/{path}"), max_size=None)
+    try:
+        client.send_request(client.connect())
+        sock.sendall(b"".join(client.data_to_send()))
+        time.sleep(0.5)
+        messages: list[bytes | str] = []
+        while client.close_rcvd is None:
+            data = sock.recv(1 << 20)
+            if not data:
+                client.receive_eof()
+                break
+            client.receive_data(data)
+            for event in client.events_received():
+                if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                    payload = bytes(event.data)
+                    messages.append(payload.decode() if event.opcode is Opcode.TEXT else payload)
+        return messages, client.close_rcvd.code if client.close_rcvd else None
+    finally:
+        sock.close()
+
+
+def test_a_client_that_reads_late_gets_every_message_in_order(server: Server) -> None:
+    # The kernel's buffers fill, the server stops writing, the Worker's drain() waits;
+    # then everything arrives, in order, and the Worker's close.
+    messages, code = read_late(server.port, "flood")
+    assert [m[:5] for m in messages] == [f"{n:05d}".encode() for n in range(FLOOD)] + ["done"]
+    assert code == 1000
+
+
+def test_a_worker_that_floods_a_client_that_does_not_read_is_closed_with_1011(server: Server) -> None:
+    # 13 MB sent at once, no drain(): past --ws-send-queue (1M) the socket is closed with
+    # 1011 (what was already queued is still written before the close).
+    messages, code = read_late(server.port, "flood-unchecked")
+    assert code == 1011
+    assert 0 < len(messages) < FLOOD
 
 
 def test_a_durable_object_room_with_three_clients(server: Server) -> None:

@@ -8,8 +8,8 @@ relays it: what one end sends, the other receives.
 - ``send(message)`` queues a ``str`` (text) or bytes-like (binary) message for the
   other end and returns at once; ``await drain()`` waits until what this end has queued
   is under ``LOW_WATER``. What one end has queued and the other not yet read is bounded
-  (``send_limit``, 16 MiB by default): past it the pair is closed with 1011, logged, so a
-  reader that stalls cannot grow memory without end.
+  (the reading end's ``queue_limit``, 16 MiB by default): past it the pair is closed
+  with 1011, logged, so a reader that stalls cannot grow memory without end.
 - Receive with ``async for message in ws`` (until the other end closes) or with
   ``add_event_listener("message" | "close" | "error", callback)``; a callback may be a
   coroutine function. Listeners run in a task of the code that added them.
@@ -43,7 +43,7 @@ __all__ = (
     "OPEN",
     "CLOSING",
     "CLOSED",
-    "SEND_LIMIT",
+    "QUEUE_LIMIT",
     "LOW_WATER",
 )
 
@@ -52,7 +52,7 @@ logger = logging.getLogger("fastbind")
 Message = Union[str, bytes]
 
 CONNECTING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
-SEND_LIMIT = 16 * 1024 * 1024  # bytes one end may have queued for the other
+QUEUE_LIMIT = 16 * 1024 * 1024  # bytes that may wait unread at one end
 LOW_WATER = 64 * 1024          # drain() returns below this
 ATTACHMENT_LIMIT = 2048        # serialized bytes, as Cloudflare's
 
@@ -143,7 +143,7 @@ class WebSocket:
     # and an idle socket should cost little (there may be tens of thousands).
     __slots__ = (
         "_peer", "_inbox", "_queued", "_accepted", "_state", "_waiter", "_drainers",
-        "_listeners", "_sink", "_half_open", "send_limit", "close_code", "close_reason",
+        "_listeners", "_sink", "_half_open", "queue_limit", "close_code", "close_reason",
         "was_clean", "protocol", "_attachment", "_on_closed", "_close_sent", "__weakref__",
     )
 
@@ -160,7 +160,7 @@ class WebSocket:
         self._listeners: dict[str, list[Callable[[Any], Any]]] | None = None
         self._sink: Callable[[Message | CloseEvent | ErrorEvent], bool] | None = None
         self._half_open = False
-        self.send_limit = SEND_LIMIT
+        self.queue_limit = QUEUE_LIMIT  # what may wait unread here (set by a relay)
         self.close_code: int | None = None
         self.close_reason = ""
         self.was_clean = False
@@ -207,10 +207,10 @@ class WebSocket:
         if peer._state == CLOSED:
             return  # the other end is gone: nothing reads any more
         peer._put(data)
-        if peer._queued > self.send_limit and self._state == OPEN:
+        if peer._queued > peer.queue_limit and self._state == OPEN:
             logger.warning(
                 "WebSocket send queue over %d bytes (the other end does not read); closed with 1011",
-                self.send_limit,
+                peer.queue_limit,
             )
             self._fail_both(1011, "send queue limit exceeded")
 

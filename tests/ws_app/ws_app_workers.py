@@ -18,7 +18,32 @@ async def gateway(request: Request, env: Any, ctx: Any) -> Response:
         client, server = WebSocketPair()
         server.accept()
         return Response(None, status=101, web_socket=client)
+    if path in ("flood", "flood-unchecked"):
+        return flood(drain=path == "flood")
     return await env.ECHO.fetch(request)
+
+
+FLOOD = 400  # messages of 32 KiB: more than the kernel's socket buffers hold
+
+
+def flood(drain: bool) -> Response:
+    """FLOOD messages of 32 KiB numbered in order (awaiting drain() after each), or sent
+    with no drain() at all (past the server's --ws-send-queue the socket closes)."""
+    client, server = WebSocketPair()
+    server.accept()
+
+    async def run() -> None:
+        for number in range(FLOOD):
+            if server.ready_state != 1:
+                return
+            server.send(f"{number:05d}".encode() + b"." * 32_768)
+            if drain:
+                await server.drain()
+        server.send("done")
+        server.close()
+
+    asyncio.ensure_future(run())
+    return Response(None, status=101, web_socket=client)
 
 
 async def echo(request: Request, env: Any, ctx: Any) -> Response:

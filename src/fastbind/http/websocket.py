@@ -141,7 +141,7 @@ class WebSocketRelay:
         self._ping_sent = 0.0
         self._done = False
         end.accept()
-        end.send_limit = limits.send_queue
+        end.queue_limit = limits.send_queue  # what the Worker sent, waiting for the socket
         end.relay_to(self._deliver)
         self.resume_writing()  # what the Worker sent before the handshake was written
         self._arm_ping()
