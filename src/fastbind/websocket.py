@@ -93,25 +93,7 @@ class ErrorEvent:
         self.error = error
 
 
-class _Closed:
-    """The mark in an inbox after the last message: the other end closed."""
-
-    __slots__ = ("code", "reason", "was_clean")
-
-    def __init__(self, code: int, reason: str, was_clean: bool) -> None:
-        self.code = code
-        self.reason = reason
-        self.was_clean = was_clean
-
-
 _PAIR = object()  # what lets WebSocketPair make WebSockets
-
-
-class _Failed:
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 def check_close(code: int, reason: str) -> None:
@@ -151,7 +133,7 @@ class WebSocket:
         if _made_by is not _PAIR:
             raise TypeError("A WebSocket is made by WebSocketPair()")
         self._peer: WebSocket | None = None
-        self._inbox: deque[Message | _Closed | _Failed] | None = None
+        self._inbox: deque[Message | CloseEvent | ErrorEvent] | None = None
         self._queued = 0  # bytes in this end's inbox, sent by the peer and not read yet
         self._accepted = False
         self._state = OPEN
@@ -274,9 +256,9 @@ class WebSocket:
             raise TypeError("This WebSocket's messages go to its message listeners; do not also iterate it")
         while True:
             item = await self._next()
-            if isinstance(item, _Closed):
+            if isinstance(item, CloseEvent):
                 return
-            if not isinstance(item, _Failed):  # (the close that follows ends the loop)
+            if not isinstance(item, ErrorEvent):  # (the close that follows ends the loop)
                 yield item
 
     # -- for what relays an end (a server, an outbound connection) -------------------------
@@ -300,18 +282,18 @@ class WebSocket:
         if not inbox:
             return None
         item = inbox[0]
-        if not isinstance(item, _Closed):
+        if not isinstance(item, CloseEvent):
             self._pop()
-        return _event(item)
+        return item
 
     async def receive(self) -> Message | CloseEvent | ErrorEvent:
         """The next event of this end: a message, an ErrorEvent, or its CloseEvent (which
         every later call returns again). For relays; a Worker iterates or listens."""
-        return _event(await self._next())
+        return await self._next()
 
     def has_unread(self) -> bool:
         """Whether messages the other end sent wait here (the close aside)."""
-        return any(not isinstance(item, (_Closed, _Failed)) for item in self._inbox or ())
+        return any(not isinstance(item, (CloseEvent, ErrorEvent)) for item in self._inbox or ())
 
     def when_closed(self, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` once this end is CLOSED (at once if it is already)."""
@@ -327,35 +309,35 @@ class WebSocket:
         then both ends close with ``code`` (1006: closed without a close frame)."""
         for end in (self, self._peer):
             if end is not None and end._state != CLOSED and end._listeners and end._listeners.get("error"):
-                end._put(_Failed(error))
+                end._put(ErrorEvent(error))
         self._fail_both(code, "")
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def _put(self, item: Message | _Closed | _Failed) -> None:
+    def _put(self, item: Message | CloseEvent | ErrorEvent) -> None:
         """Something for this end: to its relay at once when it takes it, else queued."""
         sink = self._sink
-        if sink is not None and not self._inbox and sink(_event(item)):
+        if sink is not None and not self._inbox and sink(item):
             return
         if self._inbox is None:
             self._inbox = deque()
         self._inbox.append(item)
-        if not isinstance(item, (_Closed, _Failed)):
+        if not isinstance(item, (CloseEvent, ErrorEvent)):
             self._queued += len(item)
         self._wake()
 
-    def _pop(self) -> Message | _Closed | _Failed:
+    def _pop(self) -> Message | CloseEvent | ErrorEvent:
         """The first queued item, taken off (the caller knows there is one)."""
         inbox = self._inbox
         assert inbox
         item = inbox.popleft()
-        if not isinstance(item, (_Closed, _Failed)):
+        if not isinstance(item, (CloseEvent, ErrorEvent)):
             self._queued -= len(item)
             if self._drainers and self._queued <= LOW_WATER:
                 self._wake_drainers()
         return item
 
-    async def _next(self) -> Message | _Closed | _Failed:
+    async def _next(self) -> Message | CloseEvent | ErrorEvent:
         """The next message, or the close mark once the other end closed."""
         if not self._accepted:
             raise TypeError(_NOT_ACCEPTED.replace("sending", "receiving"))
@@ -366,7 +348,7 @@ class WebSocket:
             finally:
                 self._waiter = None
         assert self._inbox
-        if isinstance(self._inbox[0], _Closed):
+        if isinstance(self._inbox[0], CloseEvent):
             return self._inbox[0]  # the close stays: later reads see it again
         return self._pop()
 
@@ -377,14 +359,14 @@ class WebSocket:
         self.close_code = code
         self.close_reason = reason
         self.was_clean = was_clean
-        self._put(_Closed(code, reason, was_clean))
+        self._put(CloseEvent(code, reason, was_clean))
         if self._state == CLOSING or not self._half_open:
             peer = self._peer
             if peer is not None and peer._state != CLOSED:  # the reply reaches the closer
                 peer.was_clean = was_clean
                 if peer.close_code is None:  # the automatic reply echoes the code
                     peer.close_code, peer.close_reason = code, reason
-                peer._put(_Closed(peer.close_code, peer.close_reason, was_clean))
+                peer._put(CloseEvent(peer.close_code, peer.close_reason, was_clean))
                 peer._closed()
             self._closed()
         else:
@@ -402,7 +384,7 @@ class WebSocket:
         for end in (self, self._peer):
             if end is not None and end._state != CLOSED:
                 end.close_code, end.close_reason, end.was_clean = code, reason, False
-                end._put(_Closed(code, reason, False))
+                end._put(CloseEvent(code, reason, False))
                 end._closed()
 
     def _closed(self) -> None:
@@ -436,11 +418,11 @@ class WebSocket:
                 self._waiter = None
         while True:
             item = await self._next()
-            if isinstance(item, _Failed):
-                await self._call("error", ErrorEvent(item.error))
+            if isinstance(item, ErrorEvent):
+                await self._call("error", item)
                 continue
-            if isinstance(item, _Closed):
-                await self._call("close", CloseEvent(item.code, item.reason, item.was_clean))
+            if isinstance(item, CloseEvent):
+                await self._call("close", item)
                 return
             await self._call("message", MessageEvent(item))
 
@@ -456,14 +438,6 @@ class WebSocket:
     def __repr__(self) -> str:
         state = ("CONNECTING", "OPEN", "CLOSING", "CLOSED")[self._state]
         return f"<WebSocket {state}>"
-
-
-def _event(item: Message | _Closed | _Failed) -> Message | CloseEvent | ErrorEvent:
-    if isinstance(item, _Closed):
-        return CloseEvent(item.code, item.reason, item.was_clean)
-    if isinstance(item, _Failed):
-        return ErrorEvent(item.error)
-    return item
 
 
 class WebSocketPair:

@@ -26,7 +26,7 @@ from .client import (
     outgoing_headers,
     response_headers,
 )
-from .gate import gate_for
+from .gate import Admission
 from .websocket import open_websocket, wants_websocket
 
 if TYPE_CHECKING:
@@ -202,35 +202,14 @@ async def _hop(
     """
     import aiohttp  # when first needed, as in http_client.new_session
 
-    record = gate = None
-    if invocation is not None:
-        pipeline = invocation.pipeline
-        record = pipeline.charge_fetch(invocation, target)  # raises TooManySubrequestsError
-        gate = gate_for(pipeline)
-        try:
-            await gate.acquire()
-        except BaseException:
-            record.finish("canceled")
-            raise
     try:
-        resp = await session.request(
-            method, url, headers=headers or None, data=data, allow_redirects=False,
-            timeout=client_timeout(timeout),
-        )
+        async with Admission(invocation, target):
+            return await session.request(
+                method, url, headers=headers or None, data=data, allow_redirects=False,
+                timeout=client_timeout(timeout),
+            )
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        if record is not None:
-            record.finish("error")
         raise network_error(exc, url, timeout) from exc
-    except BaseException as exc:
-        if record is not None:
-            record.finish("canceled" if isinstance(exc, asyncio.CancelledError) else "error")
-        raise
-    finally:
-        if gate is not None:
-            gate.release()
-    if record is not None:
-        record.finish("ok")
-    return resp
 
 
 def _parse_url(target: str) -> URL:

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Awaitable, Generator
 from typing import Any
 
-__all__ = ("ConnectionGate", "gate_for")
+__all__ = ("Admission", "ConnectionGate", "gate_for")
 
 
 class ConnectionGate:
@@ -106,3 +106,45 @@ def gate_for(pipeline: Any) -> ConnectionGate:
     if gate is None:
         gate = _gates[pipeline] = ConnectionGate(pipeline.open_connections)
     return gate
+
+
+
+class Admission:
+    """``async with Admission(invocation, url):`` around an outbound connection's opening.
+
+    Inside a Worker the connection is one subrequest of ``invocation`` (entering raises
+    TooManySubrequestsError past the budget) and holds a slot of its pipeline's gate
+    until the block ends; its ledger record ends "ok", "canceled" or "error" with the
+    block. Outside a Worker (``invocation`` None) it does nothing.
+    """
+
+    __slots__ = ("_invocation", "_url", "_record", "_gate")
+
+    def __init__(self, invocation: Any, url: str) -> None:
+        self._invocation = invocation
+        self._url = url
+        self._record: Any = None
+        self._gate: ConnectionGate | None = None
+
+    async def __aenter__(self) -> None:
+        invocation = self._invocation
+        if invocation is None:
+            return
+        pipeline = invocation.pipeline
+        record = pipeline.charge_fetch(invocation, self._url)
+        gate = gate_for(pipeline)
+        try:
+            await gate.acquire()
+        except BaseException:
+            record.finish("canceled")
+            raise
+        self._record, self._gate = record, gate
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
+        if self._gate is not None:
+            self._gate.release()
+        if self._record is not None:
+            self._record.finish(
+                "ok" if kind is None else "canceled" if issubclass(kind, asyncio.CancelledError) else "error"
+            )
+

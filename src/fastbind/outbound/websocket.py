@@ -19,7 +19,7 @@ from ..headers import Headers
 from ..response import Response
 from ..websocket import CloseEvent, ErrorEvent, WebSocket, WebSocketPair
 from .client import OutboundClient, network_error, new_session
-from .gate import gate_for
+from .gate import Admission
 
 if TYPE_CHECKING:
     import aiohttp
@@ -50,28 +50,17 @@ async def open_websocket(
     target = "ws" + url[4:] if url.startswith("http") else url
     protocols = [p.strip() for v in headers.get_all("sec-websocket-protocol") for p in v.split(",") if p.strip()]
     forwarded = [(n, v) for n, v in headers if n not in _NOT_FORWARDED]
-    record = gate = None
-    if invocation is not None:
-        pipeline = invocation.pipeline
-        record = pipeline.charge_fetch(invocation, url)
-        gate = gate_for(pipeline)
-        try:
-            await gate.acquire()
-        except BaseException:
-            record.finish("canceled")
-            raise
     owned = None
     session = runtime.extension(OutboundClient).session() if runtime is not None else None
     if session is None:
         session = owned = new_session()
     try:
-        connection = await session.ws_connect(
-            target, headers=forwarded or None, protocols=protocols, autoping=True,
-            timeout=aiohttp.ClientWSTimeout(ws_close=timeout), max_msg_size=0,
-        )
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        if record is not None:
-            record.finish("error")
+        async with Admission(invocation, url):
+            connection = await session.ws_connect(
+                target, headers=forwarded or None, protocols=protocols, autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_close=timeout), max_msg_size=0,
+            )
+    except BaseException as exc:
         if owned is not None:
             await owned.close()
         if isinstance(exc, aiohttp.WSServerHandshakeError):
@@ -79,18 +68,9 @@ async def open_websocket(
                 f"WebSocket connection to {url} failed: the server answered {exc.status} "
                 "instead of switching protocols."
             ) from exc
-        raise network_error(exc, target, timeout) from exc
-    except BaseException:
-        if record is not None:
-            record.finish("canceled")
-        if owned is not None:
-            await owned.close()
+        if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+            raise network_error(exc, target, timeout) from exc
         raise
-    finally:
-        if gate is not None:
-            gate.release()
-    if record is not None:
-        record.finish("ok")
     worker_end, relay_end = WebSocketPair()
     worker_end.protocol = connection.protocol or ""
     relay_end.accept()
