@@ -26,7 +26,7 @@ from .limits import Limits
 from .outbound.fetch import fetch
 from .request import Request
 from .response import Response
-from .runtime import PipelineReport, Runtime
+from .runtime import PipelineObserver, PipelineReport, Runtime
 
 if TYPE_CHECKING:
     from .core._twin import InvocationContext
@@ -41,6 +41,7 @@ __all__ = (
     "Headers",
     "Limits",
     "PipelineReport",
+    "PipelineObserver",
     "FastbindError",
     "SubrequestDepthError",
     "TooManySubrequestsError",

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .extension import Rescuer
     from .runtime import Runtime
 
-__all__ = ("DispatchPolicy", "PipelineReport")
+__all__ = ("DispatchPolicy", "PipelineReport", "PipelineObserver")
 
 _TEXT = {"content-type": "text/plain; charset=utf-8"}
 
@@ -44,6 +44,38 @@ class PipelineReport:
     cpu_ns: int | None = None  # the pipeline's CPU, when Limits.cpu_ms or measure_cpu is set
 
 
+class PipelineObserver:
+    """Something told of every pipeline of a Runtime: ``Runtime.add_observer(observer)``.
+
+    ``opened`` runs as a pipeline opens, before its top-level Worker, with the
+    top-level request; what it returns is the observer's state for that pipeline, given
+    back to ``ended`` with the pipeline's report and to ``outbound_headers`` when one of
+    its Workers fetches (tracing sends ``traceparent`` that way, metrics count open
+    pipelines). A Runtime without observers calls nothing.
+    """
+
+    def opened(self, pipeline: Any, request: Any) -> Any:
+        return None
+
+    def ended(self, report: PipelineReport, state: Any) -> None:
+        pass
+
+    def outbound_headers(self, state: Any, pipeline: Any, index: int) -> list[tuple[str, str]]:
+        """Headers to send with outbound fetch ``index`` of the pipeline's ledger."""
+        return []
+
+
+def observed_headers(pipeline: Any, index: int) -> list[tuple[str, str]]:
+    """What the observers of ``pipeline`` add to its outbound fetch ``index``."""
+    observed = pipeline.observed
+    if not observed:
+        return []
+    headers: list[tuple[str, str]] = []
+    for observer, state in observed:
+        headers += observer.outbound_headers(state, pipeline, index)
+    return headers
+
+
 def _has_factory(factory: Any, implementation: str) -> bool:
     while factory is not None:
         if getattr(factory, "fastbind_implementation", None) == implementation:
@@ -56,13 +88,15 @@ class DispatchPolicy:
     """The Runtime's side of top-level dispatch; ``plan`` is the core's side."""
 
     __slots__ = (
-        "runtime", "core", "plan", "hook", "rescuer", "watch_hang", "watch_cpu", "__weakref__",
+        "runtime", "core", "plan", "hook", "rescuer", "watch_hang", "watch_cpu", "observers",
+        "__weakref__",
     )
 
     def __init__(self, runtime: Runtime, core: Any) -> None:
         self.runtime = runtime
         self.core = core
         self.hook: Callable[[PipelineReport], Any] | None = None
+        self.observers: tuple[PipelineObserver, ...] = ()
         self.rescuer: Rescuer | None = None
         # Called by the core as they are (no method of this class in between).
         self.watch_hang = hangwatch.watch
@@ -71,7 +105,22 @@ class DispatchPolicy:
 
     def set_hook(self, hook: Callable[[PipelineReport], Any] | None) -> None:
         self.hook = hook
-        self.plan.reports = hook is not None
+        self.plan.reports = hook is not None or bool(self.observers)
+
+    def set_observers(self, observers: tuple[PipelineObserver, ...]) -> None:
+        self.observers = observers
+        self.plan.observe = self._opened if observers else None
+        self.plan.reports = self.hook is not None or bool(observers)
+
+    def _opened(self, pipeline: Any, request: Any) -> tuple[tuple[PipelineObserver, Any], ...]:
+        # Each observer with its state: observers added later see later pipelines only.
+        states = []
+        for observer in self.observers:
+            try:
+                states.append((observer, observer.opened(pipeline, request)))
+            except Exception:
+                logger.exception("pipeline observer %r failed as a pipeline opened", observer)
+        return tuple(states)
 
     def set_rescuer(self, rescuer: Rescuer | None) -> None:
         self.rescuer = rescuer
@@ -142,13 +191,22 @@ class DispatchPolicy:
         if pipeline.cpu_limit_ns >= 0:
             watchdog.unwatch()
         hook = self.hook
+        observed = pipeline.observed
+        if hook is None and not observed:
+            return
+        report = PipelineReport(
+            pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
+            pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
+        )
+        for observer, state in observed or ():
+            try:
+                observer.ended(report, state)
+            except Exception:
+                logger.exception("pipeline observer %r failed as a pipeline ended", observer)
         if hook is None:
             return
         try:
-            hook(PipelineReport(
-                pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
-                pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
-            ))
+            hook(report)
         except Exception:
             logger.exception("on_pipeline_end hook raised")
 

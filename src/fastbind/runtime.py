@@ -21,7 +21,7 @@ from .entrypoint import WorkerEntrypoint
 from .errors import ConfigError
 from .extension import Extension, registered
 from .limits import Limits
-from .policy import DispatchPolicy, PipelineReport
+from .policy import DispatchPolicy, PipelineObserver, PipelineReport
 from .request import Request
 from .response import Response
 
@@ -29,6 +29,7 @@ __all__ = (
     "Runtime",
     "RuntimeOptions",
     "PipelineReport",
+    "PipelineObserver",
     "current_runtime",
     "DEFAULT_FETCH_TIMEOUT_S",
     "DEFAULT_DURABLE_IDLE_S",
@@ -127,6 +128,21 @@ class Runtime:
     @on_pipeline_end.setter
     def on_pipeline_end(self, hook: Callable[[PipelineReport], Any] | None) -> None:
         self._policy.set_hook(hook)
+
+    @property
+    def observers(self) -> tuple[PipelineObserver, ...]:
+        """The pipeline observers added with ``add_observer`` (tracing, metrics)."""
+        return self._policy.observers
+
+    def add_observer(self, observer: PipelineObserver) -> None:
+        """Tell ``observer`` of every pipeline from now on (see ``PipelineObserver``)."""
+        if not isinstance(observer, PipelineObserver):
+            raise TypeError(f"an observer must be a fastbind.PipelineObserver, not {type(observer).__name__}")
+        if observer not in self._policy.observers:
+            self._policy.set_observers((*self._policy.observers, observer))
+
+    def remove_observer(self, observer: PipelineObserver) -> None:
+        self._policy.set_observers(tuple(o for o in self._policy.observers if o is not observer))
 
     @property
     def workers(self) -> tuple[str, ...]:

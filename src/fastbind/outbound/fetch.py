@@ -14,6 +14,7 @@ from ..core import current_invocation
 from ..errors import FetchError
 from ..headers import HeadersInit
 from ..request import Request, check_url
+from ..policy import observed_headers
 from ..response import Response
 from ..runtime import DEFAULT_FETCH_TIMEOUT_S
 from .client import (
@@ -200,6 +201,11 @@ async def _hop(
     if invocation is not None:
         pipeline = invocation.pipeline
         record = pipeline.charge_fetch(invocation, target)  # raises TooManySubrequestsError
+        if pipeline.observed:  # tracing: this hop's traceparent, in place of any it carried
+            extra = observed_headers(pipeline, record.index)
+            if extra:
+                names = {name for name, _ in extra}
+                headers = [h for h in headers if h[0] not in names] + extra
         gate = gate_for(pipeline)
         try:
             await gate.acquire()
@@ -223,7 +229,7 @@ async def _hop(
         if gate is not None:
             gate.release()
     if record is not None:
-        record.finish("ok")
+        record.finish("ok", resp.status)
     return resp
 
 
