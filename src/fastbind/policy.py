@@ -11,13 +11,15 @@ when a streamed body is consumed).
 from __future__ import annotations
 
 import asyncio
+import os
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import hangwatch
-from .errors import CPU_LIMIT_MESSAGE, BodyReadError, CpuLimitExceeded
+from .errors import CPU_LIMIT_MESSAGE, BodyReadError, CpuLimitExceeded, SubrequestDepthError
 from .lifecycle import PipelineStream, end_pipeline, logger
 from .response import Response
 from .watchdog import watchdog
@@ -155,7 +157,7 @@ class DispatchPolicy:
             gone = exc
         elif isinstance(exc, CpuLimitExceeded):
             error = exc
-            response = _cpu_exceeded(name)
+            response = _cpu_exceeded(name, exc)
         elif isinstance(exc, Exception):
             error = exc
             if not hung:
@@ -180,7 +182,8 @@ class DispatchPolicy:
             raise gone
         assert response is not None
         if pipeline.cpu_exceeded and error is None:  # over budget in its last step
-            response = _cpu_exceeded(name)
+            error = CpuLimitExceeded()
+            response = _cpu_exceeded(name, None)
         ending = self.plan.conclude(pipeline, response, error)
         if ending is not None:
             await ending
@@ -233,7 +236,12 @@ class DispatchPolicy:
         if rescuer is not None and original is not None and root is not None and root.passes_through_on_exception:
             logger.warning('Worker "%s" raised %r; passing the request through to the origin', name, exc)
             return await rescuer.rescue(original, exc)
-        if isinstance(exc, BodyReadError):
+        if isinstance(exc, SubrequestDepthError):
+            # One entry: the limit, the chain of Workers, the traceback's repeats collapsed
+            # (a Worker calling itself would otherwise log the same frame 32 times).
+            logger.error('Uncaught exception in Worker "%s": %s\n%s', name, exc.describe(),
+                         collapsed_traceback(exc))
+        elif isinstance(exc, BodyReadError):
             # The client's doing (it went away, went silent or sent too much), not a
             # fault of the Worker: no traceback, not an error of this server.
             logger.warning('Worker "%s" could not read its request body: %s', name, exc)
@@ -242,6 +250,49 @@ class DispatchPolicy:
         return Response("Internal Server Error", status=500, headers=_TEXT)
 
 
-def _cpu_exceeded(name: str) -> Response:
-    logger.error('%s (Worker "%s")', CPU_LIMIT_MESSAGE, name)
+def _cpu_exceeded(name: str, exc: BaseException | None) -> Response:
+    where = _stopped_at(exc)
+    logger.error('%s (Worker "%s", %s)', CPU_LIMIT_MESSAGE, name,
+                 f"stopped at {where}" if where else "over its budget when its last step ended")
     return Response(CPU_LIMIT_MESSAGE, status=503, headers=_TEXT)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _stopped_at(exc: BaseException | None) -> str | None:
+    """``file:line in function`` of the Worker's code where ``exc`` stopped it: the
+    innermost frame outside fastbind itself (or the innermost of all)."""
+    if exc is None or exc.__traceback__ is None:
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    outside = [f for f in frames if not os.path.abspath(f.filename).startswith(_PACKAGE)]
+    frame = (outside or frames)[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
+def collapsed_traceback(exc: BaseException, longest_cycle: int = 4) -> str:
+    """``exc``'s traceback with repeated frames (a frame, or a cycle of a few) written once."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    keys = [(f.filename, f.lineno, f.name) for f in frames]
+    lines = ["Traceback (most recent call last):\n"]
+    i = 0
+    while i < len(frames):
+        for size in range(1, longest_cycle + 1):
+            block = keys[i:i + size]
+            repeats = 1
+            while keys[i + repeats * size:i + (repeats + 1) * size] == block:
+                repeats += 1
+            if repeats > 1:
+                break
+        else:
+            size, repeats = 1, 1
+        lines += traceback.format_list(frames[i:i + size])
+        if repeats > 1:
+            what = "the frame above" if size == 1 else f"the {size} frames above"
+            lines.append(f"  [{what}, {repeats - 1} more times]\n")
+        i += size * repeats
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n")

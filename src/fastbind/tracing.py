@@ -16,6 +16,7 @@ imports without it; ``instrument`` says what to install when it is missing.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from importlib import metadata
@@ -29,10 +30,16 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.trace import Span, TracerProvider
 
-__all__ = ("PipelineTracer", "instrument", "uninstrument", "configure_from_env", "MISSING")
+__all__ = ("PipelineTracer", "instrument", "uninstrument", "configure_from_env", "MISSING", "available")
 
 MISSING = "fastbind's tracing needs OpenTelemetry: pip install 'fastbind[otel]'"
 _SCOPE = "fastbind"
+
+
+def available() -> bool:
+    """Whether the OpenTelemetry SDK is installed (``fastbind[otel]``)."""
+    return importlib.util.find_spec("opentelemetry") is not None and importlib.util.find_spec(
+        "opentelemetry.sdk") is not None
 
 
 def instrument(runtime: Runtime, tracer_provider: TracerProvider | None = None) -> PipelineTracer:

@@ -22,6 +22,7 @@ from ..errors import BodyReadError
 from ..headers import Headers
 from ..request import Request
 from ..response import Response
+from .access_log import CLIENT_GONE
 from .exchange import AccessLog, Exchange, HTTPLimits, ServerState
 from .request_body import RequestBody
 from .target import HOST_OK, METHODS, message_end, other_form_url, quote_target, unknown_method, valid_host
@@ -90,6 +91,7 @@ class HTTPConnection(asyncio.Protocol):
         self._limits = state.limits
         self._dispatch = state.dispatch
         self._access_log = state.log is not None
+        self._scheme = state.scheme
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -286,7 +288,7 @@ class HTTPConnection(asyncio.Protocol):
         elif not HOST_OK.get(host) and not valid_host(host):
             raise _Reject(400, "Invalid Host header.")
         if target[:1] == b"/":
-            url = "http://" + host + (target.decode("latin-1") if target.isascii() else quote_target(target))
+            url = self._scheme + host + (target.decode("latin-1") if target.isascii() else quote_target(target))
         else:
             other = other_form_url(target, host)
             if other is None:
@@ -448,6 +450,8 @@ class HTTPConnection(asyncio.Protocol):
             return
         self._active = ex
         self._task = _Task(self._serve(ex), loop=self._loop)
+        if self._access_log:
+            self._task.add_done_callback(lambda task: self._log_if_gone(task, ex))
 
     def _serve_next(self) -> None:
         queue = self._queue
@@ -521,6 +525,13 @@ class HTTPConnection(asyncio.Protocol):
         self.answers += 1  # the keep-alive timeout counts from here
         if self._queue or self._state.draining:
             self._serve_next()
+
+    def _log_if_gone(self, task: asyncio.Task[None], ex: Exchange) -> None:
+        # The client went away before its answer was out: its line says 499 (as nginx's).
+        if task.cancelled() and not ex.finished:
+            log = self._state.log
+            assert log is not None
+            log(self, ex, CLIENT_GONE, 0)
 
     def _skip_rest(self, ex: Exchange) -> None:
         # Answered before the whole request body came: skip the rest if it is small.
