@@ -109,6 +109,7 @@ class HTTPConnection(asyncio.Protocol):
         self._in_message = False
         self._in_head = False
         self._current: Exchange | None = None
+        self._heading: Exchange | None = None  # a head being checked (access log: what a refusal was for)
         self._completed = 0  # messages completed in the data being fed
         self._idle_at_start = True  # the parser was between messages as that data came
         # serving
@@ -263,6 +264,9 @@ class HTTPConnection(asyncio.Protocol):
         self._length = None
         self._flags = 0
         ex = Exchange()
+        if self._access_log:  # from here: a request refused below is logged with its line and time
+            ex.start = time.perf_counter()
+            self._heading = ex
         ex.keep_alive = keep_alive = parser.should_keep_alive()
         version = "1.1"
         if not keep_alive or flags & _CONNECTION:
@@ -309,9 +313,8 @@ class HTTPConnection(asyncio.Protocol):
                 # The Fetch API has no body on GET or HEAD: it is read and dropped.
                 ex.chunks = None
                 ex.discard = True
-        if self._access_log:
-            ex.start = time.perf_counter()
         self._current = ex
+        self._heading = None
         if self._active is None and not self._queue:
             self._start(ex)
         else:
@@ -401,7 +404,12 @@ class HTTPConnection(asyncio.Protocol):
         ex = self._current
         self._current = None
         if ex is None:
-            self._queue.append(Exchange.rejection(status, message))
+            rejection = Exchange.rejection(status, message)
+            heading, self._heading = self._heading, None
+            if heading is not None:  # refused as its head was checked: its line is known
+                rejection.request, rejection.target = heading.request, heading.target
+                rejection.version, rejection.start = heading.version, heading.start
+            self._queue.append(rejection)
             if self._active is None:
                 self._serve_next()
             return
