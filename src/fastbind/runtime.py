@@ -9,6 +9,7 @@ has the whole picture.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -256,6 +257,7 @@ class Runtime:
             raise ConfigError(
                 f'Worker "{worker}" binding "{binding}" refers to a service '
                 f'"{declaration.service}", but no such service is defined.'
+                + _did_you_mean(declaration.service, self._specs)
             )
         if declaration.entrypoint is not None:
             handle = self._entrypoint_handle(worker, binding, declaration)
@@ -276,7 +278,7 @@ class Runtime:
             raise ConfigError(
                 f'Worker "{worker}" binding "{binding}" refers to service "{target.service}" '
                 f'with a named entrypoint "{target.entrypoint}", but "{target.service}" has '
-                "no such named entrypoint."
+                "no such named entrypoint." + _did_you_mean(target.entrypoint, _entrypoint_names(spec))
             )
         handle = self._entrypoint_handles[key] = self._core.WorkerHandle(target.service, cls)
         return handle
@@ -333,6 +335,24 @@ class Runtime:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    """`` Did you mean "x"?`` for the closest of ``known`` to a misspelt ``name``, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f' Did you mean "{close[0]}"?' if close else ""
+
+
+def _entrypoint_names(spec: WorkerSpec) -> list[str]:
+    """The named entrypoints a binding to ``spec`` could pick: declared ones and the
+    WorkerEntrypoint classes of its module."""
+    names = list(spec.entrypoints)
+    module = sys.modules.get(getattr(spec.handler, "__module__", ""), None)
+    if module is not None:
+        for attribute, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, WorkerEntrypoint) and value is not WorkerEntrypoint:
+                names.append(attribute)
+    return names
 
 
 def current_runtime() -> Runtime | None:
