@@ -262,7 +262,7 @@ def _refused_together(options: argparse.Namespace) -> str | None:
         return "--ssl-keyfile needs --ssl-certfile."
     for wanted, extra in ((options.otel, tracing), (options.metrics, metrics), (options.reload, reload)):
         if wanted and not extra.available():
-            return extra.MISSING + "."
+            return f"{extra.MISSING}."
     return None
 
 

@@ -89,7 +89,7 @@ class Metrics(PipelineObserver):
         if self.multiprocess:
             # Each process writes its own files; a scrape reads them all.
             self.registry = prom.CollectorRegistry()
-            multiprocess.MultiProcessCollector(self.registry)
+            multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         else:
             self.registry = registry
         self.requests = prom.Counter(
@@ -179,7 +179,7 @@ def mark_process_dead(pid: int) -> None:
     if MULTIPROCESS_ENV in os.environ:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _origin(url: str) -> str:
