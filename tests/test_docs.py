@@ -25,3 +25,13 @@ def test_the_quick_start_is_the_example_and_runs() -> None:
     assert lines[-1] == "200 {'user': '42', 'roles': ['reader'], 'mode': 'prod', 'note': 'hello'}"
     assert lines[-1] in section  # what the README says it prints
     assert lines[0].startswith("ledger: <SubrequestRecord gateway->auth binding depth=2 outcome=ok>")
+
+
+def test_the_durable_objects_example_runs_as_documented() -> None:
+    doc = (ROOT / "docs" / "durable-objects.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", doc, re.DOTALL)[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["GET 1", "GET 2", "POST 12", "b 1"]
+    assert "`GET 1`, `GET 2`, `POST 12` and `b 1`" in doc
