@@ -68,7 +68,9 @@ def test_a_pipeline_is_a_tree_of_spans_that_continues_the_incoming_trace(core, r
     async def main() -> tuple[int, Any]:
         request = Request("https://example.com/me", headers={"traceparent": incoming, "x-origin": url})
         response = await rt.dispatch("gateway", request)
-        return response.status, await response.json()
+        answer = response.status, await response.json()
+        await rt.aclose()
+        return answer
 
     status, echoed = run(main())
     assert status == 201
@@ -193,3 +195,30 @@ def test_a_failing_subrequest_is_an_error_span_and_a_new_trace_without_tracepare
     assert failed.attributes["fastbind.outcome"] == "error"
     assert failed.status.status_code == trace.StatusCode.ERROR
     assert "http.response.status_code" not in failed.attributes
+
+
+def test_a_remote_binding_sends_the_traceparent_of_its_span(core, run, origin, spans) -> None:
+    provider, exporter = spans
+
+    async def gateway(request: Request, env: Any, ctx: Any) -> Response:
+        echoed = await env.FAR.fetch("https://anywhere.example/echo")
+        return Response(await echoed.text())
+
+    rt = Runtime()
+    rt.add_worker("gateway", gateway, services={"FAR": fastbind.remote(origin.url(""))})
+    instrument(rt, provider)
+
+    async def main() -> Any:
+        response = await rt.dispatch("gateway", Request("https://example.com/"))
+        echoed = await response.json()
+        await rt.aclose()
+        return echoed
+
+    echoed = run(main())
+    named = by_name(exporter.get_finished_spans())
+    far = named[f"fetch {origin.url('/echo')}"]
+    assert far.parent.span_id == named["gateway"].context.span_id
+    trace_id = f"{far.context.trace_id:032x}"
+    version, sent_trace, sent_span, flags = echoed["headers"]["traceparent"].split("-")
+    assert (version, sent_trace, sent_span) == ("00", trace_id, f"{far.context.span_id:016x}")
+    assert int(flags, 16) & 1  # sampled
