@@ -376,3 +376,16 @@ def test_an_idle_server_exits_at_once_on_sigterm(serve, traffic: bool) -> None:
             return time.monotonic() - start
 
     assert asyncio.run(then_stop()) < 0.3
+
+
+def test_a_reloaded_child_gets_every_option_but_where_to_listen() -> None:
+    from fastbind import cli
+
+    options = cli._parser().parse_args([
+        "serve", "app.toml", "--reload", "--reload-dir", "x", "--port", "0", "--access-log",
+        "--log-format", "json", "--metrics", "127.0.0.1:9100", "--max-body", "1K", "--otel",
+    ])
+    assert cli._child_args(options) == [
+        "app.toml", "--access-log", "--log-format", "json", "--otel", "--metrics", "127.0.0.1:9100",
+        "--max-body", "1024",
+    ]

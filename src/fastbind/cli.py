@@ -295,6 +295,9 @@ def _child_args(options: argparse.Namespace) -> list[str]:
         if value is None or value == action.default:
             continue
         flag = action.option_strings[-1]
+        if isinstance(value, tuple):  # --metrics HOST:PORT, parsed
+            host, port = value
+            value = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         args += [flag] if value is True else [flag, str(value)]
     return args
 
