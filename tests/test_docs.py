@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,8 +17,7 @@ def test_the_quick_start_is_the_example_and_runs() -> None:
     example = ROOT / "examples" / "quickstart.py"
     assert code == example.read_text()
     assert "await rt" not in code.split("async def main")[0]  # no top-level await: a program
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[-1] == "200 {'user': '42', 'roles': ['reader'], 'mode': 'prod', 'note': 'hello'}"
@@ -30,8 +28,7 @@ def test_the_quick_start_is_the_example_and_runs() -> None:
 def test_the_durable_objects_example_runs_as_documented() -> None:
     doc = (ROOT / "docs" / "durable-objects.md").read_text()
     code = re.findall(r"```python\n(.*?)```", doc, re.DOTALL)[0]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["GET 1", "GET 2", "POST 12", "b 1"]
     assert "`GET 1`, `GET 2`, `POST 12` and `b 1`" in doc

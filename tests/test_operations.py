@@ -30,7 +30,6 @@ import trustme
 TIMEOUT = 15.0
 LISTENING = re.compile(r'^fastbind: serving "(?P<entry>[^"]+)" on (?P<scheme>https?)://127\.0\.0\.1:(?P<port>\d+) '
                        r"\(pid (?P<pid>\d+)")
-SRC = Path(__file__).resolve().parent.parent / "src"
 
 CONFIG = """
 [[workers]]
@@ -82,8 +81,7 @@ class Served:
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.marks = config.parent / "marks"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPS_MARKS": str(self.marks),
-                    "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPS_MARKS": str(self.marks), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastbind", "serve", str(config), "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
@@ -191,7 +189,7 @@ def test_a_certificate_that_cannot_be_read_fails_before_serving(tmp_path: Path) 
     out = subprocess.run(
         [sys.executable, "-m", "fastbind", "serve", str(config), "--port", "0",
          "--ssl-certfile", str(tmp_path / "missing.pem")],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True, text=True, timeout=TIMEOUT,
     )
     assert out.returncode == 1
     assert out.stderr.startswith(f"fastbind: cannot use the TLS certificate {tmp_path / 'missing.pem'}: ")
@@ -216,7 +214,7 @@ def test_reload_restarts_on_a_changed_module_and_serves_the_new_answer(serve, tm
 def test_reload_is_refused_with_workers(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "fastbind", "serve", str(write_app(tmp_path)), "--reload", "--workers", "2"],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True, text=True, timeout=TIMEOUT,
     )
     assert out.returncode == 2
     assert out.stderr == "fastbind: --reload restarts one server process; it cannot be used with --workers N.\n"
