@@ -222,3 +222,23 @@ def test_a_remote_binding_sends_the_traceparent_of_its_span(core, run, origin, s
     version, sent_trace, sent_span, flags = echoed["headers"]["traceparent"].split("-")
     assert (version, sent_trace, sent_span) == ("00", trace_id, f"{far.context.span_id:016x}")
     assert int(flags, 16) & 1  # sampled
+
+
+def test_an_observer_removed_mid_pipeline_still_sees_it_end(core, run, spans) -> None:
+    provider, exporter = spans
+    rt = Runtime()
+    tracer: Any = None
+
+    async def worker(request: Request, env: Any, ctx: Any) -> Response:
+        uninstrument(rt, tracer)  # while this pipeline is open
+        return Response("ok")
+
+    rt.add_worker("w", worker)
+    tracer = instrument(rt, provider)
+
+    async def main() -> None:
+        await (await rt.dispatch("w", Request("https://e/"))).text()
+        await (await rt.dispatch("w", Request("https://e/"))).text()
+
+    run(main())
+    assert [span.name for span in exporter.get_finished_spans()] == ["w"]  # the first only

@@ -91,7 +91,7 @@ class DispatchPolicy:
 
     __slots__ = (
         "runtime", "core", "plan", "hook", "rescuer", "watch_hang", "watch_cpu", "observers",
-        "__weakref__",
+        "observed_ever", "__weakref__",
     )
 
     def __init__(self, runtime: Runtime, core: Any) -> None:
@@ -99,6 +99,7 @@ class DispatchPolicy:
         self.core = core
         self.hook: Callable[[PipelineReport], Any] | None = None
         self.observers: tuple[PipelineObserver, ...] = ()
+        self.observed_ever = False  # pipelines opened with observers still report when they end
         self.rescuer: Rescuer | None = None
         # Called by the core as they are (no method of this class in between).
         self.watch_hang = hangwatch.watch
@@ -107,12 +108,13 @@ class DispatchPolicy:
 
     def set_hook(self, hook: Callable[[PipelineReport], Any] | None) -> None:
         self.hook = hook
-        self.plan.reports = hook is not None or bool(self.observers)
+        self.plan.reports = hook is not None or self.observed_ever
 
     def set_observers(self, observers: tuple[PipelineObserver, ...]) -> None:
         self.observers = observers
+        self.observed_ever = self.observed_ever or bool(observers)
         self.plan.observe = self._opened if observers else None
-        self.plan.reports = self.hook is not None or bool(observers)
+        self.plan.reports = self.hook is not None or self.observed_ever
 
     def _opened(self, pipeline: Any, request: Any) -> tuple[tuple[PipelineObserver, Any], ...]:
         # Each observer with its state: observers added later see later pipelines only.
