@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fastbind import benchmark
+from fastbind import bench_report, benchmark
 
 CASES = ["direct await", "binding [c]", "binding [py]", "direct method call", "rpc [c]", "rpc [py]",
          "raw ASGI by hand", "httpx ASGITransport", "aiohttp loopback"]
@@ -27,7 +27,12 @@ def test_quick_run_prints_the_table_and_saves_json(tmp_path: Path, capsys: pytes
     rows = {case: next(line for line in lines if line.startswith(case)) for case in CASES}
     assert rows["direct await"].split()[-5] == "1"  # each floor against itself
     assert rows["direct method call"].split()[-4] == "1"
-    assert sum(line.startswith("target: ") for line in lines) == len(benchmark.TARGETS)
+    assert "vs its reference" in lines[1]
+    assert " 1x direct await " in rows["direct await"] and " 1x direct method call " in rows["direct method call"]
+    if "skipped" not in rows["rpc [c]"]:
+        assert "x direct method call " in rows["rpc [c]"]  # RPC against a method call, not an await
+    assert "x direct await " in rows["binding [py]"] and "x direct await " in rows["raw ASGI by hand"]
+    assert not any(line.startswith("target: ") or "NOT met" in line for line in lines)  # no verdicts unasked
 
     report = json.loads(out.read_text())
     assert report["calls_per_batch"] == 20 and report["rounds"] == 1
@@ -44,7 +49,56 @@ def test_quick_run_prints_the_table_and_saves_json(tmp_path: Path, capsys: pytes
         assert len(case["samples"]) == 1
         assert case["ratios"]["direct await"] > 0
         assert case["ratios"]["direct method call"] > 0
+    assert "targets" not in report
+    refs = {case["name"]: case["ref"] for case in report["cases"]}
+    assert refs["rpc [c]"] == refs["rpc [py]"] == "direct method call" and refs["direct method call"] == "direct method call"
+    assert refs["binding [c]"] == refs["aiohttp loopback"] == "direct await"
+
+
+def test_targets_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--quick", "--calls", "5", "--rounds", "1", "--targets", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    verdicts = [line for line in lines if line.startswith("target: ")]
+    assert len(verdicts) == len(benchmark.TARGETS)
+    assert all(line.endswith((": met", ": not met", ": not measured")) for line in verdicts)
+    report = json.loads(out.read_text())
     assert [t["target"] for t in report["targets"]] == [t.title for t in benchmark.TARGETS]
+
+
+def test_each_ratio_is_against_its_own_reference_and_every_bar_is_drawn(tmp_path: Path) -> None:
+    results = [
+        benchmark.CaseResult("direct await", "floor", "floor", samples=[100.0]),
+        benchmark.CaseResult("binding [c]", "fastbind", samples=[140.0], ref="direct await"),
+        benchmark.CaseResult("direct method call", "floor", "method", samples=[25.0]),
+        benchmark.CaseResult("rpc [c]", "fastbind", samples=[75.0], ref="direct method call"),
+        benchmark.CaseResult("httpx ASGITransport", "peer", "httpx", samples=[40_000.0], ref="direct await"),
+    ]
+    own = {r.name: bench_report.own_ratio(r, results) for r in results}
+    assert own == pytest.approx({"direct await": 1.0, "binding [c]": 1.4, "direct method call": 1.0,
+                                 "rpc [c]": 3.0, "httpx ASGITransport": 400.0})
+    pytest.importorskip("matplotlib")  # the chart itself, where the plot extra is installed
+    import matplotlib.pyplot as plt
+
+    drawn: dict[str, Any] = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig: Any, *args: Any, **kwargs: Any) -> None:
+        (ax,) = fig.axes
+        drawn["xlim"] = ax.get_xlim()
+        drawn["bars"] = {t.get_text(): p.get_width() for t, p in zip(ax.get_yticklabels(), ax.patches)}
+        drawn["labels"] = [t.get_text() for t in ax.texts]
+        real_savefig(fig, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Figure, "savefig", keep)
+        bench_report.plot(results, str(tmp_path / "chart.png"))
+    assert (tmp_path / "chart.png").stat().st_size > 0
+    assert drawn["bars"] == pytest.approx(own)
+    low, high = drawn["xlim"]
+    assert all(low < width < high for width in drawn["bars"].values())  # every bar on the axis
+    assert drawn["labels"] == ["1x direct await", "1.4x direct await", "1x direct method call",
+                               "3x direct method call", "400x direct await"]
 
 
 def test_missing_peer_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch,

@@ -73,3 +73,8 @@ def test_a_pure_build_ships_nothing_an_earlier_build_left(tmp_path: Path) -> Non
     names = zipfile.ZipFile(wheel).namelist()
     assert "fastbind/core/_twin.py" in names
     assert not [n for n in names if n.endswith((".so", ".pyd")) or "old_module" in n], names
+    # The license is an SPDX expression (PEP 639; the table form stops building in 2027).
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    lines = zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+    assert "License-Expression: Apache-2.0" in lines
+

@@ -435,6 +435,33 @@ def test_check_marks_cycles_and_reports_errors(project: Project, capsys: pytest.
     )
 
 
+
+def test_check_suggests_a_misspelt_service_and_entrypoint(project: Project, capsys: Any) -> None:
+    path = project(
+        """
+        [[workers]]
+        name = "gateway"
+        main = "okmod:handler"
+        services = [{ binding = "AUTH", service = "auht" }]
+
+        [[workers]]
+        name = "auth"
+        main = "okmod:handler"
+        """,
+        okmod=OK_MODULE + "\nfrom fastbind import WorkerEntrypoint\n\nclass Admin(WorkerEntrypoint):\n    pass\n",
+    )
+    assert cli_main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f'fastbind: {path}: Worker "gateway" binding "AUTH" refers to a service "auht", but no such service '
+        'is defined. Did you mean "auth"?\n'
+    )
+    path.write_text(path.read_text().replace('service = "auht" }', 'service = "auth", entrypoint = "Admn" }'))
+    assert cli_main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f'fastbind: {path}: Worker "gateway" binding "AUTH" refers to service "auth" with a named entrypoint '
+        '"Admn", but "auth" has no such named entrypoint. Did you mean "Admin"?\n'
+    )
+
 ROOMS_MODULE = '''
 from fastbind import DurableObject, Response
 

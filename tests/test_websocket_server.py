@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from fastbind import core as cores  # noqa: E402
 
 APP = Path(__file__).resolve().parent / "ws_app" / "fastbind.toml"
 FLOOD = 400  # messages the "flood" routes send (ws_app_workers.FLOOD)
-LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+) ")
+LISTENING = re.compile(r"on https?://127\.0\.0\.1:(\d+) ")
 CORES = ["c", "py"] if cores.compiled is not None else ["py"]
 T = 10.0
 
@@ -210,6 +211,30 @@ def test_an_upgrade_answered_with_plain_http_is_plain_http(server: Server) -> No
                 return [status, wrong.status]
 
     assert run(main()) == [200, 500]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_wss_over_tls(core: str, tmp_path: Path) -> None:
+    # The same echo over TLS (--ssl-certfile): a wss:// client that trusts a made-up CA.
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    served = Server(core, "--ssl-certfile", str(tmp_path / "server.pem"))
+    try:
+        async def main() -> list[Any]:
+            async with connect(f"wss://127.0.0.1:{served.port}/echo", ssl=client) as ws:
+                await ws.send("over tls")
+                got = [await asyncio.wait_for(ws.recv(), T)]
+                await ws.send(b"\x01" * 100_000)
+                got.append(len(await asyncio.wait_for(ws.recv(), T)))
+            return got + [ws.close_code]
+
+        assert run(main()) == ["over tls", 100_000, 1000]
+    finally:
+        assert served.stop() == 0
 
 
 @pytest.mark.parametrize("core", CORES)

@@ -26,7 +26,7 @@ from .limits import Limits
 from .outbound.fetch import fetch
 from .request import Request
 from .response import Response
-from .runtime import PipelineReport, Runtime
+from .runtime import PipelineObserver, PipelineReport, Runtime
 from .websocket import WebSocket, WebSocketPair
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = (
     "Headers",
     "Limits",
     "PipelineReport",
+    "PipelineObserver",
     "FastbindError",
     "SubrequestDepthError",
     "TooManySubrequestsError",

@@ -6,18 +6,16 @@ import argparse
 import gc
 import json
 import os
-import platform
-import statistics
 import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import AsyncExitStack, ExitStack, contextmanager
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from time import perf_counter_ns
 from types import ModuleType
 from typing import Any
 
 from . import core as cores
+from .bench_report import TARGETS, CaseResult, Target, check_targets, machine, paired_ratio, plot, report, table
 from .request import Request
 from .entrypoint import WorkerEntrypoint
 from .response import Response
@@ -55,6 +53,11 @@ __all__ = (
     "Case",
     "CaseResult",
     "measure",
+    "check_targets",
+    "paired_ratio",
+    "plot",
+    "report",
+    "table",
     "core_cases",
     "Target",
     "TARGETS",
@@ -321,31 +324,14 @@ async def open_aiohttp(stack: AsyncExitStack) -> Batch:
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    """One way of making a call: ``role`` is "floor", "fastbind" or "peer"."""
+    """One way of making a call: ``role`` is "floor", "fastbind" or "peer"; ``ref`` the
+    case it is compared with (the floor that makes the same kind of call)."""
 
     name: str
     role: str
     open: Opener
     short: str = ""  # the heading of its ratio column, for the floor and peers
-
-
-@dataclass(slots=True)
-class CaseResult:
-    name: str
-    role: str
-    short: str = ""
-    samples: list[float] = field(default_factory=list)  # ns per call, one per round
-    skipped: str | None = None
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    def as_dict(self) -> dict[str, Any]:
-        stats = {} if self.skipped else {
-            "median": self.median, "min": min(self.samples), "max": max(self.samples)}
-        return {"name": self.name, "role": self.role, "skipped": self.skipped,
-                **stats, "samples": self.samples}
+    ref: str = ""  # "" for a floor: itself
 
 
 async def measure(cases: Sequence[Case], calls: int, rounds: int, sample_ns: int) -> list[CaseResult]:
@@ -355,7 +341,7 @@ async def measure(cases: Sequence[Case], calls: int, rounds: int, sample_ns: int
     is as many batches of ``calls`` as fill ``sample_ns``, so that fast cases are not
     timed over a fraction of a millisecond.
     """
-    results = [CaseResult(case.name, case.role, case.short) for case in cases]
+    results = [CaseResult(case.name, case.role, case.short, ref=case.ref) for case in cases]
     batches: dict[int, tuple[Batch, int]] = {}
     async with AsyncExitStack() as stack:
         for i, case in enumerate(cases):
@@ -382,43 +368,21 @@ async def measure(cases: Sequence[Case], calls: int, rounds: int, sample_ns: int
 
 def core_cases() -> list[Case]:
     """The core comparison of ``fastbind bench``."""
+    awaited, method = "direct await", "direct method call"
     return [
-        Case("direct await", "floor", dispatcher(lambda: round_trip_runtime(cores.impl), "floor"), "floor"),
-        Case("binding [c]", "fastbind", dispatcher(lambda: round_trip_runtime(cores.compiled), "binding")),
-        Case("binding [py]", "fastbind", dispatcher(lambda: round_trip_runtime(cores.twin), "binding")),
-        Case("direct method call", "floor", dispatcher(lambda: rpc_runtime(cores.impl), "method"), "method"),
-        Case("rpc [c]", "fastbind", dispatcher(lambda: rpc_runtime(cores.compiled), "rpc")),
-        Case("rpc [py]", "fastbind", dispatcher(lambda: rpc_runtime(cores.twin), "rpc")),
-        Case("raw ASGI by hand", "peer", open_raw_asgi, "raw ASGI"),
-        Case("httpx ASGITransport", "peer", open_httpx, "httpx"),
-        Case("aiohttp loopback", "peer", open_aiohttp, "aiohttp"),
+        Case(awaited, "floor", dispatcher(lambda: round_trip_runtime(cores.impl), "floor"), "floor"),
+        Case("binding [c]", "fastbind", dispatcher(lambda: round_trip_runtime(cores.compiled), "binding"), ref=awaited),
+        Case("binding [py]", "fastbind", dispatcher(lambda: round_trip_runtime(cores.twin), "binding"), ref=awaited),
+        Case(method, "floor", dispatcher(lambda: rpc_runtime(cores.impl), "method"), "method"),
+        Case("rpc [c]", "fastbind", dispatcher(lambda: rpc_runtime(cores.compiled), "rpc"), ref=method),
+        Case("rpc [py]", "fastbind", dispatcher(lambda: rpc_runtime(cores.twin), "rpc"), ref=method),
+        Case("raw ASGI by hand", "peer", open_raw_asgi, "raw ASGI", ref=awaited),
+        Case("httpx ASGITransport", "peer", open_httpx, "httpx", ref=awaited),
+        Case("aiohttp loopback", "peer", open_aiohttp, "aiohttp", ref=awaited),
     ]
 
 
-# --- reporting ------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """median(case) / median(ref) must be at most (or at least) ``bound``."""
-
-    title: str
-    case: str
-    ref: str
-    bound: float
-    at_most: bool
-
-    def met(self, ratio: float) -> bool:
-        return ratio <= self.bound if self.at_most else ratio >= self.bound
-
-
-# The targets of issues 6 and 7 that the core comparison measures (bench/README.md has the rest).
-TARGETS = (
-    Target("binding [c] at most 1.5x a direct await", "binding [c]", "direct await", 1.5, True),
-    Target("rpc [c] at most 1.5x a direct method call", "rpc [c]", "direct method call", 1.5, True),
-    Target("binding [c] at least 100x faster than httpx", "httpx ASGITransport", "binding [c]", 100.0, False),
-    Target("compiled core at least 2.5x faster than the twin", "binding [py]", "binding [c]", 2.5, False),
-)
-
+# --- measuring where it is steady ----------------------------------------------------
 
 @contextmanager
 def pinned(cpu: int | None) -> Iterator[int | None]:
@@ -443,139 +407,6 @@ def pinned(cpu: int | None) -> Iterator[int | None]:
         os.sched_setaffinity(0, allowed)
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on: nproc, CPU model, Python, uvloop."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        uvloop_version: str | None = metadata.version("uvloop")
-    except metadata.PackageNotFoundError:
-        uvloop_version = None
-    nproc = os.cpu_count()  # the machine's, not the one CPU a measuring process is pinned to
-    return {"nproc": nproc, "cpu": cpu, "python": platform.python_version(),
-            "python_implementation": platform.python_implementation(),
-            "uvloop": uvloop_version, "platform": platform.platform()}
-
-
-def ratios(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
-    """For each measured case, its median over the median of each floor and of each peer."""
-    medians = {r.name: r.median for r in results if not r.skipped}
-    refs = [r.name for r in results if r.role in ("floor", "peer") and not r.skipped]
-    return {name: {ref: value / medians[ref] for ref in refs} for name, value in medians.items()}
-
-
-def paired_ratio(case: CaseResult, ref: CaseResult) -> float:
-    """The median of the per-round ratios case/ref.
-
-    Both were sampled once per round, close together in time, so each round's ratio is
-    taken on the machine as it was then: steadier from run to run than the ratio of the
-    medians when the machine's speed drifts during a run.
-    """
-    return statistics.median(a / b for a, b in zip(case.samples, ref.samples))
-
-
-def check_targets(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
-    """Each target's ratio of medians and its paired ratio, which decides it.
-
-    The paired ratio compares samples taken next to each other; the ratio of medians
-    compares medians that may come from different moments of a machine whose speed
-    drifts (on a shared 2-vCPU machine it has put the same build at 1.38x a direct
-    await in one run and 1.72x in another, where the per-round medians stayed within
-    1.40x to 1.48x).
-    """
-    by_name = {r.name: r for r in results if not r.skipped}
-    checks: list[dict[str, Any]] = []
-    for target in TARGETS:
-        if target.case not in by_name or target.ref not in by_name:
-            checks.append({"target": target.title, "measured": None, "paired": None, "met": None})
-            continue
-        case, ref = by_name[target.case], by_name[target.ref]
-        paired = paired_ratio(case, ref)
-        checks.append({"target": target.title, "measured": case.median / ref.median,
-                       "paired": paired, "met": target.met(paired)})
-    return checks
-
-
-def _ratio(value: float) -> str:
-    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
-
-
-def table(results: Sequence[CaseResult], calls: int, rounds: int, cpu: int | None = None) -> str:
-    """The text table: case, ns/op (median, min, max), ratio to each floor and to each peer."""
-    by_case = ratios(results)
-    refs = [r for r in results if r.role in ("floor", "peer")]
-    head = ["case", "median ns/op", "min", "max"] + [f"x {r.short or r.name}" for r in refs]
-    rows = [head]
-    notes = []
-    for r in results:
-        if r.skipped:
-            notes.append(f"{r.name}: skipped, {r.skipped}")
-            rows.append([r.name, "skipped"] + [""] * (len(head) - 2))
-            continue
-        rows.append([r.name, f"{r.median:,.0f}", f"{min(r.samples):,.0f}", f"{max(r.samples):,.0f}"]
-                    + [_ratio(by_case[r.name][ref.name]) if ref.name in by_case[r.name] else "-"
-                       for ref in refs])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    info = machine()
-    where = "not pinned" if cpu is None else f"pinned to CPU {cpu}"
-    lines.insert(0, f"{calls} calls per batch, median of {rounds} rounds, uvloop {info['uvloop']}, "
-                    f"{info['python_implementation']} {info['python']}, {info['nproc']} x {info['cpu']}, "
-                    f"{where}")
-    lines += [f"note: {note}" for note in notes]
-    for check in check_targets(results):
-        verdict = "not measured" if check["met"] is None else (
-            f"per-round median {check['paired']:.3g}x (ratio of medians {check['measured']:.3g}x): "
-            f"{'met' if check['met'] else 'NOT met'}")
-        lines.append(f"target: {check['target']}: {verdict}")
-    return "\n".join(lines)
-
-
-def report(results: Sequence[CaseResult], calls: int, rounds: int, cpu: int | None = None) -> dict[str, Any]:
-    """Everything ``--json`` saves."""
-    by_case = ratios(results)
-    return {
-        "unit": "ns per call", "calls_per_batch": calls, "rounds": rounds, "machine": machine(),
-        "pinned_cpu": cpu,
-        "cases": [{**r.as_dict(), "ratios": by_case.get(r.name, {})} for r in results],
-        "targets": check_targets(results),
-    }
-
-
-def plot(results: Sequence[CaseResult], path: str) -> None:
-    """A bar chart of each case's time over the floor's, on a log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed: the chart goes to a file
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    floor = next(r for r in results if r.role == "floor")
-    shown = [r for r in results if not r.skipped]
-    values = [r.median / floor.median for r in shown]
-    colors = {"floor": "#888888", "fastbind": "#f38020", "peer": "#4a6fa5"}
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(shown) + 1.5))
-    bars = ax.barh([r.name for r in shown], values, color=[colors[r.role] for r in shown])
-    ax.bar_label(bars, labels=[f"{v:.3g}x" if v < 1000 else f"{v:,.0f}x" for v in values], padding=3)
-    ax.set_xscale("log")
-    ax.set_xlim(0.5, max(values) * 4)  # room for the labels of the longest bars
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.invert_yaxis()
-    ax.set_xlabel("time per call / direct await (log scale)")
-    ax.set_title("fastbind: one call between two handlers in one process")
-    ax.axvline(1.5, color="#f38020", linestyle=":", linewidth=1, label="target for a binding: 1.5x")
-    ax.legend(loc="upper right", frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
 
 # --- command line ---------------------------------------------------------------------
 
@@ -595,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the CPU to measure on (default: the last one allowed; -1: do not pin)")
     parser.add_argument("--json", metavar="FILE", help="save the figures as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="save a bar chart (needs matplotlib)")
+    parser.add_argument("--targets", action="store_true",
+                        help="also check the project's own targets (bench/README.md) and say which are met")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = min(args.rounds, 3)
@@ -614,10 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as bad:
             parser.error(str(bad))
         results = uvloop.run(measure(core_cases(), args.calls, args.rounds, int(args.sample_ms * 1e6)))
-    print(table(results, args.calls, args.rounds, cpu))
+    print(table(results, args.calls, args.rounds, cpu, targets=args.targets))
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(report(results, args.calls, args.rounds, cpu), out, indent=2)
+            json.dump(report(results, args.calls, args.rounds, cpu, targets=args.targets), out, indent=2)
             out.write("\n")
     if args.plot:
         plot(results, args.plot)

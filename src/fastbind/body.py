@@ -9,7 +9,7 @@ from typing import Any, Union
 
 import orjson
 
-from .errors import BODY_USED_MESSAGE
+from .errors import body_used_error
 
 __all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream")
 
@@ -93,7 +93,7 @@ def take_body(message: Any) -> Any:
     body = message.body
     if body is not None:
         if message.body_used:
-            raise TypeError(BODY_USED_MESSAGE)
+            raise body_used_error(message)
         message.body_used = True
     return body
 
@@ -109,7 +109,7 @@ class BodyMixin:
 
     def _take_body(self) -> Any:
         if self.body_used:
-            raise TypeError(BODY_USED_MESSAGE)
+            raise body_used_error(self)
         body = self.body
         if body is not None:
             self.body_used = True  # type: ignore[misc]  # a slot of Request and Response
@@ -151,7 +151,7 @@ class BodyMixin:
     def _split_body(self) -> tuple[Any, Any]:
         """Return (body for self, body for a clone); streams are teed."""
         if self.body_used:
-            raise TypeError(BODY_USED_MESSAGE)
+            raise body_used_error(self)
         body = self.body
         if is_stream(body):
             a, b = tee_stream(body)

@@ -7,15 +7,23 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
-from . import benchmark, core_info
+import orjson
+
+from . import benchmark, core_info, metrics, reload, tracing
 from .bindings import RemoteBinding
 from .config import Config, binding_cycles, build_runtime, read_config
 from .errors import ConfigError
+from .http.access_log import FORMATS
 from .http.exchange import HTTPLimits
-from .http.server import ListenError, format_address, run
+from .http.server import ListenError, format_address, run, tls_context
 from .http.supervisor import reserve_port, supervise
 from .http.websocket import WebSocketLimits
 
@@ -38,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command is None:
         parser.print_help()
         return 2
-    _configure_logging()
+    _configure_logging(getattr(options, "log_format", "text"))
     try:
         if options.command == "serve":
             return _serve(options)
@@ -103,6 +111,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="server processes sharing the port with SO_REUSEPORT (default: 1)")
     serve.add_argument("--entry", metavar="NAME", help="the Worker to serve (default: the first in the file)")
     serve.add_argument("--access-log", action="store_true", help="print one line per request to stdout")
+    serve.add_argument("--log-format", choices=FORMATS, default="text",
+                       help="access-log lines and log records as text or as one JSON object a line (default: text)")
+    serve.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate (PEM, chain included)")
+    serve.add_argument("--ssl-keyfile", metavar="FILE", help="the certificate's private key (PEM), if not in the certfile")
+    serve.add_argument("--ssl-keyfile-password", metavar="PASSWORD", help="the password of an encrypted key file")
+    serve.add_argument("--reload", action="store_true",
+                       help="restart when the config or a .py file beside it changes (development; one process)")
+    serve.add_argument("--reload-dir", action="append", default=[], metavar="DIR",
+                       help="another folder to watch with --reload (repeatable)")
+    serve.add_argument("--fd", type=int, metavar="N",
+                       help="serve on listening socket N, inherited (systemd socket activation); --host/--port unused")
+    serve.add_argument("--otel", action="store_true",
+                       help="export OpenTelemetry traces, configured by the OTEL_* variables (fastbind[otel])")
+    serve.add_argument("--metrics", type=_address, metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (fastbind[metrics])")
     serve.add_argument("--max-body", type=_size, default=_DEFAULTS.max_body, metavar="BYTES",
                        help="largest request body accepted, e.g. 1048576 or 10M (default: 100M); larger get 413")
     serve.add_argument("--max-header-size", type=_size, default=_DEFAULTS.max_head, metavar="BYTES",
@@ -134,7 +157,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(options: argparse.Namespace) -> int:
+    refusal = _refused_together(options)
+    if refusal:
+        print(f"fastbind: {refusal}", file=sys.stderr)
+        return 2
     config = read_config(options.config)
+    if options.reload:
+        return _serve_reloading(options, config)
     runtime = build_runtime(config)
     entry = options.entry or config.entry
     if entry not in runtime.workers:
@@ -150,45 +179,149 @@ def _serve(options: argparse.Namespace) -> int:
         max_message=options.ws_max_message, ping_interval=options.ws_ping_interval,
         ping_timeout=options.ws_ping_timeout, send_queue=options.ws_send_queue,
     )
-    settings = {
-        "limits": limits, "ws_limits": ws_limits, "access_log": options.access_log,
+    settings: dict[str, Any] = {
+        "limits": limits, "ws_limits": ws_limits,
+        "access_log": options.log_format if options.access_log else False,
         "shutdown_timeout": options.shutdown_timeout,
     }
-    if options.workers == 1:
-        def announce(server: object) -> None:
-            for host, port in getattr(server, "addresses"):
-                _say(f'serving "{entry}" on {format_address(host, port)} (pid {os.getpid()})')
-
-        try:
-            return run(runtime, entry, host=options.host, port=options.port, on_ready=announce, **settings)
-        except ListenError as exc:
-            print(f"fastbind: {exc.strerror}", file=sys.stderr)
+    scheme = "https" if options.ssl_certfile else "http"
+    if options.ssl_certfile:
+        try:  # the files are read here, once, so that a wrong one fails before anything is served
+            tls_context(options.ssl_certfile, options.ssl_keyfile, options.ssl_keyfile_password)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            print(f"fastbind: cannot use the TLS certificate {options.ssl_certfile}: {exc}", file=sys.stderr)
             return 1
+    with ExitStack() as cleanup:
+        if options.metrics is not None and options.workers > 1 and metrics.MULTIPROCESS_ENV not in os.environ:
+            metrics.use_multiprocess(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="fastbind-metrics-")))
 
+        def serve_here(**where: Any) -> int:
+            """In the process that serves: tracing, metrics, TLS, then ``run``."""
+            with ExitStack() as stack:
+                extra = dict(settings)
+                if options.ssl_certfile:
+                    extra["ssl"] = tls_context(options.ssl_certfile, options.ssl_keyfile, options.ssl_keyfile_password)
+                if options.otel:
+                    provider = tracing.configure_from_env()
+                    stack.callback(provider.shutdown)  # flushes the spans not exported yet
+                    tracing.instrument(runtime, provider)
+                if options.metrics is not None:
+                    counting = metrics.Metrics()
+                    counting.observe(runtime)
+                    extra["log_hooks"] = [counting.request_hook(entry)]
+                    extra["companions"] = [(counting.endpoint(), *where.pop("metrics_at"))]
+                return run(runtime, entry, **where, **extra)
+
+        if options.workers == 1:
+            def announce(server: object) -> None:
+                for host, port in getattr(server, "addresses"):
+                    _say(f'serving "{entry}" on {format_address(host, port, scheme)} (pid {os.getpid()})')
+
+            where: dict[str, Any] = {"host": options.host, "port": options.port, "on_ready": announce}
+            if options.fd is not None:
+                where["sock"] = socket.socket(fileno=options.fd)
+            if options.metrics is not None:
+                where["metrics_at"] = options.metrics
+            try:
+                return serve_here(**where)
+            except ListenError as exc:
+                print(f"fastbind: {exc.strerror}", file=sys.stderr)
+                return 1
+        return _serve_processes(options, entry, scheme, serve_here)
+
+
+def _serve_processes(options: argparse.Namespace, entry: str, scheme: str, serve_here: Callable[..., int]) -> int:
+    """``--workers N``: N forked processes on one SO_REUSEPORT port (and metrics port)."""
+    reserved: list[socket.socket] = []
     try:
-        reserved = reserve_port(options.host, options.port)
+        for host, port in [(options.host, options.port), *([options.metrics] if options.metrics else [])]:
+            try:
+                reserved.append(reserve_port(host, port))
+            except OSError as exc:
+                print(f"fastbind: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+                return 1
+        port = reserved[0].getsockname()[1]
+        metrics_at = (options.metrics[0], reserved[1].getsockname()[1]) if options.metrics else None
+
+        def serve_child(ready: object) -> int:
+            for sock in reserved:
+                sock.close()
+            where: dict[str, Any] = {"host": options.host, "port": port, "reuse_port": True,
+                                     "on_ready": lambda server: ready()}  # type: ignore[operator]
+            if metrics_at is not None:
+                where["metrics_at"] = metrics_at
+            return serve_here(**where)
+
+        def announce_all(pids: list[int]) -> None:
+            children = ", ".join(map(str, pids))
+            _say(
+                f'serving "{entry}" on {format_address(options.host, port, scheme)} '
+                f"(pid {os.getpid()}, {len(pids)} worker processes: {children})"
+            )
+
+        return supervise(options.workers, serve_child, on_ready=announce_all,
+                         kill_after=options.shutdown_timeout + 5.0,
+                         on_exit=metrics.mark_process_dead if options.metrics else None)
+    finally:
+        for sock in reserved:
+            sock.close()
+
+
+def _refused_together(options: argparse.Namespace) -> str | None:
+    """Options that cannot go together, said before anything is loaded."""
+    if options.reload and options.workers > 1:
+        return "--reload restarts one server process; it cannot be used with --workers N."
+    if options.fd is not None and (options.workers > 1 or options.reload):
+        return "--fd serves an inherited socket in one process; not with --workers N or --reload."
+    if options.ssl_keyfile and not options.ssl_certfile:
+        return "--ssl-keyfile needs --ssl-certfile."
+    for wanted, extra in ((options.otel, tracing), (options.metrics, metrics), (options.reload, reload)):
+        if wanted and not extra.available():
+            return f"{extra.MISSING}."
+    return None
+
+
+def _serve_reloading(options: argparse.Namespace, config: Config) -> int:
+    """``--reload``: the parent listens and watches; children serve (fastbind.reload)."""
+    try:
+        sock = reload.listen(options.host, options.port)
     except OSError as exc:
         print(f"fastbind: cannot listen on {options.host}:{options.port}: {exc.strerror}", file=sys.stderr)
         return 1
-    port = reserved.getsockname()[1]
-
-    def serve_child(ready: object) -> int:
-        reserved.close()
-        return run(runtime, entry, host=options.host, port=port, reuse_port=True,
-                   on_ready=lambda server: ready(), **settings)  # type: ignore[operator]
-
-    def announce_all(pids: list[int]) -> None:
-        children = ", ".join(map(str, pids))
-        _say(
-            f'serving "{entry}" on {format_address(options.host, port)} '
-            f"(pid {os.getpid()}, {len(pids)} worker processes: {children})"
-        )
-
+    folders = [config.path.parent, *(Path(d).resolve() for d in options.reload_dir)]
     try:
-        return supervise(options.workers, serve_child, on_ready=announce_all,
-                         kill_after=options.shutdown_timeout + 5.0)
+        return reload.watch_and_serve(_child_args(options), sock, folders,
+                                      stop_timeout=options.shutdown_timeout + 5.0)
+    except ImportError as exc:
+        print(f"fastbind: {exc}", file=sys.stderr)
+        return 1
     finally:
-        reserved.close()
+        sock.close()
+
+
+def _child_args(options: argparse.Namespace) -> list[str]:
+    """The ``serve`` options a reloaded child gets: the parent's, less where it listens."""
+    skipped = {"config", "reload", "reload_dir", "host", "port", "fd", "workers", "help"}
+    args = [options.config]
+    for action in _parser_actions():
+        if action.dest in skipped or not action.option_strings:
+            continue
+        value = getattr(options, action.dest, None)
+        if value is None or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(value, tuple):  # --metrics HOST:PORT, parsed
+            host, port = value
+            value = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+def _parser_actions() -> list[argparse.Action]:
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(commands.choices["serve"]._actions)
+
 
 
 def _check(options: argparse.Namespace) -> int:
@@ -233,11 +366,39 @@ def _say(message: str) -> None:
     print(f"fastbind: {message}", flush=True)
 
 
-def _configure_logging() -> None:
+def _configure_logging(log_format: str = "text") -> None:
     # One line per request from --access-log, whole lines from several processes.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    logging.basicConfig(level=logging.WARNING, format="fastbind: %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    else:
+        logging.basicConfig(level=logging.WARNING, format="fastbind: %(levelname)s %(name)s: %(message)s")
+
+
+class JsonFormatter(logging.Formatter):
+    """``--log-format json``: each log record one JSON object on one line (traceback included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "type": "log",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return metrics.parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:

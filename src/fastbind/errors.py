@@ -12,6 +12,7 @@ __all__ = (
     "MissingBindingError",
     "BodyReadError",
     "BODY_USED_MESSAGE",
+    "body_used_error",
     "CPU_LIMIT_MESSAGE",
 )
 
@@ -20,6 +21,19 @@ BODY_USED_MESSAGE = (
     "Body has already been used. It can only be used once. "
     "Use tee() first if you need to read it twice."
 )
+# fastbind's own hint, a note below that message: the message names tee(), which
+# Cloudflare's streams have and fastbind's Request and Response do not.
+_BODY_USED_HINTS = {
+    "Request": (
+        "fastbind: a Request has no tee(). Its body is read once, and passing the Request "
+        "to env.X.fetch() or fetch() hands its body on: to read it as well, pass "
+        "request.clone() and keep the original (or read the clone)."
+    ),
+    "Response": (
+        "fastbind: a Response has no tee(). Its body is read once: to read it twice, "
+        "call response.clone() first and read the clone."
+    ),
+}
 DEPTH_MESSAGE = (
     "Subrequest depth limit exceeded. This request recursed through Workers too many "
     "times. This can happen e.g. if you have a Worker or Durable Object that calls other "
@@ -29,15 +43,55 @@ TOO_MANY_SUBREQUESTS_MESSAGE = "Too many subrequests."
 CPU_LIMIT_MESSAGE = "Worker exceeded CPU time limit."
 
 
+def body_used_error(owner: object) -> TypeError:
+    """The TypeError of a body read twice: Cloudflare's exact message, and a note that
+    names ``clone()`` for ``owner`` (a Request or Response, or its class name)."""
+    error = TypeError(BODY_USED_MESSAGE)
+    name = owner if isinstance(owner, str) else type(owner).__name__
+    hint = _BODY_USED_HINTS.get(name)
+    if hint is None:
+        hint = _BODY_USED_HINTS["Response" if "Response" in name else "Request"]
+    error.add_note(hint)
+    return error
+
+
 class FastbindError(Exception):
     """Base class of every error fastbind raises on its own account."""
 
 
 class SubrequestDepthError(FastbindError):
-    """A binding call would run a Worker deeper than ``Limits.depth``."""
+    """A binding call would run a Worker deeper than ``Limits.depth``.
 
-    def __init__(self, message: str = DEPTH_MESSAGE) -> None:
+    ``chain`` names the Workers of the calls that led there, the top-level one first,
+    ``target`` the Worker the refused call was to, ``limit`` the depth limit (the core
+    fills them in; the message stays Cloudflare's).
+    """
+
+    def __init__(
+        self, message: str = DEPTH_MESSAGE, *, chain: tuple[str, ...] = (), target: str | None = None,
+        limit: int | None = None,
+    ) -> None:
         super().__init__(message)
+        self.chain = chain
+        self.target = target
+        self.limit = limit
+
+    def describe(self) -> str:
+        """One line for a log: the limit and the chain, repeats collapsed."""
+        if not self.chain:
+            return str(self)
+        refused = f'; its call to "{self.target}" was refused' if self.target else ""
+        return (
+            f"Subrequest depth limit exceeded (Limits.depth = {self.limit}): "
+            f"{collapse_chain(self.chain)}{refused}."
+        )
+
+
+def collapse_chain(chain: tuple[str, ...], keep: int = 2) -> str:
+    """``a -> b -> ... -> z (32)``: the first and last ``keep`` names of a long chain."""
+    if len(chain) <= 2 * keep + 1:
+        return " -> ".join(chain)
+    return " -> ".join((*chain[:keep], "...", *chain[-keep:])) + f" ({len(chain)})"
 
 
 class TooManySubrequestsError(FastbindError):

@@ -11,13 +11,15 @@ when a streamed body is consumed; ``hold``: end when a WebSocket closes).
 from __future__ import annotations
 
 import asyncio
+import os
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import hangwatch
-from .errors import CPU_LIMIT_MESSAGE, BodyReadError, CpuLimitExceeded
+from .errors import CPU_LIMIT_MESSAGE, BodyReadError, CpuLimitExceeded, SubrequestDepthError
 from .lifecycle import PipelineStream, end_in_background, end_pipeline, logger
 from .response import Response
 from .watchdog import watchdog
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from .extension import Rescuer
     from .runtime import Runtime
 
-__all__ = ("DispatchPolicy", "PipelineReport")
+__all__ = ("DispatchPolicy", "PipelineReport", "PipelineObserver")
 
 _TEXT = {"content-type": "text/plain; charset=utf-8"}
 
@@ -44,6 +46,38 @@ class PipelineReport:
     cpu_ns: int | None = None  # the pipeline's CPU, when Limits.cpu_ms or measure_cpu is set
 
 
+class PipelineObserver:
+    """Something told of every pipeline of a Runtime: ``Runtime.add_observer(observer)``.
+
+    ``opened`` runs as a pipeline opens, before its top-level Worker, with the
+    top-level request; what it returns is the observer's state for that pipeline, given
+    back to ``ended`` with the pipeline's report and to ``outbound_headers`` when one of
+    its Workers fetches (tracing sends ``traceparent`` that way, metrics count open
+    pipelines). A Runtime without observers calls nothing.
+    """
+
+    def opened(self, pipeline: Any, request: Any) -> Any:
+        return None
+
+    def ended(self, report: PipelineReport, state: Any) -> None:
+        pass
+
+    def outbound_headers(self, state: Any, pipeline: Any, index: int) -> list[tuple[str, str]]:
+        """Headers to send with outbound fetch ``index`` of the pipeline's ledger."""
+        return []
+
+
+def observed_headers(pipeline: Any, index: int) -> list[tuple[str, str]]:
+    """What the observers of ``pipeline`` add to its outbound fetch ``index``."""
+    observed = pipeline.observed
+    if not observed:
+        return []
+    headers: list[tuple[str, str]] = []
+    for observer, state in observed:
+        headers += observer.outbound_headers(state, pipeline, index)
+    return headers
+
+
 def _has_factory(factory: Any, implementation: str) -> bool:
     while factory is not None:
         if getattr(factory, "fastbind_implementation", None) == implementation:
@@ -56,13 +90,16 @@ class DispatchPolicy:
     """The Runtime's side of top-level dispatch; ``plan`` is the core's side."""
 
     __slots__ = (
-        "runtime", "core", "plan", "hook", "rescuer", "watch_hang", "watch_cpu", "__weakref__",
+        "runtime", "core", "plan", "hook", "rescuer", "watch_hang", "watch_cpu", "observers",
+        "observed_ever", "__weakref__",
     )
 
     def __init__(self, runtime: Runtime, core: Any) -> None:
         self.runtime = runtime
         self.core = core
         self.hook: Callable[[PipelineReport], Any] | None = None
+        self.observers: tuple[PipelineObserver, ...] = ()
+        self.observed_ever = False  # pipelines opened with observers still report when they end
         self.rescuer: Rescuer | None = None
         # Called by the core as they are (no method of this class in between).
         self.watch_hang = hangwatch.watch
@@ -71,7 +108,23 @@ class DispatchPolicy:
 
     def set_hook(self, hook: Callable[[PipelineReport], Any] | None) -> None:
         self.hook = hook
-        self.plan.reports = hook is not None
+        self.plan.reports = hook is not None or self.observed_ever
+
+    def set_observers(self, observers: tuple[PipelineObserver, ...]) -> None:
+        self.observers = observers
+        self.observed_ever = self.observed_ever or bool(observers)
+        self.plan.observe = self._opened if observers else None
+        self.plan.reports = self.hook is not None or self.observed_ever
+
+    def _opened(self, pipeline: Any, request: Any) -> tuple[tuple[PipelineObserver, Any], ...]:
+        # Each observer with its state: observers added later see later pipelines only.
+        states = []
+        for observer in self.observers:
+            try:
+                states.append((observer, observer.opened(pipeline, request)))
+            except Exception:
+                logger.exception("pipeline observer %r failed as a pipeline opened", observer)
+        return tuple(states)
 
     def set_rescuer(self, rescuer: Rescuer | None) -> None:
         self.rescuer = rescuer
@@ -106,7 +159,7 @@ class DispatchPolicy:
             gone = exc
         elif isinstance(exc, CpuLimitExceeded):
             error = exc
-            response = _cpu_exceeded(name)
+            response = _cpu_exceeded(name, exc)
         elif isinstance(exc, Exception):
             error = exc
             if not hung:
@@ -131,7 +184,8 @@ class DispatchPolicy:
             raise gone
         assert response is not None
         if pipeline.cpu_exceeded and error is None:  # over budget in its last step
-            response = _cpu_exceeded(name)
+            error = CpuLimitExceeded()
+            response = _cpu_exceeded(name, None)
         ending = self.plan.conclude(pipeline, response, error)
         if ending is not None:
             await ending
@@ -142,13 +196,22 @@ class DispatchPolicy:
         if pipeline.cpu_limit_ns >= 0:
             watchdog.unwatch()
         hook = self.hook
+        observed = pipeline.observed
+        if hook is None and not observed:
+            return
+        report = PipelineReport(
+            pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
+            pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
+        )
+        for observer, state in observed or ():
+            try:
+                observer.ended(report, state)
+            except Exception:
+                logger.exception("pipeline observer %r failed as a pipeline ended", observer)
         if hook is None:
             return
         try:
-            hook(PipelineReport(
-                pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
-                pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
-            ))
+            hook(report)
         except Exception:
             logger.exception("on_pipeline_end hook raised")
 
@@ -182,7 +245,12 @@ class DispatchPolicy:
         if rescuer is not None and original is not None and root is not None and root.passes_through_on_exception:
             logger.warning('Worker "%s" raised %r; passing the request through to the origin', name, exc)
             return await rescuer.rescue(original, exc)
-        if isinstance(exc, BodyReadError):
+        if isinstance(exc, SubrequestDepthError):
+            # One entry: the limit, the chain of Workers, the traceback's repeats collapsed
+            # (a Worker calling itself would otherwise log the same frame 32 times).
+            logger.error('Uncaught exception in Worker "%s": %s\n%s', name, exc.describe(),
+                         collapsed_traceback(exc))
+        elif isinstance(exc, BodyReadError):
             # The client's doing (it went away, went silent or sent too much), not a
             # fault of the Worker: no traceback, not an error of this server.
             logger.warning('Worker "%s" could not read its request body: %s', name, exc)
@@ -191,6 +259,49 @@ class DispatchPolicy:
         return Response("Internal Server Error", status=500, headers=_TEXT)
 
 
-def _cpu_exceeded(name: str) -> Response:
-    logger.error('%s (Worker "%s")', CPU_LIMIT_MESSAGE, name)
+def _cpu_exceeded(name: str, exc: BaseException | None) -> Response:
+    where = _stopped_at(exc)
+    logger.error('%s (Worker "%s", %s)', CPU_LIMIT_MESSAGE, name,
+                 f"stopped at {where}" if where else "over its budget when its last step ended")
     return Response(CPU_LIMIT_MESSAGE, status=503, headers=_TEXT)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _stopped_at(exc: BaseException | None) -> str | None:
+    """``file:line in function`` of the Worker's code where ``exc`` stopped it: the
+    innermost frame outside fastbind itself (or the innermost of all)."""
+    if exc is None or exc.__traceback__ is None:
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    outside = [f for f in frames if not os.path.abspath(f.filename).startswith(_PACKAGE)]
+    frame = (outside or frames)[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
+def collapsed_traceback(exc: BaseException, longest_cycle: int = 4) -> str:
+    """``exc``'s traceback with repeated frames (a frame, or a cycle of a few) written once."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    keys = [(f.filename, f.lineno, f.name) for f in frames]
+    lines = ["Traceback (most recent call last):\n"]
+    i = 0
+    while i < len(frames):
+        for size in range(1, longest_cycle + 1):
+            block = keys[i:i + size]
+            repeats = 1
+            while keys[i + repeats * size:i + (repeats + 1) * size] == block:
+                repeats += 1
+            if repeats > 1:
+                break
+        else:
+            size, repeats = 1, 1
+        lines += traceback.format_list(frames[i:i + size])
+        if repeats > 1:
+            what = "the frame above" if size == 1 else f"the {size} frames above"
+            lines.append(f"  [{what}, {repeats - 1} more times]\n")
+        i += size * repeats
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n")

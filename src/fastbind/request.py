@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .body import BodyInit, BodyMixin, check_body, take_body
-from .errors import BODY_USED_MESSAGE
+from .errors import body_used_error
 from .headers import TOKEN_CHARS as _TOKEN
 from .headers import Headers, HeadersInit
 
@@ -99,7 +99,7 @@ class Request(BodyMixin):
             if body is None:
                 if input.body is not None:
                     if input.body_used:
-                        raise TypeError(BODY_USED_MESSAGE)
+                        raise body_used_error(input)
                     input.body_used = True
                 body = input.body
         else:

@@ -9,6 +9,7 @@ has the whole picture.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from .entrypoint import WorkerEntrypoint
 from .errors import ConfigError
 from .extension import Extension, registered
 from .limits import Limits
-from .policy import DispatchPolicy, PipelineReport
+from .policy import DispatchPolicy, PipelineObserver, PipelineReport
 from .request import Request
 from .response import Response
 
@@ -29,6 +30,7 @@ __all__ = (
     "Runtime",
     "RuntimeOptions",
     "PipelineReport",
+    "PipelineObserver",
     "current_runtime",
     "DEFAULT_FETCH_TIMEOUT_S",
     "DEFAULT_DURABLE_IDLE_S",
@@ -127,6 +129,21 @@ class Runtime:
     @on_pipeline_end.setter
     def on_pipeline_end(self, hook: Callable[[PipelineReport], Any] | None) -> None:
         self._policy.set_hook(hook)
+
+    @property
+    def observers(self) -> tuple[PipelineObserver, ...]:
+        """The pipeline observers added with ``add_observer`` (tracing, metrics)."""
+        return self._policy.observers
+
+    def add_observer(self, observer: PipelineObserver) -> None:
+        """Tell ``observer`` of every pipeline from now on (see ``PipelineObserver``)."""
+        if not isinstance(observer, PipelineObserver):
+            raise TypeError(f"an observer must be a fastbind.PipelineObserver, not {type(observer).__name__}")
+        if observer not in self._policy.observers:
+            self._policy.set_observers((*self._policy.observers, observer))
+
+    def remove_observer(self, observer: PipelineObserver) -> None:
+        self._policy.set_observers(tuple(o for o in self._policy.observers if o is not observer))
 
     @property
     def workers(self) -> tuple[str, ...]:
@@ -240,6 +257,7 @@ class Runtime:
             raise ConfigError(
                 f'Worker "{worker}" binding "{binding}" refers to a service '
                 f'"{declaration.service}", but no such service is defined.'
+                + _did_you_mean(declaration.service, self._specs)
             )
         if declaration.entrypoint is not None:
             handle = self._entrypoint_handle(worker, binding, declaration)
@@ -260,7 +278,7 @@ class Runtime:
             raise ConfigError(
                 f'Worker "{worker}" binding "{binding}" refers to service "{target.service}" '
                 f'with a named entrypoint "{target.entrypoint}", but "{target.service}" has '
-                "no such named entrypoint."
+                "no such named entrypoint." + _did_you_mean(target.entrypoint, _entrypoint_names(spec))
             )
         handle = self._entrypoint_handles[key] = self._core.WorkerHandle(target.service, cls)
         return handle
@@ -317,6 +335,24 @@ class Runtime:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    """`` Did you mean "x"?`` for the closest of ``known`` to a misspelt ``name``, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f' Did you mean "{close[0]}"?' if close else ""
+
+
+def _entrypoint_names(spec: WorkerSpec) -> list[str]:
+    """The named entrypoints a binding to ``spec`` could pick: declared ones and the
+    WorkerEntrypoint classes of its module."""
+    names = list(spec.entrypoints)
+    module = sys.modules.get(getattr(spec.handler, "__module__", ""), None)
+    if module is not None:
+        for attribute, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, WorkerEntrypoint) and value is not WorkerEntrypoint:
+                names.append(attribute)
+    return names
 
 
 def current_runtime() -> Runtime | None:

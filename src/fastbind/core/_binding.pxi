@@ -288,7 +288,7 @@ cdef class BindingCall:
         cdef ExecutionSlot slot = _current_slot()
         if slot is None:
             if not self.borrowed:
-                inv._finish(_ERROR)
+                inv._finish(_ERROR, 0)
                 raise FastbindError("A binding call was awaited outside a fastbind invocation")
             # run() from a task that never dispatched (e.g. a server's body writer).
             slot = ExecutionSlot.__new__(ExecutionSlot)
@@ -323,13 +323,13 @@ cdef class BindingCall:
                 (<RpcCall>self)._call_method(inv)
         except BaseException:
             slot.current = previous
-            self._exit(_ERROR)
+            self._exit(_ERROR, 0)
             raise
         slot.current = previous
         return 0
 
     @cython.final
-    cdef void _exit(self, str outcome) noexcept:
+    cdef void _exit(self, str outcome, int status) noexcept:
         global _live_invocations
         cdef InvocationContext inv = self.inv
         inv.pipeline.running -= 1
@@ -337,7 +337,7 @@ cdef class BindingCall:
         self.coro = None
         self.slot = None
         if not self.borrowed:
-            inv._finish(outcome)
+            inv._finish(outcome, status)
         elif self.slot_token is not None:
             token = self.slot_token
             self.slot_token = None
@@ -349,22 +349,24 @@ cdef class BindingCall:
     @cython.final
     cdef object _check_result(self, object value):
         if self.borrowed:
-            self._exit(_OK)
+            self._exit(_OK, 0)
             return value
         if self.http:
             if type(value) is not _ResponseType and not isinstance(value, _ResponseType):
-                self._exit(_ERROR)
+                self._exit(_ERROR, 0)
                 raise TypeError(
                     f'Worker "{self.inv.handle.name}" fetch handler returned '
                     f"{type(value).__name__}, expected a Response"
                 )
+            self._exit(_OK, fastbind_status_of(value, _RESP_STATUS))  # the ledger keeps its status
+            return value
         else:
             try:
                 value = _isolated(value)
             except BaseException:
-                self._exit(_ERROR)
+                self._exit(_ERROR, 0)
                 raise
-        self._exit(_OK)
+        self._exit(_OK, 0)
         return value
 
     @cython.final
@@ -374,7 +376,7 @@ cdef class BindingCall:
                 self.started = True
                 self.request = None
                 if not self.borrowed:
-                    self.inv._finish(_CANCELED)
+                    self.inv._finish(_CANCELED, 0)
                 raise exc
             self._enter()
             arg = None
@@ -423,7 +425,7 @@ cdef class BindingCall:
         cdef PyObject* value
         cdef PyObject* tb
         PyErr_Fetch(&kind, &value, &tb)  # nothing the exit frees may run with it set
-        self._exit(outcome)
+        self._exit(outcome, 0)
         PyErr_Restore(kind, value, tb)
 
     @cython.final
@@ -435,7 +437,7 @@ cdef class BindingCall:
         cdef PyObject* tb
         PyErr_Fetch(&kind, &value, &tb)
         self._leave(previous, metered)
-        self._exit(outcome)
+        self._exit(outcome, 0)
         PyErr_Restore(kind, value, tb)
 
     @cython.final
@@ -464,10 +466,10 @@ cdef class BindingCall:
             try:
                 self.coro.close()
             finally:
-                self._exit(_CANCELED)
+                self._exit(_CANCELED, 0)
         elif not self.started:
             self.started = True
-            self.inv._finish(_CANCELED)
+            self.inv._finish(_CANCELED, 0)
             self.request = None
         return 0
 

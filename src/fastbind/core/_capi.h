@@ -56,6 +56,20 @@ static inline PyObject *fastbind_slot_get(PyObject *obj, Py_ssize_t off, const c
     return v;
 }
 
+/* A Response's HTTP status (its int slot at ``off``) as the ledger keeps it: 0 when it
+   is unset or not an int of 100..999. Never fails. */
+static inline int fastbind_status_of(PyObject *response, Py_ssize_t off) {
+    PyObject *v = FASTBIND_SLOT(response, off);
+    long status;
+    if (v == NULL || !PyLong_CheckExact(v)) return 0;
+    status = PyLong_AsLong(v);
+    if (status < 100 || status > 999) {
+        PyErr_Clear();  /* an overflow sets one */
+        return 0;
+    }
+    return (int)status;
+}
+
 static inline void fastbind_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
     PyObject **p = (PyObject **)((char *)obj + off);
     PyObject *old = *p;
@@ -242,7 +256,6 @@ typedef struct {
     Py_ssize_t url, method, headers, body, body_used;  /* Request */
     Py_ssize_t items, shared, raw;                     /* Headers */
     PyTypeObject *headers_type;
-    PyObject *body_used_message;
     PyObject *forward_request;  /* request.forward_request: the path for odd headers */
 } fastbind_request_layout;
 
@@ -268,10 +281,8 @@ static PyObject *fastbind_forward(PyObject *src) {
         return PyObject_CallOneArg(L->forward_request, src);
     }
     if (body != Py_None) {
-        if (used == Py_True) {
-            PyErr_SetObject(PyExc_TypeError, L->body_used_message);
-            return NULL;
-        }
+        if (used == Py_True)  /* the Python path raises the error, with fastbind's note */
+            return PyObject_CallOneArg(L->forward_request, src);
         Py_INCREF(Py_True);
         FASTBIND_SLOT(src, L->body_used) = Py_True;
         Py_DECREF(used);

@@ -209,10 +209,11 @@ cdef class SubrequestRecord:
 
     def as_dict(self):
         return {
+            "index": self.index, "parent": self.parent,
             "caller": self.caller, "target": self.target, "kind": self.kind,
             "depth": self.depth, "start_ns": self.start_ns,
             "duration_ns": self.duration_ns, "outcome": self.outcome,
-            "cpu_ns": self.cpu_ns,
+            "cpu_ns": self.cpu_ns, "status": self.status,
         }
 
     def __repr__(self):
@@ -229,9 +230,15 @@ cdef class OpenSubrequest:
     def __init__(self):
         raise TypeError("OpenSubrequest is created by the runtime only")
 
-    def finish(self, str outcome not None):
-        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
-        self.pipeline._finish_entry(self.index, outcome, -1)
+    @property
+    def index(self):
+        """Its place in the pipeline's ledger (``SubrequestRecord.index``)."""
+        return self.index
+
+    def finish(self, str outcome not None, status=None):
+        """Close the entry with ``outcome`` ("ok", "error", "canceled") and the response's
+        HTTP ``status`` if there is one; later calls do nothing."""
+        self.pipeline._finish_entry(self.index, outcome, -1, _status_code(status))
 
 
 cdef inline LedgerEntry* _ledger_entry(PipelineContext pipeline, Py_ssize_t index) noexcept:
@@ -256,8 +263,7 @@ cdef class LedgerBlocks:
         for i in range(self.count):
             k = fastbind_ledger_block(i, &offset)
             e = &self._blocks[k][offset]
-            Py_XDECREF(e.caller)  # str: freeing one runs no Python code
-            Py_XDECREF(e.target)
+            Py_XDECREF(e.target)  # str: freeing one runs no Python code
         for i in range(self._n_blocks):
             PyMem_Free(self._blocks[i])
         PyMem_Free(self._blocks)
@@ -298,7 +304,7 @@ cdef class PipelineContext:
 
     # The ledger is C blocks of entries: a binding call adds one without allocating
     # a Python object, and entries become SubrequestRecords only when read.
-    cdef inline Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1:
+    cdef inline Py_ssize_t _add_entry(self, Py_ssize_t parent, str target, str kind, long depth) except -1:
         cdef Py_ssize_t offset
         cdef int k = fastbind_ledger_block(self._count, &offset)
         cdef LedgerBlocks ledger = self._ledger
@@ -317,20 +323,20 @@ cdef class PipelineContext:
             blocks[k] = block
             ledger._n_blocks = k + 1
         cdef LedgerEntry* e = &ledger._blocks[k][offset]
-        Py_INCREF(caller)
-        e.caller = <PyObject*>caller
         Py_INCREF(target)
         e.target = <PyObject*>target
+        e.parent = <int32_t>parent
         e.kind = _label_code(kind)
         e.depth = <int32_t>depth
         e.start_ticks = fastbind_ticks()
         e.duration_ticks = -1
         e.outcome = 0
+        e.status = 0
         self._count += 1
         ledger.count = self._count
         return self._count - 1
 
-    cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept:
+    cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns, int status) noexcept:
         cdef LedgerEntry* e
         if index < 0:  # the top-level invocation
             if self.duration_ticks < 0:
@@ -342,6 +348,7 @@ cdef class PipelineContext:
         if e.outcome == 0:
             e.duration_ticks = fastbind_ticks() - e.start_ticks
             e.outcome = _outcome_code(outcome)
+            e.status = <uint16_t>status
             if self.cpu_enabled:  # metered pipelines only: most entries carry no CPU figure
                 self._record_cpu(index, cpu_ns)
 
@@ -356,24 +363,32 @@ cdef class PipelineContext:
     @property
     def ledger(self):
         """Every subrequest of the pipeline so far, in the order they were made."""
-        cdef list records = []
-        cdef SubrequestRecord rec
-        cdef LedgerEntry* e
-        cdef Py_ssize_t i
         cdef double rate = fastbind_tick_rate()
-        for i in range(self._count):
-            e = _ledger_entry(self, i)
-            rec = SubrequestRecord.__new__(SubrequestRecord)
-            rec.caller = <str>e.caller
-            rec.target = <str>e.target
-            rec.kind = <str>PyList_GET_ITEM(_LABELS, e.kind)
-            rec.depth = e.depth
-            rec.start_ns = fastbind_ticks_to_ns(e.start_ticks, rate)
-            rec.duration_ns = -1 if e.duration_ticks < 0 else <int64_t>(e.duration_ticks * rate)
-            rec.outcome = None if e.outcome == 0 else <str>PyList_GET_ITEM(_LABELS, e.outcome)
-            rec.cpu_ns = -1 if self._entry_cpu is None else self._entry_cpu.get(i, -1)
-            records.append(rec)
-        return tuple(records)
+        cdef Py_ssize_t i
+        return tuple([self._record(i, rate) for i in range(self._count)])
+
+    def subrequest(self, Py_ssize_t index):
+        """The ledger's entry ``index`` as it is now (IndexError past the last)."""
+        if not 0 <= index < self._count:
+            raise IndexError(f"ledger index {index} out of range (0..{self._count - 1})")
+        return self._record(index, fastbind_tick_rate())
+
+    cdef SubrequestRecord _record(self, Py_ssize_t i, double rate):
+        cdef LedgerEntry* e = _ledger_entry(self, i)
+        cdef SubrequestRecord rec = SubrequestRecord.__new__(SubrequestRecord)
+        rec.index = i
+        rec.parent = e.parent
+        # The caller is the invocation its parent entry started (the root: the entry Worker).
+        rec.caller = self.entry if e.parent < 0 else <str>_ledger_entry(self, e.parent).target
+        rec.target = <str>e.target
+        rec.kind = <str>PyList_GET_ITEM(_LABELS, e.kind)
+        rec.depth = e.depth
+        rec.start_ns = fastbind_ticks_to_ns(e.start_ticks, rate)
+        rec.duration_ns = -1 if e.duration_ticks < 0 else <int64_t>(e.duration_ticks * rate)
+        rec.outcome = None if e.outcome == 0 else <str>PyList_GET_ITEM(_LABELS, e.outcome)
+        rec.cpu_ns = -1 if self._entry_cpu is None else self._entry_cpu.get(i, -1)
+        rec.status = None if e.status == 0 else e.status
+        return rec
 
     def adopt(self, task):
         """Account a task spawned by one of this pipeline's Workers."""
@@ -432,7 +447,7 @@ cdef class PipelineContext:
         caller._charge()
         cdef OpenSubrequest sub = OpenSubrequest.__new__(OpenSubrequest)
         sub.pipeline = self
-        sub.index = self._add_entry(caller.handle.name, target, _KIND_FETCH, caller.depth)
+        sub.index = self._add_entry(caller.ledger_index, target, _KIND_FETCH, caller.depth)
         return sub
 
 
@@ -490,13 +505,13 @@ cdef class InvocationContext:
     cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props):
         cdef PipelineContext pipeline = self.pipeline
         if self.depth >= pipeline.max_depth:
-            raise SubrequestDepthError()
+            raise _depth_error(self, handle)
         self._charge()
-        cdef Py_ssize_t index = pipeline._add_entry(self.handle.name, handle.name, kind, self.depth + 1)
+        cdef Py_ssize_t index = pipeline._add_entry(self.ledger_index, handle.name, kind, self.depth + 1)
         return _new_invocation(pipeline, self, handle, self.depth + 1, props, index)
 
-    cdef inline void _finish(self, str outcome) noexcept:
-        self.pipeline._finish_entry(self.ledger_index, outcome, self.cpu_ns)
+    cdef inline void _finish(self, str outcome, int status) noexcept:
+        self.pipeline._finish_entry(self.ledger_index, outcome, self.cpu_ns, status)
 
     def wait_until(self, awaitable):
         """Let ``awaitable`` run on after the response, up to ``Limits.wait_until_s``."""
@@ -533,6 +548,28 @@ cdef class InvocationContext:
 
     def __repr__(self):
         return f"<InvocationContext {self.handle.name} depth={self.depth}>"
+
+
+cdef object _depth_error(InvocationContext caller, WorkerHandle target):
+    """SubrequestDepthError for a call from ``caller`` to ``target``, with the chain of
+    Workers that led there (its ``chain``: the top-level Worker first)."""
+    chain = []
+    cdef InvocationContext inv = caller
+    while inv is not None:
+        chain.append(inv.handle.name)
+        inv = inv.parent
+    chain.reverse()
+    return SubrequestDepthError(chain=tuple(chain), target=target.name, limit=caller.pipeline.max_depth)
+
+
+cdef inline int _status_code(object status) except -1:
+    """An HTTP status as the ledger keeps it: 0 for None."""
+    if status is None:
+        return 0
+    cdef long code = status
+    if not 100 <= code <= 999:
+        raise ValueError(f"not an HTTP status: {status!r}")
+    return <int>code
 
 
 cdef inline InvocationContext _new_invocation(

@@ -3,7 +3,7 @@
 
 cimport cython
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 
 
 cdef enum:
@@ -41,16 +41,20 @@ cdef class WorkerHandle:
 
 
 cdef struct LedgerEntry:
-    PyObject* caller         # str, owned
     PyObject* target         # str, owned
     int64_t start_ticks      # fastbind_ticks(): ns only when read
     int64_t duration_ticks   # -1 while running
+    int32_t parent           # the caller's entry, -1 for the top-level invocation;
+                             # the caller's name is that entry's target (or the pipeline's entry)
     int32_t depth
+    uint16_t status          # the HTTP status of its Response, 0 when none (yet)
     uint8_t kind             # code in _LABELS
     uint8_t outcome          # code in _LABELS; 0 while running
 
 
 cdef class SubrequestRecord:
+    cdef readonly long index
+    cdef readonly long parent
     cdef readonly str caller
     cdef readonly str target
     cdef readonly str kind
@@ -59,6 +63,7 @@ cdef class SubrequestRecord:
     cdef readonly int64_t duration_ns
     cdef readonly str outcome
     cdef readonly int64_t cpu_ns
+    cdef readonly object status
 
 
 cdef class LedgerBlocks:
@@ -93,10 +98,12 @@ cdef class PipelineContext:
     cdef readonly int64_t cpu_limit_ns   # -1: no limit
     cdef readonly int64_t cpu_ns
     cdef readonly bint cpu_exceeded
+    cdef readonly object observed   # what the Runtime's observers keep of it (tracing), or None
     cdef object __weakref__
 
-    cdef inline Py_ssize_t _add_entry(self, str caller, str target, str kind, long depth) except -1
-    cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns) noexcept
+    cdef inline Py_ssize_t _add_entry(self, Py_ssize_t parent, str target, str kind, long depth) except -1
+    cdef inline void _finish_entry(self, Py_ssize_t index, str outcome, int64_t cpu_ns, int status) noexcept
+    cdef SubrequestRecord _record(self, Py_ssize_t index, double rate)
     cdef void _record_cpu(self, Py_ssize_t index, int64_t cpu_ns) noexcept
 
 
@@ -111,7 +118,7 @@ cdef class InvocationContext:
     cdef Py_ssize_t ledger_index   # -1: the top-level invocation
     cdef readonly int64_t cpu_ns
 
-    cdef inline void _finish(self, str outcome) noexcept
+    cdef inline void _finish(self, str outcome, int status) noexcept
 
     cdef int _charge(self) except -1
     cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props)
@@ -160,7 +167,7 @@ cdef class BindingCall:
     @cython.final
     cdef int _enter(self) except -1
     @cython.final
-    cdef void _exit(self, str outcome) noexcept
+    cdef void _exit(self, str outcome, int status) noexcept
     @cython.final
     cdef object _check_result(self, object value)
     @cython.final
@@ -217,6 +224,7 @@ cdef class DispatchPlan:
     cdef public bint resolved      # the Runtime's bindings are resolved (validate() ran)
     cdef public bint reports       # the Runtime has an on_pipeline_end hook
     cdef public object snapshot    # (request) -> what pass-through keeps of it, or None
+    cdef public object observe     # (pipeline, request) -> its ``observed``, or None: no observer
     # The policy's methods (fastbind/policy.py), looked up once.
     cdef object _validate
     cdef object _install_factory

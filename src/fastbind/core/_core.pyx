@@ -21,7 +21,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 from libc.string cimport memcpy
 
 from fastbind.core._url cimport quick_url as _quick_url
@@ -38,7 +38,6 @@ from types import FunctionType, MappingProxyType
 from fastbind.core.rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 from fastbind.entrypoint import WorkerEntrypoint
 from fastbind.errors import (
-    BODY_USED_MESSAGE,
     CpuLimitExceeded,
     FastbindError,
     MissingBindingError,
@@ -73,6 +72,7 @@ cdef extern from "_capi.h":
     Py_ssize_t fastbind_slot_offset(object type, const char* name) except -1
     object fastbind_slot_get(object obj, Py_ssize_t off, const char* name)
     PyObject* fastbind_slot_peek(object obj, Py_ssize_t off)
+    int fastbind_status_of(object response, Py_ssize_t off) noexcept
     void fastbind_slot_set(object obj, Py_ssize_t off, object value)
     object fastbind_alloc_instance(object type)
     object fastbind_context_value(PyObject* var, PyTypeObject* type)
@@ -93,7 +93,6 @@ cdef extern from "_capi.h":
     ctypedef struct fastbind_request_layout:
         Py_ssize_t url, method, headers, body, body_used, items, shared, raw
         PyTypeObject* headers_type
-        PyObject* body_used_message
         PyObject* forward_request
     fastbind_request_layout fastbind_req
     object fastbind_forward(object src)
@@ -207,8 +206,6 @@ cdef int _init_forward() except -1:
     fastbind_req.shared = _HDR_SHARED
     fastbind_req.raw = _HDR_RAW
     fastbind_req.headers_type = <PyTypeObject*>_HeadersType
-    Py_INCREF(BODY_USED_MESSAGE)  # kept for the process's life
-    fastbind_req.body_used_message = <PyObject*>BODY_USED_MESSAGE
     Py_INCREF(forward_request)
     fastbind_req.forward_request = <PyObject*>forward_request
     return 0

@@ -264,6 +264,8 @@ cdef class TopLevelCall(BindingCall):
         self.pipeline = pipeline
         cdef InvocationContext inv = _new_invocation(pipeline, None, self.handle, 1, _EMPTY_PROPS, -1)
         pipeline.root = inv
+        if plan.observe is not None:  # tracing: what it keeps of the pipeline from its start
+            pipeline.observed = plan.observe(pipeline, self.request)
         self.inv = inv  # the root invocation's call is this object (BindingCall's part)
         self.http = True
         if pipeline.cpu_limit_ns >= 0:

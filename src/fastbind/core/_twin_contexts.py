@@ -221,13 +221,22 @@ def watchdog_tick() -> bool:
 
 
 class SubrequestRecord:
-    """One ledger entry: who called what, how deep, when, for how long, and how it ended."""
+    """One ledger entry: who called what, how deep, when, for how long, and how it ended.
+
+    ``index`` is its place in the ledger, ``parent`` the index of the entry whose
+    invocation made it (-1: the top-level one).
+    """
 
     __slots__ = (
-        "_caller", "_target", "_kind", "_depth", "_start_ns", "_duration_ns", "_outcome", "_cpu_ns",
+        "_index", "_parent", "_caller", "_target", "_kind", "_depth", "_start_ns", "_duration_ns",
+        "_outcome", "_cpu_ns", "_status",
     )
 
-    def __init__(self, caller: str | None, target: str, kind: str, depth: int) -> None:
+    def __init__(
+        self, caller: str | None, target: str, kind: str, depth: int, index: int = -1, parent: int = -1,
+    ) -> None:
+        self._index = index
+        self._parent = parent
         self._caller = caller
         self._target = target
         self._kind = kind
@@ -236,7 +245,11 @@ class SubrequestRecord:
         self._duration_ns = -1
         self._outcome: str | None = None
         self._cpu_ns = -1
+        self._status: int | None = None
 
+    index = property(lambda self: self._index)
+    parent = property(lambda self: self._parent)
+    status = property(lambda self: self._status)
     caller = property(lambda self: self._caller)
     target = property(lambda self: self._target)
     kind = property(lambda self: self._kind)
@@ -246,19 +259,21 @@ class SubrequestRecord:
     outcome = property(lambda self: self._outcome)
     cpu_ns = property(lambda self: self._cpu_ns)
 
-    def close(self, outcome: str, cpu_ns: int = -1) -> None:
+    def close(self, outcome: str, cpu_ns: int = -1, status: int | None = None) -> None:
         """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
         if self._outcome is None:
             self._duration_ns = _now() - self._start_ns
             self._outcome = outcome
             self._cpu_ns = cpu_ns
+            self._status = status
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "index": self._index, "parent": self._parent,
             "caller": self._caller, "target": self._target, "kind": self._kind,
             "depth": self._depth, "start_ns": self._start_ns,
             "duration_ns": self._duration_ns, "outcome": self._outcome,
-            "cpu_ns": self._cpu_ns,
+            "cpu_ns": self._cpu_ns, "status": self._status,
         }
 
     def __repr__(self) -> str:
@@ -276,9 +291,17 @@ class OpenSubrequest:
     def __init__(self, record: SubrequestRecord) -> None:
         self._record = record
 
-    def finish(self, outcome: str) -> None:
-        """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
-        self._record.close(outcome)
+    @property
+    def index(self) -> int:
+        """Its place in the pipeline's ledger (``SubrequestRecord.index``)."""
+        return int(self._record.index)
+
+    def finish(self, outcome: str, status: int | None = None) -> None:
+        """Close the entry with ``outcome`` ("ok", "error", "canceled") and the response's
+        HTTP ``status`` if there is one; later calls do nothing."""
+        if status is not None and not 100 <= int(status) <= 999:
+            raise ValueError(f"not an HTTP status: {status!r}")
+        self._record.close(outcome, -1, None if status is None else int(status))
 
 
 class PipelineState:
@@ -287,7 +310,7 @@ class PipelineState:
     __slots__ = (
         "entry", "owner", "max_depth", "max_subrequests", "open_connections", "wait_until_s",
         "ledger", "tasks", "waiting", "running", "closed", "root", "root_record",
-        "cpu_enabled", "cpu_limit_ns", "cpu_ns", "cpu_exceeded",
+        "cpu_enabled", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
     )
     entry: str
     owner: Any
@@ -306,6 +329,7 @@ class PipelineState:
     cpu_limit_ns: int
     cpu_ns: int
     cpu_exceeded: bool
+    observed: Any
 
 
 class PipelineContext:
@@ -334,6 +358,7 @@ class PipelineContext:
         state.cpu_enabled = cpu_ms is not None or limits.measure_cpu
         state.cpu_ns = 0
         state.cpu_exceeded = False
+        state.observed = None
         set_pipeline_state(self, state)
         LIVE["pipelines"] += 1
 
@@ -349,6 +374,13 @@ class PipelineContext:
     def ledger(self) -> tuple[SubrequestRecord, ...]:
         """Every subrequest of the pipeline so far, in the order they were made."""
         return tuple(pipeline_state(self).ledger)
+
+    def subrequest(self, index: int) -> SubrequestRecord:
+        """The ledger's entry ``index`` as it is now (IndexError past the last)."""
+        ledger: list[SubrequestRecord] = pipeline_state(self).ledger
+        if not 0 <= index < len(ledger):
+            raise IndexError(f"ledger index {index} out of range (0..{len(ledger) - 1})")
+        return ledger[index]
 
     def adopt(self, task: asyncio.Future[Any]) -> None:
         """Account a task spawned by one of this pipeline's Workers."""
@@ -402,8 +434,11 @@ class PipelineContext:
         """Count one outbound fetch (or redirect) of ``caller``; returns its ledger record."""
         caller_state = invocation_state(caller)
         charge(caller_state)
-        record = SubrequestRecord(caller_state.handle.name, target, "fetch", caller_state.depth)
-        pipeline_state(self).ledger.append(record)
+        ledger = pipeline_state(self).ledger
+        record = SubrequestRecord(
+            caller_state.handle.name, target, "fetch", caller_state.depth, len(ledger), caller_state.record.index,
+        )
+        ledger.append(record)
         return OpenSubrequest(record)
 
 
@@ -418,7 +453,7 @@ def _state_reader(state_of: Callable[[Any], Any], name: str) -> ReadOnly:
 
 for _name in (
     "entry", "owner", "max_depth", "max_subrequests", "open_connections", "wait_until_s",
-    "running", "closed", "root", "cpu_enabled", "cpu_limit_ns", "cpu_ns", "cpu_exceeded",
+    "running", "closed", "root", "cpu_enabled", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
 ):
     setattr(PipelineContext, _name, _state_reader(pipeline_state, _name))
 del _name
@@ -547,17 +582,32 @@ def child_of(caller: InvocationContext, handle: Any, kind: str, props: Any) -> I
     pipeline = state.pipeline
     pstate = pipeline_state(pipeline)
     if state.depth >= pstate.max_depth:
-        raise SubrequestDepthError()
+        raise _depth_error(caller, handle, pstate.max_depth)
     charge(state)
-    record = SubrequestRecord(state.handle.name, handle.name, kind, state.depth + 1)
+    record = SubrequestRecord(
+        state.handle.name, handle.name, kind, state.depth + 1, len(pstate.ledger), state.record.index,
+    )
     pstate.ledger.append(record)
     return new_invocation(pipeline, caller, handle, state.depth + 1, props, record)
 
 
-def finish_invocation(inv: InvocationContext, outcome: str) -> None:
+def _depth_error(caller: InvocationContext, target: Any, limit: int) -> SubrequestDepthError:
+    """SubrequestDepthError for a call from ``caller`` to ``target``, with the chain of
+    Workers that led there (the top-level Worker first)."""
+    chain = []
+    inv: Any = caller
+    while inv is not None:
+        state = invocation_state(inv)
+        chain.append(state.handle.name)
+        inv = state.parent
+    chain.reverse()
+    return SubrequestDepthError(chain=tuple(chain), target=target.name, limit=limit)
+
+
+def finish_invocation(inv: InvocationContext, outcome: str, status: int | None = None) -> None:
     state = invocation_state(inv)
     cpu = state.cpu_ns if pipeline_state(state.pipeline).cpu_enabled else -1
-    state.record.close(outcome, cpu)
+    state.record.close(outcome, cpu, status)
 
 
 # --- the awaitable that runs an invocation --------------------------------------------
@@ -640,6 +690,7 @@ class BindingCall:
         pstate.running += 1
         LIVE["invocations"] += 1
         outcome = "error"
+        status = None
         try:
             previous = slot_current(slot)
             set_slot_current(slot, inv)
@@ -693,6 +744,7 @@ class BindingCall:
                         f'Worker "{state.handle.name}" fetch handler returned '
                         f"{type(result).__name__}, expected a Response"
                     )
+                status = _status_of(result)  # the ledger keeps its status
             else:
                 result = isolate(result)
             outcome = "ok"
@@ -704,7 +756,7 @@ class BindingCall:
             pstate.running -= 1
             LIVE["invocations"] -= 1
             if not self._borrowed:
-                finish_invocation(inv, outcome)
+                finish_invocation(inv, outcome, status)
             elif slot_token is not None:
                 try:
                     SLOT.reset(slot_token)
@@ -732,6 +784,12 @@ class BindingCall:
             return result.__await__()
         self._immediate = result
         return None
+
+
+def _status_of(response: Any) -> int | None:
+    """A Response's status as the ledger keeps it (as the compiled core's fastbind_status_of)."""
+    status = getattr(response, "status", None)
+    return status if type(status) is int and 100 <= status <= 999 else None
 
 
 class _Done:

@@ -44,7 +44,7 @@ class DispatchPlan:
     """What every top-level request of one Runtime shares, prepared once."""
 
     __slots__ = (
-        "_owner", "_limits", "resolved", "reports", "snapshot", "_validate", "_install_factory",
+        "_owner", "_limits", "resolved", "reports", "snapshot", "observe", "_validate", "_install_factory",
         "_watch_hang", "_watch_cpu", "_answer", "_report", "_end", "_stream", "_hold",
     )
 
@@ -54,6 +54,7 @@ class DispatchPlan:
         self.resolved = False
         self.reports = False
         self.snapshot: Callable[[Request], Any] | None = None
+        self.observe: Callable[[PipelineContext, Request], Any] | None = None
         self._validate = policy.validate
         self._install_factory = policy.install_task_factory
         self._watch_hang = policy.watch_hang
@@ -103,6 +104,8 @@ class DispatchPlan:
         state = pipeline_state(pipeline)
         root = new_invocation(pipeline, None, handle, 1, EMPTY_PROPS, state.root_record)
         state.root = root
+        if self.observe is not None:  # tracing: what it keeps of the pipeline from its start
+            state.observed = self.observe(pipeline, request)
         call = BindingCall(root, request, True)
         del request
         if state.cpu_limit_ns >= 0:

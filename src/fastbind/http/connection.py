@@ -23,6 +23,7 @@ from ..headers import Headers
 from ..request import Request
 from ..response import Response
 from ..websocket import WebSocket
+from .access_log import CLIENT_GONE
 from .exchange import AccessLog, Exchange, HTTPLimits, ServerState
 from .request_body import RequestBody
 from .target import HOST_OK, METHODS, message_end, other_form_url, quote_target, unknown_method, valid_host
@@ -94,6 +95,7 @@ class HTTPConnection(asyncio.Protocol):
         self._limits = state.limits
         self._dispatch = state.dispatch
         self._access_log = state.log is not None
+        self._scheme = state.scheme
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -111,6 +113,7 @@ class HTTPConnection(asyncio.Protocol):
         self._in_message = False
         self._in_head = False
         self._current: Exchange | None = None
+        self._heading: Exchange | None = None  # a head being checked (access log: what a refusal was for)
         self._completed = 0  # messages completed in the data being fed
         self._idle_at_start = True  # the parser was between messages as that data came
         # serving
@@ -281,6 +284,9 @@ class HTTPConnection(asyncio.Protocol):
         self._length = None
         self._flags = 0
         ex = Exchange()
+        if self._access_log:  # from here: a request refused below is logged with its line and time
+            ex.start = time.perf_counter()
+            self._heading = ex
         ex.keep_alive = keep_alive = parser.should_keep_alive()
         version = "1.1"
         if not keep_alive or flags & _CONNECTION:
@@ -308,7 +314,7 @@ class HTTPConnection(asyncio.Protocol):
         elif not HOST_OK.get(host) and not valid_host(host):
             raise _Reject(400, "Invalid Host header.")
         if target[:1] == b"/":
-            url = "http://" + host + (target.decode("latin-1") if target.isascii() else quote_target(target))
+            url = self._scheme + host + (target.decode("latin-1") if target.isascii() else quote_target(target))
         else:
             other = other_form_url(target, host)
             if other is None:
@@ -329,9 +335,8 @@ class HTTPConnection(asyncio.Protocol):
                 # The Fetch API has no body on GET or HEAD: it is read and dropped.
                 ex.chunks = None
                 ex.discard = True
-        if self._access_log:
-            ex.start = time.perf_counter()
         self._current = ex
+        self._heading = None
         if self._active is None and not self._queue:
             self._start(ex)
         else:
@@ -427,7 +432,12 @@ class HTTPConnection(asyncio.Protocol):
         ex = self._current
         self._current = None
         if ex is None:
-            self._queue.append(Exchange.rejection(status, message))
+            rejection = Exchange.rejection(status, message)
+            heading, self._heading = self._heading, None
+            if heading is not None:  # refused as its head was checked: its line is known
+                rejection.request, rejection.target = heading.request, heading.target
+                rejection.version, rejection.start = heading.version, heading.start
+            self._queue.append(rejection)
             if self._active is None:
                 self._serve_next()
             return
@@ -476,6 +486,8 @@ class HTTPConnection(asyncio.Protocol):
             return
         self._active = ex
         self._task = _Task(self._serve(ex), loop=self._loop)
+        if self._access_log:
+            self._task.add_done_callback(lambda task: self._log_if_gone(task, ex))
 
     def _serve_next(self) -> None:
         queue = self._queue
@@ -593,6 +605,13 @@ class HTTPConnection(asyncio.Protocol):
         self.answers += 1  # the keep-alive timeout counts from here
         if self._queue or self._state.draining:
             self._serve_next()
+
+    def _log_if_gone(self, task: asyncio.Task[None], ex: Exchange) -> None:
+        # The client went away before its answer was out: its line says 499 (as nginx's).
+        if task.cancelled() and not ex.finished:
+            log = self._state.log
+            assert log is not None
+            log(self, ex, CLIENT_GONE, 0)
 
     def _skip_rest(self, ex: Exchange) -> None:
         # Answered before the whole request body came: skip the rest if it is small.

@@ -54,7 +54,7 @@ class ServerState:
     """What every connection of one server shares."""
 
     __slots__ = ("dispatch", "limits", "ws_limits", "connections", "date", "draining",
-                 "log", "default_host")
+                 "log", "default_host", "scheme")
 
     def __init__(self, entry: Any, limits: HTTPLimits, default_host: str,
                  access_log: AccessLog | None = None, ws_limits: WebSocketLimits | None = None) -> None:
@@ -68,6 +68,7 @@ class ServerState:
         self.draining = False
         self.log = access_log
         self.default_host = default_host  # what an HTTP/1.0 request without Host asked for
+        self.scheme = "http://"  # of request.url: "https://" behind TLS
         self.refresh_date()
 
     def refresh_date(self) -> None:

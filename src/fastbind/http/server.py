@@ -6,19 +6,19 @@ import asyncio
 import os
 import signal
 import socket
-import sys
-import time
-from collections.abc import Callable
+import ssl as _ssl
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvloop
 
 from ..runtime import Runtime
+from . import access_log as _access_log
 from .connection import HTTPConnection
-from .exchange import Exchange, HTTPLimits, ServerState
+from .exchange import AccessLog, HTTPLimits, ServerState
 from .websocket import WebSocketLimits
 
-__all__ = ("Server", "HTTPLimits", "ListenError", "serve", "run", "format_address")
+__all__ = ("Server", "HTTPLimits", "ListenError", "serve", "run", "format_address", "tls_context")
 
 # How often connections are checked for timeouts (at most; less when timeouts are short).
 _SWEEP_INTERVAL = 1.0
@@ -43,7 +43,9 @@ class Server:
         *,
         limits: HTTPLimits | None = None,
         ws_limits: WebSocketLimits | None = None,
-        access_log: bool = False,
+        access_log: bool | str = False,
+        log_hooks: Sequence[AccessLog] = (),
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         # A wrong binding or an unknown entry fails here, before anything is served.
         self._entry = runtime.entry(entry)
@@ -51,7 +53,13 @@ class Server:
         self.entry = entry
         self.limits = limits or HTTPLimits()
         self.ws_limits = ws_limits or WebSocketLimits()
-        self._access_log = access_log
+        self.ssl = ssl
+        # access_log: True or "text" for the classic line, "json" for JSON lines; log_hooks
+        # (metrics) are called for every request as the access log is.
+        logs = list(log_hooks)
+        if access_log:
+            logs.insert(0, _access_log.writer("text" if access_log is True else str(access_log), entry))
+        self._log = _access_log.combine(logs)
         self._server: asyncio.Server | None = None
         self._state: ServerState | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -65,17 +73,27 @@ class Server:
         return [s.getsockname()[:2] for s in self._server.sockets]
 
     async def start(self, host: str = "127.0.0.1", port: int = 8787, *, reuse_port: bool = False,
-                    backlog: int = 2048) -> None:
+                    backlog: int = 2048, sock: socket.socket | None = None) -> None:
+        """Listen on ``host``:``port``, or on ``sock``, a listening socket given (``--fd``)."""
         loop = asyncio.get_running_loop()
+        if sock is not None:
+            host, port = sock.getsockname()[:2]
         state = self._state = ServerState(
             self._entry, self.limits, ws_limits=self.ws_limits, default_host=_host_header(host, port),
-            access_log=_print_access if self._access_log else None,
+            access_log=self._log,
         )
+        if self.ssl is not None:
+            state.scheme = "https://"
         try:
-            self._server = await loop.create_server(
-                lambda: HTTPConnection(state), host, port,
-                reuse_address=True, reuse_port=reuse_port or None, backlog=backlog,
-            )
+            if sock is not None:
+                self._server = await loop.create_server(
+                    lambda: HTTPConnection(state), sock=sock, backlog=backlog, ssl=self.ssl,
+                )
+            else:
+                self._server = await loop.create_server(
+                    lambda: HTTPConnection(state), host, port,
+                    reuse_address=True, reuse_port=reuse_port or None, backlog=backlog, ssl=self.ssl,
+                )
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from exc
@@ -146,17 +164,24 @@ async def serve(
     port: int = 8787,
     limits: HTTPLimits | None = None,
     ws_limits: WebSocketLimits | None = None,
-    access_log: bool = False,
+    access_log: bool | str = False,
     shutdown_timeout: float = 30.0,
     reuse_port: bool = False,
     on_ready: Callable[[Server], None] | None = None,
+    log_hooks: Sequence[AccessLog] = (),
+    ssl: _ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
+    companions: Sequence[tuple[Server, str, int]] = (),
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns an exit code.
 
     A second signal during the shutdown cancels what is still running at once (exit 1).
+    ``companions``: (server, host, port) of servers that run alongside (the metrics
+    endpoint), started after this one and stopped after it.
     """
-    server = Server(runtime, entry, limits=limits, ws_limits=ws_limits, access_log=access_log)
-    await server.start(host, port, reuse_port=reuse_port)
+    server = Server(runtime, entry, limits=limits, ws_limits=ws_limits, access_log=access_log,
+                    log_hooks=log_hooks, ssl=ssl)
+    await server.start(host, port, reuse_port=reuse_port, sock=sock)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -168,10 +193,14 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     try:
+        for companion, companion_host, companion_port in companions:
+            await companion.start(companion_host, companion_port, reuse_port=reuse_port)
         if on_ready is not None:
             on_ready(server)
         await stop.wait()
         await server.shutdown(shutdown_timeout)
+        for companion, _, _ in companions:
+            await companion.shutdown(1.0)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -183,8 +212,17 @@ def run(runtime: Runtime, entry: str, **options: Any) -> int:
     return uvloop.run(serve(runtime, entry, **options))
 
 
-def format_address(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def format_address(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def tls_context(certfile: str, keyfile: str | None = None, password: str | None = None) -> _ssl.SSLContext:
+    """A server-side TLS context with the certificate chain of ``certfile`` (and its key),
+    the stdlib's defaults (TLS 1.2 and later), and ALPN offering ``http/1.1``."""
+    context = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile, password)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _host_header(host: str, port: int) -> str:
@@ -193,14 +231,3 @@ def _host_header(host: str, port: int) -> str:
         host = socket.gethostname()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-
-def _print_access(connection: HTTPConnection, ex: Exchange, status: int, sent: int) -> None:
-    peer = connection.peer
-    client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
-    request = ex.request
-    method = request.method if request is not None else "-"
-    target = ex.target.decode("latin-1") if ex.target else "-"
-    took = (time.perf_counter() - ex.start) * 1000 if ex.start else 0.0
-    sys.stdout.write(
-        f'{client} "{method} {target} HTTP/{ex.version}" {status} {sent} {took:.1f}ms\n'
-    )

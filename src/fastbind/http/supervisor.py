@@ -51,18 +51,21 @@ def supervise(
     *,
     on_ready: Callable[[list[int]], None],
     kill_after: float,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Run ``serve_child(ready)`` in ``processes`` forked children until a signal.
 
     Each child calls ``ready()`` once it listens; ``on_ready(pids)`` runs in the parent
     when all have. ``kill_after``: seconds after the stop signal before children still
-    running are killed. Returns the parent's exit code.
+    running are killed. ``on_exit(pid)`` runs in the parent as each child is reaped (the
+    metrics forget its gauges). Returns the parent's exit code.
     """
     wake_r, wake_w = os.pipe()
     ready_r, ready_w = os.pipe()
     for fd in (wake_r, wake_w, ready_r):
         os.set_blocking(fd, False)
     state = _Supervision(processes, serve_child, wake_r, wake_w, ready_r, ready_w)
+    state.on_exit = on_exit
     previous = {
         signum: signal.signal(signum, state.on_signal)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
@@ -90,6 +93,7 @@ class _Supervision:
         self.stopping_since: float | None = None
         self.failed = False
         self.quick_deaths = 0
+        self.on_exit: Callable[[int], None] | None = None
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGCHLD:
@@ -172,6 +176,8 @@ class _Supervision:
             started = self.children.pop(pid, None)
             if started is None:
                 continue
+            if self.on_exit is not None:
+                self.on_exit(pid)
             self.ready.discard(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping_since is not None:

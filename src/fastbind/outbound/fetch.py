@@ -202,12 +202,15 @@ async def _hop(
     """
     import aiohttp  # when first needed, as in http_client.new_session
 
+    admission = Admission(invocation, target)
     try:
-        async with Admission(invocation, target):
-            return await session.request(
-                method, url, headers=headers or None, data=data, allow_redirects=False,
+        async with admission:
+            resp = await session.request(
+                method, url, headers=admission.traced(headers) or None, data=data, allow_redirects=False,
                 timeout=client_timeout(timeout),
             )
+            admission.status = resp.status
+            return resp
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise network_error(exc, url, timeout) from exc
 

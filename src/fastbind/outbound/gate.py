@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Awaitable, Generator
 from typing import Any
 
+from ..policy import observed_headers
+
 __all__ = ("Admission", "ConnectionGate", "gate_for")
 
 
@@ -114,17 +116,19 @@ class Admission:
 
     Inside a Worker the connection is one subrequest of ``invocation`` (entering raises
     TooManySubrequestsError past the budget) and holds a slot of its pipeline's gate
-    until the block ends; its ledger record ends "ok", "canceled" or "error" with the
-    block. Outside a Worker (``invocation`` None) it does nothing.
+    until the block ends; its ledger record ends "ok" (with ``status`` when the block set
+    it), "canceled" or "error" with the block. Outside a Worker (``invocation`` None) it
+    does nothing.
     """
 
-    __slots__ = ("_invocation", "_url", "_record", "_gate")
+    __slots__ = ("_invocation", "_url", "_record", "_gate", "status")
 
     def __init__(self, invocation: Any, url: str) -> None:
         self._invocation = invocation
         self._url = url
         self._record: Any = None
         self._gate: ConnectionGate | None = None
+        self.status: int | None = None
 
     async def __aenter__(self) -> None:
         invocation = self._invocation
@@ -140,11 +144,27 @@ class Admission:
             raise
         self._record, self._gate = record, gate
 
+    def traced(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``headers`` with the ones the pipeline's observers add for this connection
+        (tracing: its own traceparent, in place of any the Worker copied)."""
+        record = self._record
+        if record is None:
+            return headers
+        pipeline = self._invocation.pipeline
+        if not pipeline.observed:
+            return headers
+        extra = observed_headers(pipeline, record.index)
+        if not extra:
+            return headers
+        names = {name for name, _ in extra}
+        return [h for h in headers if h[0] not in names] + extra
+
     async def __aexit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
         if self._gate is not None:
             self._gate.release()
-        if self._record is not None:
-            self._record.finish(
-                "ok" if kind is None else "canceled" if issubclass(kind, asyncio.CancelledError) else "error"
-            )
-
+        record = self._record
+        if record is not None:
+            if kind is None:
+                record.finish("ok", self.status)
+            else:
+                record.finish("canceled" if issubclass(kind, asyncio.CancelledError) else "error")

@@ -54,12 +54,14 @@ async def open_websocket(
     session = runtime.extension(OutboundClient).session() if runtime is not None else None
     if session is None:
         session = owned = new_session()
+    admission = Admission(invocation, url)
     try:
-        async with Admission(invocation, url):
+        async with admission:
             connection = await session.ws_connect(
-                target, headers=forwarded or None, protocols=protocols, autoping=True,
+                target, headers=admission.traced(forwarded) or None, protocols=protocols, autoping=True,
                 timeout=aiohttp.ClientWSTimeout(ws_close=timeout), max_msg_size=0,
             )
+            admission.status = 101
     except BaseException as exc:
         if owned is not None:
             await owned.close()
