@@ -11,10 +11,24 @@ import orjson
 
 from .errors import BODY_USED_MESSAGE
 
-__all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream")
+__all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream", "with_text_type", "TEXT_TYPE")
 
 BodyInit = Union[bytes, bytearray, memoryview, str, AsyncIterator[bytes], None]
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+# The Fetch standard's type for a body given as a string ("extract a body").
+TEXT_TYPE = ("content-type", "text/plain;charset=UTF-8")
+
+
+def with_text_type(headers: Any, fresh: bool) -> None:
+    """Give a message with a str body the standard's content type unless it has one.
+
+    ``fresh``: ``headers`` were made empty just now (no headers given), so the type
+    is appended without a look-up (a Worker's ``Response("ok")``).
+    """
+    if fresh:
+        headers._items.append(TEXT_TYPE)
+    elif not headers.has("content-type"):
+        headers.append(*TEXT_TYPE)
 
 
 def check_body(body: object, owner: str) -> object:

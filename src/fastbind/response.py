@@ -7,7 +7,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 
 import orjson
 
-from .body import BodyInit, BodyMixin, check_body
+from .body import BodyInit, BodyMixin, check_body, with_text_type
 from .headers import Headers, HeadersInit
 from .request import check_url
 
@@ -78,6 +78,8 @@ class Response(BodyMixin):
                 raise TypeError(f"Response with null body status {status} cannot have body")
         self.status = status
         self.headers = Headers(headers)
+        if type(body) is str:
+            with_text_type(self.headers, headers is None)
         self.body = body if body is None or type(body) is bytes or type(body) is str else check_body(body, "Response")
         self.body_used = False
 

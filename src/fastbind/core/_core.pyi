@@ -6,7 +6,7 @@
 # constructor here.
 
 import asyncio
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal, final
 
@@ -178,7 +178,10 @@ class Fetcher:
         method: str | None = None,
         headers: Any = None,
         body: Any = None,
-    ) -> BindingCall: ...
+        redirect: Literal["follow", "manual", "error"] = "follow",
+        timeout: float | None = None,
+        cf: Mapping[str, Any] | None = None,
+    ) -> Awaitable[Response]: ...
     # At run time __getattribute__ hands out (and caches) the RPC stubs.
     def __getattr__(self, name: str) -> RpcMethod: ...
 
@@ -294,6 +297,7 @@ def call_child(
     props: Mapping[str, Any] | None = None,
     http: bool = False,
 ) -> RpcCall: ...
+def start_binding_call(fetcher: Fetcher, request: Any, mode: int, origin: Any) -> BindingCall: ...
 def current_invocation() -> InvocationContext | None: ...
 def live_counts() -> dict[str, int]: ...
 def make_task_factory(previous: Callable[..., asyncio.Future[Any]] | None) -> TaskFactory: ...

@@ -30,6 +30,7 @@ from ._twin_contexts import (
     pipeline_state,
     slot_current,
 )
+from .binding_fetch import FOLLOW, fetch_with_options
 from .rpc_values import RESERVED_METHODS, SCALAR_TYPES, isolate, reserved_message, unknown_message
 
 __all__ = (
@@ -37,6 +38,7 @@ __all__ = (
     "Fetcher",
     "RpcMethod",
     "call_child",
+    "start_binding_call",
     "SliceMeter",
     "TaskFactory",
     "make_task_factory",
@@ -153,17 +155,22 @@ class Fetcher:
         return method
 
     def fetch(
-        self, input: Any, *, method: Any = None, headers: Any = None, body: Any = None
-    ) -> BindingCall:
-        """Run the bound Worker's fetch handler with a Request built as fetch() would."""
+        self, input: Any, *, method: Any = None, headers: Any = None, body: Any = None,
+        redirect: Any = "follow", timeout: Any = None, cf: Any = None,
+    ) -> Any:
+        """Run the bound Worker's fetch handler with a Request built as fetch() would,
+        with the global fetch's options and defaults (binding_fetch.py)."""
         target, binding, props = fetcher_state(self)
+        if (method is not None or headers is not None or body is not None or timeout is not None
+                or cf is not None or redirect != "follow"):
+            return fetch_with_options(self, binding, input, method, headers, body, redirect,
+                                      timeout, cf, start_binding_call)
         caller = _caller(f"env.{binding}.fetch()")
-        if type(input) is Request and method is None and headers is None and body is None:
-            request = _forward(input)
-        else:
-            request = Request(input, method=method, headers=headers, body=body)
+        request = _forward(input) if type(input) is Request else Request(input)
         inv = child_of(caller, target, "binding", props)
-        return BindingCall(inv, request, True)
+        call = BindingCall(inv, request, True)
+        call._redirect = (self, input, FOLLOW, start_binding_call)
+        return call
 
     def __repr__(self) -> str:
         target, binding, _ = fetcher_state(self)
@@ -205,6 +212,17 @@ class RpcMethod:
 
     def __repr__(self) -> str:
         return f"<RpcMethod {fetcher_state(self._fetcher)[1]}.{self._name}>"
+
+
+def start_binding_call(fetcher: Fetcher, request: Request, mode: int, origin: Any) -> BindingCall:
+    """A binding call of ``fetcher`` with ``request`` as it is (binding_fetch.py's
+    ``start_call``): redirects followed (mode 1), refused (2) or returned (0)."""
+    target, binding, props = fetcher_state(fetcher)
+    caller = _caller(f"env.{binding}.fetch()")
+    call = BindingCall(child_of(caller, target, "binding", props), request, True)
+    if mode:
+        call._redirect = (fetcher, origin, mode, start_binding_call)
+    return call
 
 
 def call_child(

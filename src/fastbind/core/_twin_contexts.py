@@ -24,7 +24,9 @@ from ..errors import (
     SubrequestDepthError,
     TooManySubrequestsError,
 )
+from ..redirects import REDIRECT_STATUSES
 from ..response import Response
+from .binding_fetch import redirect_follower
 from .rpc_values import isolate
 
 __all__ = (
@@ -568,7 +570,7 @@ class BindingCall:
 
     __slots__ = (
         "_inv", "_request", "_http", "_started", "_driver", "_method", "_args", "_kwargs",
-        "_immediate", "_custom", "_borrowed",
+        "_immediate", "_custom", "_borrowed", "_redirect",
     )
 
     def __init__(
@@ -591,6 +593,8 @@ class BindingCall:
         self._immediate: Any = None
         self._custom: Any = None
         self._borrowed = False
+        # (fetcher, origin, mode, start_call) of a binding's fetch that handles redirects (binding_fetch.py)
+        self._redirect: Any = None
 
     @property
     def invocation(self) -> InvocationContext:
@@ -617,7 +621,21 @@ class BindingCall:
                 finish_invocation(self._inv, "canceled")
 
     def __await__(self) -> Any:
-        return self._run()
+        if self._redirect is None:
+            return self._run()
+        return self._run_following()
+
+    def _run_following(self) -> Any:
+        """``_run``, then the redirects of its Response followed as the caller."""
+        response = yield from self._run()
+        fetcher, origin, mode, start_call = self._redirect
+        self._redirect = None
+        if response.status not in REDIRECT_STATUSES:
+            return response
+        follower = redirect_follower(fetcher, origin, mode, response, start_call)
+        if follower is None:
+            return response
+        return (yield from follower.__await__())
 
     def _run(self) -> Any:
         inv = self._inv

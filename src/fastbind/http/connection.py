@@ -20,7 +20,7 @@ import httptools
 
 from ..errors import BodyReadError
 from ..headers import Headers
-from ..request import Request
+from ..request import Request, check_url
 from ..response import Response
 from .exchange import AccessLog, Exchange, HTTPLimits, ServerState
 from .request_body import RequestBody
@@ -293,6 +293,10 @@ class HTTPConnection(asyncio.Protocol):
                 raise _Reject(400, "Malformed request: the request target names no valid host.")
             url = other
             ex.tunnel = method == "CONNECT"
+        try:
+            url = check_url(url)  # the URL standard's form, as every Request's (one match if it is)
+        except TypeError:
+            raise _Reject(400, "Malformed request: the request target and Host make no valid URL.") from None
         request = ex.request = _new_request(Request)
         request.method = method
         request.url = url
