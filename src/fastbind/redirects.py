@@ -44,7 +44,7 @@ Pairs = list[tuple[str, str]]
 def check_redirect_mode(mode: object) -> str:
     if mode not in REDIRECT_MODES:
         raise TypeError(f'fetch() redirect must be "follow", "manual" or "error", not {mode!r}')
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def location_of(status: int, headers: Any) -> str | None:

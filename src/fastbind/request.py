@@ -116,7 +116,7 @@ class Request(BodyMixin):
         """The ``cf`` object the request was made or sent with (``fetch(..., cf={...})``,
         or what ``fastbind serve`` knows of its client), or None."""
         try:
-            return self._cf  # type: ignore[no-any-return]
+            return self._cf
         except AttributeError:
             return None
 

@@ -68,6 +68,6 @@ def canonical_url(url: object) -> str:
     if _already_canonical(url):
         return url
     try:
-        return ada_url.normalize_url(url)  # type: ignore[no-any-return]
+        return ada_url.normalize_url(url)
     except ValueError:
         raise TypeError(f"Invalid URL: {url}") from None

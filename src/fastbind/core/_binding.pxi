@@ -22,7 +22,7 @@ cdef class Fetcher:
     def __init__(self, WorkerHandle target not None, str binding not None, props=None):
         self._target = target
         self._binding = binding
-        self._props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
+        self._props = _props_of(props)
         cdef FetchMethod fetch = FetchMethod.__new__(FetchMethod)
         fetch._fetcher = self
         self._fetch = fetch
@@ -157,6 +157,8 @@ cdef class RpcMethod:
         # Calls from Python take _rpc_vectorcall when the fast paths are on; this
         # serves the others.
         cdef InvocationContext caller = self._caller()
+        if caller.handle.python_workers:
+            _check_python_workers_args(args, kwargs)
         cdef Py_ssize_t i, n = len(args)
         cdef tuple isolated = PyTuple_New(n)
         for i in range(n):
@@ -196,6 +198,9 @@ cdef object _rpc_vectorcall(object callable, PyObject** args, size_t nargsf, PyO
     cdef InvocationContext caller = self._caller()
     cdef Py_ssize_t i, n = PyVectorcall_NARGS(nargsf)
     cdef RpcCall call
+    if caller.handle.python_workers:
+        for i in range(n + (0 if kwnames == NULL else PyTuple_GET_SIZE(<object>kwnames))):
+            _check_python_workers_value(<object>args[i])
     if n <= 2 and (kwnames == NULL or PyTuple_GET_SIZE(<object>kwnames) == 0):
         # The usual call: one or two arguments, kept in the call itself.
         arg0 = None if n == 0 else _isolated(<object>args[0])
@@ -217,6 +222,14 @@ cdef object _rpc_vectorcall(object callable, PyObject** args, size_t nargsf, PyO
         if names:
             kwargs = {names[i]: _isolated(<object>args[n + i]) for i in range(len(names))}
     return self._start(caller, isolated, kwargs)
+
+
+cdef int _check_python_workers_args(tuple args, dict kwargs) except -1:
+    for value in args:
+        _check_python_workers_value(value)
+    for value in kwargs.values():
+        _check_python_workers_value(value)
+    return 0
 
 
 cdef int _install_rpc_vectorcall() except -1:
@@ -263,7 +276,7 @@ def call_child(WorkerHandle target not None, str kind not None, function, tuple 
     cdef InvocationContext caller = _current()
     if caller is None:
         raise FastbindError(f'A call to "{target.name}" was made outside a fastbind invocation')
-    inv = caller._child(target, kind, _EMPTY_PROPS if not props else MappingProxyType(dict(props)))
+    inv = caller._child(target, kind, _props_of(props))
     cdef RpcCall call = _new_rpc_call(inv, http)
     call.rpc_name = kind
     call.rpc_function = function
@@ -392,6 +405,8 @@ cdef class BindingCall:
                 )
         else:
             try:
+                if self.inv.handle.python_workers:
+                    _check_python_workers_value(value)
                 value = _isolated(value)
             except BaseException:
                 self._exit(_ERROR)

@@ -32,6 +32,9 @@ cdef class WorkerHandle:
     cdef bint is_class
     cdef bint fast_init
     cdef dict _rpc
+    # A Worker of the ``workers`` module: its RPC arguments and results follow Python
+    # Workers' rules (python_workers_values.py) on top of fastbind's own.
+    cdef readonly bint python_workers
 
     cdef bint has_rpc_method(self, str name) except -1
     cdef object rpc_function(self, str name)

@@ -33,9 +33,11 @@ import os
 import sys
 import weakref
 from contextvars import ContextVar
-from types import FunctionType, MappingProxyType
+from types import FunctionType
 
 from fastbind.core.binding_fetch import fetch_with_options, redirect_follower
+from fastbind.core.props import EMPTY_PROPS, props_of
+from fastbind.core.python_workers_values import check_python_workers_value
 from fastbind.core.rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 from fastbind.entrypoint import WorkerEntrypoint
 from fastbind.errors import (
@@ -151,13 +153,16 @@ cdef object _HeadersType = Headers
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _isolate = isolate
 cdef object _fetch_with_options = fetch_with_options
+cdef object _check_python_workers_value = check_python_workers_value
+cdef str _RPC_RULES = "__fastbind_rpc_rules__"  # "python_workers" on the workers module's classes
 cdef object _redirect_follower = redirect_follower
 cdef object _STATUS_200 = 200  # a cached small int: most Responses' status is this object
 cdef frozenset _RESERVED = RESERVED_METHODS
 cdef object _FunctionType = FunctionType  # (a lambda here would be a Cython function)
 cdef object _Task = asyncio.Task
 cdef object _copy_context = contextvars.copy_context
-cdef object _EMPTY_PROPS = MappingProxyType({})
+cdef object _EMPTY_PROPS = EMPTY_PROPS
+cdef object _props_of = props_of
 cdef tuple _NO_ARGS = ()
 cdef enum: _STACK_ARGS = 7  # RPC calls with at most this many positional arguments skip the tuple
 cdef str _FETCH_NAME = "fetch"

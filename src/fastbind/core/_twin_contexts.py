@@ -27,6 +27,7 @@ from ..errors import (
 from ..redirects import REDIRECT_STATUSES
 from ..response import Response
 from .binding_fetch import redirect_follower
+from .python_workers_values import check_python_workers_value
 from .rpc_values import isolate
 
 __all__ = (
@@ -468,6 +469,11 @@ class InvocationContext:
         return str(invocation_state(self).handle.name)
 
     @property
+    def python_workers(self) -> bool:
+        """Whether the running Worker follows Python Workers' RPC rules (the workers module)."""
+        return bool(invocation_state(self).handle.python_workers)
+
+    @property
     def env(self) -> Any:
         """This invocation's env, readable only by its own code (not by a child via ``parent``)."""
         if current_invocation() is not self:
@@ -712,6 +718,8 @@ class BindingCall:
                         f"{type(result).__name__}, expected a Response"
                     )
             else:
+                if state.handle.python_workers:
+                    check_python_workers_value(result)
                 result = isolate(result)
             outcome = "ok"
             return result

@@ -70,7 +70,7 @@ async def _within(call: Awaitable[Any], timeout: float, what: str) -> Any:
 def _parts(origin: Any) -> tuple[str, str, list[tuple[str, str]], Any, Any]:
     """(url, method, header pairs, body, cf) of what the first request sent."""
     if type(origin) is tuple:
-        return origin  # type: ignore[no-any-return]
+        return origin
     if isinstance(origin, Request):  # the caller's own Request, forwarded
         return origin.url, origin.method, list(origin.headers), origin.body, origin.cf
     return origin, "GET", [], None, None  # fetch(url)
