@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FastbindError
 from ..extension import Extension, register
 from .alarms import ALARM_RETRY_S
 from .declarations import check_declarations
@@ -101,7 +101,13 @@ class DurableObjects(Extension):
         except RuntimeError:
             return
         for ns in self._namespaces.values():
-            ns.arm_alarms()
+            path = ns.database_path
+            if path is None or not path.exists():
+                continue  # nothing stored yet: no alarm to arm
+            try:
+                ns.arm_alarms()
+            except FastbindError:
+                pass  # its storage cannot be opened: the first call to an object says why
 
     async def aclose(self) -> None:
         """Drop every live object, cancel its timers and close the databases."""

@@ -225,9 +225,9 @@ class DurableObjectNamespace:
         self._sql = ObjectDatabases(self._db.path, self.label)
         self._alarms = AlarmScheduler(self, self._db)
         self._alarms.retry_s = registry.alarm_retry_s
-        self._has_alarm = callable(getattr(cls, "alarm", None))
+        self._has_alarm: bool = callable(getattr(cls, "alarm", None))
         # A class of the workers module: its RPC values follow Python Workers' rules.
-        self.python_workers = getattr(cls, "__fastbind_rpc_rules__", None) == "python_workers"
+        self.python_workers: bool = getattr(cls, "__fastbind_rpc_rules__", None) == "python_workers"
         self._live: dict[bytes, _LiveObject] = {}
         self._rpc_names: dict[str, bool] = {}
 

@@ -20,7 +20,7 @@ import httptools
 
 from ..errors import BodyReadError
 from ..headers import Headers
-from ..request import Request, check_url
+from ..request import CfProperties, Request, check_url
 from ..response import Response
 from .exchange import AccessLog, Exchange, HTTPLimits, ServerState
 from .request_body import RequestBody
@@ -303,6 +303,7 @@ class HTTPConnection(asyncio.Protocol):
         request.headers = headers
         request.body = None
         request.body_used = False
+        request._cf = CfProperties(httpProtocol=f"HTTP/{version}")  # what is known of the client
         if method == "HEAD":
             ex.head_only = True
         if length is not None or flags & _CHUNKED:
