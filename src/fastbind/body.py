@@ -10,23 +10,21 @@ from typing import Any, Union
 import orjson
 
 from .errors import BODY_USED_MESSAGE
+from .headers import TEXT_ITEMS, TEXT_TYPE
 
-__all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream", "with_text_type", "TEXT_TYPE")
+__all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream", "with_text_type", "TEXT_TYPE", "TEXT_ITEMS")
 
 BodyInit = Union[bytes, bytearray, memoryview, str, AsyncIterator[bytes], None]
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-# The Fetch standard's type for a body given as a string ("extract a body").
-TEXT_TYPE = ("content-type", "text/plain;charset=UTF-8")
-
-
 def with_text_type(headers: Any, fresh: bool) -> None:
     """Give a message with a str body the standard's content type unless it has one.
 
-    ``fresh``: ``headers`` were made empty just now (no headers given), so the type
-    is appended without a look-up (a Worker's ``Response("ok")``).
+    ``fresh``: ``headers`` were made empty just now (no headers given): they share
+    TEXT_ITEMS (copy on write), which costs no list of their own.
     """
     if fresh:
-        headers._items.append(TEXT_TYPE)
+        headers._items = TEXT_ITEMS
+        headers._shared = True
     elif not headers.has("content-type"):
         headers.append(*TEXT_TYPE)
 

@@ -11,62 +11,67 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    /* 1: may stand in a path; 2: in a query or a fragment. The characters no part of
-       an http(s) URL percent-encodes or rewrites (a conservative set). */
-    static const unsigned char fastbind_url_plain[128] = {
-        ['A'] = 3, ['B'] = 3, ['C'] = 3, ['D'] = 3, ['E'] = 3, ['F'] = 3, ['G'] = 3,
-        ['H'] = 3, ['I'] = 3, ['J'] = 3, ['K'] = 3, ['L'] = 3, ['M'] = 3, ['N'] = 3,
-        ['O'] = 3, ['P'] = 3, ['Q'] = 3, ['R'] = 3, ['S'] = 3, ['T'] = 3, ['U'] = 3,
-        ['V'] = 3, ['W'] = 3, ['X'] = 3, ['Y'] = 3, ['Z'] = 3,
-        ['a'] = 3, ['b'] = 3, ['c'] = 3, ['d'] = 3, ['e'] = 3, ['f'] = 3, ['g'] = 3,
-        ['h'] = 3, ['i'] = 3, ['j'] = 3, ['k'] = 3, ['l'] = 3, ['m'] = 3, ['n'] = 3,
-        ['o'] = 3, ['p'] = 3, ['q'] = 3, ['r'] = 3, ['s'] = 3, ['t'] = 3, ['u'] = 3,
-        ['v'] = 3, ['w'] = 3, ['x'] = 3, ['y'] = 3, ['z'] = 3,
-        ['0'] = 3, ['1'] = 3, ['2'] = 3, ['3'] = 3, ['4'] = 3, ['5'] = 3, ['6'] = 3,
-        ['7'] = 3, ['8'] = 3, ['9'] = 3,
-        ['-'] = 3, ['.'] = 3, ['_'] = 3, ['~'] = 3, ['!'] = 3, ['$'] = 3, ['&'] = 3,
-        ['('] = 3, [')'] = 3, ['*'] = 3, ['+'] = 3, [','] = 3, [';'] = 3, ['='] = 3,
-        [':'] = 3, ['@'] = 3, ['/'] = 3, ['%'] = 3, ['?'] = 2,
+    #include <stdint.h>
+    #include <string.h>
+    /* Character classes, by byte (the string is ASCII): 1 in a host (lower-case letter, digit, '-',
+       '.'); in a path 1 plain, 2 '/', 3 '%'; in a query or a fragment nonzero. Plain are
+       the characters no part of an http(s) URL percent-encodes or rewrites (a
+       conservative set: anything else takes the full parse). */
+    #define FASTBIND_URL_PLAIN(X) \
+        X('A') X('B') X('C') X('D') X('E') X('F') X('G') X('H') X('I') X('J') X('K') \
+        X('L') X('M') X('N') X('O') X('P') X('Q') X('R') X('S') X('T') X('U') X('V') \
+        X('W') X('X') X('Y') X('Z') X('_') X('~') X('!') X('$') X('&') X('(') X(')') \
+        X('*') X('+') X(',') X(';') X('=') X(':') X('@') FASTBIND_URL_HOSTCHARS(X)
+    #define FASTBIND_URL_HOSTCHARS(X) \
+        X('a') X('b') X('c') X('d') X('e') X('f') X('g') X('h') X('i') X('j') X('k') \
+        X('l') X('m') X('n') X('o') X('p') X('q') X('r') X('s') X('t') X('u') X('v') \
+        X('w') X('x') X('y') X('z') X('0') X('1') X('2') X('3') X('4') X('5') X('6') \
+        X('7') X('8') X('9') X('-') X('.')
+    #define FASTBIND_URL_ONE(c) [c] = 1,
+    static const unsigned char fastbind_url_host_chars[128] = {
+        FASTBIND_URL_HOSTCHARS(FASTBIND_URL_ONE)
+    };
+    static const unsigned char fastbind_url_path_chars[128] = {
+        FASTBIND_URL_PLAIN(FASTBIND_URL_ONE) ['/'] = 2, ['%'] = 3,
+    };
+    static const unsigned char fastbind_url_query_chars[128] = {
+        FASTBIND_URL_PLAIN(FASTBIND_URL_ONE) ['/'] = 1, ['%'] = 1, ['?'] = 1,
     };
 
     /* A host of lower-case labels whose last one starts with a letter and none starts
-       with "xn--", or a dotted quad of decimal numbers 0..255 without leading zeros. */
+       with "xn--", or a dotted quad of decimal numbers 0..255 without leading zeros
+       (the quick check below tests the first kind itself, and calls this for others). */
     static int fastbind_url_host(const unsigned char *s, Py_ssize_t n) {
         Py_ssize_t i, label = 0;
-        int dots = 0, digits_only = 1;
-        if (n == 0)
+        int dots = 0;
+        if (n == 0 || s[n - 1] == '.')
             return 0;
         for (i = 0; i < n; i++) {
-            unsigned char c = s[i];
-            if (c == '.') {
+            if (s[i] == '.') {
                 if (i == label)
                     return 0;
                 dots++;
                 label = i + 1;
-            } else if (c >= '0' && c <= '9') {
-            } else if ((c >= 'a' && c <= 'z') || c == '-') {
-                digits_only = 0;
-                if (c == 'x' && i == label && n - i >= 4 && s[i + 1] == 'n' && s[i + 2] == '-'
-                        && s[i + 3] == '-')
-                    return 0;
-            } else {
+            } else if (i == label && s[i] == 'x' && n - i > 4 && s[i + 1] == 'n'
+                       && s[i + 2] == '-' && s[i + 3] == '-') {
                 return 0;
             }
         }
-        if (label == n)
-            return 0;  /* a trailing dot */
         if (s[label] >= 'a' && s[label] <= 'z')
             return 1;
-        if (!digits_only || dots != 3)
+        if (dots != 3)
             return 0;
         label = 0;
         for (i = 0; i <= n; i++) {
             if (i == n || s[i] == '.') {
-                Py_ssize_t len = i - label;
+                Py_ssize_t len = i - label, k;
+                for (k = label; k < i; k++)
+                    if (s[k] < '0' || s[k] > '9')
+                        return 0;
                 if (len > 3 || (len > 1 && s[label] == '0'))
                     return 0;
-                if (len == 3 && (s[label] > '2' || (s[label] == '2' && (s[label + 1] > '5'
-                        || (s[label + 1] == '5' && s[label + 2] > '5')))))
+                if (len == 3 && (s[label] - '0') * 100 + (s[label + 1] - '0') * 10
+                        + (s[label + 2] - '0') > 255)
                     return 0;
                 label = i + 1;
             }
@@ -75,21 +80,41 @@ cdef extern from *:
     }
 
     static int fastbind_url_canonical(const unsigned char *s, Py_ssize_t n) {
-        Py_ssize_t i, start, host_end;
+        Py_ssize_t i, start;
         long port = 0, default_port;
-        if (n > 8 && memcmp(s, "https://", 8) == 0) {
+        unsigned char kind;
+        uint64_t head;
+        if (n <= 8)
+            return 0;
+        memcpy(&head, s, 8);  /* one load; compared with the schemes as bytes */
+        if (memcmp(&head, "https://", 8) == 0) {
             start = 8;
             default_port = 443;
-        } else if (n > 7 && memcmp(s, "http://", 7) == 0) {
+        } else if (memcmp(&head, "http://", 7) == 0) {
             start = 7;
             default_port = 80;
         } else {
             return 0;
         }
-        for (i = start; i < n && s[i] != '/' && s[i] != ':'; i++) {
+        /* The host in one pass: where its last label starts, and no "xn--" label
+           (punycode, which the parse checks); the rare dotted quad checked apart. */
+        Py_ssize_t label = start;
+        for (i = start; i < n; i++) {
+            unsigned char c = s[i];
+            if (c == '.') {
+                if (i == label)
+                    return 0;
+                label = i + 1;
+            } else if (!fastbind_url_host_chars[c]) {
+                break;
+            } else if (c == 'x' && i == label && n - i > 4 && s[i + 1] == 'n' && s[i + 2] == '-'
+                       && s[i + 3] == '-') {
+                return 0;
+            }
         }
-        host_end = i;
-        if (!fastbind_url_host(s + start, host_end - start))
+        if (label == i)
+            return 0;  /* no host, or a trailing dot */
+        if (!(s[label] >= 'a' && s[label] <= 'z') && !fastbind_url_host(s + start, i - start))
             return 0;
         if (i < n && s[i] == ':') {
             Py_ssize_t first = ++i;
@@ -102,33 +127,37 @@ cdef extern from *:
                 return 0;
         }
         if (i == n || s[i] != '/')
-            return 0;  /* an empty path is written "/" */
-        for (; i < n && s[i] != '?' && s[i] != '#'; i++) {
-            unsigned char c = s[i];
-            if (c >= 128 || !(fastbind_url_plain[c] & 1))
-                return 0;
-            /* "." and ".." segments (also spelled %2e) are resolved by the parse */
-            if (c == '/' && i + 1 < n && s[i + 1] == '.')
-                return 0;
-            if (c == '%' && i + 2 < n && s[i + 1] == '2' && (s[i + 2] | 0x20) == 'e')
-                return 0;
-        }
-        if (i < n && s[i] == '?') {
-            for (i++; i < n && s[i] != '#'; i++) {
-                if (s[i] >= 128 || !(fastbind_url_plain[s[i]] & 2))
+            return 0;  /* an empty path is written "/"; anything else takes the parse */
+        for (;;) {
+            while (i < n && (kind = fastbind_url_path_chars[s[i]]) == 1)
+                i++;
+            if (i == n)
+                return 1;
+            if (kind == 2) {  /* "." and ".." segments are resolved by the parse */
+                if (i + 1 < n && s[i + 1] == '.')
                     return 0;
+            } else if (kind == 3) {  /* and so is %2e */
+                if (i + 2 < n && s[i + 1] == '2' && (s[i + 2] | 0x20) == 'e')
+                    return 0;
+            } else {
+                break;
+            }
+            i++;
+        }
+        if (s[i] == '?') {
+            for (i++; i < n && fastbind_url_query_chars[s[i]]; i++) {
             }
         }
-        if (i < n) {  /* '#' */
-            for (i++; i < n; i++) {
-                if (s[i] >= 128 || !(fastbind_url_plain[s[i]] & 2))
-                    return 0;
+        if (i < n && s[i] == '#') {
+            for (i++; i < n && fastbind_url_query_chars[s[i]]; i++) {
             }
         }
-        return 1;
+        return i == n;
     }
     """
     int fastbind_url_canonical(const unsigned char* s, Py_ssize_t n) noexcept
+
+
 
 
 cdef inline bint quick_url(object url) noexcept:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from yarl import URL
 
-from ..body import TEXT_TYPE, BodyInit
+from ..body import BodyInit
+from ..headers import TEXT_TYPE, HeadersInit
 from ..core import current_invocation
-from ..headers import HeadersInit
+
 from ..redirects import check_redirect_mode, location_of, next_hop, redirect_refused
 from ..redirects import MAX_REDIRECTS as MAX_REDIRECTS
 from ..request import Request, check_cf, check_url
