@@ -87,7 +87,9 @@ class Response(BodyMixin):
                 self.headers = fields
         else:
             self.headers = Headers(headers)
-            body = check_body(body, "Response")
+            self.body = check_body(body, "Response")
+            self.body_used = False
+            return
         self.body = body
         self.body_used = False
 
