@@ -657,7 +657,7 @@ def test_fetch_with_a_url_gives_what_request_of_that_url_gives(core, run) -> Non
     # The compiled core builds the child's Request for a plain http(s) URL itself; it
     # must be what Request(url) is, and every other URL must meet Request's own checks.
     urls = ["https://e/a?b=1#c", "http://h:8080/", "http://h/\x01", "ftp://files.example/x",
-            "HTTPS://E/upper", "https://e/caf\xe9"]
+            "HTTPS://E/upper", "https://e/caf\xe9", "https://e/a b", "http:///path", "http://h:80"]
     seen: list[tuple[Any, ...]] = []
 
     async def leaf(request: Request, env: Any, ctx: Any) -> Response:
@@ -669,7 +669,7 @@ def test_fetch_with_a_url_gives_what_request_of_that_url_gives(core, run) -> Non
     async def caller(request: Request, env: Any, ctx: Any) -> Response:
         for url in urls:
             await env.LEAF.fetch(url)
-        for bad in ("https://e/a b", "https://", "http:///path", "/relative"):
+        for bad in ("https://e a/", "https://", "http://h:99999/", "/relative"):
             with pytest.raises(TypeError, match="Invalid URL"):
                 env.LEAF.fetch(bad)
         return Response("done")

@@ -56,7 +56,7 @@ def test_raw_request_methods_bodies_and_urls() -> None:
     assert raw_request(b"GET", "ws://h/socket", [], None).url == "ws://h/socket"  # full check
     with pytest.raises(TypeError, match="Invalid HTTP method"):
         raw_request(b"GE T", "http://h/", [], None)
-    for bad in ("/relative", "https://", "http:///x", "http://h/a b", "http://h/\n"):
+    for bad in ("/relative", "https://", "http://h a/", "http://h:99999/"):
         with pytest.raises(TypeError, match="Invalid URL"):
             raw_request(b"GET", bad, [], None)
     with pytest.raises(TypeError, match="pairs of bytes"):
@@ -166,7 +166,8 @@ def test_raw_headers_read_late_are_those_of_the_call(core: Any, run: Any) -> Non
     status, out_headers, _ = run(pending)
     expected = [("host", "h.test"), ("x-caf\xe9", "cr\xe8me")]
     assert seen == {"child": expected, "entry": expected}
-    assert (status, out_headers) == (200, [(b"host", b"h.test"), (b"x-caf\xe9", b"cr\xe8me")])
+    assert (status, out_headers) == (200, [(b"host", b"h.test"), (b"x-caf\xe9", b"cr\xe8me"),
+                                           (b"content-type", b"text/plain;charset=UTF-8")])
 
 
 def test_raw_headers_never_read_go_back_decoded(core: Any, run: Any) -> None:
@@ -255,7 +256,8 @@ def test_response_parts_a_worker_keeps_are_left_as_they_were(core: Any, run: Any
     # core converts the pairs in place); one that the Worker keeps, or whose Headers or
     # list it keeps, or of a subclass (whose __del__ may read it), is left as it was.
     kept = Response("kept", headers={"content-type": "text/plain", "x-a": "1"})
-    shared_headers = Response("h", headers={"x-b": "2"}).headers
+    # bytes bodies: a str body would add its content type to each list
+    shared_headers = Response(b"h", headers={"x-b": "2"}).headers
     held: list[Any] = []
 
     class Noted(Response):
@@ -269,12 +271,12 @@ def test_response_parts_a_worker_keeps_are_left_as_they_were(core: Any, run: Any
         if kind == "kept":
             return kept
         if kind == "noted":
-            return Noted("n", headers={"x-d": "4"})
+            return Noted(b"n", headers={"x-d": "4"})
         if kind == "headers":
-            response = Response("h")
+            response = Response(b"h")
             response.headers = shared_headers  # the same object (Headers(...) would copy)
             return response
-        response = Response("fresh", headers={"x-c": "3"})
+        response = Response(b"fresh", headers={"x-c": "3"})
         if kind == "list":
             held.append(response.headers._items)
         return response

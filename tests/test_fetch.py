@@ -330,7 +330,7 @@ def test_network_errors_name_the_url(core, run, origin) -> None:
         ("http://host:99999/", "Invalid URL: http://host:99999/"),
         ("http://exa mple.com/", "Invalid URL: http://exa mple.com/"),
         ("not a url", "Invalid URL: not a url"),
-        ("http:no-host", "Invalid URL: http:no-host"),
+        ("https://", "Invalid URL: https://"),
     ],
 )
 def test_bad_urls_raise_type_error(core, run, url: str, message: str) -> None:

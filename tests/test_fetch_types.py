@@ -16,7 +16,7 @@ async def agen(*chunks: bytes):
 def test_relative_url_is_rejected() -> None:
     with pytest.raises(TypeError, match=r"^Invalid URL: /login$"):
         Request("/login")
-    for bad in ("example.com/x", "http:/x", "https://", "", "http://a b/"):
+    for bad in ("example.com/x", "https://", "", "http://a b/", "http://h:65536/", "http://[::1/"):
         with pytest.raises(TypeError, match="Invalid URL"):
             Request(bad)
 

@@ -330,13 +330,15 @@ def test_a_client_string_cannot_add_headers_to_a_binding_request(core: Any, run:
             lambda: env.ADMIN.fetch("https://x/", headers={"x-forwarded-for": value}),
             lambda: env.ADMIN.fetch("https://x/", headers=[("x-forwarded-for", value)]),
             lambda: env.ADMIN.fetch(Request(request, headers={"x-user": value})),
-            lambda: env.ADMIN.fetch(f"https://x/?q={value}"),
-            lambda: env.ADMIN.fetch(f"https://x/{value}"),
         ]
         for attempt in attempts:
             with pytest.raises((ValueError, TypeError)) as info:
                 await attempt()
             refused.append(type(info.value).__name__)
+        # In a URL, the URL standard removes CR and LF and percent-encodes the rest:
+        # the request arrives, with nothing that could end a header line.
+        await env.ADMIN.fetch(f"https://x/?q={value}")
+        await env.ADMIN.fetch(f"https://x/{value}")
         headers = Headers()
         for change in (lambda: headers.set("x-user", value), lambda: headers.append("x-user", value)):
             with pytest.raises(ValueError, match="Invalid header value"):
@@ -347,7 +349,9 @@ def test_a_client_string_cannot_add_headers_to_a_binding_request(core: Any, run:
     rt.add_worker("gateway", gateway, services={"ADMIN": "admin"})
     rt.add_worker("admin", admin)
     assert run(rt.dispatch("gateway", Request("https://x/"))).status == 200
-    assert reached == [] and refused == ["ValueError"] * 3 + ["TypeError"] * 2
+    assert refused == ["ValueError"] * 3 and len(reached) == 2
+    for request in reached:
+        assert not any(c in request.url for c in "\r\n\0 ") and list(request.headers) == []
 
 
 def test_rpc_names_from_clients_do_not_grow_a_binding(core: Any, run: Run) -> None:

@@ -72,7 +72,7 @@ def test_on_fetch_worker_reads_json_and_answers_json(example_runtime: Runtime, r
     status, text, headers = serve(run, example_runtime, "echo", request)
     assert status == 201
     assert headers.get("content-type") == "application/json"
-    assert text == '{"echo":{"n":[1,2]},"mode":"test"}'
+    assert text == '{"echo": {"n": [1, 2]}, "mode": "test"}'  # what json.dumps writes
 
 
 def test_gateway_forwards_through_env_fetch(example_runtime: Runtime, run: Any) -> None:
@@ -82,7 +82,7 @@ def test_gateway_forwards_through_env_fetch(example_runtime: Runtime, run: Any) 
     assert (status, text, headers.get("x-greeting")) == (200, "Hello, Bo!", "Howdy")
     request = Request("https://example.com/echo", method="POST", body=b"[true]")
     assert serve(run, example_runtime, "gateway", request)[:2] == (
-        201, '{"echo":[true],"mode":"test"}',
+        201, '{"echo": [true], "mode": "test"}',
     )
 
 
@@ -264,7 +264,7 @@ def test_response_takes_the_python_workers_signature() -> None:
     assert isinstance(resp, FastbindResponse)
     built = workers.Response.json({"a": 1}, 201)
     assert (built.status, built.body, built.headers.get("content-type")) == (
-        201, b'{"a":1}', "application/json",
+        201, b'{"a": 1}', "application/json",
     )
     assert workers.Response.from_json([1], headers={"content-type": "text/x"}).headers.get_all(
         "content-type"
@@ -287,8 +287,8 @@ def test_request_is_fastbinds_own() -> None:
 
 
 def test_what_needs_cloudflare_is_named() -> None:
-    with pytest.raises(AttributeError, match='does not provide "DurableObject": it needs the Cloudflare runtime'):
-        workers.DurableObject  # noqa: B018
+    with pytest.raises(AttributeError, match='does not provide "FormData": it needs the Cloudflare runtime'):
+        workers.FormData  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         workers.nothing  # noqa: B018
 

@@ -208,6 +208,11 @@ def test_request_url_method_headers_and_body_reach_the_worker(server: ServerProc
     assert seen["url"] == "http://api.example:8080/request?x=1&y=%C3%A9"
     assert seen["body"] == '{"a": 1}'
     assert ["x-trace", "abc"] in seen["headers"] and ["x-trace", "def"] in seen["headers"]
+    assert seen["cf"] == ["HTTP/1.1", None]  # what the server knows; None for the rest
+    # The URL as the URL standard writes it: host lower-cased, default port dropped, dots resolved.
+    data = b"GET /x/../request HTTP/1.1\r\nHost: API.Example:80\r\nConnection: close\r\n\r\n"
+    (reply,), _ = exchange(server, data)
+    assert json.loads(reply.body)["url"] == "http://api.example/request"
 
 
 def test_unknown_methods_reach_the_worker_as_they_are(server: ServerProcess) -> None:

@@ -1,15 +1,18 @@
-"""Three Cloudflare-style Python Workers, unchanged, bound together in one fastbind Runtime.
+"""Cloudflare-style Python Workers, unchanged, bound together in one fastbind Runtime.
 
 ``greeter.py``, ``echo.py`` and ``gateway.py`` are written as the Python Workers
-documentation writes them (``from workers import ...``). This script is the
-``wrangler.toml`` of the three: it loads each main module, declares the vars and the
-service bindings, and sends the gateway one request per route.
+documentation writes them (``from workers import ...``); ``counter.py`` is Cloudflare's
+Durable Object counter example ("Build a counter", its Python tab), as it is there.
+This script is their ``wrangler.toml``: it loads each main module, declares the vars,
+the service bindings and the Durable Object namespace (``COUNTERS``, class ``Counter``),
+and sends each one request per route.
 
     python examples/python_workers/run.py
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import uvloop
@@ -28,6 +31,9 @@ def build() -> Runtime:
         workers.load(HERE / "gateway.py"),
         services={"GREETER": "greeter", "ECHO": "echo"},
     )
+    counter = workers.load(HERE / "counter.py")
+    counter_module = sys.modules[counter.__module__]
+    rt.add_worker("counter", counter, durable_objects={"COUNTERS": counter_module.Counter})
     return rt
 
 
@@ -40,6 +46,10 @@ async def main() -> None:
     ]
     for request in requests:
         response = await rt.dispatch("gateway", request)
+        print(request.method, request.url, "->", response.status, await response.text())
+    for path in ("/increment?name=A", "/increment?name=A", "/decrement?name=A", "/?name=A"):
+        request = Request("https://example.com" + path)
+        response = await rt.dispatch("counter", request)
         print(request.method, request.url, "->", response.status, await response.text())
 
 

@@ -10,11 +10,23 @@ from typing import Any, Union
 import orjson
 
 from .errors import body_used_error
+from .headers import TEXT_ITEMS, TEXT_TYPE
 
-__all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream")
+__all__ = ("BodyInit", "BodyMixin", "check_body", "take_body", "tee_stream", "with_text_type", "TEXT_TYPE", "TEXT_ITEMS")
 
 BodyInit = Union[bytes, bytearray, memoryview, str, AsyncIterator[bytes], None]
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+def with_text_type(headers: Any, fresh: bool) -> None:
+    """Give a message with a str body the standard's content type unless it has one.
+
+    ``fresh``: ``headers`` were made empty just now (no headers given): they share
+    TEXT_ITEMS (copy on write), which costs no list of their own.
+    """
+    if fresh:
+        headers._items = TEXT_ITEMS
+        headers._shared = True
+    elif not headers.has("content-type"):
+        headers.append(*TEXT_TYPE)
 
 
 def check_body(body: object, owner: str) -> object:

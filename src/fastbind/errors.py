@@ -8,6 +8,7 @@ __all__ = (
     "TooManySubrequestsError",
     "ConfigError",
     "FetchError",
+    "RedirectError",
     "CpuLimitExceeded",
     "MissingBindingError",
     "BodyReadError",
@@ -130,3 +131,9 @@ class BodyReadError(FastbindError):
 
 class FetchError(FastbindError):
     """An outbound fetch failed on the network: refused, unresolvable, timed out, cut short."""
+
+
+class RedirectError(FetchError, TypeError):
+    """A redirect fetch() would not follow: redirect="error", a Location that is no
+    http(s) URL, or a streamed body that cannot be sent again. A TypeError, as the
+    Fetch API's network errors are."""

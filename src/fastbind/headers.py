@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Union
 
-__all__ = ("Headers", "HeadersInit")
+__all__ = ("Headers", "HeadersInit", "TEXT_TYPE", "TEXT_ITEMS")
 
 HeadersInit = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]], None]
+
+# The Fetch standard's type for a body given as a string ("extract a body"), and a
+# header list holding only it: the headers of a message made with a str body and no
+# headers share it (``Headers(TEXT_ITEMS)``) until their first write copies it.
+TEXT_TYPE = ("content-type", "text/plain;charset=UTF-8")
+TEXT_ITEMS = [TEXT_TYPE]
 
 # RFC 9110 token characters: what a header name (and a method) may hold.
 TOKEN_CHARS = _TOKEN = frozenset(
@@ -112,11 +118,17 @@ class Headers:
     _raw: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] | None
 
     def __init__(self, init: HeadersInit = None) -> None:
+        if init is None:
+            self._items = []
+            self._shared = False
+            return
+        if init is TEXT_ITEMS:  # a str body's headers (body.py): the list shared, copied on write
+            self._items = TEXT_ITEMS
+            self._shared = True
+            return
         items: list[tuple[str, str]] = []
         self._items = items
         self._shared = False
-        if init is None:
-            return
         if type(init) is Headers:
             items.extend(init._read())
             return

@@ -2,60 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from .body import BodyInit, BodyMixin, check_body, take_body
+from .body import BodyInit, BodyMixin, check_body, take_body, with_text_type
 from .errors import body_used_error
 from .headers import TOKEN_CHARS as _TOKEN
 from .headers import Headers, HeadersInit
+from .url import canonical_url
 
-__all__ = ("Request", "check_url", "normalize_method", "copy_headers", "forward_request")
-
-_SCHEME_CHARS_ANY_CASE = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+__all__ = (
+    "Request", "CfProperties", "check_url", "check_cf", "check_timeout", "normalize_method", "copy_headers",
+    "forward_request",
 )
-# Schemes that must have an authority ("special" schemes of the URL standard).
-_SPECIAL = frozenset(("http", "https", "ws", "wss", "ftp"))
+
 _NORMALIZED = {m.lower(): m for m in ("DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH")}
 
-
-def check_url(url: object) -> str:
-    """Return ``url`` if it is an absolute URL, else raise TypeError("Invalid URL: ...")."""
-    # The common case first: an http(s) URL with a host and nothing unprintable (which
-    # covers CR, LF, NUL and tab) or a space. Everything it accepts, the full check
-    # below accepts too; anything else goes there.
-    if (
-        type(url) is str
-        and (
-            (url.startswith("https://") and len(url) > 8 and url[8] not in "/?#")
-            or (url.startswith("http://") and len(url) > 7 and url[7] not in "/?#")
-        )
-        and url.isprintable()
-        and " " not in url
-    ):
-        return url
-    return _check_url_fully(url)
+# A Request's URL is its WHATWG serialisation, made once here (url.py); a Request made
+# from another takes the other's as it is.
+check_url = canonical_url
 
 
-def _check_url_fully(url: object) -> str:
-    if type(url) is not str:
-        if isinstance(url, str):
-            url = str(url)
-        else:
-            raise TypeError(f"Request URL must be str, not {type(url).__name__}")
-    if "\r" in url or "\n" in url or "\0" in url or " " in url or "\t" in url:
-        raise TypeError(f"Invalid URL: {url}")
-    colon = url.find(":")
-    scheme = url[:colon]
-    # Checked before lower(): some non-ASCII letters lower-case to ASCII (U+212A -> "k").
-    if colon < 1 or not scheme[0].isalpha() or not _SCHEME_CHARS_ANY_CASE.issuperset(scheme):
-        raise TypeError(f"Invalid URL: {url}")
-    scheme = scheme.lower()
-    if scheme in _SPECIAL and (
-        url[colon + 1 : colon + 3] != "//" or len(url) <= colon + 3 or url[colon + 3] in "/?#"
-    ):
-        raise TypeError(f"Invalid URL: {url}")
-    return url
+class CfProperties(dict):  # type: ignore[type-arg]
+    """``request.cf``: what is known of the request beyond HTTP, as Cloudflare's ``cf``
+    object; a key nobody filled in reads as None rather than raising KeyError."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: object) -> None:
+        return None
+
+
+def check_cf(cf: object) -> CfProperties | None:
+    """``fetch(..., cf=...)``: a mapping, copied (caller and callee never share it)."""
+    if cf is None:
+        return None
+    if not isinstance(cf, Mapping):
+        raise TypeError(f"fetch() cf must be a dict or None, not {type(cf).__name__}")
+    return CfProperties(cf)
+
+
+def check_timeout(value: object, what: str = "fetch() timeout") -> float:
+    """``value`` as a float of seconds, or ValueError if it is not a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def normalize_method(method: object) -> str:
@@ -76,7 +67,9 @@ class Request(BodyMixin):
     ``new Request(request)`` does in JavaScript.
     """
 
-    __slots__ = ("url", "method", "headers", "body", "body_used")
+    # ``_cf`` is unset on most Requests (the ``cf`` property reads None then): the
+    # compiled core and the server build Requests without it.
+    __slots__ = ("url", "method", "headers", "body", "body_used", "_cf")
 
     url: str
     method: str
@@ -91,8 +84,13 @@ class Request(BodyMixin):
         method: str | None = None,
         headers: HeadersInit = None,
         body: BodyInit = None,
+        cf: Mapping[str, Any] | None = None,
     ) -> None:
+        if cf is not None:
+            self._cf = check_cf(cf)
         if isinstance(input, Request):
+            if cf is None and input.cf is not None:
+                self._cf = input.cf
             self.url = input.url
             self.method = normalize_method(method) if method is not None else input.method
             self.headers = Headers(headers) if headers is not None else copy_headers(input.headers)
@@ -110,6 +108,17 @@ class Request(BodyMixin):
         self.body_used = False
         if body is not None and self.method in ("GET", "HEAD"):
             raise TypeError(f"Request with {self.method} method cannot have a body.")
+        if type(body) is str:
+            with_text_type(self.headers, False)
+
+    @property
+    def cf(self) -> CfProperties | None:
+        """The ``cf`` object the request was made or sent with (``fetch(..., cf={...})``,
+        or what ``fastbind serve`` knows of its client), or None."""
+        try:
+            return self._cf
+        except AttributeError:
+            return None
 
     def clone(self) -> Request:
         mine, theirs = self._split_body()
@@ -120,6 +129,8 @@ class Request(BodyMixin):
         new.headers = copy_headers(self.headers)
         new.body = theirs
         new.body_used = False
+        if self.cf is not None:
+            new._cf = self.cf
         return new
 
     def __repr__(self) -> str:
@@ -145,4 +156,7 @@ def forward_request(src: Request) -> Request:
     req.headers = copy_headers(src.headers)
     req.body = take_body(src)
     req.body_used = False
+    cf = src.cf
+    if cf is not None:
+        req._cf = cf
     return req

@@ -7,8 +7,8 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 
 import orjson
 
-from .body import BodyInit, BodyMixin, check_body
-from .headers import Headers, HeadersInit
+from .body import BodyInit, BodyMixin, check_body, with_text_type
+from .headers import TEXT_ITEMS, Headers, HeadersInit
 from .request import check_url
 from .websocket import WebSocket
 
@@ -95,8 +95,20 @@ class Response(BodyMixin):
             if body is not None and status in _NULL_BODY_STATUSES:
                 raise TypeError(f"Response with null body status {status} cannot have body")
         self.status = status
-        self.headers = Headers(headers)
-        self.body = body if body is None or type(body) is bytes or type(body) is str else check_body(body, "Response")
+        if body is None or type(body) is bytes:
+            self.headers = Headers(headers)
+        elif type(body) is str:  # the Fetch standard's content type, unless one is given
+            if headers is None:
+                self.headers = Headers(TEXT_ITEMS)
+            else:
+                with_text_type(fields := Headers(headers), False)
+                self.headers = fields
+        else:
+            self.headers = Headers(headers)
+            self.body = check_body(body, "Response")
+            self.body_used = False
+            return
+        self.body = body
         self.body_used = False
 
     json: _ClassOrInstance[_JsonBuilder, Callable[[], Coroutine[Any, Any, Any]]] = (

@@ -300,6 +300,13 @@ class Runtime:
             entry = self._entries[name] = self._policy.plan.entry(handle)
         return entry
 
+    def entry_for(self, handle: Any) -> Any:
+        """The entry point of top-level invocations of a core WorkerHandle an extension
+        made (a Durable Object's alarm): a pipeline of its own, as a request's."""
+        if not self._policy.plan.resolved:
+            self.validate()
+        return self._policy.plan.entry(handle)
+
     async def dispatch(self, name: str, request: Request) -> Response:
         """Serve one top-level request with Worker ``name`` and return its Response.
 

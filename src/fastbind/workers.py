@@ -32,9 +32,17 @@ What runs unchanged: fetch handlers in both styles (``async`` or not), ``self.en
 ``self.ctx`` (``ctx.waitUntil``, ``ctx.passThroughOnException``, ``ctx.props``), the
 ``Request``/``Response`` API including ``Response.json`` and ``await request.json()``,
 ``env.X.fetch(...)`` and RPC calls ``await env.X.method(...)`` on service bindings,
-and the global ``fetch``. What needs the Cloudflare runtime (Durable Objects,
-Workflows, FormData, Blob, the ``js`` module) is not provided, and asking for it names
+and the global ``fetch``, and Durable Objects (``from workers import DurableObject``)
+with Cloudflare's names: ``env.NS.idFromName``/``getByName``/..., ``self.ctx.storage``
+with ``get``/``put``/``delete``/``list``, ``sql.exec``, ``setAlarm``/``getAlarm``/
+``deleteAlarm`` and the ``alarm()`` handler. What needs the Cloudflare runtime
+(Workflows, FormData, Blob, the ``js`` module) is not provided, and asking for it names
 the missing feature.
+
+The values such a Worker sends over RPC (arguments, results) follow Python Workers'
+rules, which refuse more than fastbind's own (tuples, bytearray, complex, instances of
+the application's classes): ``core/python_workers_values.py`` has them, docs/rpc.md the
+table of both.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -52,9 +61,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import orjson
-
 from .body import BodyInit, BodyMixin
+from .durable import DurableObject as _BaseDurableObject
 from .entrypoint import WorkerEntrypoint as _BaseEntrypoint
 from .errors import ConfigError
 from .headers import Headers, HeadersInit
@@ -66,6 +74,7 @@ from .response import _ClassOrInstance
 
 __all__ = (
     "WorkerEntrypoint",
+    "DurableObject",
     "Request",
     "Response",
     "Headers",
@@ -85,7 +94,7 @@ WorkerHandler = type[_BaseEntrypoint] | Callable[[Request, Any, Any], Awaitable[
 
 # Names of the Python Workers SDK that need the Cloudflare runtime itself.
 _NOT_PROVIDED = frozenset((
-    "Blob", "BlobEnding", "BlobValue", "DurableObject", "File", "FormData", "FormDataValue",
+    "Blob", "BlobEnding", "BlobValue", "File", "FormData", "FormDataValue",
     "JSBody", "WorkflowEntrypoint", "env", "import_from_javascript", "patch_env",
     "python_from_rpc", "python_to_rpc", "waitUntil",
 ))
@@ -161,6 +170,8 @@ class WorkerEntrypoint(_BaseEntrypoint):
     """
 
     ctx: Context
+    # What the core reads to apply Python Workers' RPC rules (python_workers_values.py).
+    __fastbind_rpc_rules__ = "python_workers"
 
     def __init__(self, ctx: Any, env: Any) -> None:
         self.ctx = _as_context(ctx)
@@ -174,6 +185,22 @@ class WorkerEntrypoint(_BaseEntrypoint):
         fetch = cls.__dict__.get("fetch")
         if callable(fetch) and not inspect.iscoroutinefunction(fetch):
             setattr(cls, "fetch", _awaiting(fetch))
+
+
+class DurableObject(_BaseDurableObject):
+    """Base class of a Python Workers Durable Object: ``class Counter(DurableObject)``.
+
+    ``Counter(ctx, env)`` keeps ``self.ctx`` (its state: ``self.ctx.storage``,
+    ``self.ctx.blockConcurrencyWhile``, ...) and ``self.env``; public methods are
+    callable over RPC through a stub, ``fetch`` serves ``stub.fetch(...)`` and
+    ``alarm()`` runs at the time ``self.ctx.storage.setAlarm(...)`` set. A fastbind
+    Durable Object underneath (``fastbind.durable``), with Python Workers' RPC rules.
+    """
+
+    __fastbind_rpc_rules__ = "python_workers"
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
 
 
 class Response(_BaseResponse):
@@ -208,8 +235,10 @@ class Response(_BaseResponse):
         status_text: str = "",
         headers: HeadersInit = None,
     ) -> Response:
-        """A Response whose body is ``data`` as JSON (``content-type: application/json``)."""
-        resp = cls(orjson.dumps(data), status, status_text, headers)
+        """A Response whose body is ``data`` as ``json.dumps`` writes it, as Python Workers
+        do (``content-type: application/json``); the native ``Response.json`` keeps
+        orjson's compact form."""
+        resp = cls(json.dumps(data).encode(), status, status_text, headers)
         if not resp.headers.has("content-type"):
             resp.headers.append("content-type", "application/json")
         return resp
@@ -345,6 +374,7 @@ def _adapt_on_fetch(on_fetch: Callable[..., Any]) -> Callable[[Request, Any, Any
             result = await result
         return result  # type: ignore[no-any-return]
 
+    fetch.__fastbind_rpc_rules__ = "python_workers"  # type: ignore[attr-defined]
     return fetch
 
 

@@ -82,6 +82,7 @@ async def gateway(request: Request, env: Any, ctx: Any) -> Response:
         return Response.json({
             "method": request.method, "url": request.url, "body": body,
             "headers": [list(item) for item in request.headers],
+            "cf": [request.cf["httpProtocol"], request.cf["country"]],
         })
     if path == "/status":
         code = int(query["code"])

@@ -22,7 +22,7 @@ cdef class Fetcher:
     def __init__(self, WorkerHandle target not None, str binding not None, props=None):
         self._target = target
         self._binding = binding
-        self._props = _EMPTY_PROPS if not props else MappingProxyType(dict(props))
+        self._props = _props_of(props)
         cdef FetchMethod fetch = FetchMethod.__new__(FetchMethod)
         fetch._fetcher = self
         self._fetch = fetch
@@ -53,17 +53,19 @@ cdef class Fetcher:
             self._members[name] = method
         return method
 
-    def fetch(self, input, *, method=None, headers=None, body=None):
-        """Run the bound Worker's fetch handler with a Request built as fetch() would."""
-        if method is None and headers is None and body is None:
+    def fetch(self, input, *, method=None, headers=None, body=None, redirect="follow",
+              timeout=None, cf=None):
+        """Run the bound Worker's fetch handler with a Request built as fetch() would,
+        with the global fetch's options and defaults (binding_fetch.py)."""
+        if (method is None and headers is None and body is None and timeout is None
+                and cf is None and redirect == "follow"):
             return self._fetch_request(input)
-        cdef InvocationContext caller = self._caller()
-        request = _RequestType(input, method=method, headers=headers, body=body)
-        inv = caller._child(self._target, _KIND_BINDING, self._props)
-        return _new_call(inv, request, True)
+        return _fetch_with_options(self, self._binding, input, method, headers, body,
+                                   redirect, timeout, cf, start_binding_call)
 
     cdef BindingCall _fetch_request(self, object input):
-        """``fetch(input)``: a Request is forwarded (zero copy), anything else built."""
+        """``fetch(input)``: a Request is forwarded (zero copy), anything else built;
+        redirects are followed (the default)."""
         cdef InvocationContext caller = self._caller()
         if type(input) is _RequestType:
             request = fastbind_forward(input)  # the child's copy (_core_capi.h)
@@ -72,7 +74,11 @@ cdef class Fetcher:
             if request is None:
                 request = _RequestType(input)
         inv = caller._child(self._target, _KIND_BINDING, self._props)
-        return _new_call(inv, request, True)
+        cdef BindingCall call = _new_call(inv, request, True)
+        call.fetcher = self
+        call.origin = input
+        call.redirect_mode = 1
+        return call
 
     cdef InvocationContext _caller(self):
         cdef InvocationContext caller = _current()
@@ -97,10 +103,12 @@ cdef class FetchMethod:
     def __init__(self):
         raise TypeError("FetchMethod is created by a Fetcher only")
 
-    def __call__(self, input, *, method=None, headers=None, body=None):
+    def __call__(self, input, *, method=None, headers=None, body=None, redirect="follow",
+                 timeout=None, cf=None):
         # Calls from Python take _fetch_vectorcall when the fast paths are on; this
         # serves the others (``fetch`` itself would be this object again).
-        return Fetcher.fetch(self._fetcher, input, method=method, headers=headers, body=body)
+        return Fetcher.fetch(self._fetcher, input, method=method, headers=headers, body=body,
+                             redirect=redirect, timeout=timeout, cf=cf)
 
     @property
     def __self__(self):
@@ -149,6 +157,8 @@ cdef class RpcMethod:
         # Calls from Python take _rpc_vectorcall when the fast paths are on; this
         # serves the others.
         cdef InvocationContext caller = self._caller()
+        if caller.handle.python_workers:
+            _check_python_workers_args(args, kwargs)
         cdef Py_ssize_t i, n = len(args)
         cdef tuple isolated = PyTuple_New(n)
         for i in range(n):
@@ -188,6 +198,9 @@ cdef object _rpc_vectorcall(object callable, PyObject** args, size_t nargsf, PyO
     cdef InvocationContext caller = self._caller()
     cdef Py_ssize_t i, n = PyVectorcall_NARGS(nargsf)
     cdef RpcCall call
+    if caller.handle.python_workers:
+        for i in range(n + (0 if kwnames == NULL else PyTuple_GET_SIZE(<object>kwnames))):
+            _check_python_workers_value(<object>args[i])
     if n <= 2 and (kwnames == NULL or PyTuple_GET_SIZE(<object>kwnames) == 0):
         # The usual call: one or two arguments, kept in the call itself.
         arg0 = None if n == 0 else _isolated(<object>args[0])
@@ -211,6 +224,14 @@ cdef object _rpc_vectorcall(object callable, PyObject** args, size_t nargsf, PyO
     return self._start(caller, isolated, kwargs)
 
 
+cdef int _check_python_workers_args(tuple args, dict kwargs) except -1:
+    for value in args:
+        _check_python_workers_value(value)
+    for value in kwargs.values():
+        _check_python_workers_value(value)
+    return 0
+
+
 cdef int _install_rpc_vectorcall() except -1:
     cdef RpcMethod probe = RpcMethod.__new__(RpcMethod)
     return fastbind_install_vectorcall(
@@ -218,6 +239,30 @@ cdef int _install_rpc_vectorcall() except -1:
 
 
 _install_rpc_vectorcall()
+
+
+def start_binding_call(Fetcher fetcher not None, request, int mode, origin):
+    """A binding call of ``fetcher`` with ``request`` as it is (binding_fetch.py's
+    ``start_call``): redirects followed (mode 1), refused (2) or returned (0)."""
+    cdef InvocationContext caller = fetcher._caller()
+    inv = caller._child(fetcher._target, _KIND_BINDING, fetcher._props)
+    cdef BindingCall call = _new_call(inv, request, True)
+    if mode:
+        call.fetcher = fetcher
+        call.origin = origin
+        call.redirect_mode = mode
+    return call
+
+
+cdef object _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+
+
+cdef inline bint _redirect_status(object response) noexcept:
+    """Whether a Response's status is 301, 302, 303, 307 or 308 (read at its slot)."""
+    cdef PyObject* status = FASTBIND_SLOT(response, _RESP_STATUS)
+    if status == <PyObject*>_STATUS_200 or status == NULL or type(<object>status) is not int:
+        return False
+    return <object>status in _REDIRECT_STATUSES
 
 
 def call_child(WorkerHandle target not None, str kind not None, function, tuple args=(),
@@ -231,7 +276,7 @@ def call_child(WorkerHandle target not None, str kind not None, function, tuple 
     cdef InvocationContext caller = _current()
     if caller is None:
         raise FastbindError(f'A call to "{target.name}" was made outside a fastbind invocation')
-    inv = caller._child(target, kind, _EMPTY_PROPS if not props else MappingProxyType(dict(props)))
+    inv = caller._child(target, kind, _props_of(props))
     cdef RpcCall call = _new_rpc_call(inv, http)
     call.rpc_name = kind
     call.rpc_function = function
@@ -362,6 +407,8 @@ cdef class BindingCall:
             return value
         else:
             try:
+                if self.inv.handle.python_workers:
+                    _check_python_workers_value(value)
                 value = _isolated(value)
             except BaseException:
                 self._exit(_ERROR, 0)
@@ -386,6 +433,8 @@ cdef class BindingCall:
                 Py_INCREF(value)
                 result[0] = <PyObject*>value
                 return 0
+        elif self.following:
+            return self._follow_step(arg, exc, result)
         elif self.coro is None:
             raise RuntimeError("cannot reuse already awaited binding call")
         cdef ExecutionSlot slot = self.slot
@@ -414,9 +463,41 @@ cdef class BindingCall:
         Py_XDECREF(result[0])
         result[0] = NULL
         value = self._check_result(value)
+        if self.redirect_mode and _redirect_status(value):
+            return self._start_following(value, result)
         Py_INCREF(value)
         result[0] = <PyObject*>value
         return 0
+
+    @cython.final
+    cdef int _start_following(self, object response, PyObject** result) except? -1:
+        """The child answered a redirect: follow it (binding_fetch.py), or return it."""
+        follower = _redirect_follower(self.fetcher, self.origin, self.redirect_mode, response,
+                                      start_binding_call)
+        self.origin = None
+        if follower is None:  # no Location: the response is the answer
+            Py_INCREF(response)
+            result[0] = <PyObject*>response
+            return 0
+        self.following = True
+        self.coro = follower
+        return self._follow_step(None, None, result)
+
+    @cython.final
+    cdef int _follow_step(self, object arg, object exc, PyObject** result) except? -1:
+        """One step of the coroutine that follows redirects. It runs as the caller (its
+        hops are the caller's binding calls), so the slot is left as it is."""
+        coro = self.coro
+        if coro is None:
+            raise RuntimeError("cannot reuse already awaited binding call")
+        cdef int status
+        if exc is None:
+            status = fastbind_send(<PyObject*>coro, <PyObject*>arg, result)
+        else:
+            status = fastbind_throw(<PyObject*>coro, <PyObject*>exc, result)
+        if status != 1:
+            self.coro = None
+        return status
 
     @cython.final
     cdef void _fail(self, str outcome) noexcept:
@@ -462,6 +543,11 @@ cdef class BindingCall:
 
     @cython.final
     cdef int _close(self) except -1:
+        if self.following:  # the child has ended: only the follower is left
+            coro, self.coro = self.coro, None
+            if coro is not None:
+                coro.close()
+            return 0
         if self.coro is not None:
             try:
                 self.coro.close()

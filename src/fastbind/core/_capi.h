@@ -253,7 +253,7 @@ static inline int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t *offset) {
 
 /* Where Request and Headers keep their fields, set once at import. */
 typedef struct {
-    Py_ssize_t url, method, headers, body, body_used;  /* Request */
+    Py_ssize_t url, method, headers, body, body_used, cf;  /* Request (cf: "_cf", often unset) */
     Py_ssize_t items, shared, raw;                     /* Headers */
     PyTypeObject *headers_type;
     PyObject *forward_request;  /* request.forward_request: the path for odd headers */
@@ -323,6 +323,8 @@ static PyObject *fastbind_forward(PyObject *src) {
     FASTBIND_SLOT(req, L->headers) = copy;
     fastbind_slot_store(req, L->body, body);
     fastbind_slot_store(req, L->body_used, Py_False);
+    if (FASTBIND_SLOT(src, L->cf) != NULL)
+        fastbind_slot_store(req, L->cf, FASTBIND_SLOT(src, L->cf));
     return req;
 }
 

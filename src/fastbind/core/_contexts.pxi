@@ -112,14 +112,16 @@ cdef class WorkerHandle:
         elif handler is not None:
             raise TypeError(name)
         self._rpc = {}
+        self.python_workers = getattr(handler, _RPC_RULES, None) == "python_workers"
 
     @staticmethod
-    def for_target(str name not None, env):
+    def for_target(str name not None, env, bint python_workers=False):
         """A handle for an in-process target that is not a Worker (e.g. a Durable Object)."""
         cdef WorkerHandle handle = WorkerHandle.__new__(WorkerHandle)
         handle.name = name
         handle.env = env
         handle._rpc = {}
+        handle.python_workers = python_workers
         return handle
 
     cdef bint has_rpc_method(self, str name) except -1:
@@ -484,6 +486,11 @@ cdef class InvocationContext:
     @property
     def worker(self):
         return self.handle.name
+
+    @property
+    def python_workers(self):
+        """Whether the running Worker follows Python Workers' RPC rules (the workers module)."""
+        return self.handle.python_workers
 
     @property
     def env(self):

@@ -32,6 +32,9 @@ cdef class WorkerHandle:
     cdef bint is_class
     cdef bint fast_init
     cdef dict _rpc
+    # A Worker of the ``workers`` module: its RPC arguments and results follow Python
+    # Workers' rules (python_workers_values.py) on top of fastbind's own.
+    cdef readonly bint python_workers
 
     cdef bint has_rpc_method(self, str name) except -1
     cdef object rpc_function(self, str name)
@@ -162,6 +165,13 @@ cdef class BindingCall:
     cdef bint has_immediate # an RpcCall whose synchronous method has returned
     cdef bint borrowed      # runs code as an existing invocation (InvocationContext.run)
     cdef object slot_token  # set when run() had to give the awaiting task a slot
+    # A binding's fetch that handles redirects (binding_fetch.py): the Fetcher, what
+    # the request was made from, the mode (1 follow, 2 error; 0 for every other call),
+    # and whether the call now drives the coroutine that follows them.
+    cdef Fetcher fetcher
+    cdef object origin
+    cdef char redirect_mode
+    cdef bint following
 
     # Final: TopLevelCall and RpcCall extend this class, and these stay direct C calls.
     @cython.final
@@ -174,6 +184,10 @@ cdef class BindingCall:
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1
     @cython.final
     cdef inline void _leave(self, InvocationContext previous, int metered) noexcept
+    @cython.final
+    cdef int _start_following(self, object response, PyObject** result) except? -1
+    @cython.final
+    cdef int _follow_step(self, object arg, object exc, PyObject** result) except? -1
     @cython.final
     cdef void _fail(self, str outcome) noexcept
     @cython.final

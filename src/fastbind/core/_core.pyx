@@ -33,8 +33,11 @@ import os
 import sys
 import weakref
 from contextvars import ContextVar
-from types import FunctionType, MappingProxyType
+from types import FunctionType
 
+from fastbind.core.binding_fetch import fetch_with_options, redirect_follower
+from fastbind.core.props import EMPTY_PROPS, props_of
+from fastbind.core.python_workers_values import check_python_workers_value
 from fastbind.core.rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
 from fastbind.entrypoint import WorkerEntrypoint
 from fastbind.errors import (
@@ -82,6 +85,7 @@ cdef extern from "_capi.h":
     object fastbind_call_none(void* call, object func)
     int fastbind_send(PyObject* iter, PyObject* arg, PyObject** result)
     int fastbind_throw(PyObject* coro, PyObject* exc, PyObject** result)
+    PyObject* FASTBIND_SLOT(object obj, Py_ssize_t off)
     ctypedef int (*fastbind_step_fn)(PyObject*, PyObject*, PyObject*, PyObject**)
     int fastbind_step(fastbind_step_fn f, PyObject* call, PyObject* arg, PyObject* exc, PyObject** result)
     object fastbind_take_error()
@@ -91,7 +95,7 @@ cdef extern from "_capi.h":
     int64_t fastbind_clock_ns(clockid_t clock) nogil
     int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t* offset) nogil
     ctypedef struct fastbind_request_layout:
-        Py_ssize_t url, method, headers, body, body_used, items, shared, raw
+        Py_ssize_t url, method, headers, body, body_used, cf, items, shared, raw
         PyTypeObject* headers_type
         PyObject* forward_request
     fastbind_request_layout fastbind_req
@@ -148,11 +152,17 @@ cdef object _ResponseType = Response
 cdef object _HeadersType = Headers
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _isolate = isolate
+cdef object _fetch_with_options = fetch_with_options
+cdef object _check_python_workers_value = check_python_workers_value
+cdef str _RPC_RULES = "__fastbind_rpc_rules__"  # "python_workers" on the workers module's classes
+cdef object _redirect_follower = redirect_follower
+cdef object _STATUS_200 = 200  # a cached small int: most Responses' status is this object
 cdef frozenset _RESERVED = RESERVED_METHODS
 cdef object _FunctionType = FunctionType  # (a lambda here would be a Cython function)
 cdef object _Task = asyncio.Task
 cdef object _copy_context = contextvars.copy_context
-cdef object _EMPTY_PROPS = MappingProxyType({})
+cdef object _EMPTY_PROPS = EMPTY_PROPS
+cdef object _props_of = props_of
 cdef tuple _NO_ARGS = ()
 cdef enum: _STACK_ARGS = 7  # RPC calls with at most this many positional arguments skip the tuple
 cdef str _FETCH_NAME = "fetch"
@@ -169,6 +179,7 @@ cdef Py_ssize_t _REQ_METHOD = fastbind_slot_offset(Request, "method")
 cdef Py_ssize_t _REQ_HEADERS = fastbind_slot_offset(Request, "headers")
 cdef Py_ssize_t _REQ_BODY = fastbind_slot_offset(Request, "body")
 cdef Py_ssize_t _REQ_BODY_USED = fastbind_slot_offset(Request, "body_used")
+cdef Py_ssize_t _REQ_CF = fastbind_slot_offset(Request, "_cf")
 cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
 cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
 cdef Py_ssize_t _HDR_RAW = fastbind_slot_offset(Headers, "_raw")
@@ -183,12 +194,12 @@ cdef object _EP_CTX_SLOT = WorkerEntrypoint.__dict__["ctx"]
 
 cdef int _install_pools() except -1:
     """Pools of Request and Headers blocks (a fast path): a binding call copies both."""
-    cdef Py_ssize_t request_slots[5]
+    cdef Py_ssize_t request_slots[6]
     cdef Py_ssize_t headers_slots[3]
-    request_slots[:] = [_REQ_URL, _REQ_METHOD, _REQ_HEADERS, _REQ_BODY, _REQ_BODY_USED]
+    request_slots[:] = [_REQ_URL, _REQ_METHOD, _REQ_HEADERS, _REQ_BODY, _REQ_BODY_USED, _REQ_CF]
     headers_slots[:] = [_HDR_ITEMS, _HDR_SHARED, _HDR_RAW]
-    if len(Request.__slots__) == 5:
-        fastbind_pool_install(0, Request, request_slots, 5)
+    if len(Request.__slots__) == 6:
+        fastbind_pool_install(0, Request, request_slots, 6)
     if len(Headers.__slots__) == 3:
         fastbind_pool_install(1, Headers, headers_slots, 3)
     return 0
@@ -202,6 +213,7 @@ cdef int _init_forward() except -1:
     fastbind_req.headers = _REQ_HEADERS
     fastbind_req.body = _REQ_BODY
     fastbind_req.body_used = _REQ_BODY_USED
+    fastbind_req.cf = _REQ_CF
     fastbind_req.items = _HDR_ITEMS
     fastbind_req.shared = _HDR_SHARED
     fastbind_req.raw = _HDR_RAW

@@ -16,6 +16,7 @@ from ._twin_bindings import (
     WorkerHandle,
     call_child,
     make_task_factory,
+    start_binding_call,
 )
 from ._twin_contexts import (
     BindingCall,
@@ -48,6 +49,7 @@ __all__ = (
     "DispatchPlan",
     "Entry",
     "call_child",
+    "start_binding_call",
     "current_invocation",
     "fast_paths",
     "live_counts",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from types import FunctionType, MappingProxyType
+from types import FunctionType
 from typing import Any
 
 from ..entrypoint import WorkerEntrypoint
@@ -30,6 +30,9 @@ from ._twin_contexts import (
     pipeline_state,
     slot_current,
 )
+from .binding_fetch import FOLLOW, fetch_with_options
+from .props import props_of
+from .python_workers_values import check_python_workers_value
 from .rpc_values import RESERVED_METHODS, SCALAR_TYPES, isolate, reserved_message, unknown_message
 
 __all__ = (
@@ -37,19 +40,19 @@ __all__ = (
     "Fetcher",
     "RpcMethod",
     "call_child",
+    "start_binding_call",
     "SliceMeter",
     "TaskFactory",
     "make_task_factory",
 )
 
 IMPLEMENTATION = "py"
-EMPTY_PROPS: MappingProxyType[str, Any] = MappingProxyType({})
 
 
 class WorkerHandle:
     """What the core needs to invoke one Worker: its name, handler and env."""
 
-    __slots__ = ("_name", "_handler", "_is_class", "_fast_init", "env", "_rpc")
+    __slots__ = ("_name", "_handler", "_is_class", "_fast_init", "env", "_rpc", "python_workers")
 
     def __init__(self, name: str, handler: Any) -> None:
         self._name = name
@@ -69,12 +72,16 @@ class WorkerHandle:
         else:
             raise TypeError(name)
         self._rpc: dict[str, Any] = {}
+        # A Worker of the ``workers`` module: its RPC arguments and results follow Python
+        # Workers' rules (python_workers_values.py) on top of fastbind's own.
+        self.python_workers = getattr(handler, "__fastbind_rpc_rules__", None) == "python_workers"
 
     @staticmethod
-    def for_target(name: str, env: Any) -> WorkerHandle:
+    def for_target(name: str, env: Any, python_workers: bool = False) -> WorkerHandle:
         """A handle for an in-process target that is not a Worker (e.g. a Durable Object)."""
         handle = WorkerHandle(name, None)
         handle.env = env
+        handle.python_workers = python_workers
         return handle
 
     @property
@@ -140,7 +147,7 @@ class Fetcher:
     __slots__ = ("_state", "__dict__")
 
     def __init__(self, target: WorkerHandle, binding: str, props: Any = None) -> None:
-        set_fetcher_state(self, (target, binding, EMPTY_PROPS if not props else MappingProxyType(dict(props))))
+        set_fetcher_state(self, (target, binding, props_of(props)))
 
     def __getattr__(self, name: str) -> RpcMethod:
         if name.startswith("__") and name.endswith("__"):
@@ -153,17 +160,22 @@ class Fetcher:
         return method
 
     def fetch(
-        self, input: Any, *, method: Any = None, headers: Any = None, body: Any = None
-    ) -> BindingCall:
-        """Run the bound Worker's fetch handler with a Request built as fetch() would."""
+        self, input: Any, *, method: Any = None, headers: Any = None, body: Any = None,
+        redirect: Any = "follow", timeout: Any = None, cf: Any = None,
+    ) -> Any:
+        """Run the bound Worker's fetch handler with a Request built as fetch() would,
+        with the global fetch's options and defaults (binding_fetch.py)."""
         target, binding, props = fetcher_state(self)
+        if (method is not None or headers is not None or body is not None or timeout is not None
+                or cf is not None or redirect != "follow"):
+            return fetch_with_options(self, binding, input, method, headers, body, redirect,
+                                      timeout, cf, start_binding_call)
         caller = _caller(f"env.{binding}.fetch()")
-        if type(input) is Request and method is None and headers is None and body is None:
-            request = _forward(input)
-        else:
-            request = Request(input, method=method, headers=headers, body=body)
+        request = _forward(input) if type(input) is Request else Request(input)
         inv = child_of(caller, target, "binding", props)
-        return BindingCall(inv, request, True)
+        call = BindingCall(inv, request, True)
+        call._redirect = (self, input, FOLLOW, start_binding_call)
+        return call
 
     def __repr__(self) -> str:
         target, binding, _ = fetcher_state(self)
@@ -194,6 +206,9 @@ class RpcMethod:
             raise TypeError(self._error)
         target, binding, props = fetcher_state(self._fetcher)
         caller = _caller(f"env.{binding}.{self._name}()")
+        if invocation_state(caller).handle.python_workers:
+            for value in (*args, *kwargs.values()):
+                check_python_workers_value(value)
         for value in args:  # scalars, the usual arguments, pass as they are
             if type(value) not in SCALAR_TYPES:
                 args = tuple([isolate(v) for v in args])
@@ -205,6 +220,17 @@ class RpcMethod:
 
     def __repr__(self) -> str:
         return f"<RpcMethod {fetcher_state(self._fetcher)[1]}.{self._name}>"
+
+
+def start_binding_call(fetcher: Fetcher, request: Request, mode: int, origin: Any) -> BindingCall:
+    """A binding call of ``fetcher`` with ``request`` as it is (binding_fetch.py's
+    ``start_call``): redirects followed (mode 1), refused (2) or returned (0)."""
+    target, binding, props = fetcher_state(fetcher)
+    caller = _caller(f"env.{binding}.fetch()")
+    call = BindingCall(child_of(caller, target, "binding", props), request, True)
+    if mode:
+        call._redirect = (fetcher, origin, mode, start_binding_call)
+    return call
 
 
 def call_child(
@@ -225,7 +251,7 @@ def call_child(
     caller = None if slot is None else slot_current(slot)
     if caller is None:
         raise FastbindError(f'A call to "{target.name}" was made outside a fastbind invocation')
-    props = EMPTY_PROPS if not props else MappingProxyType(dict(props))
+    props = props_of(props)
     inv = child_of(caller, target, kind, props)
     call = BindingCall(inv, None, http, kind, args, None)
     call._custom = function

@@ -24,7 +24,10 @@ from ..errors import (
     SubrequestDepthError,
     TooManySubrequestsError,
 )
+from ..redirects import REDIRECT_STATUSES
 from ..response import Response
+from .binding_fetch import redirect_follower
+from .python_workers_values import check_python_workers_value
 from .rpc_values import isolate
 
 __all__ = (
@@ -501,6 +504,11 @@ class InvocationContext:
         return str(invocation_state(self).handle.name)
 
     @property
+    def python_workers(self) -> bool:
+        """Whether the running Worker follows Python Workers' RPC rules (the workers module)."""
+        return bool(invocation_state(self).handle.python_workers)
+
+    @property
     def env(self) -> Any:
         """This invocation's env, readable only by its own code (not by a child via ``parent``)."""
         if current_invocation() is not self:
@@ -618,7 +626,7 @@ class BindingCall:
 
     __slots__ = (
         "_inv", "_request", "_http", "_started", "_driver", "_method", "_args", "_kwargs",
-        "_immediate", "_custom", "_borrowed",
+        "_immediate", "_custom", "_borrowed", "_redirect",
     )
 
     def __init__(
@@ -641,6 +649,8 @@ class BindingCall:
         self._immediate: Any = None
         self._custom: Any = None
         self._borrowed = False
+        # (fetcher, origin, mode, start_call) of a binding's fetch that handles redirects (binding_fetch.py)
+        self._redirect: Any = None
 
     @property
     def invocation(self) -> InvocationContext:
@@ -746,9 +756,10 @@ class BindingCall:
                     )
                 status = _status_of(result)  # the ledger keeps its status
             else:
+                if state.handle.python_workers:
+                    check_python_workers_value(result)
                 result = isolate(result)
             outcome = "ok"
-            return result
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "canceled"
             raise
@@ -762,6 +773,14 @@ class BindingCall:
                     SLOT.reset(slot_token)
                 except ValueError:  # finished from another context (e.g. closed by the GC)
                     pass
+        if self._redirect is not None and status in REDIRECT_STATUSES:
+            # A redirect from a binding's fetch: followed as the caller, a new call per hop.
+            fetcher, origin, mode, start_call = self._redirect
+            self._redirect = None
+            follower = redirect_follower(fetcher, origin, mode, result, start_call)
+            if follower is not None:
+                return (yield from follower.__await__())
+        return result
 
     def _call_method(self, inv: InvocationContext, handle: Any) -> Any:
         """Run RPC method ``_method`` on a new instance; its awaitable, or None if sync."""

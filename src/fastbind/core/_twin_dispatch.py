@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import FastbindError
 from ..request import Request
-from ._twin_bindings import EMPTY_PROPS
+from .props import EMPTY_PROPS
 from ._twin_contexts import (
     SLOT,
     BindingCall,

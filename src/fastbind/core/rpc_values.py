@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 from typing import Any
 
@@ -13,11 +14,19 @@ from ..response import Response
 
 __all__ = ("isolate", "RESERVED_METHODS", "SCALAR_TYPES", "reserved_message", "unknown_message")
 
-# Names a Fetcher keeps for itself; `_`-names are private too.
-RESERVED_METHODS = frozenset(("fetch", "connect", "dup", "constructor"))
+# Names a Fetcher keeps for itself, and the handlers the runtime calls (a Durable
+# Object's alarm and WebSocket events, in Cloudflare's and in Python spelling); `_`-names
+# are private too.
+RESERVED_METHODS = frozenset((
+    "fetch", "connect", "dup", "constructor",
+    "alarm", "webSocketMessage", "webSocketClose", "webSocketError",
+    "web_socket_message", "web_socket_close", "web_socket_error",
+))
 
 # Types whose values ``isolate`` hands over as they are, without looking further.
-SCALAR_TYPES = _SCALARS = frozenset((type(None), bool, int, float, complex, str, bytes))
+SCALAR_TYPES = _SCALARS = frozenset((
+    type(None), bool, int, float, complex, str, bytes, datetime.datetime, datetime.date,
+))
 
 
 def reserved_message(name: str) -> str:
@@ -31,8 +40,8 @@ def unknown_message(name: str) -> str:
 def isolate(value: Any) -> Any:
     """Return ``value`` as the other side of an RPC call may hold it.
 
-    Immutable values (None, bool, int, float, str, bytes, enums, and tuples and
-    frozensets of them) pass as they are; dict, list, set, bytearray, memoryview and
+    Immutable values (None, bool, int, float, complex, str, bytes, datetime and date,
+    enums, and tuples and frozensets of them) pass as they are; dict, list, set, bytearray, memoryview and
     dataclass instances are copied, recursively, so caller and callee never share
     mutable state; a Request or Response is handed over (the sender's becomes used)
     and a stream (async iterator) is handed over as it is. Anything else raises
@@ -69,13 +78,16 @@ def isolate(value: Any) -> Any:
         return value
     raise TypeError(
         f"Cannot pass a value of type {kind.__qualname__} over RPC: use None, bool, int, "
-        "float, str, bytes, tuple, list, dict, set, a dataclass, a Request, a Response "
-        "or a stream"
+        "float, str, bytes, datetime, date, tuple, list, dict, set, a dataclass, a Request, "
+        "a Response or a stream"
     )
 
 
 def _hand_over_response(src: Response) -> Response:
-    resp = Response.__new__(Response)
+    """The receiver's Response: of the sender's class (a ``workers.Response`` arrives as
+    one, its ``status_text`` kept), the body object handed over, headers copied."""
+    kind = type(src)
+    resp = kind.__new__(kind)
     resp.status = src.status
     resp.headers = Headers(src.headers) if type(src.headers) is not Headers else src.headers.copy()
     resp.body = take_body(src)
@@ -83,4 +95,11 @@ def _hand_over_response(src: Response) -> Response:
     web_socket = src.web_socket
     if web_socket is not None:  # an upgrade's answer: its socket goes with it
         resp._web_socket = web_socket
+    if kind is not Response:
+        for klass in kind.__mro__:
+            if klass is Response:
+                break
+            for name in getattr(klass, "__slots__", ()):
+                if hasattr(src, name):
+                    setattr(resp, name, getattr(src, name))
     return resp

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FastbindError
 from ..extension import Extension, register
+from .alarms import ALARM_RETRY_S
 from .declarations import check_declarations
 from .namespace import DurableObjectNamespace
 
@@ -46,6 +48,8 @@ class DurableObjects(Extension):
             )
         self.directory = None if directory is None else Path(directory)
         self.idle_s = None if idle_s is None else float(idle_s)
+        # The first retry's delay of a failed alarm (then doubled each time), as Cloudflare's.
+        self.alarm_retry_s = ALARM_RETRY_S
         self._namespaces: dict[tuple[str, str], DurableObjectNamespace] = {}
 
     def worker_added(self, spec: WorkerSpec) -> None:
@@ -88,6 +92,22 @@ class DurableObjects(Extension):
                 "(they would share ids and storage); give them different names."
             )
         return ns
+
+    def validate(self) -> None:
+        """Arm the alarms the namespaces' storage holds, when an event loop runs (else at
+        the first call to one of their objects)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for ns in self._namespaces.values():
+            path = ns.database_path
+            if path is None or not path.exists():
+                continue  # nothing stored yet: no alarm to arm
+            try:
+                ns.arm_alarms()
+            except FastbindError:
+                pass  # its storage cannot be opened: the first call to an object says why
 
     async def aclose(self) -> None:
         """Drop every live object, cancel its timers and close the databases."""

@@ -76,6 +76,10 @@ class IdMaker:
         body = hashlib.sha256(b"fastbind id name\0" + self._key + b"\0" + encoded).digest()
         return self._make(body[:_BODY], name)
 
+    def of_raw(self, raw: bytes, name: str | None = None) -> DurableObjectId:
+        """The id whose bytes are ``raw`` (read back from this namespace's storage)."""
+        return DurableObjectId(raw, self._namespace, name)
+
     def unique(self) -> DurableObjectId:
         return self._make(secrets.token_bytes(_BODY))
 

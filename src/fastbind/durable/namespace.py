@@ -41,15 +41,18 @@ from ..core.rpc_values import RESERVED_METHODS, reserved_message, unknown_messag
 from ..errors import FastbindError
 from ..lifecycle import logger
 from ..request import Request
+from ..response import Response
+from .alarms import AlarmInfo, AlarmScheduler, alarm_arguments, alarm_request, alarm_response
 from .ids import DurableObjectId, IdMaker
 from .input_gate import InputGate
-from .storage import DurableObjectStorage, NamespaceDatabase
 from ..websocket import WebSocket
+from .object_storage import ObjectStorage
 from .sockets import ObjectSockets
+from .sql import ObjectDatabases
+from .storage import NamespaceDatabase
 from .stub import SUBREQUEST_KIND, DurableObjectStub
 
 if TYPE_CHECKING:
-    from ..response import Response
     from .extension import DurableObjects
 
 __all__ = (
@@ -104,7 +107,7 @@ class DurableObjectState:
         return self._live.id
 
     @property
-    def storage(self) -> DurableObjectStorage:
+    def storage(self) -> ObjectStorage:
         return self._live.storage
 
     def block_concurrency_while(
@@ -154,6 +157,10 @@ class DurableObjectState:
             raise FastbindError("state.wait_until() was called outside a call to the object")
         inv.wait_until(awaitable)
 
+    # Cloudflare's names
+    blockConcurrencyWhile = block_concurrency_while  # noqa: N815
+    waitUntil = wait_until  # noqa: N815
+
     def __repr__(self) -> str:
         return f"<DurableObjectState {self._live.label}>"
 
@@ -186,7 +193,10 @@ class _LiveObject:
         self.loop = asyncio.get_running_loop()
         self.id = oid
         self.label = f"{namespace.class_name}:{oid}"
-        self.storage = DurableObjectStorage(namespace._db, oid.raw)
+        self.storage = ObjectStorage(
+            namespace._db, oid.raw, oid.name, namespace._sql, namespace._alarms,
+            namespace._has_alarm,
+        )
         self.gate = InputGate()
         self.instance: Any = None
         self.calls = 0  # admitted or waiting
@@ -214,7 +224,7 @@ class DurableObjectNamespace:
 
     __slots__ = (
         "_registry", "_core", "_worker", "_binding", "_class", "_ids", "_worker_handle", "_db",
-        "_live", "_rpc_names",
+        "_live", "_rpc_names", "_sql", "_alarms", "_has_alarm", "python_workers",
     )
 
     def __init__(
@@ -228,6 +238,12 @@ class DurableObjectNamespace:
         self._ids = IdMaker(f"{worker}/{cls.__name__}", self.label)
         self._worker_handle = worker_handle  # its env is the objects' env
         self._db = NamespaceDatabase(registry.database_path(worker, cls.__name__), self.label)
+        self._sql = ObjectDatabases(self._db.path, self.label)
+        self._alarms = AlarmScheduler(self, self._db)
+        self._alarms.retry_s = registry.alarm_retry_s
+        self._has_alarm: bool = callable(getattr(cls, "alarm", None))
+        # A class of the workers module: its RPC values follow Python Workers' rules.
+        self.python_workers: bool = getattr(cls, "__fastbind_rpc_rules__", None) == "python_workers"
         self._live: dict[bytes, _LiveObject] = {}
         self._rpc_names: dict[str, bool] = {}
 
@@ -271,6 +287,17 @@ class DurableObjectNamespace:
         """``get(id_from_name(name))``."""
         return self.get(self.id_from_name(name))
 
+    # Cloudflare's names
+    idFromName = id_from_name  # noqa: N815
+    idFromString = id_from_string  # noqa: N815
+    newUniqueId = new_unique_id  # noqa: N815
+    getByName = get_by_name  # noqa: N815
+
+    def arm_alarms(self) -> None:
+        """Arm the alarms its storage holds, once, on the running loop."""
+        if not self._alarms.loaded:
+            self._alarms.load()
+
     # --- calls -------------------------------------------------------------------
 
     def _check_rpc(self, name: str) -> None:
@@ -303,6 +330,8 @@ class DurableObjectNamespace:
         kwargs: dict[str, Any] | None,
     ) -> Any:
         """The body of one call, run by call_child as a child invocation of the caller."""
+        if not self._alarms.loaded:
+            self._alarms.load()
         live = self._live.get(oid.raw)
         if live is None or live.loop is not asyncio.get_running_loop():
             live = self._activate(oid)
@@ -316,6 +345,8 @@ class DurableObjectNamespace:
                     )
             else:
                 handler = getattr(live.instance, method)
+                if method == "alarm":  # the scheduler's call (a reserved name over RPC)
+                    args = alarm_arguments(handler, *args)
             result = handler(*args, **kwargs) if kwargs else handler(*args)
             if inspect.isawaitable(result):
                 result = await result
@@ -342,6 +373,27 @@ class DurableObjectNamespace:
             live.calls -= 1
             if not live.calls and not len(live.sockets):
                 self._arm_idle_timer(live)
+
+    async def _run_alarm(self, raw: bytes, name: str | None, info: AlarmInfo) -> BaseException | None:
+        """Run the object's ``alarm()`` as a top-level invocation; the exception it raised, if any."""
+        oid = self._ids.of_raw(raw, name)
+        error: BaseException | None = None
+
+        async def alarm(request: Request, env: Any, ctx: Any) -> Response:
+            nonlocal error
+            try:
+                await self._serve(ctx, oid, "alarm", (info,), None)
+            except Exception as exc:
+                error = exc
+                logger.warning("Alarm of Durable Object %s:%s raised", self.class_name, oid,
+                               exc_info=exc)
+            return alarm_response(error)
+
+        handle = self._core.WorkerHandle(f"{self.class_name}:{oid}", alarm)
+        handle.env = self._worker_handle.env
+        response = await self._registry.runtime.entry_for(handle)(alarm_request())
+        await response.aclose()
+        return error
 
     # --- eviction, reset, close --------------------------------------------------
 
@@ -402,10 +454,16 @@ class DurableObjectNamespace:
         for task in blockers:
             task.cancel()
         await asyncio.gather(*[t for t in blockers if t.get_loop() is loop], return_exceptions=True)
+        await self._alarms.close()
         self._db.close()
-        # A fresh handle for later use of the Runtime; objects still holding the old one
+        self._sql.close()
+        # Fresh handles for later use of the Runtime; objects still holding the old ones
         # get a clear error instead of an empty in-memory database.
         self._db = NamespaceDatabase(self._db.path, self.label)
+        self._sql = ObjectDatabases(self._db.path, self.label)
+        retry_s = self._alarms.retry_s
+        self._alarms = AlarmScheduler(self, self._db)
+        self._alarms.retry_s = retry_s
 
     def __repr__(self) -> str:
         return f"<DurableObjectNamespace {self.label}>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from ..core.python_workers_values import check_python_workers_value
 from ..core.rpc_values import isolate
 from ..request import Request
 
@@ -44,7 +45,7 @@ class DurableObjectStub:
         if handle is None:
             ns = self._namespace
             handle = self._handle = ns._core.WorkerHandle.for_target(
-                f"{ns.class_name}:{self._id}", ns._worker_handle.env
+                f"{ns.class_name}:{self._id}", ns._worker_handle.env, ns.python_workers
             )
         return handle
 
@@ -90,6 +91,10 @@ class _StubMethod:
         stub = self._stub
         ns = stub._namespace
         ns._check_rpc(self._name)
+        caller = ns._core.current_invocation()
+        if caller is not None and caller.python_workers:
+            for value in (*args, *kwargs.values()):
+                check_python_workers_value(value)
         isolated = {k: isolate(v) for k, v in kwargs.items()} if kwargs else None
         call_args = (stub._id, self._name, isolate(args) if args else args, isolated)
         return ns._core.call_child(  # type: ignore[no-any-return]

@@ -20,7 +20,7 @@ import httptools
 
 from ..errors import BodyReadError
 from ..headers import Headers
-from ..request import Request
+from ..request import CfProperties, Request, check_url
 from ..response import Response
 from ..websocket import WebSocket
 from .access_log import CLIENT_GONE
@@ -321,12 +321,17 @@ class HTTPConnection(asyncio.Protocol):
                 raise _Reject(400, "Malformed request: the request target names no valid host.")
             url = other
             ex.tunnel = method == "CONNECT"
+        try:
+            url = check_url(url)  # the URL standard's form, as every Request's (one match if it is)
+        except TypeError:
+            raise _Reject(400, "Malformed request: the request target and Host make no valid URL.") from None
         request = ex.request = _new_request(Request)
         request.method = method
         request.url = url
         request.headers = headers
         request.body = None
         request.body_used = False
+        request._cf = CfProperties(httpProtocol=f"HTTP/{version}")  # what is known of the client
         if method == "HEAD":
             ex.head_only = True
         if length is not None or flags & _CHUNKED:

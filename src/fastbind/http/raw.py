@@ -131,14 +131,7 @@ def _method(method: object) -> str:
 
 
 def _url(url: object) -> str:
-    # Cheap checks for what an HTTP server builds (scheme://host/target); the full
-    # parse is kept for anything else.
-    if type(url) is str and url.isprintable() and " " not in url:
-        if url.startswith("https://"):
-            if len(url) > 8 and url[8] not in "/?#":
-                return url
-        elif url.startswith("http://") and len(url) > 7 and url[7] not in "/?#":
-            return url
+    # check_url returns a URL already in its standard form as it is, after one match.
     return check_url(url)
 
 

@@ -13,6 +13,7 @@ from yarl import URL
 from ..errors import FetchError
 from ..extension import Extension, register
 from ..headers import Headers
+from ..request import check_timeout
 
 if TYPE_CHECKING:
     import aiohttp
@@ -39,13 +40,6 @@ _HOP_BY_HOP = frozenset((
 # The encodings aiohttp's parser decodes (aiohttp/http_parser.py): such a body reaches
 # the Worker decoded, so the headers that describe the encoded bytes must go.
 _DECODED_ENCODINGS = frozenset(("gzip", "deflate", "br", "zstd"))
-
-
-def check_timeout(value: object, what: str = "fetch() timeout") -> float:
-    """``value`` as a float of seconds, or ValueError if it is not a positive number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
-    return float(value)
 
 
 def new_session() -> aiohttp.ClientSession:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from yarl import URL
 
 from ..body import BodyInit
+from ..headers import TEXT_TYPE, HeadersInit
 from ..core import current_invocation
-from ..errors import FetchError
-from ..headers import HeadersInit
-from ..request import Request, check_url
+
+from ..redirects import check_redirect_mode, location_of, next_hop, redirect_refused
+from ..redirects import MAX_REDIRECTS as MAX_REDIRECTS
+from ..request import Request, check_cf, check_url
 from ..response import Response
 from ..runtime import DEFAULT_FETCH_TIMEOUT_S
 from .client import (
@@ -38,21 +40,9 @@ __all__ = ("fetch", "send", "MAX_REDIRECTS", "RedirectMode")
 
 RedirectMode = Literal["follow", "manual", "error"]
 
-MAX_REDIRECTS = 20  # the Fetch standard's limit
-_REDIRECT_MODES = frozenset(("follow", "manual", "error"))
-_REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _NULL_BODY_STATUSES = frozenset((101, 103, 204, 205, 304))
 _SCHEMES = frozenset(("http", "https"))
-_URL_FORBIDDEN = frozenset("\r\n\0 \t")  # as Request's check_url: no whitespace, no NUL
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-# Dropped when a redirect turns the request into a bodiless GET (Fetch standard,
-# "HTTP-redirect fetch", step 12).
-_BODY_HEADERS = frozenset((
-    "content-encoding", "content-language", "content-location", "content-type",
-))
-# Never carried to another origin by a redirect: they would hand it the caller's secrets.
-_CREDENTIAL_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie"))
-_TEXT_CONTENT_TYPE = ("content-type", "text/plain;charset=UTF-8")
 
 
 async def fetch(
@@ -63,6 +53,7 @@ async def fetch(
     body: BodyInit = None,
     redirect: RedirectMode = "follow",
     timeout: float | None = None,
+    cf: Mapping[str, Any] | None = None,
 ) -> Response:
     """Send an HTTP request to the network; return its Response once the headers are in.
 
@@ -79,13 +70,18 @@ async def fetch(
     Outside any Worker, fetch is a plain HTTP client on a connection of its own.
 
     ``redirect``: "follow" (at most 20, then ``TypeError("Too many redirects.")``),
-    "manual" (return the 3xx Response) or "error" (raise FetchError).
-    ``timeout``: seconds allowed for connecting and for each wait for data (the
+    "manual" (return the 3xx Response) or "error" (raise RedirectError, a FetchError
+    and a TypeError); the rule is ``fastbind/redirects.py``, shared with a binding's
+    fetch. ``timeout``: seconds allowed for connecting and for each wait for data (the
     headers, then each body chunk); by default the Runtime's ``fetch_timeout``, 30 s.
+    ``cf``: accepted as Cloudflare's fetch accepts it (a dict) and checked; nothing
+    here acts on it (there is no Cloudflare edge in between). A binding's fetch passes
+    it to the callee as ``request.cf``.
 
     Raises TypeError for a malformed URL or a scheme other than http and https, and
     FetchError, naming the URL, when the network fails.
     """
+    check_cf(cf)
     invocation = current_invocation()
     runtime = None if invocation is None else invocation.pipeline.owner
     if type(input) is str and method is None and headers is None and body is None:
@@ -120,8 +116,7 @@ async def send(
     ``invocation`` and gated when it is not None. The session is ``runtime``'s, or
     one made for this request alone (closed with its body) when there is no Runtime.
     """
-    if redirect not in _REDIRECT_MODES:
-        raise TypeError(f'fetch() redirect must be "follow", "manual" or "error", not {redirect!r}')
+    check_redirect_mode(redirect)
     client = None if runtime is None else runtime.extension(OutboundClient)
     if timeout is not None:
         timeout = check_timeout(timeout)
@@ -129,8 +124,8 @@ async def send(
         timeout = client.timeout
     else:
         timeout = DEFAULT_FETCH_TIMEOUT_S
-    target = url
     parsed = _parse_url(url)
+    target = str(parsed)
     data, headers = _payload(body, headers)
     owned = None
     if client is not None:
@@ -143,31 +138,17 @@ async def send(
         while True:
             resp = await _hop(session, invocation, method, parsed, target, headers, data, timeout)
             status = resp.status
-            location = resp.headers.get("Location") if status in _REDIRECT_STATUSES else None
+            location = location_of(status, resp.headers)
             if location is None or redirect == "manual":
                 break
             resp.release()  # the connection is reused if the redirect's body was read already
             if redirect == "error":
-                raise FetchError(
-                    f'Fetch to {parsed} was redirected ({status} to {location}) and redirect is "error".'
-                )
-            if redirects == MAX_REDIRECTS:
-                raise TypeError("Too many redirects.")
+                raise redirect_refused(target, status, location)
+            target, method, headers, data = next_hop(
+                target, method, headers, data, status, location, redirects
+            )
             redirects += 1
-            next_url = _redirect_url(parsed, location, status)
-            if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
-                method = "GET"
-                data = None
-                headers = [h for h in headers if h[0] not in _BODY_HEADERS]
-            elif data is not None and not isinstance(data, _BYTES_LIKE):
-                raise FetchError(
-                    f"Fetch to {parsed} was redirected ({status} to {next_url}), but its streamed "
-                    'body was sent already and cannot be sent again; send bytes or use redirect="manual".'
-                )
-            if next_url.origin() != parsed.origin():
-                headers = [h for h in headers if h[0] not in _CREDENTIAL_HEADERS]
-            parsed = next_url
-            target = str(next_url)
+            parsed = _parse_str_url(target)
 
         response = Response.__new__(Response)
         response.status = status
@@ -215,43 +196,19 @@ async def _hop(
         raise network_error(exc, url, timeout) from exc
 
 
-def _parse_url(target: str) -> URL:
-    """``target`` parsed, or TypeError as ``Request(target)`` and the Fetch API raise it."""
-    if type(target) is not str:
-        check_url(target)  # raises the TypeError that names the type
-        target = str(target)
-    return _parse_str_url(target)
+def _parse_url(target: object) -> URL:
+    """``target`` in the URL standard's form, for aiohttp; TypeError as ``Request(target)``
+    raises it, or for a scheme other than http and https."""
+    return _parse_str_url(check_url(target))
 
 
 @functools.lru_cache(maxsize=1024)  # Workers fetch the same few URLs again and again
 def _parse_str_url(target: str) -> URL:
-    try:
-        if not _URL_FORBIDDEN.isdisjoint(target):
-            raise ValueError(target)
-        url = URL(target)
-        host = url.raw_host
-        url.port  # noqa: B018 -- yarl checks the port only when it is read
-    except (ValueError, TypeError):
-        raise TypeError(f"Invalid URL: {target}") from None
+    url = URL(target, encoded=True)  # serialised by check_url already: sent as it is
     scheme = url.scheme
-    if not scheme:
-        raise TypeError(f"Invalid URL: {target}")
     if scheme not in _SCHEMES:
         raise TypeError(f'Fetch API cannot load: unsupported scheme "{scheme}"')
-    if not host:
-        raise TypeError(f"Invalid URL: {target}")
     return url
-
-
-def _redirect_url(url: URL, location: str, status: int) -> URL:
-    try:
-        next_url = url.join(URL(location))
-        host = next_url.raw_host
-    except ValueError:
-        host = None
-    if not host or next_url.scheme not in _SCHEMES:
-        raise FetchError(f"Fetch to {url} was redirected ({status}) to an invalid URL {location!r}.")
-    return next_url
 
 
 def _payload(body: Any, headers: list[tuple[str, str]]) -> tuple[Any, list[tuple[str, str]]]:
@@ -260,7 +217,7 @@ def _payload(body: Any, headers: list[tuple[str, str]]) -> tuple[Any, list[tuple
         return body, headers
     if isinstance(body, str):
         if not any(name == "content-type" for name, _ in headers):
-            headers = [*headers, _TEXT_CONTENT_TYPE]  # the Fetch API's type for a str body
+            headers = [*headers, TEXT_TYPE]  # the Fetch API's type for a str body
         return body.encode(), headers
     return _stream_chunks(body), headers
 
