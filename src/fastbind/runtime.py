@@ -149,6 +149,16 @@ class Runtime:
     def workers(self) -> tuple[str, ...]:
         return tuple(self._specs)
 
+    def call_limits(self, *, cpu_ms: float | None = None, subrequests: int | None = None) -> Any:
+        """Limits for each call made through a binding (``core.Fetcher(..., limits=...)``).
+
+        Each call gets its own budget, shared by the called Worker and everything it
+        calls: past ``subrequests`` a subrequest raises TooManySubrequestsError where it
+        is made; past ``cpu_ms`` the callee's code is stopped and the call raises
+        WorkerCpuLimitError in the caller. What dispatch namespaces use (fastbind.namespaces).
+        """
+        return self._policy.call_limits(cpu_ms, subrequests)
+
     def extension(self, kind: type[E]) -> E:
         """This Runtime's instance of extension class ``kind`` (see fastbind.extension)."""
         try:
