@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -160,6 +160,7 @@ def lower(a: Any, b: Any) -> Any:
 class TenantSet(Protocol):
     """Where a namespace's tenant Workers run (tenants.py, process.py)."""
 
+    def make_get(self) -> Callable[..., Any]: ...
     def get(self, name: str, limits: Mapping[str, Any] | None = None, props: Any = None) -> Any: ...
     def forget(self, name: str) -> None: ...
     def loaded(self) -> tuple[str, ...]: ...
@@ -272,8 +273,8 @@ class Dispatcher:
     def __init__(self, namespace: DispatchNamespace) -> None:
         self._namespace = namespace
         tenants = getattr(namespace, "tenants", None)
-        # The tenant set's own method: env.DISPATCHER.get(...) is one call.
-        self.get = tenants.get if tenants is not None else self._unattached
+        # The tenant set's own function: env.DISPATCHER.get(...) is one call.
+        self.get = tenants.make_get() if tenants is not None else self._unattached
 
     def _unattached(self, name: str, limits: Any = None, props: Any = None) -> Any:
         raise ConfigError(f'Dispatch namespace "{self._namespace.name}" is not ready yet.')

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -148,6 +148,9 @@ class ProcessTenants:
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- the binding ------------------------------------------------------------------------
+
+    def make_get(self) -> Callable[..., Any]:
+        return self.get
 
     def get(self, name: str, limits: Mapping[str, Any] | None = None, props: Any = None) -> Any:
         fetcher = self._fetchers.get(name)

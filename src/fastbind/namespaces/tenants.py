@@ -1,5 +1,6 @@
 """Tenant Workers in the gateway's own process: loaded on first use, kept in an LRU of
-``max_loaded``, reloaded when their files change (looked at, at most, once a second).
+``max_loaded``, reloaded when their files change (looked at, at most, once a second,
+which is also how often a tenant's place in the LRU moves: ``get`` itself only reads).
 
 A loaded tenant is a core WorkerHandle named ``"<namespace>/<name>"`` (the name its
 subrequests carry in the ledger) with an env of its own: the namespace's vars and
@@ -12,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..bindings import service
 from ..errors import ConfigError, WorkerNotFoundError
 from .loading import TenantSource, code_signature, load_handler, unload
 from .namespace import RELOAD_CHECK_S, DispatchNamespace, check_limits, lower
+from .ticker import ticker
 
 if TYPE_CHECKING:
     from .extension import DispatchNamespaces
@@ -70,7 +72,7 @@ class Tenant:
     """One loaded tenant Worker."""
 
     __slots__ = (
-        "name", "source", "vars", "signature", "check_at", "handle", "fetcher", "modules",
+        "name", "source", "vars", "signature", "check_at", "tick", "handle", "fetcher", "modules",
         "limited",
     )
 
@@ -79,11 +81,12 @@ class Tenant:
         self.source = source
         self.vars = vars
         self.signature: Any = None
-        self.check_at = 0.0
+        self.check_at = 0.0   # when its files may be looked at again
+        self.tick = -1        # the coarse clock's tick when it was last seen past get's fast path
         self.handle: Any = None
         self.fetcher: Any = None
         self.modules: list[str] = []
-        self.limited: tuple[Any, Any] | None = None  # (limits key, Fetcher) of the last limited call
+        self.limited: tuple[Any, Any] | None = None  # (limits, Fetcher) of the last limited call
 
 
 class InProcessTenants:
@@ -105,23 +108,50 @@ class InProcessTenants:
         self._where = f'Dispatch namespace "{options.name}"'
         self._loaded: OrderedDict[str, Tenant] = OrderedDict()
 
-    def get(self, name: str, limits: Mapping[str, Any] | None = None, props: Any = None) -> Any:
-        """A Fetcher for tenant Worker ``name`` (see Dispatcher)."""
+    def make_get(self) -> Callable[..., Any]:
+        """``env.DISPATCHER.get``: a Fetcher for tenant Worker ``name`` (see Dispatcher).
+
+        A plain function over this set's table: a tenant already seen since the last
+        tick of the coarse clock (ticker.py), called without limits or props, is one
+        look-up and two attribute loads away; anything else takes ``_get``.
+        """
+        loaded = self._loaded
+        slow = self._get
+        clock = ticker
+        clock.start()
+
+        def get(name: str, limits: Mapping[str, Any] | None = None, props: Any = None) -> Any:
+            try:
+                tenant = loaded[name]
+            except (KeyError, TypeError):
+                return slow(name, limits, props)
+            if tenant.tick == clock.tick and limits is None and props is None:
+                return tenant.fetcher
+            return slow(name, limits, props)
+
+        return get
+
+    def _get(self, name: str, limits: Mapping[str, Any] | None, props: Any) -> Any:
+        """``get`` when the tenant is not loaded, is due for a look at its files, or the
+        call has limits or props."""
         tenant = self._loaded.get(name)
         if tenant is None:
             tenant = self._load(name)
             if tenant is None:
                 return NOT_FOUND
         else:
+            tenant.tick = ticker.tick
             now = _monotonic()
             if now >= tenant.check_at:
                 tenant = self._recheck(tenant, now)
                 if tenant is None:
                     return NOT_FOUND
-            self._loaded.move_to_end(name)
         if limits is None and props is None:
             return tenant.fetcher
         return self._fetcher_for(tenant, limits, props)
+
+    def get(self, name: str, limits: Mapping[str, Any] | None = None, props: Any = None) -> Any:
+        return self._get(name, limits, props)
 
     def forget(self, name: str) -> None:
         tenant = self._loaded.pop(name, None)
@@ -146,6 +176,7 @@ class InProcessTenants:
             _, oldest = self._loaded.popitem(last=False)
             self._unload(oldest)
         tenant = Tenant(name, source, own_vars)
+        tenant.tick = ticker.tick
         tenant.signature = code_signature(source)
         tenant.check_at = _monotonic() + RELOAD_CHECK_S
         self._build(tenant)
@@ -153,8 +184,13 @@ class InProcessTenants:
         return tenant
 
     def _recheck(self, tenant: Tenant, now: float) -> Tenant | None:
-        """Tenant's files looked at again: the same Worker, a new load, or None if gone."""
+        """Tenant's files looked at again: the same Worker, a new load, or None if gone.
+
+        It is also when the LRU learns that the tenant is in use: recency is kept to
+        the second, so that ``get`` itself writes nothing.
+        """
         tenant.check_at = now + RELOAD_CHECK_S
+        self._loaded.move_to_end(tenant.name)
         if tenant.source.path is None:  # code given to put(): it changes by put() only
             return tenant
         signature = code_signature(tenant.source)
@@ -205,22 +241,20 @@ class InProcessTenants:
         handle = tenant.handle
         if handle is None:
             return tenant.fetcher  # not loaded: it raises why
+        last = tenant.limited
+        if props is None and last is not None and last[0] == limits:
+            return last[1]  # the same limits as the last call (a gateway's usual case)
         try:
             cpu_ms, subrequests = check_limits(self._where + " get()", limits)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         cpu_ms = lower(self._cpu_ms, cpu_ms)
         subrequests = lower(self._subrequests, subrequests)
-        key = (cpu_ms, subrequests)
-        if props is None:
-            last = tenant.limited
-            if last is not None and last[0] == key:
-                return last[1]
         call_limits = (
             None if cpu_ms is None and subrequests is None
             else self._runtime.call_limits(cpu_ms=cpu_ms, subrequests=subrequests)
         )
         fetcher = self._core.Fetcher(handle, handle.name, props, call_limits)
         if props is None:
-            tenant.limited = (key, fetcher)  # the same limits again: no new Fetcher
+            tenant.limited = (dict(limits or {}), fetcher)
         return fetcher
