@@ -129,6 +129,9 @@ def main() -> int:
     def ready(server: Any) -> None:
         asyncio.get_running_loop().set_exception_handler(_loop_exception)
         print("ready", server.addresses[0][1], flush=True)
+        # The gateway reads nothing more from stdout: what the tenant prints goes to
+        # stderr (the gateway's), not into a pipe that would fill and block it.
+        os.dup2(2, 1)
 
     return run(runtime, ENTRY, host="127.0.0.1", port=0, on_ready=ready)
 
