@@ -503,7 +503,7 @@ cdef class InvocationContext:
     def passes_through_on_exception(self):
         return self.pass_through
 
-    cdef int _charge(self) except -1:
+    cdef inline int _charge(self) except -1:
         if self.subrequests >= self.pipeline.max_subrequests:
             raise TooManySubrequestsError()
         if self.scope is not None:  # a call with per-call limits is above (_call_limits.pxi)

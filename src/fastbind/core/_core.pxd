@@ -144,7 +144,7 @@ cdef class InvocationContext:
 
     cdef inline void _finish(self, str outcome, int status) noexcept
 
-    cdef int _charge(self) except -1
+    cdef inline int _charge(self) except -1
     cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props)
 
 
