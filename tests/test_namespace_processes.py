@@ -211,3 +211,24 @@ def test_config_errors_name_the_file_and_the_key(tmp_path: Path, change: tuple[s
         load_config(path)
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
+
+
+def test_the_platform_example_routes_by_subdomain(core: Any, run: Any) -> None:
+    rt = load_config(Path(__file__).resolve().parent.parent / "examples" / "platform" / "fastbind.toml")
+
+    async def main() -> list[tuple[int, str]]:
+        answers = []
+        for host in ("acme", "globex", "initech"):
+            response = await rt.dispatch("gateway", Request(f"http://{host}.localhost/about"))
+            answers.append((response.status, await response.text()))
+        await rt.aclose()
+        return answers
+
+    try:
+        assert run(main()) == [
+            (200, "Welcome to Acme, on the example platform.\n"),
+            (200, "Globex serves http://globex.localhost/about\n"),
+            (404, "No site named 'initech' here."),
+        ]
+    finally:
+        sys.modules.pop("platform_gateway", None)

@@ -179,8 +179,8 @@ class DispatchNamespace:
         self.options = options
         self._put: dict[str, tuple[TenantSource, dict[str, Any]]] = {}
         self._deleted: set[str] = set()
-        self.tenants: TenantSet
-        self.dispatcher = Dispatcher(self)  # replaced by the tenant set's get when made
+        self.tenants: TenantSet  # attach() gives them, and makes the dispatcher
+        self.dispatcher: Dispatcher
 
     @property
     def name(self) -> str:
@@ -215,6 +215,7 @@ class DispatchNamespace:
         if isinstance(code, str):
             source = TenantSource(text=code)
         elif isinstance(code, Path):
+            code = code.resolve()  # a tenant's own process starts in another directory
             source = TenantSource(path=code)
             if not (code.is_file() or (code / "__init__.py").is_file()):
                 raise ConfigError(f'Dispatch namespace "{self.name}": {code} is not a module or a package.')
@@ -272,12 +273,8 @@ class Dispatcher:
 
     def __init__(self, namespace: DispatchNamespace) -> None:
         self._namespace = namespace
-        tenants = getattr(namespace, "tenants", None)
         # The tenant set's own function: env.DISPATCHER.get(...) is one call.
-        self.get = tenants.make_get() if tenants is not None else self._unattached
-
-    def _unattached(self, name: str, limits: Any = None, props: Any = None) -> Any:
-        raise ConfigError(f'Dispatch namespace "{self._namespace.name}" is not ready yet.')
+        self.get = namespace.tenants.make_get()
 
     def __repr__(self) -> str:
         return f"<Dispatcher of namespace {self._namespace.name}>"
