@@ -1,6 +1,7 @@
 """Tenant Workers in the gateway's own process: loaded on first use, kept in an LRU of
-``max_loaded``, reloaded when their files change (looked at, at most, once a second,
-which is also how often a tenant's place in the LRU moves: ``get`` itself only reads).
+``max_loaded``, reloaded when their files change (looked at, at most, once a second).
+``get``'s fast path only reads; a tenant's place in the LRU moves at its first use after
+each tick of a coarse clock (twice a second).
 
 A loaded tenant is a core WorkerHandle named ``"<namespace>/<name>"`` (the name its
 subrequests carry in the ledger) with an env of its own: the namespace's vars and
@@ -72,8 +73,7 @@ class Tenant:
     """One loaded tenant Worker."""
 
     __slots__ = (
-        "name", "source", "vars", "signature", "check_at", "tick", "handle", "fetcher", "modules",
-        "limited",
+        "name", "source", "vars", "signature", "check_at", "handle", "fetcher", "modules", "limited",
     )
 
     def __init__(self, name: str, source: TenantSource, vars: dict[str, Any]) -> None:
@@ -82,11 +82,19 @@ class Tenant:
         self.vars = vars
         self.signature: Any = None
         self.check_at = 0.0   # when its files may be looked at again
-        self.tick = -1        # the coarse clock's tick when it was last seen past get's fast path
         self.handle: Any = None
         self.fetcher: Any = None
         self.modules: list[str] = []
         self.limited: tuple[Any, Any] | None = None  # (limits, Fetcher) of the last limited call
+
+
+class _Table:
+    """The tick of the coarse clock that ``InProcessTenants._fresh`` is good for."""
+
+    __slots__ = ("tick",)
+
+    def __init__(self) -> None:
+        self.tick = -1
 
 
 class InProcessTenants:
@@ -106,46 +114,54 @@ class InProcessTenants:
             else self._runtime.call_limits(cpu_ms=options.cpu_ms, subrequests=options.subrequests)
         )
         self._where = f'Dispatch namespace "{options.name}"'
-        self._loaded: OrderedDict[str, Tenant] = OrderedDict()
+        self._loaded: OrderedDict[str, Tenant] = OrderedDict()  # least recently used first
+        self._fresh: dict[str, Any] = {}  # name: Fetcher, for those seen since the last tick
+        self._table = _Table()
 
     def make_get(self) -> Callable[..., Any]:
         """``env.DISPATCHER.get``: a Fetcher for tenant Worker ``name`` (see Dispatcher).
 
-        A plain function over this set's table: a tenant already seen since the last
-        tick of the coarse clock (ticker.py), called without limits or props, is one
-        look-up and two attribute loads away; anything else takes ``_get``.
+        A plain function over ``_fresh``, the Fetchers of the tenants already seen
+        since the coarse clock (ticker.py) last ticked: a call without limits or props
+        to one of them is one comparison and one look-up; anything else takes ``_get``.
         """
-        loaded = self._loaded
+        fresh = self._fresh
+        table = self._table
         slow = self._get
         clock = ticker
         clock.start()
 
         def get(name: str, limits: Mapping[str, Any] | None = None, props: Any = None) -> Any:
-            try:
-                tenant = loaded[name]
-            except (KeyError, TypeError):
-                return slow(name, limits, props)
-            if tenant.tick == clock.tick and limits is None and props is None:
-                return tenant.fetcher
+            if table.tick == clock.tick and limits is None and props is None:
+                try:
+                    return fresh[name]
+                except (KeyError, TypeError):
+                    pass
             return slow(name, limits, props)
 
         return get
 
     def _get(self, name: str, limits: Mapping[str, Any] | None, props: Any) -> Any:
-        """``get`` when the tenant is not loaded, is due for a look at its files, or the
-        call has limits or props."""
+        """``get`` for a tenant not seen since the last tick (then its files may be due
+        for a look, and its place in the LRU moves), not loaded, or called with limits
+        or props."""
+        tick = ticker.tick
+        if self._table.tick != tick:
+            self._fresh.clear()  # every tenant passes here again, once per tick
+            self._table.tick = tick
         tenant = self._loaded.get(name)
         if tenant is None:
             tenant = self._load(name)
             if tenant is None:
                 return NOT_FOUND
-        else:
-            tenant.tick = ticker.tick
+        elif name not in self._fresh:
+            self._loaded.move_to_end(name)
             now = _monotonic()
             if now >= tenant.check_at:
                 tenant = self._recheck(tenant, now)
                 if tenant is None:
                     return NOT_FOUND
+        self._fresh[name] = tenant.fetcher
         if limits is None and props is None:
             return tenant.fetcher
         return self._fetcher_for(tenant, limits, props)
@@ -154,6 +170,7 @@ class InProcessTenants:
         return self._get(name, limits, props)
 
     def forget(self, name: str) -> None:
+        self._fresh.pop(name, None)
         tenant = self._loaded.pop(name, None)
         if tenant is not None:
             self._unload(tenant)
@@ -176,7 +193,6 @@ class InProcessTenants:
             _, oldest = self._loaded.popitem(last=False)
             self._unload(oldest)
         tenant = Tenant(name, source, own_vars)
-        tenant.tick = ticker.tick
         tenant.signature = code_signature(source)
         tenant.check_at = _monotonic() + RELOAD_CHECK_S
         self._build(tenant)
@@ -186,11 +202,8 @@ class InProcessTenants:
     def _recheck(self, tenant: Tenant, now: float) -> Tenant | None:
         """Tenant's files looked at again: the same Worker, a new load, or None if gone.
 
-        It is also when the LRU learns that the tenant is in use: recency is kept to
-        the second, so that ``get`` itself writes nothing.
         """
         tenant.check_at = now + RELOAD_CHECK_S
-        self._loaded.move_to_end(tenant.name)
         if tenant.source.path is None:  # code given to put(): it changes by put() only
             return tenant
         signature = code_signature(tenant.source)
