@@ -242,6 +242,7 @@ class InProcessTenants:
             self._extension.intercept(handle.env, interceptor.fetch)
 
     def _unload(self, tenant: Tenant) -> None:
+        self._fresh.pop(tenant.name, None)
         if tenant.handle is not None:
             self._extension.intercept(tenant.handle.env, None)
         unload(tenant.modules)
