@@ -27,6 +27,8 @@ async def fetch(request, env, ctx):
     if request.url.endswith("/spin"):
         while True:
             pass
+    if request.url.endswith("/moved"):
+        return Response.redirect("https://hog.example/a?b=1", 302)
     return Response(f"hog {request.url} {env.PLAN} {dict(ctx.props)} {request.headers.get('x-fastbind-tenant-token')}")
 """
 
@@ -74,7 +76,7 @@ def test_a_tenant_past_its_memory_cap_is_stopped_and_others_keep_serving(
         return response.status, await response.text()
 
     async def main() -> list[Any]:
-        results = [await request("calm"), await request("hog", "/a?b=1")]
+        results = [await request("calm"), await request("hog", "/moved")]  # a redirect, followed
         eat, calm_meanwhile = await asyncio.gather(request("hog", "/eat"), request("calm"))
         results += [eat, calm_meanwhile, await request("calm"), await request("hog"), await request("hog", "/spin")]
         results.append(await request("nobody"))

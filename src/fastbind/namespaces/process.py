@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..bindings import RemoteBinding
+from ..core.binding_fetch import MANUAL, fetch_with_options, redirect_follower
 from ..errors import (
     ConfigError,
     FastbindError,
@@ -109,11 +110,21 @@ class ProcessFetcher:
         self._props = props
         self.check_at = _monotonic() + RELOAD_CHECK_S
 
-    def fetch(self, input: Any, *, method: str | None = None, headers: Any = None, body: Any = None) -> Any:
-        request = Request(input, method=method, headers=headers, body=body)
+    def fetch(
+        self, input: Any, *, method: str | None = None, headers: Any = None, body: Any = None,
+        redirect: Any = "follow", timeout: Any = None, cf: Any = None,
+    ) -> Any:
+        """As a binding's fetch: the same options, a redirect the tenant answers followed
+        through the same binding by default (each hop a call of its own)."""
+        return fetch_with_options(
+            self, self._handle.name, input, method, headers, body, redirect, timeout, cf, _start_call,
+        )
+
+    def call(self, request: Request) -> Any:
+        """One call of the tenant with ``request``: a child invocation named after it
+        (depth, one subrequest, its ledger entry) that sends the request to its process."""
         tenants = self._tenants
         args = (self._name, request, self._cpu_ms, self._subrequests, self._props)
-        # A child invocation named after the tenant: depth, one subrequest, its ledger entry.
         return tenants.core.call_child(self._handle, "binding", tenants.forward, args, None, True)
 
     def with_call(self, cpu_ms: Any, subrequests: Any, props: Any) -> ProcessFetcher:
@@ -129,6 +140,16 @@ class ProcessFetcher:
 
     def __repr__(self) -> str:
         return f"<ProcessFetcher {self._handle.name}>"
+
+
+async def _start_call(fetcher: ProcessFetcher, request: Request, mode: int, origin: Any) -> Any:
+    """binding_fetch's ``start_call`` for a tenant's process: the call, then its redirects."""
+    response = await fetcher.call(request)
+    if mode != MANUAL:
+        follower = redirect_follower(fetcher, origin, mode, response, _start_call)
+        if follower is not None:
+            return await follower
+    return response
 
 
 class ProcessTenants:

@@ -90,7 +90,7 @@ async def fetch(
         # An extension may serve this Worker's fetch() (a dispatch namespace's outbound Worker).
         intercept = runtime.fetch_interceptor(invocation)
         if intercept is not None:
-            return await intercept(Request(input, method=method, headers=headers, body=body))  # type: ignore[no-any-return]
+            return await intercept(Request(input, method=method, headers=headers, body=body, cf=cf))  # type: ignore[no-any-return]
     if type(input) is str and method is None and headers is None and body is None:
         # The common ``fetch(url)``: there is no Request to build or copy.
         return await send(runtime, invocation, input, "GET", [], None, redirect, timeout)
