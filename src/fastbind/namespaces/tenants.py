@@ -145,6 +145,7 @@ class InProcessTenants:
         """``get`` for a tenant not seen since the last tick (then its files may be due
         for a look, and its place in the LRU moves), not loaded, or called with limits
         or props."""
+        ticker.start()  # (again, in a process forked from the one that started it)
         tick = ticker.tick
         if self._table.tick != tick:
             self._fresh.clear()  # every tenant passes here again, once per tick

@@ -44,9 +44,11 @@ class Ticker:
             self.tick += 1
 
     def _after_fork(self) -> None:
-        # The thread is not copied by fork: the child starts its own when first needed.
+        # The thread is not copied by fork (fastbind serve --workers forks after loading):
+        # the tick moves on, so that the next get() takes the slow path, which starts one.
         self._thread = None
         self._lock = threading.Lock()
+        self.tick += 1
 
 
 ticker = Ticker()
