@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any as _Any
 from . import config as _config  # noqa: F401 - registers Runtime.from_config's file loader
 from . import core as _cores
 from . import durable as _durable  # noqa: F401 - registers the Durable Objects extension
+from . import namespaces as _namespaces  # noqa: F401 - registers dispatch namespaces
 from . import outbound as _outbound  # noqa: F401 - registers fetch, remote bindings, pass-through
 from .bindings import remote, service
 from .durable import DurableObject
@@ -19,6 +20,9 @@ from .errors import (
     FetchError,
     SubrequestDepthError,
     TooManySubrequestsError,
+    WorkerCpuLimitError,
+    WorkerMemoryLimitError,
+    WorkerNotFoundError,
 )
 from .hangwatch import WorkerHangError
 from .headers import Headers
@@ -48,6 +52,9 @@ __all__ = (
     "TooManySubrequestsError",
     "ConfigError",
     "CpuLimitExceeded",
+    "WorkerCpuLimitError",
+    "WorkerMemoryLimitError",
+    "WorkerNotFoundError",
     "WorkerHangError",
     "DurableObject",
     "service",

@@ -26,6 +26,8 @@ from .http.exchange import HTTPLimits
 from .http.server import ListenError, format_address, run, tls_context
 from .http.supervisor import reserve_port, supervise
 from .http.websocket import WebSocketLimits
+from .namespaces import Unavailable
+from .runtime import Runtime
 
 __all__ = ("main",)
 
@@ -326,14 +328,16 @@ def _parser_actions() -> list[argparse.Action]:
 
 def _check(options: argparse.Namespace) -> int:
     config = read_config(options.config)
-    build_runtime(config)  # imports every main and resolves every binding
-    for line in describe(config):
+    runtime = build_runtime(config)  # imports every main and resolves every binding
+    for line in describe(config, runtime):
         print(line)
     return 0
 
 
-def describe(config: Config) -> list[str]:
-    """The binding graph of ``config``, one line per Worker and per binding."""
+def describe(config: Config, runtime: Runtime | None = None) -> list[str]:
+    """The binding graph of ``config``, one line per Worker and per binding, then each
+    dispatch namespace with its Workers (loaded, when they run in this process, so that
+    one that fails to load says so) when ``runtime`` is given."""
     cycles = binding_cycles(config)
     count = len(config.workers)
     lines = [
@@ -354,11 +358,45 @@ def describe(config: Config) -> list[str]:
             if (worker.name, binding) in cycles:
                 text += "  (cycle)"
             lines.append(text)
+        for binding, namespace in worker.dispatch_namespaces.items():
+            lines.append(f"  {binding} -> namespace {namespace}  (dispatch)")
+    for ns in config.namespaces:
+        lines.extend(_describe_namespace(ns.name, runtime))
     if cycles:
         lines.append(
             "Bindings marked (cycle) lead back to their own Worker; each call still counts "
             "toward the depth limit."
         )
+    return lines
+
+
+def _describe_namespace(name: str, runtime: Runtime | None) -> list[str]:
+    if runtime is None:
+        return [f"namespace {name}"]
+    namespace = runtime.namespace(name)
+    options = namespace.options
+    traits = [str(options.directory) if options.directory is not None else "no directory"]
+    if options.outbound:
+        traits.append(f"outbound {options.outbound}")
+    if options.cpu_ms is not None or options.subrequests is not None:
+        traits.append(f"limits cpu_ms={options.cpu_ms} subrequests={options.subrequests}")
+    if options.isolation == "process":
+        traits.append(f"isolation process, {options.memory_mb} MB each")
+    names = namespace.names()
+    lines = [f"namespace {name}  ({'; '.join(traits)}): {len(names)} Worker{'s' if len(names) != 1 else ''}"]
+    for binding in list(options.vars) + list(options.services):
+        target = options.services.get(binding)
+        where = "var" if target is None else getattr(target, "url", None) or getattr(target, "service", "")
+        lines.append(f"  each Worker: {binding} -> {where}")
+    for tenant in names[: options.max_loaded]:
+        text = f"  {tenant}"
+        if options.isolation != "process":  # their code runs here anyway: load it
+            fetcher = namespace.dispatcher.get(tenant)
+            if isinstance(fetcher, Unavailable):
+                text += f"  (fails to load: {fetcher.error})"
+        lines.append(text)
+    if len(names) > options.max_loaded:
+        lines.append(f"  ... and {len(names) - options.max_loaded} more")
     return lines
 
 

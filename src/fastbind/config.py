@@ -19,14 +19,24 @@ from .bindings import RemoteBinding, ServiceBinding, remote, service
 from .durable import namespace_specs_from_config
 from .errors import ConfigError
 from .limits import Limits
+from .namespaces import add_namespace
 from .runtime import Runtime, set_config_loader
 
-__all__ = ("Config", "WorkerConfig", "read_config", "build_runtime", "load_config", "binding_cycles")
+__all__ = (
+    "Config", "WorkerConfig", "NamespaceConfig", "read_config", "build_runtime", "load_config",
+    "binding_cycles",
+)
 
-_TOP_KEYS = ("limits", "workers")
-_WORKER_KEYS = ("name", "main", "vars", "services", "durable_objects")
+_TOP_KEYS = ("limits", "workers", "namespaces")
+_WORKER_KEYS = ("name", "main", "vars", "services", "durable_objects", "dispatch_namespaces")
 _SERVICE_KEYS = ("binding", "service", "entrypoint", "props")
 _REMOTE_KEYS = ("binding", "url")
+_DISPATCH_KEYS = ("binding", "namespace")
+_NAMESPACE_KEYS = (
+    "name", "directory", "outbound", "limits", "max_loaded", "isolation", "memory_mb", "idle_s",
+    "vars", "services",
+)
+_NAMESPACE_LIMIT_KEYS = ("cpu_ms", "subrequests")
 _LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits))
 
 
@@ -40,6 +50,17 @@ class WorkerConfig:
     services: dict[str, ServiceBinding | RemoteBinding]
     # durable_objects = [{ binding = "ROOMS", class_name = "Room" }]: classes of main's module
     durable_objects: list[Any] = field(default_factory=list)
+    # dispatch_namespaces = [{ binding = "DISPATCHER", namespace = "customers" }]
+    dispatch_namespaces: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    """One ``[[namespaces]]`` table: a dispatch namespace, its keys checked by type."""
+
+    name: str
+    directory: Path | None
+    options: dict[str, Any]  # the other keys, as add_namespace takes them
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ class Config:
     label: str  # the file as the user named it, for messages
     limits: Limits
     workers: tuple[WorkerConfig, ...]
+    namespaces: tuple[NamespaceConfig, ...] = ()
 
     @property
     def entry(self) -> str:
@@ -100,7 +122,16 @@ def read_config(path: str | os.PathLike[str]) -> Config:
             raise ConfigError(f'{label}: Worker "{worker.name}" is defined twice.')
         seen.add(worker.name)
         workers.append(worker)
-    return Config(file.resolve(), label, limits, tuple(workers))
+    namespaces = _read_namespaces(label, file.resolve().parent, data.get("namespaces", []), seen)
+    defined = [n.name for n in namespaces]
+    for worker in workers:
+        for binding, target in worker.dispatch_namespaces.items():
+            if target not in defined:
+                raise ConfigError(
+                    f'{label}: Worker "{worker.name}" dispatch namespace "{binding}" refers to '
+                    f'namespace "{target}", which is not defined; {_suggest(target, defined, "[[namespaces]]")}'
+                )
+    return Config(file.resolve(), label, limits, tuple(workers), namespaces)
 
 
 def build_runtime(config: Config, *, runtime_class: type[Runtime] = Runtime) -> Runtime:
@@ -111,6 +142,11 @@ def build_runtime(config: Config, *, runtime_class: type[Runtime] = Runtime) -> 
         sys.path.insert(0, str(folder))  # main modules are found beside the config file
     importlib.invalidate_caches()
     label = config.label
+    for ns in config.namespaces:
+        try:
+            add_namespace(runtime, ns.name, ns.directory, **ns.options)
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
     for worker in config.workers:
         handler = _import_main(label, worker, folder)
         durable = None
@@ -121,7 +157,7 @@ def build_runtime(config: Config, *, runtime_class: type[Runtime] = Runtime) -> 
         try:
             runtime.add_worker(
                 worker.name, handler, services=worker.services, vars=worker.vars,
-                durable_objects=durable,
+                durable_objects=durable, dispatch_namespaces=worker.dispatch_namespaces or None,
             )
         except ConfigError as exc:
             raise ConfigError(f"{label}: {_worker_error(worker, exc)}") from None
@@ -205,7 +241,85 @@ def _read_worker(label: str, index: int, table: dict[str, Any]) -> WorkerConfig:
             raise ConfigError(f'{label}: {where} defines "{binding}" both as a binding and a var.')
         services[binding] = spec
     durable = table.get("durable_objects", [])
-    return WorkerConfig(name, main.strip(), dict(vars_), services, durable)
+    dispatch = _read_dispatch(label, where, table.get("dispatch_namespaces", []))
+    for binding in dispatch:
+        if binding in services or binding in vars_:
+            raise ConfigError(
+                f'{label}: {where} defines "{binding}" both as a dispatch namespace and a binding or var.'
+            )
+    return WorkerConfig(name, main.strip(), dict(vars_), services, durable, dispatch)
+
+
+def _read_dispatch(label: str, where: str, entries: Any) -> dict[str, str]:
+    """``dispatch_namespaces = [{ binding = "DISPATCHER", namespace = "customers" }]``."""
+    shape = '[{ binding = "DISPATCHER", namespace = "customers" }]'
+    if not isinstance(entries, list):
+        raise ConfigError(f'{label}: {where} "dispatch_namespaces" must be an array like {shape}, not {_kind(entries)}.')
+    found: dict[str, str] = {}
+    for position, entry in enumerate(entries):
+        at = f"{where} dispatch_namespaces[{position}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{label}: {at} must be a table like {shape[1:-1]}, not {_kind(entry)}.")
+        _check_keys(label, at, entry, _DISPATCH_KEYS)
+        binding, namespace = entry.get("binding"), entry.get("namespace")
+        if not isinstance(binding, str) or not binding.isidentifier():
+            raise ConfigError(f'{label}: {at} "binding" must be an identifier string, not {binding!r}.')
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigError(f'{label}: {at} "namespace" must name a [[namespaces]] table, not {namespace!r}.')
+        if binding in found:
+            raise ConfigError(f'{label}: {where} binding "{binding}" is defined twice.')
+        found[binding] = namespace
+    return found
+
+
+def _read_namespaces(label: str, folder: Path, tables: Any, workers: set[str]) -> tuple[NamespaceConfig, ...]:
+    """The ``[[namespaces]]`` tables: shapes and names here, values by ``add_namespace``."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f'{label}: "namespaces" must be an array of tables ([[namespaces]]), not {_kind(tables)}.')
+    found: list[NamespaceConfig] = []
+    for index, table in enumerate(tables, start=1):
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f'{label}: namespace #{index} needs a "name" (a non-empty string), not {_kind(name)}.')
+        where = f'namespace "{name}"'
+        _check_keys(label, where, table, _NAMESPACE_KEYS)
+        if any(n.name == name for n in found):
+            raise ConfigError(f'{label}: {where} is defined twice.')
+        directory = table.get("directory")
+        if directory is not None and not isinstance(directory, str):
+            raise ConfigError(f'{label}: {where} "directory" must be a path (a string), not {_kind(directory)}.')
+        options = {k: v for k, v in table.items() if k not in ("name", "directory")}
+        limits = options.get("limits")
+        if limits is not None:
+            if not isinstance(limits, dict):
+                raise ConfigError(f'{label}: {where} "limits" must be a table, not {_kind(limits)}.')
+            _check_keys(label, f"{where} limits", limits, _NAMESPACE_LIMIT_KEYS)
+        if not isinstance(options.get("vars", {}), dict):
+            raise ConfigError(f'{label}: {where} "vars" must be a table, not {_kind(options["vars"])}.')
+        if not isinstance(options.get("services", []), list):
+            raise ConfigError(
+                f'{label}: {where} "services" must be an array of tables, not {_kind(options["services"])}.'
+            )
+        if "services" in options:
+            services = {}
+            for position, entry in enumerate(options["services"]):
+                binding, spec = _read_binding(label, where, position, entry)
+                services[binding] = spec
+            options["services"] = services
+        outbound = options.get("outbound")
+        if isinstance(outbound, str) and outbound not in workers:
+            raise ConfigError(
+                f'{label}: {where} "outbound" names Worker "{outbound}", which is not defined; '
+                f'{_suggest(outbound, sorted(workers), "[[workers]]")}'
+            )
+        path = None if directory is None else folder / directory  # beside the config file
+        found.append(NamespaceConfig(name, path, options))
+    return tuple(found)
+
+
+def _suggest(name: str, choices: list[str], table: str) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f'did you mean "{close[0]}"?' if close else f"define it in a {table} table."
 
 
 def _read_binding(label: str, where: str, position: int, entry: Any) -> tuple[str, ServiceBinding | RemoteBinding]:

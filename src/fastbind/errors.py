@@ -12,9 +12,15 @@ __all__ = (
     "CpuLimitExceeded",
     "MissingBindingError",
     "BodyReadError",
+    "ResourceLimitError",
+    "WorkerCpuLimitError",
+    "WorkerMemoryLimitError",
+    "WorkerNotFoundError",
     "BODY_USED_MESSAGE",
     "body_used_error",
     "CPU_LIMIT_MESSAGE",
+    "MEMORY_LIMIT_MESSAGE",
+    "WORKER_NOT_FOUND_MESSAGE",
 )
 
 # The exact wording Cloudflare Workers uses; users grep their logs for it.
@@ -42,6 +48,8 @@ DEPTH_MESSAGE = (
 )
 TOO_MANY_SUBREQUESTS_MESSAGE = "Too many subrequests."
 CPU_LIMIT_MESSAGE = "Worker exceeded CPU time limit."
+MEMORY_LIMIT_MESSAGE = "Worker exceeded memory limit."
+WORKER_NOT_FOUND_MESSAGE = "Worker not found."
 
 
 def body_used_error(owner: object) -> TypeError:
@@ -115,6 +123,35 @@ class CpuLimitExceeded(BaseException):
     """
 
     def __init__(self, message: str = CPU_LIMIT_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class ResourceLimitError(FastbindError):
+    """A Worker called with limits of its own (a dispatch namespace's Worker) went past one.
+
+    Raised in its caller, which may answer for it; uncaught, the top-level request is
+    answered with 503, as for a pipeline past ``Limits.cpu_ms``.
+    """
+
+
+class WorkerCpuLimitError(ResourceLimitError):
+    """The called Worker and what it called used more CPU than the call's ``cpu_ms``."""
+
+    def __init__(self, message: str = CPU_LIMIT_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class WorkerMemoryLimitError(ResourceLimitError):
+    """A Worker running in a process of its own went past its memory cap; it was stopped."""
+
+    def __init__(self, message: str = MEMORY_LIMIT_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class WorkerNotFoundError(FastbindError):
+    """A dispatch namespace has no Worker of the name asked for."""
+
+    def __init__(self, message: str = WORKER_NOT_FOUND_MESSAGE) -> None:
         super().__init__(message)
 
 

@@ -9,7 +9,7 @@ own code its instance for a Runtime (where it keeps, say, an HTTP session).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from .response import Response
     from .runtime import Runtime
 
-__all__ = ("Extension", "Rescuer", "register", "registered")
+__all__ = ("Extension", "FetchInterceptor", "Rescuer", "register", "registered")
+
+# Serves the global fetch() of an invocation instead of the network: takes the Request
+# the Worker's fetch() built, returns the Response that fetch() gives it.
+FetchInterceptor = Callable[["Request"], Awaitable["Response"]]
 
 E = TypeVar("E", bound="Extension")
 
@@ -65,6 +69,15 @@ class Extension:
 
     def rescuer(self) -> Rescuer | None:
         """What serves failed requests that pass through (at most one extension has one)."""
+        return None
+
+    def fetch_interceptor(self, invocation: Any) -> FetchInterceptor | None:
+        """What serves the global ``fetch()`` of ``invocation`` (the running one) instead
+        of the network, or None. Asked at each fetch(), so it must be cheap."""
+        return None
+
+    def find_namespace(self, name: str) -> object | None:
+        """The namespace named ``name`` this extension serves (``runtime.namespace(name)``), or None."""
         return None
 
     async def aclose(self) -> None:

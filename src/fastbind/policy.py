@@ -19,7 +19,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import hangwatch
-from .errors import CPU_LIMIT_MESSAGE, BodyReadError, CpuLimitExceeded, SubrequestDepthError
+from .errors import (
+    CPU_LIMIT_MESSAGE,
+    BodyReadError,
+    CpuLimitExceeded,
+    ResourceLimitError,
+    SubrequestDepthError,
+)
 from .lifecycle import PipelineStream, end_in_background, end_pipeline, logger
 from .response import Response
 from .watchdog import watchdog
@@ -126,6 +132,10 @@ class DispatchPolicy:
                 logger.exception("pipeline observer %r failed as a pipeline opened", observer)
         return tuple(states)
 
+    def call_limits(self, cpu_ms: float | None, subrequests: int | None) -> Any:
+        """The core's CallLimits, with the CPU watchdog watching the calls that have ``cpu_ms``."""
+        return self.core.CallLimits(cpu_ms, subrequests, self.watch_cpu, watchdog.unwatch)
+
     def set_rescuer(self, rescuer: Rescuer | None) -> None:
         self.rescuer = rescuer
         self.plan.snapshot = None if rescuer is None else rescuer.snapshot
@@ -160,6 +170,9 @@ class DispatchPolicy:
         elif isinstance(exc, CpuLimitExceeded):
             error = exc
             response = _cpu_exceeded(name, exc)
+        elif isinstance(exc, ResourceLimitError):  # a Worker it called went past its own limits
+            error = exc
+            response = _limit_exceeded(name, exc)
         elif isinstance(exc, Exception):
             error = exc
             if not hung:
@@ -264,6 +277,11 @@ def _cpu_exceeded(name: str, exc: BaseException | None) -> Response:
     logger.error('%s (Worker "%s", %s)', CPU_LIMIT_MESSAGE, name,
                  f"stopped at {where}" if where else "over its budget when its last step ended")
     return Response(CPU_LIMIT_MESSAGE, status=503, headers=_TEXT)
+
+
+def _limit_exceeded(name: str, exc: ResourceLimitError) -> Response:
+    logger.error('%s (uncaught in Worker "%s")', exc, name)
+    return Response(str(exc), status=503, headers=_TEXT)
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

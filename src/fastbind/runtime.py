@@ -98,6 +98,11 @@ class Runtime:
         self._extensions: dict[type[Extension], Extension] = {}
         for kind in registered():
             self._extensions[kind] = kind(self)
+        # Asked at every global fetch(): only the extensions that serve the hook.
+        self._interceptors = tuple(
+            extension.fetch_interceptor for extension in self._extensions.values()
+            if type(extension).fetch_interceptor is not Extension.fetch_interceptor
+        )
 
     @property
     def limits(self) -> Limits:
@@ -149,6 +154,16 @@ class Runtime:
     def workers(self) -> tuple[str, ...]:
         return tuple(self._specs)
 
+    def call_limits(self, *, cpu_ms: float | None = None, subrequests: int | None = None) -> Any:
+        """Limits for each call made through a binding (``core.Fetcher(..., limits=...)``).
+
+        Each call gets its own budget, shared by the called Worker and everything it
+        calls: past ``subrequests`` a subrequest raises TooManySubrequestsError where it
+        is made; past ``cpu_ms`` the callee's code is stopped and the call raises
+        WorkerCpuLimitError in the caller. What dispatch namespaces use (fastbind.namespaces).
+        """
+        return self._policy.call_limits(cpu_ms, subrequests)
+
     def extension(self, kind: type[E]) -> E:
         """This Runtime's instance of extension class ``kind`` (see fastbind.extension)."""
         try:
@@ -165,6 +180,7 @@ class Runtime:
         vars: Mapping[str, Any] | None = None,
         entrypoints: Mapping[str, Any] | None = None,
         durable_objects: Mapping[str, type] | None = None,
+        dispatch_namespaces: Mapping[str, str] | None = None,
     ) -> None:
         """Register Worker ``name``: a WorkerEntrypoint subclass or ``async def (request, env, ctx)``.
 
@@ -172,7 +188,8 @@ class Runtime:
         ``fastbind.remote(url)``; ``vars`` are plain values; ``entrypoints`` names extra
         WorkerEntrypoint classes that bindings may pick (by default, those exported by
         the module that defines ``handler``); ``durable_objects`` maps binding names
-        to Durable Object classes (see ``fastbind.durable``).
+        to Durable Object classes (see ``fastbind.durable``); ``dispatch_namespaces``
+        maps binding names to dispatch namespaces (see ``fastbind.namespaces``).
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"A Worker name must be a non-empty str, not {name!r}.")
@@ -202,7 +219,11 @@ class Runtime:
                 raise ConfigError(
                     f'Worker "{name}" entrypoint "{ep_name}" must be a WorkerEntrypoint subclass, not {ep!r}.'
                 )
-        options = {} if durable_objects is None else {"durable_objects": durable_objects}
+        options: dict[str, Any] = {}
+        if durable_objects is not None:
+            options["durable_objects"] = durable_objects
+        if dispatch_namespaces is not None:
+            options["dispatch_namespaces"] = dispatch_namespaces
         spec = WorkerSpec(name, handler, bindings, values, named, options)
         for extension in self._extensions.values():
             extension.worker_added(spec)
@@ -245,6 +266,33 @@ class Runtime:
         self._policy.set_rescuer(rescuers[0] if rescuers else None)
         self._policy.plan.resolved = True
 
+    def resolve_binding(self, worker: str, binding: str, declaration: Any) -> Any:
+        """The env value of binding ``binding`` of ``worker`` declared as ``declaration``
+        (what ``services`` takes), resolved as Workers' bindings are.
+
+        For extensions that build envs of their own (dispatch namespaces' Workers).
+        ConfigError names ``worker`` and ``binding`` when it is wrong.
+        """
+        return self._bind(worker, binding, normalize_binding(worker, binding, declaration))
+
+    def fetch_interceptor(self, invocation: Any) -> Any:
+        """What serves the global ``fetch()`` of ``invocation`` instead of the network
+        (an extension's, see ``Extension.fetch_interceptor``), or None."""
+        for hook in self._interceptors:
+            interceptor = hook(invocation)
+            if interceptor is not None:
+                return interceptor
+        return None
+
+    def namespace(self, name: str) -> Any:
+        """Dispatch namespace ``name`` (``fastbind.namespaces``): its Workers, ``put`` and
+        ``delete`` at run time. LookupError when no such namespace is defined."""
+        for extension in self._extensions.values():
+            found = extension.find_namespace(name)
+            if found is not None:
+                return found
+        raise LookupError(f'No dispatch namespace named "{name}" is defined.')
+
     def _bind(self, worker: str, binding: str, declaration: Any) -> Any:
         if not isinstance(declaration, ServiceBinding):
             for extension in self._extensions.values():
@@ -281,6 +329,8 @@ class Runtime:
                 "no such named entrypoint." + _did_you_mean(target.entrypoint, _entrypoint_names(spec))
             )
         handle = self._entrypoint_handles[key] = self._core.WorkerHandle(target.service, cls)
+        # Resolved after validate() (resolve_binding): the Worker's env is there already.
+        handle.env = self._handles[target.service].env
         return handle
 
     def entry(self, name: str) -> Any:

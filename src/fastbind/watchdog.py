@@ -31,11 +31,13 @@ class CpuWatchdog:
         return self._open
 
     def watch(self, core: Any) -> None:
-        """A CPU-limited pipeline of ``core`` started."""
+        """A CPU-limited pipeline (or call with a CPU limit) of ``core`` started."""
         with self._lock:
-            self._cores.add(core)
+            if core not in self._cores:
+                self._cores.add(core)
             self._open += 1
-            self._wanted.set()
+            if not self._wanted.is_set():
+                self._wanted.set()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="fastbind-cpu-watchdog", daemon=True
@@ -43,17 +45,22 @@ class CpuWatchdog:
                 self._thread.start()
 
     def unwatch(self) -> None:
-        """A CPU-limited pipeline ended."""
+        """A CPU-limited pipeline (or call) ended."""
         with self._lock:
             self._open -= 1
-            if self._open <= 0:
+            if self._open < 0:
                 self._open = 0
-                self._wanted.clear()
+        # The thread goes back to sleep when it next finds nothing open: a limited
+        # pipeline or call right after this one then pays no wake-up.
 
     def _run(self) -> None:
         while True:
             self._wanted.wait()
             time.sleep(self._interval)
+            with self._lock:
+                if self._open <= 0:
+                    self._wanted.clear()
+                    continue
             for core in tuple(self._cores):
                 core.watchdog_tick()
 

@@ -19,10 +19,12 @@ cdef class Fetcher:
     later look-ups are plain attribute loads.
     """
 
-    def __init__(self, WorkerHandle target not None, str binding not None, props=None):
+    def __init__(self, WorkerHandle target not None, str binding not None, props=None,
+                 CallLimits limits=None):
         self._target = target
         self._binding = binding
         self._props = _props_of(props)
+        self._limits = limits  # each call gets a budget of its own (_call_limits.pxi)
         cdef FetchMethod fetch = FetchMethod.__new__(FetchMethod)
         fetch._fetcher = self
         self._fetch = fetch
@@ -74,6 +76,8 @@ cdef class Fetcher:
             if request is None:
                 request = _RequestType(input)
         inv = caller._child(self._target, _KIND_BINDING, self._props)
+        if self._limits is not None:
+            _open_scope(inv, self._limits)
         cdef BindingCall call = _new_call(inv, request, True)
         call.fetcher = self
         call.origin = input
@@ -89,6 +93,8 @@ cdef class Fetcher:
         return caller
 
     def __repr__(self):
+        if self._limits is not None:
+            return f"<Fetcher {self._binding} -> {self._target.name} {self._limits!r}>"
         return f"<Fetcher {self._binding} -> {self._target.name}>"
 
 
@@ -181,6 +187,8 @@ cdef class RpcMethod:
     cdef BindingCall _start(self, InvocationContext caller, tuple args, dict kwargs):
         """The child invocation (depth, subrequest, ledger) and the awaitable that runs it."""
         inv = caller._child(self._fetcher._target, _KIND_RPC, self._fetcher._props)
+        if self._fetcher._limits is not None:
+            _open_scope(inv, self._fetcher._limits)
         cdef RpcCall call = _new_rpc_call(inv, False)
         call.rpc_name = self._name
         call.rpc_function = self._function
@@ -246,6 +254,8 @@ def start_binding_call(Fetcher fetcher not None, request, int mode, origin):
     ``start_call``): redirects followed (mode 1), refused (2) or returned (0)."""
     cdef InvocationContext caller = fetcher._caller()
     inv = caller._child(fetcher._target, _KIND_BINDING, fetcher._props)
+    if fetcher._limits is not None:  # each hop a call of its own, with its own budget
+        _open_scope(inv, fetcher._limits)
     cdef BindingCall call = _new_call(inv, request, True)
     if mode:
         call.fetcher = fetcher
@@ -443,10 +453,15 @@ cdef class BindingCall:
         cdef InvocationContext previous = slot.current
         cdef int status
         cdef int metered = -1  # -1: not metered; else 1 when this step opened the slice
+        global _running_scope
         if pipeline.cpu_enabled:
             metered = _meter_enter(slot, previous, pipeline)
-            if metered == 1 and pipeline.cpu_exceeded and exc is None:
-                exc = _cpu_limit_exceeded()  # stop the pipeline at its next step
+            if exc is None and (
+                metered == 1 and pipeline.cpu_exceeded
+                or inv.scope is not None and _scope_exceeded(inv.scope)
+            ):
+                exc = _cpu_limit_exceeded()  # stop the pipeline (or the scope) at its next step
+            _running_scope = inv.scope
         slot.current = inv
         # C calls, no try block (see _enter): -1 is PYGEN_ERROR, the exception is set.
         if exc is None:
@@ -454,8 +469,15 @@ cdef class BindingCall:
         else:
             status = fastbind_throw(<PyObject*>self.coro, <PyObject*>exc, result)
         if status < 0:
+            if metered >= 0 and inv.owns_scope and inv.scope.cpu_exceeded and not PyErr_ExceptionMatches(_CancelledError):
+                PyErr_Clear()  # whatever the child raised, its budget is what ended it
+                return self._over_budget(previous, metered)
             self._fail_step(previous, metered)
             return -1
+        if metered >= 0 and inv.owns_scope and inv.scope.cpu_exceeded and status == 0:
+            Py_XDECREF(result[0])
+            result[0] = NULL
+            return self._over_budget(previous, metered)
         self._leave(previous, metered)
         if status == 1:  # PYGEN_NEXT: the child yielded a future to the loop
             return 1
@@ -500,6 +522,14 @@ cdef class BindingCall:
         return status
 
     @cython.final
+    cdef int _over_budget(self, InvocationContext previous, int metered) except 0:
+        """The child, which opened a scope, has ended past its ``cpu_ms``: whatever it
+        answered or raised, its caller gets WorkerCpuLimitError."""
+        self._leave(previous, metered)
+        self._exit(_EXCEEDED_CPU, 0)
+        raise _worker_cpu_limit_error()
+
+    @cython.final
     cdef void _fail(self, str outcome) noexcept:
         """``_exit(outcome)`` while an exception is being raised, which it keeps."""
         cdef PyObject* kind
@@ -524,7 +554,7 @@ cdef class BindingCall:
     @cython.final
     cdef inline void _leave(self, InvocationContext previous, int metered) noexcept:
         if metered >= 0:
-            _meter_exit(self.slot, self.inv, self.inv.pipeline, metered)
+            _leave_metered(self.slot, self.inv, previous, metered)
         self.slot.current = previous
 
     def __next__(self):
@@ -627,6 +657,13 @@ cdef class RpcCall(BindingCall):
             self.immediate = result
             self.has_immediate = True
         return 0
+
+
+cdef void _leave_metered(ExecutionSlot slot, InvocationContext inv, InvocationContext previous,
+                         int opened) noexcept:
+    """The metered part of BindingCall._leave, out of line: the unmetered step stays small."""
+    _meter_exit(slot, inv, inv.pipeline, opened)
+    _leave_scope(previous)
 
 
 cdef int _binding_call_send(object self, object arg, PyObject** result) except? -1:

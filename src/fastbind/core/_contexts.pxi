@@ -503,9 +503,11 @@ cdef class InvocationContext:
     def passes_through_on_exception(self):
         return self.pass_through
 
-    cdef int _charge(self) except -1:
+    cdef inline int _charge(self) except -1:
         if self.subrequests >= self.pipeline.max_subrequests:
             raise TooManySubrequestsError()
+        if self.scope is not None:  # a call with per-call limits is above (_call_limits.pxi)
+            _charge_scope(self.scope)
         self.subrequests += 1
         return 0
 
@@ -515,10 +517,15 @@ cdef class InvocationContext:
             raise _depth_error(self, handle)
         self._charge()
         cdef Py_ssize_t index = pipeline._add_entry(self.ledger_index, handle.name, kind, self.depth + 1)
-        return _new_invocation(pipeline, self, handle, self.depth + 1, props, index)
+        cdef InvocationContext child = _new_invocation(pipeline, self, handle, self.depth + 1, props, index)
+        if self.scope is not None:
+            child.scope = self.scope
+        return child
 
     cdef inline void _finish(self, str outcome, int status) noexcept:
         self.pipeline._finish_entry(self.ledger_index, outcome, self.cpu_ns, status)
+        if self.owns_scope:
+            _close_scope(self.scope)
 
     def wait_until(self, awaitable):
         """Let ``awaitable`` run on after the response, up to ``Limits.wait_until_s``."""

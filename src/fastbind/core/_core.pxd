@@ -110,6 +110,25 @@ cdef class PipelineContext:
     cdef void _record_cpu(self, Py_ssize_t index, int64_t cpu_ns) noexcept
 
 
+cdef class CallLimits:
+    cdef readonly object cpu_ms          # as given (None: none)
+    cdef readonly object subrequests     # as given (None: none)
+    cdef int64_t cpu_limit_ns            # -1: none
+    cdef long max_subrequests            # -1: none
+    cdef object _watch                   # called when a call with a CPU limit starts
+    cdef object _unwatch                 # and when it ends
+
+
+cdef class LimitScope:
+    cdef LimitScope parent               # the scope of the call this one was made in
+    cdef int64_t cpu_limit_ns            # -1: none
+    cdef int64_t cpu_ns
+    cdef long max_subrequests            # -1: none
+    cdef long subrequests
+    cdef bint cpu_exceeded
+    cdef object _unwatch                 # set while the watchdog watches for this scope
+
+
 cdef class InvocationContext:
     cdef readonly PipelineContext pipeline
     cdef readonly InvocationContext parent
@@ -120,10 +139,12 @@ cdef class InvocationContext:
     cdef bint pass_through
     cdef Py_ssize_t ledger_index   # -1: the top-level invocation
     cdef readonly int64_t cpu_ns
+    cdef LimitScope scope          # None unless a call with CallLimits is above (or is) this one
+    cdef bint owns_scope           # this invocation's call opened ``scope``
 
     cdef inline void _finish(self, str outcome, int status) noexcept
 
-    cdef int _charge(self) except -1
+    cdef inline int _charge(self) except -1
     cdef InvocationContext _child(self, WorkerHandle handle, str kind, object props)
 
 
@@ -131,6 +152,7 @@ cdef class Fetcher:
     cdef WorkerHandle _target
     cdef str _binding
     cdef object _props
+    cdef CallLimits _limits   # None, or each call's own limits
     cdef FetchMethod _fetch   # ``env.X.fetch``, made once
     cdef dict _members        # "fetch", and RPC stubs by name
 
@@ -188,6 +210,8 @@ cdef class BindingCall:
     cdef int _start_following(self, object response, PyObject** result) except? -1
     @cython.final
     cdef int _follow_step(self, object arg, object exc, PyObject** result) except? -1
+    @cython.final
+    cdef int _over_budget(self, InvocationContext previous, int metered) except 0
     @cython.final
     cdef void _fail(self, str outcome) noexcept
     @cython.final

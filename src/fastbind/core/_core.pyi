@@ -20,7 +20,7 @@ from ..response import Response
 
 IMPLEMENTATION: Final[Literal["c", "py"]]
 
-_Outcome = Literal["ok", "error", "canceled"]
+_Outcome = Literal["ok", "error", "canceled", "exceeded_cpu"]
 
 @final
 class Env:
@@ -151,6 +151,28 @@ class PipelineContext:
     def charge_fetch(self, caller: InvocationContext, target: str) -> OpenSubrequest: ...
 
 @final
+class CallLimits:
+    """The limits of each call made through one binding, for the callee and all it calls."""
+
+    def __init__(
+        self,
+        cpu_ms: float | None = None,
+        subrequests: int | None = None,
+        watch: Callable[[], Any] | None = None,
+        unwatch: Callable[[], Any] | None = None,
+    ) -> None: ...
+    @property
+    def cpu_ms(self) -> float | None: ...
+    @property
+    def subrequests(self) -> int | None: ...
+
+@final
+class LimitScope:
+    """The budget of one call made with CallLimits (made by the core only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # raises: made by the core
+
+@final
 class InvocationContext:
     """One run of one Worker (its ``ctx``): depth, subrequest budget, lifecycle methods."""
 
@@ -184,7 +206,11 @@ class Fetcher:
     """A service binding (``env.X``): ``fetch`` runs the bound Worker, other names are RPC."""
 
     def __init__(
-        self, target: WorkerHandle, binding: str, props: Mapping[str, Any] | None = None
+        self,
+        target: WorkerHandle,
+        binding: str,
+        props: Mapping[str, Any] | None = None,
+        limits: CallLimits | None = None,
     ) -> None: ...
     def fetch(
         self,

@@ -1,10 +1,11 @@
 # cython: language_level=3, embedsignature=True
 """Compiled core: pipeline and invocation contexts, the ledger, and binding dispatch.
 
-One extension module in four parts (included below, each one concern):
+One extension module in five parts (included below, each one concern):
 
 - ``_contexts.pxi``: Env, WorkerHandle, the pipeline and its ledger, invocations;
 - ``_metering.pxi``: CPU metering of a pipeline's steps, and the task factory;
+- ``_call_limits.pxi``: per-call limits, a budget for a callee and what it calls;
 - ``_binding.pxi``: ``env.X.fetch`` and RPC stubs, and the awaitable that runs a child;
 - ``_dispatch.pxi``: top-level requests (DispatchPlan, Entry, TopLevelCall).
 
@@ -15,7 +16,7 @@ docs/design.md describes the whole.
 
 cimport cython
 from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set
-from cpython.exc cimport PyErr_ExceptionMatches, PyErr_Fetch, PyErr_Restore
+from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches, PyErr_Fetch, PyErr_Restore
 from cpython.list cimport PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
@@ -46,6 +47,7 @@ from fastbind.errors import (
     MissingBindingError,
     SubrequestDepthError,
     TooManySubrequestsError,
+    WorkerCpuLimitError,
 )
 from fastbind.headers import Headers
 from fastbind.request import Request, forward_request
@@ -275,5 +277,6 @@ cdef object new_request(str method, str url, list items, object raw, object body
 
 include "_contexts.pxi"
 include "_metering.pxi"
+include "_call_limits.pxi"
 include "_binding.pxi"
 include "_dispatch.pxi"

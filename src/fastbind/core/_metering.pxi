@@ -16,6 +16,11 @@ cdef unsigned long long _interrupted_slice = 0
 cdef unsigned long _slice_thread = 0
 cdef clockid_t _slice_clock = CLOCK_THREAD_CPUTIME_ID
 cdef object _cpu_limit_exceeded = CpuLimitExceeded
+# Per-call limits (_call_limits.pxi): the scope of the code running in the open slice,
+# since when (the monotonic clock), and whether the watchdog's exception for it is pending.
+cdef LimitScope _running_scope = None
+cdef int64_t _segment_start = 0
+cdef bint _scope_interrupted = False
 
 
 cdef int _slice_open(PipelineContext pipeline) noexcept:
@@ -36,34 +41,44 @@ cdef int _slice_open(PipelineContext pipeline) noexcept:
 
 
 cdef void _slice_close(PipelineContext pipeline) noexcept:
-    global _slice_pipeline, _interrupted_slice
+    global _slice_pipeline, _interrupted_slice, _running_scope, _scope_interrupted
     pipeline.cpu_ns += fastbind_clock_ns(CLOCK_THREAD_CPUTIME_ID) - _slice_cpu_start
     if pipeline.cpu_limit_ns >= 0 and pipeline.cpu_ns > pipeline.cpu_limit_ns:
         pipeline.cpu_exceeded = True
-    if _interrupted_slice == _slice_id:
+    if _interrupted_slice == _slice_id or _scope_interrupted:
         # The watchdog asked to interrupt this slice; if the exception has not been
         # raised yet (the slice ended first), withdraw it so no other code gets it.
         PyThreadState_SetAsyncExc(_slice_thread, NULL)
         _interrupted_slice = 0
+        _scope_interrupted = False
     _slice_pipeline = None
+    _running_scope = None
 
 
 cdef inline int _meter_enter(ExecutionSlot slot, InvocationContext leaving, PipelineContext pipeline) noexcept:
+    global _segment_start
     cdef int opened = _slice_open(pipeline)
     cdef int64_t now = fastbind_monotonic_ns()
     if leaving is not None and not opened:
-        leaving.cpu_ns += now - slot.segment_start
-    slot.segment_start = now
+        _charge_cpu(leaving, now - slot.segment_start)
+    slot.segment_start = _segment_start = now
     return opened
 
 
 cdef inline void _meter_exit(ExecutionSlot slot, InvocationContext leaving, PipelineContext pipeline, int opened) noexcept:
+    global _segment_start
     cdef int64_t now = fastbind_monotonic_ns()
     if leaving is not None:
-        leaving.cpu_ns += now - slot.segment_start
-    slot.segment_start = now
+        _charge_cpu(leaving, now - slot.segment_start)
+    slot.segment_start = _segment_start = now
     if opened:
         _slice_close(pipeline)
+
+
+cdef inline void _charge_cpu(InvocationContext inv, int64_t ns) noexcept:
+    inv.cpu_ns += ns
+    if inv.scope is not None:
+        _scope_cpu(inv.scope, ns)
 
 
 def watchdog_tick():
@@ -73,17 +88,20 @@ def watchdog_tick():
     between two bytecodes, so the slice it reads is the one that will get the
     exception. Returns True when it interrupted.
     """
-    global _interrupted_slice
+    global _interrupted_slice, _scope_interrupted
     cdef PipelineContext pipeline = _slice_pipeline
-    if pipeline is None or pipeline.cpu_limit_ns < 0 or _interrupted_slice == _slice_id:
+    if pipeline is None or _interrupted_slice == _slice_id:
         return False
-    cdef int64_t used = pipeline.cpu_ns + fastbind_clock_ns(_slice_clock) - _slice_watch_start
-    if used <= pipeline.cpu_limit_ns:
-        return False
-    pipeline.cpu_exceeded = True
-    _interrupted_slice = _slice_id
-    PyThreadState_SetAsyncExc(_slice_thread, <PyObject*>_cpu_limit_exceeded)
-    return True
+    cdef int64_t used
+    if pipeline.cpu_limit_ns >= 0:
+        used = pipeline.cpu_ns + fastbind_clock_ns(_slice_clock) - _slice_watch_start
+        if used > pipeline.cpu_limit_ns:
+            pipeline.cpu_exceeded = True
+            _interrupted_slice = _slice_id
+            _scope_interrupted = False  # the pipeline's exception stops the scope's code too
+            PyThreadState_SetAsyncExc(_slice_thread, <PyObject*>_cpu_limit_exceeded)
+            return True
+    return _watch_scope(fastbind_monotonic_ns())
 
 
 @cython.final
@@ -111,17 +129,24 @@ cdef class SliceMeter:
     cdef object _step(self, object value, object exc):
         if self.slot is None:
             self.slot = _current_slot()
+        global _running_scope
         cdef ExecutionSlot slot = self.slot
         cdef PipelineContext pipeline = self.pipeline
         cdef int opened = _meter_enter(slot, None, pipeline)
-        if opened and pipeline.cpu_exceeded and exc is None:
+        cdef InvocationContext current = slot.current
+        if exc is None and (
+            opened and pipeline.cpu_exceeded
+            or current is not None and current.scope is not None and _scope_exceeded(current.scope)
+        ):
             exc = _cpu_limit_exceeded()
+        _running_scope = None if current is None else current.scope
         try:
             if exc is None:
                 return self.coro.send(value)
             return self.coro.throw(exc)
         finally:
             _meter_exit(slot, slot.current, pipeline, opened)
+            _leave_scope(None)
 
 
 @cython.final

@@ -1,6 +1,6 @@
 """Pure-Python twin of the compiled core (``fastbind.core._core``): the same names and
-the same behaviour, in three parts (``_twin_contexts``, ``_twin_bindings``,
-``_twin_dispatch``) that mirror the compiled core's. Runs on any Python 3.11+."""
+the same behaviour, in four parts (``_twin_contexts``, ``_twin_call_limits``,
+``_twin_bindings``, ``_twin_dispatch``) that mirror the compiled core's. Runs on any Python 3.11+."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ._twin_bindings import (
     make_task_factory,
     start_binding_call,
 )
+from ._twin_call_limits import CallLimits, LimitScope
 from ._twin_contexts import (
     BindingCall,
     ExecutionSlot,
@@ -35,6 +36,8 @@ from .env import Env
 __all__ = (
     "IMPLEMENTATION",
     "Env",
+    "CallLimits",
+    "LimitScope",
     "ExecutionSlot",
     "WorkerHandle",
     "PipelineContext",

@@ -15,6 +15,7 @@ from ..entrypoint import WorkerEntrypoint
 from ..errors import CpuLimitExceeded, FastbindError
 from ..request import Request
 from ..request import forward_request as _forward
+from ._twin_call_limits import CallLimits, scope_exceeded
 from ._twin_contexts import (
     SLOT,
     BindingCall,
@@ -22,11 +23,14 @@ from ._twin_contexts import (
     InvocationContext,
     PipelineContext,
     child_of,
+    enter_scope,
     hidden_field,
     invocation_state,
+    leave_scope,
     meter_enter,
     meter_exit,
     new_slot,
+    open_scope,
     pipeline_state,
     slot_current,
 )
@@ -146,8 +150,13 @@ class Fetcher:
 
     __slots__ = ("_state", "__dict__")
 
-    def __init__(self, target: WorkerHandle, binding: str, props: Any = None) -> None:
-        set_fetcher_state(self, (target, binding, props_of(props)))
+    def __init__(
+        self, target: WorkerHandle, binding: str, props: Any = None, limits: CallLimits | None = None
+    ) -> None:
+        if limits is not None and not isinstance(limits, CallLimits):
+            raise TypeError(f"limits must be a CallLimits or None, not {type(limits).__name__}")
+        # ``limits``: each call gets a budget of its own (_twin_call_limits).
+        set_fetcher_state(self, (target, binding, props_of(props), limits))
 
     def __getattr__(self, name: str) -> RpcMethod:
         if name.startswith("__") and name.endswith("__"):
@@ -165,7 +174,7 @@ class Fetcher:
     ) -> Any:
         """Run the bound Worker's fetch handler with a Request built as fetch() would,
         with the global fetch's options and defaults (binding_fetch.py)."""
-        target, binding, props = fetcher_state(self)
+        target, binding, props, limits = fetcher_state(self)
         if (method is not None or headers is not None or body is not None or timeout is not None
                 or cf is not None or redirect != "follow"):
             return fetch_with_options(self, binding, input, method, headers, body, redirect,
@@ -173,12 +182,16 @@ class Fetcher:
         caller = _caller(f"env.{binding}.fetch()")
         request = _forward(input) if type(input) is Request else Request(input)
         inv = child_of(caller, target, "binding", props)
+        if limits is not None:
+            open_scope(inv, limits)
         call = BindingCall(inv, request, True)
         call._redirect = (self, input, FOLLOW, start_binding_call)
         return call
 
     def __repr__(self) -> str:
-        target, binding, _ = fetcher_state(self)
+        target, binding, _, limits = fetcher_state(self)
+        if limits is not None:
+            return f"<Fetcher {binding} -> {target.name} {limits!r}>"
         return f"<Fetcher {binding} -> {target.name}>"
 
 
@@ -204,7 +217,7 @@ class RpcMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> BindingCall:
         if self._error is not None:
             raise TypeError(self._error)
-        target, binding, props = fetcher_state(self._fetcher)
+        target, binding, props, limits = fetcher_state(self._fetcher)
         caller = _caller(f"env.{binding}.{self._name}()")
         if invocation_state(caller).handle.python_workers:
             for value in (*args, *kwargs.values()):
@@ -216,6 +229,8 @@ class RpcMethod:
         if kwargs:
             kwargs = {k: isolate(v) for k, v in kwargs.items()}
         inv = child_of(caller, target, "rpc", props)
+        if limits is not None:
+            open_scope(inv, limits)
         return BindingCall(inv, None, False, self._name, args, kwargs)
 
     def __repr__(self) -> str:
@@ -225,9 +240,12 @@ class RpcMethod:
 def start_binding_call(fetcher: Fetcher, request: Request, mode: int, origin: Any) -> BindingCall:
     """A binding call of ``fetcher`` with ``request`` as it is (binding_fetch.py's
     ``start_call``): redirects followed (mode 1), refused (2) or returned (0)."""
-    target, binding, props = fetcher_state(fetcher)
+    target, binding, props, limits = fetcher_state(fetcher)
     caller = _caller(f"env.{binding}.fetch()")
-    call = BindingCall(child_of(caller, target, "binding", props), request, True)
+    inv = child_of(caller, target, "binding", props)
+    if limits is not None:  # each hop a call of its own, with its own budget
+        open_scope(inv, limits)
+    call = BindingCall(inv, request, True)
     if mode:
         call._redirect = (fetcher, origin, mode, start_binding_call)
     return call
@@ -289,14 +307,20 @@ class SliceMeter:
         slot = self._slot
         pipeline = self._pipeline
         opened = meter_enter(slot, None, pipeline)  # type: ignore[arg-type]
-        if opened and pipeline_state(pipeline).cpu_exceeded and exc is None:
+        current = slot_current(slot)
+        scope = None if current is None else invocation_state(current).scope
+        if exc is None and (
+            (opened and pipeline_state(pipeline).cpu_exceeded) or scope_exceeded(scope)
+        ):
             exc = CpuLimitExceeded()
+        enter_scope(scope)
         try:
             if exc is None:
                 return self._coro.send(value)
             return self._coro.throw(exc)
         finally:
             meter_exit(slot, slot_current(slot), pipeline, opened)  # type: ignore[arg-type]
+            leave_scope(None)
 
 
 class TaskFactory:

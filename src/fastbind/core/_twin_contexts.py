@@ -23,9 +23,20 @@ from ..errors import (
     FastbindError,
     SubrequestDepthError,
     TooManySubrequestsError,
+    WorkerCpuLimitError,
 )
 from ..redirects import REDIRECT_STATUSES
 from ..response import Response
+from ._twin_call_limits import (
+    EXCEEDED_CPU,
+    CallLimits,
+    LimitScope,
+    charge_scope,
+    close_scope,
+    scope_cpu,
+    scope_exceeded,
+    scope_past,
+)
 from .binding_fetch import redirect_follower
 from .python_workers_values import check_python_workers_value
 from .rpc_values import isolate
@@ -132,6 +143,11 @@ class _SliceState:
     interrupted = 0
     thread = 0
     clock = time.CLOCK_THREAD_CPUTIME_ID
+    # Per-call limits (_twin_call_limits): the scope of the code running in the open
+    # slice, since when, and whether the watchdog's exception for it is pending.
+    running_scope: LimitScope | None = None
+    segment_start = 0
+    scope_interrupted = False
 
 
 _slice = _SliceState()
@@ -177,45 +193,78 @@ def slice_close(pipeline: Any) -> None:
     state.cpu_ns += time.thread_time_ns() - _slice.cpu_start
     if state.cpu_limit_ns >= 0 and state.cpu_ns > state.cpu_limit_ns:
         state.cpu_exceeded = True
-    if _slice.interrupted == _slice.slice_id:
+    if _slice.interrupted == _slice.slice_id or _slice.scope_interrupted:
         # The slice ended before the watchdog's exception was raised: withdraw it.
         _async_exc(_slice.thread, None)
         _slice.interrupted = 0
+        _slice.scope_interrupted = False
     _slice.pipeline = None
+    _slice.running_scope = None
 
 
 def meter_enter(slot: ExecutionSlot, leaving: Any, pipeline: Any) -> bool:
     opened = slice_open(pipeline)
     now = _now()
     if leaving is not None and not opened:
-        leaving_state = invocation_state(leaving)
-        leaving_state.cpu_ns += now - slot_segment_start(slot)
+        charge_cpu(invocation_state(leaving), now - slot_segment_start(slot))
     set_slot_segment_start(slot, now)
+    _slice.segment_start = now
     return opened
 
 
 def meter_exit(slot: ExecutionSlot, leaving: Any, pipeline: Any, opened: bool) -> None:
     now = _now()
     if leaving is not None:
-        invocation_state(leaving).cpu_ns += now - slot_segment_start(slot)
+        charge_cpu(invocation_state(leaving), now - slot_segment_start(slot))
     set_slot_segment_start(slot, now)
+    _slice.segment_start = now
     if opened:
         slice_close(pipeline)
+
+
+def charge_cpu(state: Any, ns: int) -> None:
+    state.cpu_ns += ns
+    if state.scope is not None:
+        scope_cpu(state.scope, ns)
+
+
+def enter_scope(scope: LimitScope | None) -> None:
+    """A metered step runs code of ``scope`` (None: outside any) from now on."""
+    _slice.running_scope = scope
+
+
+def leave_scope(now_running: Any) -> None:
+    """A metered step hands the thread back to ``now_running``'s code: if the watchdog's
+    exception for the scope left has not been raised yet, withdraw it (the scope is
+    marked exceeded: its code is stopped at its next step)."""
+    _slice.running_scope = None if now_running is None else invocation_state(now_running).scope
+    if _slice.scope_interrupted:
+        _async_exc(_slice.thread, None)
+        _slice.scope_interrupted = False
 
 
 def watchdog_tick() -> bool:
     """Interrupt the running slice if its pipeline is past ``cpu_ms`` (see _metering.pxi)."""
     pipeline = _slice.pipeline
-    if pipeline is None:
+    if pipeline is None or _slice.interrupted == _slice.slice_id:
         return False
     state = pipeline_state(pipeline)
-    if state.cpu_limit_ns < 0 or _slice.interrupted == _slice.slice_id:
+    if state.cpu_limit_ns >= 0:
+        used = state.cpu_ns + time.clock_gettime_ns(_slice.clock) - _slice.watch_start
+        if used > state.cpu_limit_ns:
+            state.cpu_exceeded = True
+            _slice.interrupted = _slice.slice_id
+            _slice.scope_interrupted = False  # the pipeline's exception stops the scope's code too
+            _async_exc(_slice.thread, CpuLimitExceeded)
+            return True
+    # The scope whose code runs now (per-call limits).
+    if _slice.running_scope is None or _slice.scope_interrupted:
         return False
-    used = state.cpu_ns + time.clock_gettime_ns(_slice.clock) - _slice.watch_start
-    if used <= state.cpu_limit_ns:
+    past = scope_past(_slice.running_scope, _now() - _slice.segment_start)
+    if past is None:
         return False
-    state.cpu_exceeded = True
-    _slice.interrupted = _slice.slice_id
+    past.cpu_exceeded = True
+    _slice.scope_interrupted = True
     _async_exc(_slice.thread, CpuLimitExceeded)
     return True
 
@@ -466,6 +515,8 @@ def charge(state: Any) -> None:
     """One more subrequest of the invocation whose state is ``state``, or TooManySubrequestsError."""
     if state.subrequests >= pipeline_state(state.pipeline).max_subrequests:
         raise TooManySubrequestsError()
+    if state.scope is not None:  # a call with per-call limits is above (_twin_call_limits)
+        charge_scope(state.scope)
     state.subrequests += 1
 
 
@@ -478,7 +529,7 @@ class InvocationState:
 
     __slots__ = (
         "pipeline", "parent", "handle", "depth", "props", "subrequests", "pass_through",
-        "record", "cpu_ns",
+        "record", "cpu_ns", "scope", "owns_scope",
     )
     pipeline: PipelineContext
     parent: Any
@@ -489,6 +540,8 @@ class InvocationState:
     pass_through: bool
     record: SubrequestRecord
     cpu_ns: int
+    scope: LimitScope | None  # None unless a call with CallLimits is above (or is) this one
+    owns_scope: bool  # this invocation's call opened ``scope``
 
 
 class InvocationContext:
@@ -579,6 +632,8 @@ def new_invocation(
     state.pass_through = False
     state.record = record
     state.cpu_ns = 0
+    state.scope = None
+    state.owns_scope = False
     inv = object.__new__(InvocationContext)
     set_invocation_state(inv, state)
     return inv
@@ -596,7 +651,27 @@ def child_of(caller: InvocationContext, handle: Any, kind: str, props: Any) -> I
         state.handle.name, handle.name, kind, state.depth + 1, len(pstate.ledger), state.record.index,
     )
     pstate.ledger.append(record)
-    return new_invocation(pipeline, caller, handle, state.depth + 1, props, record)
+    child = new_invocation(pipeline, caller, handle, state.depth + 1, props, record)
+    if state.scope is not None:
+        invocation_state(child).scope = state.scope
+    return child
+
+
+def open_scope(inv: InvocationContext, limits: CallLimits) -> None:
+    """Give ``inv`` (just made by a call with ``limits``) a scope of its own."""
+    state = invocation_state(inv)
+    scope = LimitScope(state.scope, limits)  # inside the caller's, if it runs in one
+    state.scope = scope
+    state.owns_scope = True
+    if scope.cpu_limit_ns >= 0:
+        pipeline_state(state.pipeline).cpu_enabled = True  # counted at metered steps
+        if limits._watch is not None:
+            try:
+                limits._watch()
+            except BaseException:
+                finish_invocation(inv, "error")
+                raise
+            scope.unwatch = limits._unwatch
 
 
 def _depth_error(caller: InvocationContext, target: Any, limit: int) -> SubrequestDepthError:
@@ -616,6 +691,8 @@ def finish_invocation(inv: InvocationContext, outcome: str, status: int | None =
     state = invocation_state(inv)
     cpu = state.cpu_ns if pipeline_state(state.pipeline).cpu_enabled else -1
     state.record.close(outcome, cpu, status)
+    if state.owns_scope:
+        close_scope(state.scope)
 
 
 # --- the awaitable that runs an invocation --------------------------------------------
@@ -722,22 +799,34 @@ class BindingCall:
             send, throw = coro.send, coro.throw
             value: Any = None
             error: BaseException | None = None
-            metered = pstate.cpu_enabled
+            metered = False
             while coro is not _DONE:
                 previous = slot_current(slot)
+                # Read at each step: a call with a CPU limit turns metering on (open_scope).
+                metered = pstate.cpu_enabled
                 if metered:
                     opened = meter_enter(slot, previous, pipeline)
-                    if opened and pstate.cpu_exceeded and error is None:
-                        error = CpuLimitExceeded()  # stop the pipeline at its next step
+                    if error is None and (
+                        (opened and pstate.cpu_exceeded)
+                        or (state.scope is not None and scope_exceeded(state.scope))
+                    ):
+                        error = CpuLimitExceeded()  # stop the pipeline (or the scope) at its next step
+                    enter_scope(state.scope)
                 set_slot_current(slot, inv)
                 try:
                     future = send(value) if error is None else throw(error)
                 except StopIteration as stop:
                     result = stop.value
                     break
+                except BaseException as exc:
+                    if metered and self._over_budget(state, exc):
+                        outcome = EXCEEDED_CPU
+                        raise WorkerCpuLimitError() from None
+                    raise
                 finally:
                     if metered:
                         meter_exit(slot, inv, pipeline, opened)
+                        leave_scope(previous)
                     set_slot_current(slot, previous)
                 try:
                     value, error = (yield future), None
@@ -746,6 +835,9 @@ class BindingCall:
                     raise
                 except BaseException as exc:  # thrown in by the task: pass it down
                     value, error = None, exc
+            if metered and self._over_budget(state, None):
+                outcome = EXCEEDED_CPU
+                raise WorkerCpuLimitError()
             if self._borrowed:
                 pass
             elif self._http:
@@ -781,6 +873,15 @@ class BindingCall:
             if follower is not None:
                 return (yield from follower.__await__())
         return result
+
+    @staticmethod
+    def _over_budget(state: Any, error: BaseException | None) -> bool:
+        """Whether the child opened a scope that went past its ``cpu_ms``: whatever it
+        answered or raised (a cancellation aside), its caller gets WorkerCpuLimitError."""
+        return bool(
+            state.owns_scope and state.scope.cpu_exceeded
+            and not isinstance(error, asyncio.CancelledError)
+        )
 
     def _call_method(self, inv: InvocationContext, handle: Any) -> Any:
         """Run RPC method ``_method`` on a new instance; its awaitable, or None if sync."""

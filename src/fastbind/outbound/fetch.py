@@ -67,7 +67,9 @@ async def fetch(
     of the calling invocation (``TooManySubrequestsError`` past the budget) and wait
     at the pipeline's connection gate: at most ``Limits.open_connections`` fetches
     of one pipeline wait for response headers at once, the others queue in order.
-    Outside any Worker, fetch is a plain HTTP client on a connection of its own.
+    Outside any Worker, fetch is a plain HTTP client on a connection of its own. An
+    extension may serve a Worker's fetch() instead of the network (a dispatch namespace's
+    outbound Worker receives its Workers' requests, ``Extension.fetch_interceptor``).
 
     ``redirect``: "follow" (at most 20, then ``TypeError("Too many redirects.")``),
     "manual" (return the 3xx Response) or "error" (raise RedirectError, a FetchError
@@ -84,6 +86,11 @@ async def fetch(
     check_cf(cf)
     invocation = current_invocation()
     runtime = None if invocation is None else invocation.pipeline.owner
+    if runtime is not None:
+        # An extension may serve this Worker's fetch() (a dispatch namespace's outbound Worker).
+        intercept = runtime.fetch_interceptor(invocation)
+        if intercept is not None:
+            return await intercept(Request(input, method=method, headers=headers, body=body, cf=cf))  # type: ignore[no-any-return]
     if type(input) is str and method is None and headers is None and body is None:
         # The common ``fetch(url)``: there is no Request to build or copy.
         return await send(runtime, invocation, input, "GET", [], None, redirect, timeout)

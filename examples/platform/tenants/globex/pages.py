@@ -1,0 +1,2 @@
+def page(url: str) -> str:
+    return f"Globex serves {url}\n"
