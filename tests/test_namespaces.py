@@ -394,3 +394,30 @@ def test_declaration_errors(tenants: Path) -> None:
         rt2.namespace("nope")
     with pytest.raises(ConfigError, match='defines "D" both as a dispatch namespace and as a binding or var'):
         rt2.add_worker("x", gateway, vars={"D": 1}, dispatch_namespaces={"D": "customers"})
+
+
+def test_metrics_count_subrequests_and_limits_per_tenant(core: Any, run: Any, tenants: Path) -> None:
+    metrics = pytest.importorskip("fastbind.metrics")
+    pytest.importorskip("prometheus_client")
+    rt = make_runtime(tenants)
+    counting = metrics.Metrics()
+    counting.observe(rt)
+
+    async def main() -> list[Any]:
+        return [
+            await call(rt, "acme"), await call(rt, "acme"), await call(rt, "busy", x_do="subrequests"),
+            await call(rt, "busy", x_do="spin", x_limits="30,"),
+        ]
+
+    answers = run(main())
+    assert [status for status, _ in answers] == [200, 200, 200, 503]
+    text = counting.text().decode()
+    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith(("fastbind_subrequests_total", "fastbind_limit_exceeded_total"))}
+    call_acme = 'caller="gateway",kind="binding",outcome="ok",target="customers/acme",tenant="customers/acme"'
+    leaf = 'caller="customers/busy",kind="binding",outcome="ok",target="leaf",tenant="customers/busy"'
+    spin = 'caller="gateway",kind="binding",outcome="exceeded_cpu",target="customers/busy",tenant="customers/busy"'
+    assert lines[f"fastbind_subrequests_total{{{call_acme}}}"] == 2.0
+    assert lines[f"fastbind_subrequests_total{{{leaf}}}"] == 10.0
+    assert lines[f"fastbind_subrequests_total{{{spin}}}"] == 1.0
+    assert lines['fastbind_limit_exceeded_total{limit="cpu_ms"}'] == 1.0

@@ -262,9 +262,9 @@ def test_metrics_after_known_traffic(serve, workers: str) -> None:
         'fastbind_requests_total{status="500",worker="gateway"}': 1.0,
         'fastbind_requests_total{status="413",worker="gateway"}': 1.0,
         'fastbind_request_duration_seconds_count{worker="gateway"}': 7.0,
-        'fastbind_subrequests_total{caller="gateway",kind="binding",outcome="ok",target="leaf"}': 2.0,
+        'fastbind_subrequests_total{caller="gateway",kind="binding",outcome="ok",target="leaf",tenant=""}': 2.0,
         # /loop: gateway calls itself until depth 32; the 31 calls made all end in the error.
-        'fastbind_subrequests_total{caller="gateway",kind="binding",outcome="error",target="gateway"}': 31.0,
+        'fastbind_subrequests_total{caller="gateway",kind="binding",outcome="error",target="gateway",tenant=""}': 31.0,
         'fastbind_limit_exceeded_total{limit="depth"}': 1.0,
         'fastbind_limit_exceeded_total{limit="max_body"}': 1.0,
         "fastbind_open_pipelines": 0.0,

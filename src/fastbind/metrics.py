@@ -10,12 +10,14 @@ answers a scrape with the sum over all.
 |---|---|---|
 | ``fastbind_requests_total`` | worker, status | every request, as its access-log line (499: the client went away) |
 | ``fastbind_request_duration_seconds`` | worker | histogram, from the request head to the end of the answer |
-| ``fastbind_subrequests_total`` | caller, target, kind, outcome | every ledger entry of ended pipelines |
-| ``fastbind_limit_exceeded_total`` | limit | pipelines ended by a limit, requests the server refused for one |
+| ``fastbind_subrequests_total`` | caller, target, kind, outcome, tenant | every ledger entry of ended pipelines |
+| ``fastbind_limit_exceeded_total`` | limit | pipelines ended by a limit, calls stopped by their own (``get(name, limits=...)``), requests the server refused for one |
 | ``fastbind_open_pipelines`` | | pipelines opened and not yet ended |
 
 A fetch's ``target`` is counted by its origin (``https://host:port``), not its whole
-URL: a label takes one value per series, and URLs are without bound.
+URL: a label takes one value per series, and URLs are without bound. ``tenant`` is the
+tenant Worker of a dispatch namespace (``"customers/acme"``) that made the subrequest or
+that it called, "" when none did: a platform's accounting per customer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from time import perf_counter
+from collections.abc import Callable
 from typing import Any
 
 from yarl import URL
@@ -30,6 +33,7 @@ from yarl import URL
 from .errors import CpuLimitExceeded, SubrequestDepthError, TooManySubrequestsError
 from .http.exchange import Exchange
 from .http.server import Server
+from .namespaces.extension import DispatchNamespaces
 from .policy import PipelineObserver, PipelineReport
 from .request import Request
 from .response import Response
@@ -41,6 +45,7 @@ MISSING = "fastbind's metrics need prometheus_client: pip install 'fastbind[metr
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The requests the server refuses for one of its limits, by the limit's option name.
 _HTTP_LIMITS = {408: "read_timeout", 413: "max_body", 429: "pipelined_requests", 431: "max_header_size"}
+EXCEEDED_CPU = "exceeded_cpu"  # the ledger outcome of a call past its own CPU limit
 _PIPELINE_LIMITS = ((SubrequestDepthError, "depth"), (TooManySubrequestsError, "subrequests"),
                     (CpuLimitExceeded, "cpu_ms"))
 
@@ -84,6 +89,7 @@ class Metrics(PipelineObserver):
         except ImportError:
             raise ImportError(MISSING) from None
         self._prom = prom
+        self._tenant_of: Callable[[str], str] = _no_tenant  # until observe() names the Runtime
         self.multiprocess = MULTIPROCESS_ENV in os.environ
         registry = prom.CollectorRegistry(auto_describe=True)
         if self.multiprocess:
@@ -102,7 +108,7 @@ class Metrics(PipelineObserver):
         )
         self.subrequests = prom.Counter(
             "fastbind_subrequests", "Subrequests of ended pipelines (bindings, RPC, fetches, Durable Objects).",
-            ("caller", "target", "kind", "outcome"), registry=registry,
+            ("caller", "target", "kind", "outcome", "tenant"), registry=registry,
         )
         self.limits = prom.Counter(
             "fastbind_limit_exceeded", "Pipelines ended by a limit, and requests the server refused for one.",
@@ -117,17 +123,22 @@ class Metrics(PipelineObserver):
 
     def observe(self, runtime: Runtime) -> None:
         runtime.add_observer(self)
+        self._tenant_of = runtime.extension(DispatchNamespaces).tenant_of
 
     def opened(self, pipeline: Any, request: Any) -> None:
         self.open.inc()
 
     def ended(self, report: PipelineReport, state: Any) -> None:
         self.open.dec()
+        tenant_of = self._tenant_of
         for record in report.subrequests:
             target = record.target
             if record.kind == "fetch":
                 target = _origin(target)
-            self.subrequests.labels(record.caller, target, record.kind, record.outcome or "running").inc()
+            tenant = tenant_of(record.caller) or tenant_of(target)
+            self.subrequests.labels(record.caller, target, record.kind, record.outcome or "running", tenant).inc()
+            if record.outcome == EXCEEDED_CPU:  # a call stopped by its own cpu_ms
+                self.limits.labels("cpu_ms").inc()
         error = report.error
         if error is not None:
             for kind, limit in _PIPELINE_LIMITS:
@@ -172,6 +183,10 @@ class Metrics(PipelineObserver):
         runtime = Runtime()
         runtime.add_worker("metrics", metrics)
         return Server(runtime, "metrics")
+
+
+def _no_tenant(worker: str) -> str:
+    return ""
 
 
 def mark_process_dead(pid: int) -> None:

@@ -53,6 +53,14 @@ class DispatchNamespaces(Extension):
     def find_namespace(self, name: str) -> DispatchNamespace | None:
         return self._namespaces.get(name)
 
+    def tenant_of(self, worker: str) -> str:
+        """The tenant a ledger's Worker name stands for (``"namespace/name"``), or "" when
+        it is not a tenant of these namespaces (a Worker of the Runtime is never one)."""
+        namespace, slash, _ = worker.partition("/")
+        if slash and namespace in self._namespaces and worker not in self.runtime.workers:
+            return worker
+        return ""
+
     # -- Workers that dispatch ------------------------------------------------------------
 
     def worker_added(self, spec: WorkerSpec) -> None:
