@@ -7,7 +7,9 @@ The server runs bench/soak_app/fastbind.toml: a gateway over a child that, on re
 answers, raises, hangs until the client disconnects, stalls until fastbind's hang
 detector answers, gets cancelled by the gateway's deadline, recurses past the depth
 limit, spends past its subrequest budget, leaves tasks running, overruns wait_until,
-or streams a body that the client drops half way. The soak reports what it sent, the
+or streams a body that the client drops half way; and clients that ask for a 16 MB
+answer and never read it (the server must reset them at --write-timeout) or
+half-close after their request (they must still get their answer). The soak reports what it sent, the
 faults it injected, the errors it saw by kind (in answers and in the server's log),
 the server's live counters once traffic stops, and its resident memory after warm-up
 and at the end. It exits 1 when an answer was not the one its fault calls for, when
@@ -23,6 +25,7 @@ import json
 import random
 import re
 import select
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +45,8 @@ HANG_MESSAGE_START = "The Workers runtime canceled this request"
 STREAM_BYTES = 200 * 1024
 CLIENT_GIVES_UP_S = 0.2  # on a Worker that hangs: well past what an answer takes
 STALL_WAIT_S = 10.0  # the hang detector answers within about two of its 1 s looks
+WRITE_TIMEOUT_S = 1.0
+BIG_BYTES = 16 * 1024 * 1024  # soak_app's /big
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -54,7 +59,8 @@ class SoakServer:
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastbind", "serve", str(APP), "--port", "0",
-             "--read-timeout", "5", "--keep-alive-timeout", "5", "--shutdown-timeout", "5"],
+             "--read-timeout", "5", "--keep-alive-timeout", "5", "--shutdown-timeout", "5",
+             "--write-timeout", str(WRITE_TIMEOUT_S)],
             stdout=subprocess.PIPE, stderr=log.open("wb"), text=True,
         )
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
@@ -171,6 +177,53 @@ async def send_stream(session: Session, base: str, rng: random.Random) -> tuple[
         return "client disconnected mid-stream", response.status == 200
 
 
+async def raw_connection(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # no growing window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    return await asyncio.open_connection(sock=sock)
+
+
+async def read_to_end(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """What arrives until the server closes; and whether it reset the connection."""
+    chunks = []
+    try:
+        while chunk := await reader.read(1 << 20):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        return b"".join(chunks), True
+    return b"".join(chunks), False
+
+
+async def send_never_read(session: Session, base: str, rng: random.Random) -> tuple[str, bool]:
+    reader, writer = await raw_connection(base)
+    try:
+        writer.write(b"GET /big HTTP/1.1\r\nHost: soak\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(WRITE_TIMEOUT_S + 2.0)  # reads nothing meanwhile
+        async with asyncio.timeout(10):
+            data, reset = await read_to_end(reader)
+    finally:
+        writer.close()
+    cut = reset and len(data) < BIG_BYTES
+    return ("slow reader reset" if cut else f"slow reader got {len(data)} bytes"), cut
+
+
+async def send_half_close(session: Session, base: str, rng: random.Random) -> tuple[str, bool]:
+    reader, writer = await raw_connection(base)
+    try:
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: soak\r\n\r\n")
+        writer.write_eof()  # sends nothing more, still reads
+        async with asyncio.timeout(10):
+            data, reset = await read_to_end(reader)
+    finally:
+        writer.close()
+    answered = data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nok") and not reset
+    return ("half-close answered" if answered else f"half-close got {data[:40]!r}"), answered
+
+
 KINDS = [
     Kind("ok", 30, None, send_ok),
     Kind("upload", 10, None, send_upload),
@@ -183,6 +236,8 @@ KINDS = [
     Kind("spawn", 6, "tasks left running", expect("/spawn", 200, "")),
     Kind("wait", 6, "wait_until overrun", expect("/wait", 200, "")),
     Kind("stream", 9, None, send_stream),
+    Kind("slow-reader", 1, "client never reads its answer", send_never_read),
+    Kind("half-close", 4, "client half-closes after its request", send_half_close),
 ]
 
 

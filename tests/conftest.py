@@ -42,3 +42,13 @@ def run() -> Callable[[Coroutine[Any, Any, Any]], Any]:
         return uvloop.run(asyncio.wait_for(coro, 30))
 
     return runner
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests run only when asked for (``-m soak``)."""
+    if "soak" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="a soak test: run with -m soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

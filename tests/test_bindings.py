@@ -166,6 +166,69 @@ def test_headers_are_copied_shallowly(core, run) -> None:
 
     assert run(main()) == {"added": None, "keep": "1"}
 
+def test_a_returned_response_is_the_callers_own(core, run) -> None:
+    # The child keeps its Response and changes it after returning: the caller's is a
+    # copy (headers copied on write), with the same body object; the child's is used.
+    kept: dict[str, Any] = {}
+
+    async def stream() -> Any:
+        yield b"streamed"
+
+    async def child(request, env, ctx):
+        body = stream()
+        response = kept["response"] = Response(body, status=201, headers={"x-child": "1"})
+        kept["body"] = body
+
+        async def later() -> None:
+            await asyncio.sleep(0)
+            response.headers.set("x-child", "changed")
+            response.headers.set("x-late", "1")
+            response.status = 500
+
+        ctx.wait_until(later())
+        return response
+
+    async def parent(request, env, ctx):
+        response = await env.C.fetch(request)
+        response.headers.set("x-parent", "1")  # nor does the parent's change reach the child
+        await asyncio.sleep(0.01)  # the child's wait_until work has run
+        child_response = kept["response"]
+        return Response.json({
+            "distinct": response is not child_response,
+            "same body": response.body is kept["body"],
+            "child's used": child_response.body_used,
+            "status": response.status,
+            "headers": dict(response.headers.items()),
+            "child's headers": dict(child_response.headers.items()),
+            "text": await response.text(),
+        })
+
+    status, seen = parent_and_child(run, parent, child)
+    assert status == 200
+    assert seen == {
+        "distinct": True, "same body": True, "child's used": True, "status": 201,
+        "headers": {"x-child": "1", "x-parent": "1"},
+        "child's headers": {"x-child": "changed", "x-late": "1"},
+        "text": "streamed",
+    }
+
+
+def test_a_returned_response_subclass_keeps_its_class(core, run) -> None:
+    class Tagged(Response):
+        pass
+
+    async def child(request, env, ctx):
+        response = Tagged("ok")
+        response.tag = "t"  # type: ignore[attr-defined]
+        return response
+
+    async def parent(request, env, ctx):
+        response = await env.C.fetch(request)
+        return Response.json([type(response).__name__, response.tag, await response.text()])
+
+    assert parent_and_child(run, parent, child) == (200, ["Tagged", "t", "ok"])
+
+
 def test_forwarded_request_headers_assigned_a_dict_or_pairs(core, run) -> None:
     # request.headers is a plain field: a Worker may assign a dict or pairs to it. The
     # child still gets a Headers (made as Headers(...) makes it) on both cores, and a

@@ -94,9 +94,9 @@ def test_the_watchdog_is_let_go_when_limited_calls_end(core: Any, run: Any) -> N
         return Response(str(await fetcher.spend(2)))
 
     rt.add_worker("top", top)
-    before = watchdog.open_pipelines
+    before = watchdog.open_calls
     assert run(run_text(rt.dispatch("top", Request("https://e/")))) == "2"
-    assert watchdog.open_pipelines == before
+    assert watchdog.open_calls == before
 
 
 async def run_text(awaitable: Any) -> str:

@@ -100,6 +100,41 @@ def test_over_budget_pipeline_stops_while_another_completes(core, run, caplog) -
     assert any("Worker exceeded CPU time limit." in r.getMessage() for r in caplog.records)
 
 
+def test_the_default_limit_meters_a_pipeline_once_the_watchdog_sees_it(core, run) -> None:
+    # Every pipeline has the default 30 s limit; none is metered from its start (no clock
+    # is read per step). A step the watchdog finds running is metered from that tick on.
+    seen: dict[str, Any] = {}
+
+    async def long(request, env, ctx):
+        burn(300)  # several of the watchdog's ticks (100 ms at a 30 s limit)
+        await asyncio.sleep(0)
+        pipeline = ctx.pipeline
+        seen.update(limit=pipeline.cpu_limit_ns, metered=pipeline.cpu_enabled, cpu=pipeline.cpu_ns)
+        return Response(None)
+
+    assert Limits().cpu_ms == 30_000
+    rt = Runtime()
+    rt.add_worker("long", long)
+    assert run(rt.dispatch("long", Request("https://e/"))).status == 200
+    assert seen["limit"] == 30_000 * 1_000_000
+    assert seen["metered"] is True
+    assert 100e6 <= seen["cpu"] <= 400e6
+
+
+def test_cpu_ms_0_or_none_means_no_limit(core, run) -> None:
+    seen: list[int] = []
+
+    async def worker(request, env, ctx):
+        seen.append(ctx.pipeline.cpu_limit_ns)
+        return Response(None)
+
+    for cpu_ms in (0, None):
+        rt = Runtime(limits=Limits(cpu_ms=cpu_ms))
+        rt.add_worker("w", worker)
+        run(rt.dispatch("w", Request("https://e/")))
+    assert seen == [-1, -1]
+
+
 def test_tasks_spawned_by_the_pipeline_are_charged(core, run) -> None:
     reports: list[Any] = []
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import stat
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,15 +45,22 @@ class Harness:
         self, objects: dict[str, type], *, services: Any = None, vars: Any = None, **options: Any
     ) -> None:
         self.jobs: dict[str, Job] = {}
-        self.built: list[str] = []  # str(state.id) of every object built, in order
         self.reports: list[Any] = []
+        self.env: Any = None
         self.rt = Runtime(on_pipeline_end=self.reports.append, **options)
         self.rt.add_worker(
             "gw", self._handler, durable_objects=objects, services=services,
-            vars={"BUILT": self.built, **(vars or {})},
+            vars={"BUILT": [], **(vars or {})},
         )
 
+    @property
+    def built(self) -> list[str]:
+        """str(state.id) of every object built, in order (the objects append to their
+        Worker's own copy of the var BUILT)."""
+        return [] if self.env is None else list(self.env["BUILT"])
+
     async def _handler(self, request: Request, env: Any, ctx: Any) -> Response:
+        self.env = env
         return Response.json(await self.jobs[request.url](env, ctx))
 
     async def inside(self, job: Job, worker: str = "gw") -> Any:
@@ -139,6 +148,27 @@ def test_state_survives_closing_and_reopening_the_runtime_with_a_directory(core,
     assert [p.name for p in tmp_path.glob("*.sqlite3")] == ["gw.Counter.sqlite3"]
     assert run(session(tmp_path, 2)) == [4, 5]
     assert run(session(None, 1)) == [1]  # no directory: memory, gone with the Runtime
+
+
+def test_storage_files_are_the_servers_users_alone(core, run, tmp_path) -> None:
+    directory = tmp_path / "state" / "objects"  # neither folder exists yet
+
+    async def session() -> int:
+        h = Harness({"COUNTERS": Counter}, durable_dir=directory)
+        try:
+            return await h.inside(bump("lobby"))  # type: ignore[no-any-return]
+        finally:
+            await h.rt.aclose()
+
+    old_mask = os.umask(0o022)  # the usual umask: files 0644, folders 0755 unless asked
+    try:
+        assert run(session()) == 1
+    finally:
+        os.umask(old_mask)
+    files = list(directory.iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), files
+    for folder in (tmp_path / "state", directory):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
 def test_ids_are_deterministic_per_name_and_tagged_with_their_namespace(core, run) -> None:

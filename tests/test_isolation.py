@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import dataclasses
 import gc
+import threading
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from fastbind import (
+    ConfigError,
     FastbindError,
     Headers,
     Limits,
@@ -68,6 +70,38 @@ def test_env_holds_only_the_workers_own_bindings_and_vars(core: Any, run: Run) -
         'Worker "gateway" has no binding or var named "VAULT".',
         'Worker "gateway" has no binding or var named "KEY".',
     ]
+
+
+def test_one_vars_dict_given_to_two_workers_is_not_shared(core: Any, run: Run) -> None:
+    shared = {"TAGS": ["a"], "LIMITS": {"n": 1}}
+
+    async def writer(request: Any, env: Any, ctx: Any) -> Response:
+        env.TAGS.append("written")
+        env.LIMITS["n"] = 99
+        return Response.json([env.TAGS, env.LIMITS])
+
+    async def reader(request: Any, env: Any, ctx: Any) -> Response:
+        return Response.json([env.TAGS, env.LIMITS])
+
+    rt = Runtime()
+    rt.add_worker("writer", writer, vars=shared)
+    rt.add_worker("reader", reader, vars=shared)
+
+    async def main() -> list[Any]:
+        written = await (await rt.dispatch("writer", Request("https://e/"))).json()
+        read = await (await rt.dispatch("reader", Request("https://e/"))).json()
+        return [written, read]
+
+    assert run(main()) == [[["a", "written"], {"n": 99}], [["a"], {"n": 1}]]
+    assert shared == {"TAGS": ["a"], "LIMITS": {"n": 1}}  # nor the caller's dict
+
+
+def test_a_var_that_cannot_be_copied_is_a_config_error(core: Any) -> None:
+    async def worker(request: Any, env: Any, ctx: Any) -> Response:
+        return Response(None)
+
+    with pytest.raises(ConfigError, match='Worker "w" var "LOCK" cannot be copied'):
+        Runtime().add_worker("w", worker, vars={"LOCK": threading.Lock()})
 
 
 def test_a_child_gets_its_own_env_not_its_callers(core: Any, run: Run) -> None:

@@ -440,8 +440,8 @@ def test_wait_until_s_is_a_finite_number_at_least_zero_or_value_error(value: Any
 
 @FAST
 @given(value=limit_value)
-def test_cpu_ms_is_none_or_a_finite_number_above_zero_or_value_error(value: Any) -> None:
-    if value is None or _finite_number(value) and value > 0:
+def test_cpu_ms_is_none_or_a_finite_number_from_zero_or_value_error(value: Any) -> None:
+    if value is None or _finite_number(value) and value >= 0:
         assert Limits(cpu_ms=value).cpu_ms == value
     else:
         with pytest.raises(ValueError, match="Limits.cpu_ms must be a number"):

@@ -12,6 +12,7 @@ from fastbind.runtime import current_runtime
 
 CANCEL_AFTER_S = 0.05
 STREAM_CHUNKS = 200
+BIG_BYTES = 16 * 1024 * 1024  # more than the kernel's socket buffers hold on loopback
 
 
 def path_of(url: str) -> str:
@@ -53,6 +54,8 @@ class Child(WorkerEntrypoint):
         path = path_of(request.url)
         if path == "/ok":
             return Response("ok")
+        if path == "/big":  # a large plain answer, for a client that never reads it
+            return Response(b"b" * BIG_BYTES)
         if path == "/upload":
             data = await request.bytes()
             return Response(hashlib.sha256(data).hexdigest())

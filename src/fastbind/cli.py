@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a client silent this long in the middle of a request gets 408 (default: 30)")
     serve.add_argument("--keep-alive-timeout", type=_seconds, default=_DEFAULTS.keep_alive_timeout,
                        metavar="SECONDS", help="idle keep-alive connections are closed after this (default: 5)")
+    serve.add_argument("--write-timeout", type=_seconds, default=_DEFAULTS.write_timeout, metavar="SECONDS",
+                       help="a client that takes none of its answer for this long is disconnected (default: 30)")
     serve.add_argument("--ws-max-message", type=_size, default=_WS.max_message, metavar="BYTES",
                        help="largest WebSocket message accepted (default: 1M); larger close the socket with 1009")
     serve.add_argument("--ws-ping-interval", type=_seconds_or_off, default=_WS.ping_interval, metavar="SECONDS",
@@ -176,6 +178,7 @@ def _serve(options: argparse.Namespace) -> int:
     limits = HTTPLimits(
         max_body=options.max_body, max_head=options.max_header_size,
         read_timeout=options.read_timeout, keep_alive_timeout=options.keep_alive_timeout,
+        write_timeout=options.write_timeout,
     )
     ws_limits = WebSocketLimits(
         max_message=options.ws_max_message, ping_interval=options.ws_ping_interval,

@@ -49,7 +49,7 @@ class PipelineReport:
     duration_ns: int
     subrequests: tuple[Any, ...]  # SubrequestRecord: caller, target, kind, depth, ...
     error: BaseException | None
-    cpu_ns: int | None = None  # the pipeline's CPU, when Limits.cpu_ms or measure_cpu is set
+    cpu_ns: int | None = None  # the pipeline's CPU, when measured (Limits.measure_cpu, or a call with a CPU limit ran)
 
 
 class PipelineObserver:
@@ -109,8 +109,11 @@ class DispatchPolicy:
         self.rescuer: Rescuer | None = None
         # Called by the core as they are (no method of this class in between).
         self.watch_hang = hangwatch.watch
-        self.watch_cpu = partial(watchdog.watch, core)
+        self.watch_cpu = partial(watchdog.watch, core)  # a call with a CPU limit (CallLimits)
         self.plan = core.DispatchPlan(self, runtime.limits)
+        # The CPU limit is the watchdog's, for as long as this Runtime lives: nothing per request.
+        cpu_ms = runtime.limits.cpu_ms
+        watchdog.guard(self, core, cpu_ms / 1000 if cpu_ms else None)
 
     def set_hook(self, hook: Callable[[PipelineReport], Any] | None) -> None:
         self.hook = hook
@@ -205,16 +208,14 @@ class DispatchPolicy:
         return response
 
     def report(self, pipeline: Any, status: int | None, error: BaseException | None) -> None:
-        """A pipeline has ended: release its CPU watch, give the hook its report."""
-        if pipeline.cpu_limit_ns >= 0:
-            watchdog.unwatch()
+        """A pipeline has ended: give the hook its report."""
         hook = self.hook
         observed = pipeline.observed
         if hook is None and not observed:
             return
         report = PipelineReport(
             pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
-            pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_enabled else None,
+            pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_measured else None,
         )
         for observer, state in observed or ():
             try:

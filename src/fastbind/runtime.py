@@ -9,6 +9,7 @@ has the whole picture.
 from __future__ import annotations
 
 import asyncio
+import copy
 import difflib
 import os
 import sys
@@ -185,11 +186,12 @@ class Runtime:
         """Register Worker ``name``: a WorkerEntrypoint subclass or ``async def (request, env, ctx)``.
 
         ``services`` maps binding names to a Worker name, ``fastbind.service(...)`` or
-        ``fastbind.remote(url)``; ``vars`` are plain values; ``entrypoints`` names extra
-        WorkerEntrypoint classes that bindings may pick (by default, those exported by
-        the module that defines ``handler``); ``durable_objects`` maps binding names
-        to Durable Object classes (see ``fastbind.durable``); ``dispatch_namespaces``
-        maps binding names to dispatch namespaces (see ``fastbind.namespaces``).
+        ``fastbind.remote(url)``; ``vars`` are plain values, of which each Worker gets its
+        own deep copy; ``entrypoints`` names extra WorkerEntrypoint classes that bindings
+        may pick (by default, those exported by the module that defines ``handler``);
+        ``durable_objects`` maps binding names to Durable Object classes (see
+        ``fastbind.durable``); ``dispatch_namespaces`` maps binding names to dispatch
+        namespaces (see ``fastbind.namespaces``).
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"A Worker name must be a non-empty str, not {name!r}.")
@@ -207,12 +209,13 @@ class Runtime:
             if not isinstance(binding, str) or not binding:
                 raise ConfigError(f'Worker "{name}" has a binding with an invalid name {binding!r}.')
             bindings[binding] = normalize_binding(name, binding, declaration)
-        values = dict(vars or {})
-        for key in values:
+        values = {}
+        for key, value in (vars or {}).items():
             if not isinstance(key, str) or not key:
                 raise ConfigError(f'Worker "{name}" has a var with an invalid name {key!r}.')
             if key in bindings:
                 raise ConfigError(f'Worker "{name}" defines "{key}" both as a binding and a var.')
+            values[key] = _own_copy(name, key, value)
         named = dict(entrypoints or {})
         for ep_name, ep in named.items():
             if not (isinstance(ep, type) and issubclass(ep, WorkerEntrypoint)):
@@ -410,6 +413,18 @@ def _entrypoint_names(spec: WorkerSpec) -> list[str]:
             if isinstance(value, type) and issubclass(value, WorkerEntrypoint) and value is not WorkerEntrypoint:
                 names.append(attribute)
     return names
+
+
+def _own_copy(worker: str, key: str, value: Any) -> Any:
+    """A var as one Worker holds it: a deep copy, so that a dict or list given to two
+    Workers (or kept by the caller) is not shared state between them."""
+    try:
+        return copy.deepcopy(value)
+    except Exception as exc:
+        raise ConfigError(
+            f'Worker "{worker}" var "{key}" cannot be copied ({exc}): vars are plain values '
+            "(str, numbers, lists, tables); reach shared objects through a binding."
+        ) from None
 
 
 def current_runtime() -> Runtime | None:

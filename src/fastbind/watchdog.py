@@ -1,68 +1,163 @@
-"""The CPU watchdog: a thread that stops pipelines stuck past ``Limits.cpu_ms``."""
+"""The CPU watchdog: a thread that stops pipelines past ``Limits.cpu_ms``, and a stuck loop at a shutdown's deadline."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
 import threading
 import time
+import weakref
+from functools import partial
 from typing import Any
 
 __all__ = ("CpuWatchdog", "watchdog")
 
+# Ticks: a twentieth of the smallest CPU limit registered, within these bounds. While
+# none is registered the thread only looks, this often, for a shutdown deadline.
+_TICK_MIN_S = 0.002
+_TICK_MAX_S = 0.1
+_IDLE_S = 0.5
+_STOPPING_TICK_S = 0.05
+
 
 class CpuWatchdog:
-    """Asks each core, every ``interval`` seconds, to interrupt an over-budget slice.
+    """Asks each core, at every tick, to look at the pipeline step running now.
 
-    A Worker that never yields (``while True: pass``) holds the GIL; this thread gets
-    it at the next switch interval, and the core's ``watchdog_tick`` raises
-    CpuLimitExceeded into the running slice (PyThreadState_SetAsyncExc). The thread
-    sleeps on an Event while no CPU-limited pipeline is open, so it costs nothing then.
+    A Runtime registers its core and CPU limit (``guard``), once: no call is made per
+    request. At each tick the core looks at the pipeline step running now (the compiled
+    core without the GIL, in ``watchdog_wait``): it meters a pipeline it finds running
+    from then on, and ``watchdog_tick`` interrupts one past its limit (CpuLimitExceeded
+    raised into it with PyThreadState_SetAsyncExc). A Worker that never yields
+    (``while True: pass``) holds the GIL; this thread gets it at the next switch
+    interval.
+
+    A call with a CPU limit of its own (a per-call scope: CallLimits) is ``watch``-ed
+    while it runs: ticks are then the shortest, and its core is looked at.
+
+    ``stopping`` arms a shutdown's deadlines, from a signal handler: at the first the
+    step still running gets CancelledError raised into it (the loop's thread may be
+    stuck in it, unable to run the shutdown), at the second the process exits.
     """
 
-    def __init__(self, interval: float = 0.002) -> None:
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._open = 0
-        self._cores: set[Any] = set()
-        self._wanted = threading.Event()
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # (weak reference callbacks may run while it is held)
+        self._guards: dict[int, tuple[Any, Any, float | None]] = {}  # id -> (ref, core, limit s)
+        self._calls: dict[int, Any] = {}  # id(core) -> core, of the calls with a CPU limit
+        self._open_calls = 0
+        self._cores: tuple[Any, ...] = ()
+        self._interval = _TICK_MAX_S
+        self._stop: tuple[float, float] | None = None  # (interrupt at, exit at), time.monotonic
         self._thread: threading.Thread | None = None
+        self._random = random.Random()
 
     @property
-    def open_pipelines(self) -> int:
-        return self._open
+    def interval(self) -> float:
+        """Seconds between ticks now."""
+        return self._interval
+
+    @property
+    def open_calls(self) -> int:
+        """Calls with a CPU limit of their own running now."""
+        return self._open_calls
+
+    def guard(self, owner: Any, core: Any, limit_s: float | None) -> None:
+        """Watch the pipelines of ``core`` while ``owner`` lives (``limit_s``: its CPU
+        limit, None for none: its steps can still be interrupted by ``stopping``)."""
+        key = id(owner)
+        ref = weakref.ref(owner, partial(self._forget, key))
+        with self._lock:
+            self._guards[key] = (ref, core, limit_s)
+            self._retune()
+            self.start()
+
+    def _forget(self, key: int, _ref: Any = None) -> None:
+        with self._lock:
+            if self._guards.pop(key, None) is not None:
+                self._retune()
 
     def watch(self, core: Any) -> None:
-        """A CPU-limited pipeline (or call with a CPU limit) of ``core`` started."""
+        """A call with a CPU limit of its own started (its scope's code runs on ``core``)."""
         with self._lock:
-            if core not in self._cores:
-                self._cores.add(core)
-            self._open += 1
-            if not self._wanted.is_set():
-                self._wanted.set()
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="fastbind-cpu-watchdog", daemon=True
-                )
-                self._thread.start()
+            self._open_calls += 1
+            self._calls[id(core)] = core
+            self._retune()
+            self.start()
 
     def unwatch(self) -> None:
-        """A CPU-limited pipeline (or call) ended."""
+        """A call with a CPU limit of its own ended."""
         with self._lock:
-            self._open -= 1
-            if self._open < 0:
-                self._open = 0
-        # The thread goes back to sleep when it next finds nothing open: a limited
-        # pipeline or call right after this one then pays no wake-up.
+            self._open_calls = max(0, self._open_calls - 1)
+            if not self._open_calls:
+                self._calls.clear()
+            self._retune()
+
+    def _retune(self) -> None:
+        limits = [limit for _, _, limit in self._guards.values() if limit]
+        if self._open_calls:
+            self._interval = _TICK_MIN_S
+        else:
+            self._interval = max(_TICK_MIN_S, min(_TICK_MAX_S, min(limits) / 20)) if limits else _TICK_MAX_S
+        cores = {id(core): core for _, core, _ in self._guards.values()}
+        cores.update(self._calls)
+        # The compiled core first: its wait looks without the GIL (see _run).
+        self._cores = tuple(sorted(cores.values(), key=lambda core: getattr(core, "IMPLEMENTATION", "") != "c"))
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fastbind-cpu-watchdog", daemon=True)
+                self._thread.start()
+
+    def stopping(self, interrupt_at: float, exit_at: float) -> None:
+        """Arm a shutdown's deadlines (``time.monotonic()`` values); see the class.
+
+        Safe in a signal handler: it only assigns (the handler may run between any two
+        bytecodes of the loop's thread, also while that thread holds a lock here).
+        """
+        self._stop = (interrupt_at, exit_at)
+
+    def stopped(self) -> None:
+        """The shutdown ended: disarm its deadlines."""
+        self._stop = None
 
     def _run(self) -> None:
         while True:
-            self._wanted.wait()
-            time.sleep(self._interval)
-            with self._lock:
-                if self._open <= 0:
-                    self._wanted.clear()
-                    continue
-            for core in tuple(self._cores):
-                core.watchdog_tick()
+            stop = self._stop
+            cores = self._cores
+            if not cores and stop is None:
+                time.sleep(_IDLE_S)
+                continue
+            interval = self._interval if stop is None else min(self._interval, _STOPPING_TICK_S)
+            # At a random point of the interval: this thread wakes when the loop's lets the
+            # GIL go, between two steps, and a fixed sleep would then look at the same
+            # moment of a Worker's cycle of steps every time (between two of them).
+            interval *= 0.5 + self._random.random()
+            if not cores:
+                time.sleep(interval)
+            else:
+                # The compiled core sleeps and looks at the running step without the
+                # GIL; each core then acts on what it saw, with it.
+                cores[0].watchdog_wait(interval)
+                for core in cores[1:]:
+                    core.watchdog_wait(0.0)
+                for core in cores:
+                    core.watchdog_tick()
+            if stop is not None:
+                self._stop_tick(cores, stop)
+
+    def _stop_tick(self, cores: tuple[Any, ...], stop: tuple[float, float]) -> None:
+        now = time.monotonic()
+        interrupt_at, exit_at = stop
+        if now >= exit_at:
+            # The loop did not come back: nothing else can end the process in time.
+            os.write(2, b"fastbind: ERROR the shutdown deadline passed and the event loop is "
+                        b"still stuck in a Worker; exiting\n")
+            os._exit(1)
+        if now >= interrupt_at:
+            for core in cores:
+                core.interrupt_slice(asyncio.CancelledError)
 
 
 watchdog = CpuWatchdog()

@@ -403,6 +403,9 @@ cdef class BindingCall:
 
     @cython.final
     cdef object _check_result(self, object value):
+        # ``value`` is never assigned here: Cython then takes no reference of its own,
+        # and the hand-over sees the reference counts the child left.
+        cdef PyObject* copy
         if self.borrowed:
             self._exit(_OK, 0)
             return value
@@ -413,18 +416,30 @@ cdef class BindingCall:
                     f'Worker "{self.inv.handle.name}" fetch handler returned '
                     f"{type(value).__name__}, expected a Response"
                 )
-            self._exit(_OK, fastbind_status_of(value, _RESP_STATUS))  # the ledger keeps its status
-            return value
-        else:
-            try:
-                if self.inv.handle.python_workers:
-                    _check_python_workers_value(value)
-                value = _isolated(value)
-            except BaseException:
+            if self.inv.parent is None:  # the top-level Response: the server's
+                self._exit(_OK, fastbind_status_of(value, _RESP_STATUS))  # the ledger keeps its status
+                return value
+            # A child's Response: the caller gets its own (the same body object, the
+            # headers copied on write), as the child gets a forwarded Request. (No try
+            # block: entering one costs more than the copy.)
+            copy = fastbind_hand_over(<PyObject*>value)
+            if copy == NULL:
+                error = fastbind_take_error()
                 self._exit(_ERROR, 0)
-                raise
+                raise error
+            handed = <object>copy
+            Py_XDECREF(copy)
+            self._exit(_OK, fastbind_status_of(handed, _RESP_STATUS))  # the ledger keeps its status
+            return handed
+        try:
+            if self.inv.handle.python_workers:
+                _check_python_workers_value(value)
+            isolated = _isolated(value)
+        except BaseException:
+            self._exit(_ERROR, 0)
+            raise
         self._exit(_OK, 0)
-        return value
+        return isolated
 
     @cython.final
     cdef int _send(self, object arg, object exc, PyObject** result) except? -1:
@@ -452,9 +467,9 @@ cdef class BindingCall:
         cdef PipelineContext pipeline = inv.pipeline
         cdef InvocationContext previous = slot.current
         cdef int status
-        cdef int metered = -1  # -1: not metered; else 1 when this step opened the slice
+        cdef int metered = -1  # -1: not measured; else 1 when this step opened the slice
         global _running_scope
-        if pipeline.cpu_enabled:
+        if pipeline.cpu_measured:
             metered = _meter_enter(slot, previous, pipeline)
             if exc is None and (
                 metered == 1 and pipeline.cpu_exceeded

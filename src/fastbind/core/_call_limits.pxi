@@ -71,7 +71,7 @@ cdef int _open_scope(InvocationContext inv, CallLimits limits) except -1:
     inv.scope = scope
     inv.owns_scope = True
     if scope.cpu_limit_ns >= 0:
-        inv.pipeline.cpu_enabled = True  # the scope's CPU is counted at metered steps
+        inv.pipeline.cpu_enabled = inv.pipeline.cpu_measured = True  # the scope's CPU is counted at metered steps
         if limits._watch is not None:
             try:
                 limits._watch()

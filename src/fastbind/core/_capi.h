@@ -7,6 +7,7 @@
 #define FASTBIND_CAPI_H
 
 #include <Python.h>
+#include <errno.h>
 #include <string.h>
 #include <structmember.h>
 #include <pthread.h>
@@ -232,6 +233,38 @@ static inline int64_t fastbind_clock_ns(clockid_t clock) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* --- what the watchdog thread reads without the GIL -------------------------------------
+
+   The loop's thread publishes the slice it runs in a few int64 words; the watchdog
+   thread reads them while it does not hold the GIL, so that when it looks does not
+   depend on when the loop's thread lets the GIL go (it does so between steps, where no
+   slice is open, unless a step runs past the switch interval). Acquire/release order
+   makes a slice's fields visible before its id; the reader checks the id again after
+   reading them. */
+#if defined(__GNUC__) || defined(__clang__)
+static inline int64_t fastbind_load(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fastbind_store(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void fastbind_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+#else
+static inline int64_t fastbind_load(const int64_t *p) { return *(volatile const int64_t *)p; }
+static inline void fastbind_store(int64_t *p, int64_t v) { *(volatile int64_t *)p = v; }
+static inline void fastbind_fence(void) {}
+#endif
+
+/* A clock's reading in ns, or -1 when it cannot be read (a thread that has ended). */
+static inline int64_t fastbind_clock_or_none(int64_t clock) {
+    struct timespec ts;
+    if (clock_gettime((clockid_t)clock, &ts) != 0) return -1;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void fastbind_sleep_ns(int64_t ns) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
 /* --- the ledger's blocks --------------------------------------------------------------
 
    Block k holds 8 << k entries, from index 8 * (2^k - 1): entries never move once
@@ -249,53 +282,32 @@ static inline int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t *offset) {
     return k;
 }
 
-/* --- the child's copy of a Request --------------------------------------------------- */
+/* --- the child's copy of a Request, the caller's copy of a Response ------------------ */
 
-/* Where Request and Headers keep their fields, set once at import. */
+/* Where Request, Response and Headers keep their fields, set once at import. */
 typedef struct {
     Py_ssize_t url, method, headers, body, body_used, cf;  /* Request (cf: "_cf", often unset) */
     Py_ssize_t items, shared, raw;                     /* Headers */
+    Py_ssize_t r_status, r_headers, r_body, r_body_used, r_web_socket;  /* Response */
     PyTypeObject *headers_type;
+    PyTypeObject *response_type;
     PyObject *forward_request;  /* request.forward_request: the path for odd headers */
+    PyObject *hand_over_response;  /* rpc_values.hand_over_response: the same, for a Response */
 } fastbind_request_layout;
 
 static fastbind_request_layout fastbind_req;
 
-/* The child's copy of Request ``src`` (of the exact class, checked by the caller): the
-   same body object, the headers copied on write, and ``src`` marked used when it has
-   a body. NULL with an exception set. Written out in C because it runs on every
-   binding call. */
-static PyObject *fastbind_forward(PyObject *src) {
+/* A copy of Headers ``headers`` that shares its list until either side writes (as
+   Headers.copy()); raw pairs not decoded yet (items is None) are shared as they are. */
+static PyObject *fastbind_headers_cow(PyObject *headers) {
     const fastbind_request_layout *L = &fastbind_req;
-    PyObject *url = FASTBIND_SLOT(src, L->url), *method = FASTBIND_SLOT(src, L->method);
-    PyObject *headers = FASTBIND_SLOT(src, L->headers), *body = FASTBIND_SLOT(src, L->body);
-    PyObject *used = FASTBIND_SLOT(src, L->body_used), *copy, *items, *req;
-    if (url == NULL || method == NULL || headers == NULL || body == NULL || used == NULL) {
-        PyErr_SetString(PyExc_AttributeError,
-                        "a Request field (url, method, headers, body or body_used) is unset");
-        return NULL;
-    }
-    if (Py_TYPE(headers) != L->headers_type) {
-        /* Something else was assigned to request.headers (a dict, pairs, a subclass):
-           the Python path makes it a Headers, as the pure core does. */
-        return PyObject_CallOneArg(L->forward_request, src);
-    }
-    if (body != Py_None) {
-        if (used == Py_True)  /* the Python path raises the error, with fastbind's note */
-            return PyObject_CallOneArg(L->forward_request, src);
-        Py_INCREF(Py_True);
-        FASTBIND_SLOT(src, L->body_used) = Py_True;
-        Py_DECREF(used);
-    }
-    items = FASTBIND_SLOT(headers, L->items);
+    PyObject *items = FASTBIND_SLOT(headers, L->items), *copy;
     if (items == NULL) {
         PyErr_SetString(PyExc_AttributeError, "'Headers' object has no attribute '_items'");
         return NULL;
     }
     copy = fastbind_pool_new(1, L->headers_type);
     if (copy == NULL) return NULL;
-    /* Copy-on-write, as Headers.copy(): both sides share one list until one writes;
-       raw pairs not decoded yet (items is None) are shared as they are. */
     fastbind_slot_store(copy, L->items, items);
     fastbind_slot_store(copy, L->shared, Py_True);
     if (items == Py_None) {
@@ -313,6 +325,44 @@ static PyObject *fastbind_forward(PyObject *src) {
         FASTBIND_SLOT(headers, L->shared) = Py_True;
         Py_XDECREF(old);
     }
+    return copy;
+}
+
+/* Mark a message's body taken (``body`` and ``used_at``: its fields' offsets); 1 when
+   it was read already (the caller takes the Python path, which raises the error). */
+static inline int fastbind_take_body(PyObject *msg, Py_ssize_t body, Py_ssize_t used_at) {
+    PyObject *used = FASTBIND_SLOT(msg, used_at);
+    if (FASTBIND_SLOT(msg, body) == Py_None) return 0;
+    if (used == Py_True) return 1;
+    Py_INCREF(Py_True);
+    FASTBIND_SLOT(msg, used_at) = Py_True;
+    Py_XDECREF(used);
+    return 0;
+}
+
+/* The child's copy of Request ``src`` (of the exact class, checked by the caller): the
+   same body object, the headers copied on write, and ``src`` marked used when it has
+   a body. NULL with an exception set. Written out in C because it runs on every
+   binding call. */
+static PyObject *fastbind_forward(PyObject *src) {
+    const fastbind_request_layout *L = &fastbind_req;
+    PyObject *url = FASTBIND_SLOT(src, L->url), *method = FASTBIND_SLOT(src, L->method);
+    PyObject *headers = FASTBIND_SLOT(src, L->headers), *body = FASTBIND_SLOT(src, L->body);
+    PyObject *used = FASTBIND_SLOT(src, L->body_used), *copy, *req;
+    if (url == NULL || method == NULL || headers == NULL || body == NULL || used == NULL) {
+        PyErr_SetString(PyExc_AttributeError,
+                        "a Request field (url, method, headers, body or body_used) is unset");
+        return NULL;
+    }
+    if (Py_TYPE(headers) != L->headers_type) {
+        /* Something else was assigned to request.headers (a dict, pairs, a subclass):
+           the Python path makes it a Headers, as the pure core does. */
+        return PyObject_CallOneArg(L->forward_request, src);
+    }
+    if (fastbind_take_body(src, L->body, L->body_used))
+        return PyObject_CallOneArg(L->forward_request, src);  /* it raises, with fastbind's note */
+    copy = fastbind_headers_cow(headers);
+    if (copy == NULL) return NULL;
     req = fastbind_pool_new(0, Py_TYPE(src));
     if (req == NULL) {
         Py_DECREF(copy);
@@ -326,6 +376,39 @@ static PyObject *fastbind_forward(PyObject *src) {
     if (FASTBIND_SLOT(src, L->cf) != NULL)
         fastbind_slot_store(req, L->cf, FASTBIND_SLOT(src, L->cf));
     return req;
+}
+
+/* What a binding call hands its caller for the Response ``src`` its child returned:
+   as a forwarded Request, the same body object and the headers copied on write, and
+   ``src`` marked used when it has a body, so the child keeps nothing the caller holds
+   (its WebSocket, when it answers an upgrade, goes with it). NULL with an exception set. */
+static PyObject *fastbind_hand_over(PyObject *src) {
+    const fastbind_request_layout *L = &fastbind_req;
+    PyObject *status = FASTBIND_SLOT(src, L->r_status), *headers = FASTBIND_SLOT(src, L->r_headers);
+    PyObject *body = FASTBIND_SLOT(src, L->r_body), *web_socket, *copy, *resp;
+    if (Py_TYPE(src) != L->response_type || headers == NULL || Py_TYPE(headers) != L->headers_type
+            || status == NULL || body == NULL || FASTBIND_SLOT(src, L->r_body_used) == NULL) {
+        /* A subclass, unset fields, or headers that are not a Headers: the Python path. */
+        return PyObject_CallOneArg(L->hand_over_response, src);
+    }
+    if (fastbind_sole_response(src, headers)) return Py_NewRef(src);  /* (a fast path) */
+    if (fastbind_take_body(src, L->r_body, L->r_body_used))
+        return PyObject_CallOneArg(L->hand_over_response, src);  /* it raises */
+    copy = fastbind_headers_cow(headers);
+    if (copy == NULL) return NULL;
+    resp = fastbind_pool_new(2, L->response_type);
+    if (resp == NULL) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    fastbind_slot_store(resp, L->r_status, status);
+    FASTBIND_SLOT(resp, L->r_headers) = copy;
+    fastbind_slot_store(resp, L->r_body, body);
+    fastbind_slot_store(resp, L->r_body_used, Py_False);
+    web_socket = FASTBIND_SLOT(src, L->r_web_socket);
+    if (web_socket != NULL)
+        fastbind_slot_store(resp, L->r_web_socket, web_socket);
+    return resp;
 }
 
 #endif

@@ -286,10 +286,8 @@ cdef class PipelineContext:
         self.wait_until_s = limits.wait_until_s
         self.start_ticks = fastbind_ticks()
         self.duration_ticks = -1
-        cpu_ms = limits.cpu_ms
-        # int64 nanoseconds hold 292 years: a larger budget is the same as that.
-        self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>min(cpu_ms * 1e6, 9.2e18)
-        self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
+        self.cpu_limit_ns = _cpu_limit_ns(limits.cpu_ms)
+        self.cpu_enabled = self.cpu_measured = limits.measure_cpu
         _live_pipelines += 1
 
     @property
@@ -351,7 +349,7 @@ cdef class PipelineContext:
             e.duration_ticks = fastbind_ticks() - e.start_ticks
             e.outcome = _outcome_code(outcome)
             e.status = <uint16_t>status
-            if self.cpu_enabled:  # metered pipelines only: most entries carry no CPU figure
+            if self.cpu_measured:  # measured pipelines only: most entries carry no CPU figure
                 self._record_cpu(index, cpu_ns)
 
     cdef void _record_cpu(self, Py_ssize_t index, int64_t cpu_ns) noexcept:

@@ -97,7 +97,8 @@ cdef class PipelineContext:
     cdef readonly InvocationContext root
     cdef int64_t start_ticks      # the ledger's clock (fastbind_ticks): ns when read
     cdef int64_t duration_ticks   # -1 until the top-level invocation has ended
-    cdef readonly bint cpu_enabled
+    cdef readonly bint cpu_enabled    # every step metered: from the start, or since the watchdog saw it run
+    cdef readonly bint cpu_measured   # steps split between invocations and reported: measure_cpu, or a CPU-limited call
     cdef readonly int64_t cpu_limit_ns   # -1: no limit
     cdef readonly int64_t cpu_ns
     cdef readonly bint cpu_exceeded
@@ -258,7 +259,7 @@ cdef class DispatchPlan:
     cdef long open_connections
     cdef double wait_until_s
     cdef int64_t cpu_limit_ns
-    cdef bint cpu_enabled
+    cdef bint cpu_measured
     cdef public bint resolved      # the Runtime's bindings are resolved (validate() ran)
     cdef public bint reports       # the Runtime has an on_pipeline_end hook
     cdef public object snapshot    # (request) -> what pass-through keeps of it, or None
@@ -267,7 +268,6 @@ cdef class DispatchPlan:
     cdef object _validate
     cdef object _install_factory
     cdef object _watch_hang
-    cdef object _watch_cpu
     cdef object _answer
     cdef object _report
     cdef object _end

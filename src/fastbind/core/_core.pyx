@@ -39,7 +39,7 @@ from types import FunctionType
 from fastbind.core.binding_fetch import fetch_with_options, redirect_follower
 from fastbind.core.props import EMPTY_PROPS, props_of
 from fastbind.core.python_workers_values import check_python_workers_value
-from fastbind.core.rpc_values import RESERVED_METHODS, isolate, reserved_message, unknown_message
+from fastbind.core.rpc_values import RESERVED_METHODS, hand_over_response, isolate, reserved_message, unknown_message
 from fastbind.entrypoint import WorkerEntrypoint
 from fastbind.errors import (
     CpuLimitExceeded,
@@ -95,13 +95,22 @@ cdef extern from "_capi.h":
     int FASTBIND_HAVE_THREAD_CPU_CLOCK
     clockid_t fastbind_watch_clock()
     int64_t fastbind_clock_ns(clockid_t clock) nogil
+    int64_t fastbind_load(const int64_t* p) nogil
+    void fastbind_store(int64_t* p, int64_t v) nogil
+    void fastbind_fence() nogil
+    int64_t fastbind_clock_or_none(int64_t clock) nogil
+    void fastbind_sleep_ns(int64_t ns) nogil
     int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t* offset) nogil
     ctypedef struct fastbind_request_layout:
         Py_ssize_t url, method, headers, body, body_used, cf, items, shared, raw
+        Py_ssize_t r_status, r_headers, r_body, r_body_used, r_web_socket
         PyTypeObject* headers_type
+        PyTypeObject* response_type
         PyObject* forward_request
+        PyObject* hand_over_response
     fastbind_request_layout fastbind_req
     object fastbind_forward(object src)
+    PyObject* fastbind_hand_over(PyObject* src)
 
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
@@ -186,8 +195,10 @@ cdef Py_ssize_t _HDR_ITEMS = fastbind_slot_offset(Headers, "_items")
 cdef Py_ssize_t _HDR_SHARED = fastbind_slot_offset(Headers, "_shared")
 cdef Py_ssize_t _HDR_RAW = fastbind_slot_offset(Headers, "_raw")
 cdef Py_ssize_t _RESP_STATUS = fastbind_slot_offset(Response, "status")
+cdef Py_ssize_t _RESP_HEADERS = fastbind_slot_offset(Response, "headers")
 cdef Py_ssize_t _RESP_BODY = fastbind_slot_offset(Response, "body")
 cdef Py_ssize_t _RESP_WEB_SOCKET = fastbind_slot_offset(Response, "_web_socket")
+cdef Py_ssize_t _RESP_BODY_USED = fastbind_slot_offset(Response, "body_used")
 cdef Py_ssize_t _EP_ENV = fastbind_slot_offset(WorkerEntrypoint, "env")
 cdef Py_ssize_t _EP_CTX = fastbind_slot_offset(WorkerEntrypoint, "ctx")
 cdef object _EP_ENV_SLOT = WorkerEntrypoint.__dict__["env"]
@@ -195,21 +206,27 @@ cdef object _EP_CTX_SLOT = WorkerEntrypoint.__dict__["ctx"]
 
 
 cdef int _install_pools() except -1:
-    """Pools of Request and Headers blocks (a fast path): a binding call copies both."""
+    """Pools of Request, Headers and Response blocks (a fast path): a binding call
+    copies the Request (and its Headers) it passes and the Response that comes back."""
     cdef Py_ssize_t request_slots[6]
     cdef Py_ssize_t headers_slots[3]
+    cdef Py_ssize_t response_slots[5]
     request_slots[:] = [_REQ_URL, _REQ_METHOD, _REQ_HEADERS, _REQ_BODY, _REQ_BODY_USED, _REQ_CF]
     headers_slots[:] = [_HDR_ITEMS, _HDR_SHARED, _HDR_RAW]
+    response_slots[:] = [_RESP_STATUS, _RESP_HEADERS, _RESP_BODY, _RESP_BODY_USED, _RESP_WEB_SOCKET]
     if len(Request.__slots__) == 6:
         fastbind_pool_install(0, Request, request_slots, 6)
     if len(Headers.__slots__) == 3:
         fastbind_pool_install(1, Headers, headers_slots, 3)
+    if len(Response.__slots__) == 5:
+        fastbind_pool_install(2, Response, response_slots, 5)
     return 0
 
 
 cdef int _init_forward() except -1:
-    """Tell fastbind_forward (_capi.h), the child's copy of a Request on a binding
-    call, where Request and Headers keep their fields."""
+    """Tell fastbind_forward and fastbind_hand_over (_capi.h), the copies a binding
+    call makes of a Request and of the Response that comes back, where Request,
+    Response and Headers keep their fields."""
     fastbind_req.url = _REQ_URL
     fastbind_req.method = _REQ_METHOD
     fastbind_req.headers = _REQ_HEADERS
@@ -219,7 +236,15 @@ cdef int _init_forward() except -1:
     fastbind_req.items = _HDR_ITEMS
     fastbind_req.shared = _HDR_SHARED
     fastbind_req.raw = _HDR_RAW
+    fastbind_req.r_status = _RESP_STATUS
+    fastbind_req.r_headers = _RESP_HEADERS
+    fastbind_req.r_body = _RESP_BODY
+    fastbind_req.r_body_used = _RESP_BODY_USED
+    fastbind_req.r_web_socket = _RESP_WEB_SOCKET
     fastbind_req.headers_type = <PyTypeObject*>_HeadersType
+    fastbind_req.response_type = <PyTypeObject*>_ResponseType
+    Py_INCREF(hand_over_response)
+    fastbind_req.hand_over_response = <PyObject*>hand_over_response
     Py_INCREF(forward_request)
     fastbind_req.forward_request = <PyObject*>forward_request
     return 0

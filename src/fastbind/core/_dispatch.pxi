@@ -60,13 +60,11 @@ cdef class DispatchPlan:
         self.max_subrequests = limits.subrequests
         self.open_connections = limits.open_connections
         self.wait_until_s = limits.wait_until_s
-        cpu_ms = limits.cpu_ms
-        self.cpu_limit_ns = -1 if cpu_ms is None else <int64_t>min(cpu_ms * 1e6, 9.2e18)
-        self.cpu_enabled = cpu_ms is not None or limits.measure_cpu
+        self.cpu_limit_ns = _cpu_limit_ns(limits.cpu_ms)
+        self.cpu_measured = limits.measure_cpu
         self._validate = policy.validate
         self._install_factory = policy.install_task_factory
         self._watch_hang = policy.watch_hang
-        self._watch_cpu = policy.watch_cpu
         self._answer = policy.answer
         self._report = policy.report
         self._end = policy.end
@@ -99,7 +97,7 @@ cdef class DispatchPlan:
         p.start_ticks = fastbind_ticks()
         p.duration_ticks = -1
         p.cpu_limit_ns = self.cpu_limit_ns
-        p.cpu_enabled = self.cpu_enabled
+        p.cpu_enabled = p.cpu_measured = self.cpu_measured
         _live_pipelines += 1
         return p
 
@@ -156,7 +154,7 @@ cdef object _conclude(DispatchPlan plan, PipelineContext pipeline, object respon
         if not _pipeline_idle(pipeline):
             return plan._end(pipeline, status, error, False)
         _close_pipeline(pipeline)
-        if plan.reports or pipeline.cpu_limit_ns >= 0:
+        if plan.reports:
             plan._report(pipeline, status, error)
         return None
     plan._stream(pipeline, response, status, error)
@@ -268,8 +266,6 @@ cdef class TopLevelCall(BindingCall):
             pipeline.observed = plan.observe(pipeline, self.request)
         self.inv = inv  # the root invocation's call is this object (BindingCall's part)
         self.http = True
-        if pipeline.cpu_limit_ns >= 0:
-            plan._watch_cpu()
         if slot is None:
             # The task keeps this slot after the request (its ``current`` is None
             # between steps): later requests of the task need no new context mapping.
@@ -289,10 +285,21 @@ cdef class TopLevelCall(BindingCall):
             arg = None
         elif self.finished:
             raise RuntimeError("cannot reuse already awaited dispatch")
+        # The step's slice (_metering.pxi): named only for a CPU-limited pipeline the
+        # watchdog has not seen running, metered once it has; a pipeline whose slices
+        # are split between invocations opens it in BindingCall._send.
+        cdef PipelineContext pipeline = self.pipeline
+        cdef int guarded = 0
+        if pipeline.cpu_limit_ns >= 0 and not pipeline.cpu_measured:
+            guarded = _slice_open(pipeline) if pipeline.cpu_enabled else _guard_open(pipeline)
+            if guarded and pipeline.cpu_exceeded and exc is None:
+                exc = _cpu_limit_exceeded()  # stop the pipeline at its next step
         # The root invocation's step (BindingCall's part of this object), called
         # through fastbind_step: its -1 comes back here, not to a Cython error exit.
         cdef int status = fastbind_step(<fastbind_step_fn>_root_step, <PyObject*>self,
                                         <PyObject*>arg, <PyObject*>exc, result)
+        if guarded:
+            _slice_close(pipeline)
         if status < 0:  # the root invocation raised (any exception, as BaseException)
             return self._root_ended(None, fastbind_take_error(), result)
         if status == 1:

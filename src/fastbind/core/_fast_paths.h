@@ -10,14 +10,15 @@
    1. Awaitable slots: am_send and tp_iternext of the core's awaitables, installed
       after the types are ready, so that `await call` skips Cython's method wrappers.
    2. One kept StopIteration (3.12+), reused while the core holds its only reference.
-   3. Pools of Request and Headers blocks, by replacing those classes' tp_dealloc.
+   3. Pools of Request, Headers and Response blocks, by replacing those classes' tp_dealloc.
    4. Freelists for two compiled subclasses (Cython keeps freelists for bases only).
    5. Vectorcall entry points installed on ready types (env.X.fetch, RPC stubs, the
       raw entry point).
    6. The running loop read from the thread state's dict where asyncio keeps it.
    7. The x86 time-stamp counter as the ledger's clock.
-   8. A Response's header list taken over when its reference count says nobody else
-      holds it (the raw answer). */
+   8. Reference counts as proof of ownership: a Response's header list taken over
+      when nobody else holds it (the raw answer, http/_raw.pyx); a child's Response
+      handed to its caller as it is when nothing of the child still holds it. */
 
 #ifndef FASTBIND_FAST_PATHS_H
 #define FASTBIND_FAST_PATHS_H
@@ -217,7 +218,7 @@ static int fastbind_install_send(PyObject *type, int which, fastbind_send_fn imp
     return fastbind_release_stop_on_dealloc(t);
 }
 
-/* --- 3: pools of Request and Headers blocks ----------------------------------------
+/* --- 3: pools of Request, Headers and Response blocks -----------------------------
 
    Heap types with __slots__: CPython frees them through subtype_dealloc and allocates
    them through object_new, generic paths that walk the type and return the memory to
@@ -237,7 +238,7 @@ typedef struct {
     PyObject *free[FASTBIND_POOL_SIZE];
 } fastbind_pool;
 
-static fastbind_pool fastbind_pools[2];  /* 0: Request, 1: Headers */
+static fastbind_pool fastbind_pools[3];  /* 0: Request, 1: Headers, 2: Response */
 
 static inline void fastbind_pool_dealloc(fastbind_pool *pool, PyObject *self) {
     PyTypeObject *type = Py_TYPE(self);
@@ -262,6 +263,7 @@ static inline void fastbind_pool_dealloc(fastbind_pool *pool, PyObject *self) {
 
 static void fastbind_pool0_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[0], self); }
 static void fastbind_pool1_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[1], self); }
+static void fastbind_pool2_dealloc(PyObject *self) { fastbind_pool_dealloc(&fastbind_pools[2], self); }
 
 /* An instance of ``type`` with every slot empty: from pool ``which`` when it serves
    that type, else as object_new allocates it. */
@@ -300,8 +302,19 @@ static int fastbind_pool_install(int which, PyObject *type_obj, const Py_ssize_t
     pool->type = type;
     pool->n_offsets = n;
     pool->n_free = 0;
-    type->tp_dealloc = which == 0 ? fastbind_pool0_dealloc : fastbind_pool1_dealloc;
+    type->tp_dealloc = which == 0 ? fastbind_pool0_dealloc
+        : which == 1 ? fastbind_pool1_dealloc : fastbind_pool2_dealloc;
     return 1;
+}
+
+/* --- 8: reference counts as proof of ownership --------------------------------------
+
+   A binding call gives its caller a copy of the Response the child returned, so that
+   the child cannot change what the caller holds. When the core's reference is the
+   Response's only one and the Response's is its Headers' only one, nothing of the
+   child can reach either any more: the Response itself is the caller's. */
+static inline int fastbind_sole_response(PyObject *resp, PyObject *headers) {
+    return fastbind_fast && Py_REFCNT(resp) == 1 && Py_REFCNT(headers) == 1;
 }
 
 /* --- 4: freelists for two compiled subclasses --------------------------------------- */
@@ -504,6 +517,7 @@ static inline PyObject *fastbind_running_loop(void) { return NULL; }
 static void fastbind_learn_holder(PyObject *loop) { (void)loop; }
 static int fastbind_running_loop_init(PyObject *key) { (void)key; return 0; }
 static int fastbind_running_loop_is_read_directly(void) { return 0; }
+static inline int fastbind_sole_response(PyObject *r, PyObject *h) { (void)r; (void)h; return 0; }
 
 #endif  /* FASTBIND_FAST_PATHS_BUILT */
 

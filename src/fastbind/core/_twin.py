@@ -27,8 +27,10 @@ from ._twin_contexts import (
     PipelineContext,
     SubrequestRecord,
     current_invocation,
+    interrupt_slice,
     live_counts,
     watchdog_tick,
+    watchdog_wait,
 )
 from ._twin_dispatch import DispatchPlan, Entry
 from .env import Env
@@ -57,7 +59,9 @@ __all__ = (
     "fast_paths",
     "live_counts",
     "make_task_factory",
+    "watchdog_wait",
     "watchdog_tick",
+    "interrupt_slice",
 )
 
 

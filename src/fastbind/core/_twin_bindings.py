@@ -32,6 +32,8 @@ from ._twin_contexts import (
     new_slot,
     open_scope,
     pipeline_state,
+    slice_close,
+    slice_open,
     slot_current,
 )
 from .binding_fetch import FOLLOW, fetch_with_options
@@ -306,7 +308,8 @@ class SliceMeter:
             self._slot = SLOT.get()
         slot = self._slot
         pipeline = self._pipeline
-        opened = meter_enter(slot, None, pipeline)  # type: ignore[arg-type]
+        split = pipeline_state(pipeline).cpu_measured
+        opened = meter_enter(slot, None, pipeline) if split else slice_open(pipeline)  # type: ignore[arg-type]
         current = slot_current(slot)
         scope = None if current is None else invocation_state(current).scope
         if exc is None and (
@@ -319,7 +322,10 @@ class SliceMeter:
                 return self._coro.send(value)
             return self._coro.throw(exc)
         finally:
-            meter_exit(slot, slot_current(slot), pipeline, opened)  # type: ignore[arg-type]
+            if split:
+                meter_exit(slot, slot_current(slot), pipeline, opened)  # type: ignore[arg-type]
+            elif opened:
+                slice_close(pipeline)
             leave_scope(None)
 
 
@@ -346,8 +352,9 @@ class TaskFactory:
             context.run(SLOT.set, new_slot(inv))
             kwargs["context"] = context
             pipeline = invocation_state(inv).pipeline
-            if pipeline_state(pipeline).cpu_enabled:
-                coro = SliceMeter(coro, pipeline)
+            pstate = pipeline_state(pipeline)
+            if pstate.cpu_enabled or pstate.cpu_limit_ns >= 0:
+                coro = SliceMeter(coro, pipeline)  # metered, or named for the watchdog
         previous = self.previous
         if previous is not None:
             task = previous(loop, coro, **kwargs)

@@ -39,7 +39,7 @@ from ._twin_call_limits import (
 )
 from .binding_fetch import redirect_follower
 from .python_workers_values import check_python_workers_value
-from .rpc_values import isolate
+from .rpc_values import hand_over_response, isolate
 
 __all__ = (
     "ExecutionSlot",
@@ -50,7 +50,12 @@ __all__ = (
     "BindingCall",
     "current_invocation",
     "live_counts",
+    "watchdog_wait",
     "watchdog_tick",
+    "interrupt_slice",
+    "slice_open",
+    "slice_close",
+    "cpu_limit_ns",
 )
 
 _now = time.perf_counter_ns
@@ -134,7 +139,11 @@ def live_counts() -> dict[str, int]:
     return dict(LIVE)
 
 
-# --- CPU metering: the same rules as the compiled core --------------------------------
+# --- CPU metering: the rules of the compiled core (_metering.pxi) --------------------
+# One difference: the compiled core meters a CPU-limited pipeline from the moment its
+# watchdog, looking without the GIL, finds it running. Pure Python cannot look without
+# the GIL (it would only ever look between steps), so the twin meters every step of a
+# CPU-limited pipeline from its start; the limit is enforced the same way.
 class _SliceState:
     pipeline: Any = None
     cpu_start = 0
@@ -156,7 +165,12 @@ _slice = _SliceState()
 _thread_clock = getattr(time, "pthread_getcpuclockid", None)
 
 
-def _async_exc(thread: int, exc: type[BaseException] | None) -> None:
+def cpu_limit_ns(cpu_ms: Any) -> int:
+    """Limits.cpu_ms in ns; -1 for no limit (0 or None), clamped as the compiled core's int64."""
+    return -1 if not cpu_ms else int(min(cpu_ms * 1e6, 9.2e18))
+
+
+def _async_exc(thread: int, exc: Any) -> None:
     """PyThreadState_SetAsyncExc through ctypes: what only the watchdog needs.
 
     Where ctypes cannot reach the C API (interpreters other than CPython), a pipeline
@@ -173,6 +187,7 @@ def _async_exc(thread: int, exc: type[BaseException] | None) -> None:
 
 
 def slice_open(pipeline: Any) -> bool:
+    """Start metering a slice of ``pipeline``; True if this step opened it."""
     if _slice.pipeline is not None:
         return False
     _slice.pipeline = pipeline
@@ -243,6 +258,13 @@ def leave_scope(now_running: Any) -> None:
         _slice.scope_interrupted = False
 
 
+def watchdog_wait(seconds: float) -> bool:
+    """Sleep ``seconds``; True: ``watchdog_tick`` should look (the compiled core looks
+    first without the GIL)."""
+    time.sleep(seconds)
+    return True
+
+
 def watchdog_tick() -> bool:
     """Interrupt the running slice if its pipeline is past ``cpu_ms`` (see _metering.pxi)."""
     pipeline = _slice.pipeline
@@ -266,6 +288,15 @@ def watchdog_tick() -> bool:
     past.cpu_exceeded = True
     _slice.scope_interrupted = True
     _async_exc(_slice.thread, CpuLimitExceeded)
+    return True
+
+
+def interrupt_slice(exc: Any) -> bool:
+    """Raise ``exc`` into the slice running now, whatever its budget (see _metering.pxi)."""
+    if _slice.pipeline is None or _slice.interrupted == _slice.slice_id:
+        return False
+    _slice.interrupted = _slice.slice_id
+    _async_exc(_slice.thread, exc)
     return True
 
 
@@ -362,7 +393,7 @@ class PipelineState:
     __slots__ = (
         "entry", "owner", "max_depth", "max_subrequests", "open_connections", "wait_until_s",
         "ledger", "tasks", "waiting", "running", "closed", "root", "root_record",
-        "cpu_enabled", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
+        "cpu_enabled", "cpu_measured", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
     )
     entry: str
     owner: Any
@@ -377,7 +408,8 @@ class PipelineState:
     closed: bool
     root: Any
     root_record: SubrequestRecord
-    cpu_enabled: bool
+    cpu_enabled: bool  # every step metered (the twin: from the start when CPU-limited)
+    cpu_measured: bool  # steps split between invocations and reported: measure_cpu, or a CPU-limited call
     cpu_limit_ns: int
     cpu_ns: int
     cpu_exceeded: bool
@@ -404,10 +436,9 @@ class PipelineContext:
         state.closed = False
         state.root = None
         state.root_record = SubrequestRecord(None, entry, "request", 1)
-        cpu_ms = limits.cpu_ms
-        # int64 nanoseconds hold 292 years (the compiled core's range): clamp there.
-        state.cpu_limit_ns = -1 if cpu_ms is None else int(min(cpu_ms * 1e6, 9.2e18))
-        state.cpu_enabled = cpu_ms is not None or limits.measure_cpu
+        state.cpu_limit_ns = cpu_limit_ns(limits.cpu_ms)
+        state.cpu_measured = limits.measure_cpu
+        state.cpu_enabled = state.cpu_measured or state.cpu_limit_ns >= 0  # (see the metering part)
         state.cpu_ns = 0
         state.cpu_exceeded = False
         state.observed = None
@@ -505,7 +536,7 @@ def _state_reader(state_of: Callable[[Any], Any], name: str) -> ReadOnly:
 
 for _name in (
     "entry", "owner", "max_depth", "max_subrequests", "open_connections", "wait_until_s",
-    "running", "closed", "root", "cpu_enabled", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
+    "running", "closed", "root", "cpu_enabled", "cpu_measured", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
 ):
     setattr(PipelineContext, _name, _state_reader(pipeline_state, _name))
 del _name
@@ -664,7 +695,8 @@ def open_scope(inv: InvocationContext, limits: CallLimits) -> None:
     state.scope = scope
     state.owns_scope = True
     if scope.cpu_limit_ns >= 0:
-        pipeline_state(state.pipeline).cpu_enabled = True  # counted at metered steps
+        pstate = pipeline_state(state.pipeline)
+        pstate.cpu_enabled = pstate.cpu_measured = True  # counted at metered steps
         if limits._watch is not None:
             try:
                 limits._watch()
@@ -689,7 +721,7 @@ def _depth_error(caller: InvocationContext, target: Any, limit: int) -> Subreque
 
 def finish_invocation(inv: InvocationContext, outcome: str, status: int | None = None) -> None:
     state = invocation_state(inv)
-    cpu = state.cpu_ns if pipeline_state(state.pipeline).cpu_enabled else -1
+    cpu = state.cpu_ns if pipeline_state(state.pipeline).cpu_measured else -1
     state.record.close(outcome, cpu, status)
     if state.owns_scope:
         close_scope(state.scope)
@@ -795,23 +827,28 @@ class BindingCall:
                 result = self._immediate
                 self._immediate = None
                 coro = _DONE
-            # Drive the child step by step so the slot names it while it runs.
+            # Drive the child step by step so the slot names it while it runs. A
+            # measured pipeline's steps are metered and split between invocations; a
+            # CPU-limited one's are metered at the root (see the metering part).
             send, throw = coro.send, coro.throw
             value: Any = None
             error: BaseException | None = None
-            metered = False
+            split = False
+            guarded_root = state.parent is None
             while coro is not _DONE:
                 previous = slot_current(slot)
-                # Read at each step: a call with a CPU limit turns metering on (open_scope).
-                metered = pstate.cpu_enabled
-                if metered:
+                # Read at each step: a call with a CPU limit turns splitting on (open_scope).
+                split = pstate.cpu_measured
+                opened = False
+                if split:
                     opened = meter_enter(slot, previous, pipeline)
-                    if error is None and (
-                        (opened and pstate.cpu_exceeded)
-                        or (state.scope is not None and scope_exceeded(state.scope))
-                    ):
-                        error = CpuLimitExceeded()  # stop the pipeline (or the scope) at its next step
+                    if error is None and state.scope is not None and scope_exceeded(state.scope):
+                        error = CpuLimitExceeded()  # stop the scope at its next step
                     enter_scope(state.scope)
+                elif guarded_root and pstate.cpu_enabled:
+                    opened = slice_open(pipeline)
+                if opened and pstate.cpu_exceeded and error is None:
+                    error = CpuLimitExceeded()  # stop the pipeline at its next step
                 set_slot_current(slot, inv)
                 try:
                     future = send(value) if error is None else throw(error)
@@ -819,14 +856,16 @@ class BindingCall:
                     result = stop.value
                     break
                 except BaseException as exc:
-                    if metered and self._over_budget(state, exc):
+                    if split and self._over_budget(state, exc):
                         outcome = EXCEEDED_CPU
                         raise WorkerCpuLimitError() from None
                     raise
                 finally:
-                    if metered:
+                    if split:
                         meter_exit(slot, inv, pipeline, opened)
                         leave_scope(previous)
+                    elif opened:
+                        slice_close(pipeline)
                     set_slot_current(slot, previous)
                 try:
                     value, error = (yield future), None
@@ -835,7 +874,7 @@ class BindingCall:
                     raise
                 except BaseException as exc:  # thrown in by the task: pass it down
                     value, error = None, exc
-            if metered and self._over_budget(state, None):
+            if split and self._over_budget(state, None):
                 outcome = EXCEEDED_CPU
                 raise WorkerCpuLimitError()
             if self._borrowed:
@@ -847,6 +886,9 @@ class BindingCall:
                         f"{type(result).__name__}, expected a Response"
                     )
                 status = _status_of(result)  # the ledger keeps its status
+                if state.parent is not None:
+                    # A child's Response: the caller gets its own (see the compiled core).
+                    result = hand_over_response(result)
             else:
                 if state.handle.python_workers:
                     check_python_workers_value(result)

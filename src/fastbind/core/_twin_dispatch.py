@@ -45,7 +45,7 @@ class DispatchPlan:
 
     __slots__ = (
         "_owner", "_limits", "resolved", "reports", "snapshot", "observe", "_validate", "_install_factory",
-        "_watch_hang", "_watch_cpu", "_answer", "_report", "_end", "_stream", "_hold",
+        "_watch_hang", "_answer", "_report", "_end", "_stream", "_hold",
     )
 
     def __init__(self, policy: Any, limits: Any) -> None:
@@ -58,7 +58,6 @@ class DispatchPlan:
         self._validate = policy.validate
         self._install_factory = policy.install_task_factory
         self._watch_hang = policy.watch_hang
-        self._watch_cpu = policy.watch_cpu
         self._answer = policy.answer
         self._report = policy.report
         self._end = policy.end
@@ -85,7 +84,7 @@ class DispatchPlan:
             if not pipeline.idle:
                 return self._end(pipeline, status, error, False)
             pipeline.close()
-            if self.reports or pipeline_state(pipeline).cpu_limit_ns >= 0:
+            if self.reports:
                 self._report(pipeline, status, error)
             return None
         self._stream(pipeline, response, status, error)
@@ -108,8 +107,6 @@ class DispatchPlan:
             state.observed = self.observe(pipeline, request)
         call = BindingCall(root, request, True)
         del request
-        if state.cpu_limit_ns >= 0:
-            self._watch_cpu()
         # Awaiting the call's iterator rather than the call tells the hang detector
         # which object holds all of the pipeline's code that runs in this task.
         driver = call.__await__()

@@ -12,7 +12,9 @@ from ..headers import Headers
 from ..request import Request, forward_request
 from ..response import Response
 
-__all__ = ("isolate", "RESERVED_METHODS", "SCALAR_TYPES", "reserved_message", "unknown_message")
+__all__ = (
+    "isolate", "hand_over_response", "RESERVED_METHODS", "SCALAR_TYPES", "reserved_message", "unknown_message",
+)
 
 # Names a Fetcher keeps for itself, and the handlers the runtime calls (a Durable
 # Object's alarm and WebSocket events, in Cloudflare's and in Python spelling); `_`-names
@@ -73,7 +75,7 @@ def isolate(value: Any) -> Any:
     if isinstance(value, Request):
         return forward_request(value)
     if isinstance(value, Response):
-        return _hand_over_response(value)
+        return hand_over_response(value)
     if hasattr(value, "__aiter__"):
         return value
     raise TypeError(
@@ -83,9 +85,13 @@ def isolate(value: Any) -> Any:
     )
 
 
-def _hand_over_response(src: Response) -> Response:
-    """The receiver's Response: of the sender's class (a ``workers.Response`` arrives as
-    one, its ``status_text`` kept), the body object handed over, headers copied."""
+def hand_over_response(src: Response) -> Response:
+    """What the receiver of a Response gets (the caller of a binding, the caller of an RPC
+    method that returned one): of the sender's class (a ``workers.Response`` arrives as
+    one, its ``status_text`` kept), the same status and body object, the headers copied
+    on write, ``src`` marked used (as a forwarded Request); its socket, the slots of a
+    subclass and its instance dict go with it. The compiled core does the same in C for
+    an exact Response."""
     kind = type(src)
     resp = kind.__new__(kind)
     resp.status = src.status
@@ -99,7 +105,11 @@ def _hand_over_response(src: Response) -> Response:
         for klass in kind.__mro__:
             if klass is Response:
                 break
-            for name in getattr(klass, "__slots__", ()):
-                if hasattr(src, name):
+            slots = klass.__dict__.get("__slots__", ())  # its own (getattr would find Response's)
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__") and hasattr(src, name):
                     setattr(resp, name, getattr(src, name))
+        extra = getattr(src, "__dict__", None)
+        if extra:
+            resp.__dict__.update(extra)
     return resp

@@ -156,6 +156,27 @@ def _check_limit(limit: object) -> int | None:
     return limit
 
 
+def _private_file(path: Path) -> None:
+    """Create ``path`` (mode 0600) and the folders missing above it (0700), if absent.
+
+    Stored objects are the Workers' data: readable by the server's user alone. SQLite
+    gives its -wal and -shm files the mode of the database file. Folders and files that
+    already exist keep their modes.
+    """
+    missing = [parent for parent in path.parents if not parent.exists()]
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        folder.chmod(0o700)  # mkdir's mode passes through the umask
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class NamespaceDatabase:
     """The SQLite database of one namespace: a file under a directory, or in memory.
 
@@ -209,7 +230,7 @@ class NamespaceDatabase:
 
     def _open(self) -> sqlite3.Connection:
         if self._path is not None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self._path)
         # Used by one loop's thread at a time, but a Runtime may be driven by loops of
         # different threads in turn. No busy timeout: waiting for a lock would block
         # the loop, and the lock is never released while its owner runs (below).

@@ -28,9 +28,11 @@ class HTTPLimits:
     """What one client may make the server hold or wait for.
 
     ``max_body`` bounds a request body (413), ``max_head`` the request line and headers
-    in bytes and ``max_headers`` their number (431). A request head must arrive whole,
-    and a body must not stall, within ``read_timeout`` seconds (408); an idle
-    keep-alive connection is closed after ``keep_alive_timeout`` seconds.
+    (431: the target, plus each header's name and value and 4 bytes) and
+    ``max_headers`` their number (431). A request head must arrive whole, and a body
+    must not stall, within ``read_timeout`` seconds (408); output the client does not
+    take for ``write_timeout`` seconds aborts the connection; an idle keep-alive
+    connection is closed after ``keep_alive_timeout`` seconds.
     """
 
     max_body: int = 100 * 1024 * 1024
@@ -38,16 +40,22 @@ class HTTPLimits:
     max_headers: int = 128
     read_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
+    write_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_body", "max_head", "max_headers"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"HTTPLimits.{name} must be a positive int, not {value!r}")
-        for name in ("read_timeout", "keep_alive_timeout"):
+        for name in ("read_timeout", "keep_alive_timeout", "write_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"HTTPLimits.{name} must be a number > 0, not {value!r}")
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often the server checks its connections' timeouts: a fraction of the shortest."""
+        return min(1.0, self.read_timeout / 4, self.keep_alive_timeout / 4, self.write_timeout / 4)
 
 
 class ServerState:
@@ -88,18 +96,21 @@ class Exchange:
     head_only = False
     expect_continue = False
     length: int | None = None  # Content-Length; None when chunked or absent
+    chunked = False  # Transfer-Encoding: chunked
     chunks: list[bytes] | None = None  # body received before the Worker started
     buffered = 0  # bytes in ``chunks``
     received = 0
     body_done = True
     stream: RequestBody | None = None
     discard = False  # the rest of the body is skipped as it arrives
+    held = False  # served once its body (dropped: GET, HEAD) has come
     reject = 0  # a status to answer instead of the Worker's response
     reject_message = ""
     target = b""
     start = 0.0
     tunnel = False  # CONNECT: nothing after it on this connection is HTTP
     websocket: list[tuple[str, str]] | None = None  # a WebSocket upgrade request: its headers
+    answering = False  # its response head has been written
     finished = False  # its response has been written
 
     @classmethod

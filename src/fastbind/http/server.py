@@ -16,12 +16,10 @@ from ..runtime import Runtime
 from . import access_log as _access_log
 from .connection import HTTPConnection
 from .exchange import AccessLog, HTTPLimits, ServerState
+from .stopping import ShutdownDeadline
 from .websocket import WebSocketLimits
 
 __all__ = ("Server", "HTTPLimits", "ListenError", "serve", "run", "format_address", "tls_context")
-
-# How often connections are checked for timeouts (at most; less when timeouts are short).
-_SWEEP_INTERVAL = 1.0
 
 
 class ListenError(OSError):
@@ -99,8 +97,7 @@ class Server:
             raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from exc
         if port == 0:
             state.default_host = _host_header(host, self.addresses[0][1])
-        limits = self.limits
-        self._interval = min(_SWEEP_INTERVAL, limits.read_timeout / 4, limits.keep_alive_timeout / 4)
+        self._interval = self.limits.sweep_interval
         self._sweeper = loop.call_later(self._interval, self._sweep)
 
     def _sweep(self) -> None:
@@ -175,9 +172,11 @@ async def serve(
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns an exit code.
 
-    A second signal during the shutdown cancels what is still running at once (exit 1).
-    ``companions``: (server, host, port) of servers that run alongside (the metrics
-    endpoint), started after this one and stopped after it.
+    0 when everything ended within ``shutdown_timeout`` (counted from the signal); 1
+    when the shutdown had to cut requests or work short, or a second signal cancelled
+    what was still running at once. ``companions``: (server, host, port) of servers
+    that run alongside (the metrics endpoint), started after this one and stopped
+    after it.
     """
     server = Server(runtime, entry, limits=limits, ws_limits=ws_limits, access_log=access_log,
                     log_hooks=log_hooks, ssl=ssl)
@@ -192,19 +191,22 @@ async def serve(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    deadline = ShutdownDeadline(shutdown_timeout)  # kept even while a Worker holds the loop
+    deadline.watch((signal.SIGTERM, signal.SIGINT))
     try:
         for companion, companion_host, companion_port in companions:
             await companion.start(companion_host, companion_port, reuse_port=reuse_port)
         if on_ready is not None:
             on_ready(server)
         await stop.wait()
-        await server.shutdown(shutdown_timeout)
+        clean = await server.shutdown(deadline.left())
         for companion, _, _ in companions:
             await companion.shutdown(1.0)
     finally:
+        deadline.release()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-    return 1 if server.forced else 0
+    return 0 if clean and not server.forced else 1
 
 
 def run(runtime: Runtime, entry: str, **options: Any) -> int:

@@ -8,8 +8,7 @@ from urllib.parse import quote_from_bytes
 import httptools
 
 __all__ = (
-    "METHODS", "HOST_OK", "valid_host", "quote_target", "other_form_url", "unknown_method",
-    "message_end", "MAX_METHOD",
+    "METHODS", "HOST_OK", "valid_host", "quote_target", "other_form_url", "unknown_method", "MAX_METHOD",
 )
 
 # The usual methods without decoding; any other is decoded from the request line.
@@ -81,48 +80,3 @@ def unknown_method(data: bytes, start: int) -> tuple[str | None, bytes] | None:
     if len(token) > MAX_METHOD:
         return None
     return token.decode("ascii"), data[start:match.start(1)] + _PLACEHOLDER_METHOD + data[match.end(1):]
-
-
-def message_end(data: bytes, count: int) -> int | None:
-    """Where the ``count``-th message that starts at ``data[0]`` ends, or None.
-
-    A second parser reads ``data`` in pieces that end where a message can end: at a
-    line feed, or at the end of a Content-Length body.
-    """
-    counter = _MessageCounter()
-    parser = httptools.HttpRequestParser(counter)
-    pos = 0
-    end = len(data)
-    try:
-        while pos < end:
-            if counter.body_left > 0:
-                stop = min(end, pos + counter.body_left)
-            else:
-                newline = data.find(b"\n", pos)
-                stop = end if newline < 0 else newline + 1
-            parser.feed_data(data[pos:stop])
-            pos = stop
-            if counter.done >= count:
-                return pos
-    except httptools.HttpParserError:
-        return None
-    return None
-
-
-class _MessageCounter:
-    __slots__ = ("done", "body_left")
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.body_left = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-length":
-            self.body_left = int(value)
-
-    def on_body(self, body: bytes) -> None:
-        self.body_left -= len(body)
-
-    def on_message_complete(self) -> None:
-        self.done += 1
-        self.body_left = 0

@@ -27,18 +27,20 @@ class ResponseWriter:
 
     The transport calls ``pause``/``resume`` (through the protocol's pause_writing and
     resume_writing) when its buffer fills and empties; a streamed body waits in
-    ``drain`` meanwhile, so a client that reads slowly slows the Worker down instead of
-    growing the server's memory.
+    ``drain`` meanwhile, and the connection starts no further request, so a client that
+    reads slowly slows the Worker down instead of growing the server's memory.
+    ``written`` counts the bytes handed to the transport: with the transport's unsent
+    count, it tells whether the client is taking any (HTTPConnection.check_timeouts).
     """
 
-    __slots__ = ("transport", "_state", "_loop", "paused", "paused_at", "_waiter", "lost")
+    __slots__ = ("transport", "_state", "_loop", "paused", "written", "_waiter", "lost")
 
     def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
         self.transport: asyncio.Transport | None = None
         self._state = state
         self._loop = loop
         self.paused = False
-        self.paused_at = 0.0
+        self.written = 0
         self._waiter: asyncio.Future[None] | None = None
         self.lost = False
 
@@ -46,7 +48,6 @@ class ResponseWriter:
 
     def pause(self) -> None:
         self.paused = True
-        self.paused_at = self._loop.time()
 
     def resume(self) -> None:
         self.paused = False
@@ -77,6 +78,7 @@ class ResponseWriter:
         Decides, and says in a ``connection`` header, whether the connection outlives
         this response.
         """
+        ex.answering = True
         status = response.status
         parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n"]
         dated = False
@@ -113,13 +115,17 @@ class ResponseWriter:
         elif type(body) is memoryview:
             body = body.cast("B")
         if response.status in _NO_CONTENT:
-            transport.write(self.head(ex, response, ""))
+            head = self.head(ex, response, "")
+            self.written += len(head)
+            transport.write(head)
             return 0
         size = len(body)
         head = self.head(ex, response, f"content-length: {size}\r\n")
         if ex.head_only or not size:
+            self.written += len(head)
             transport.write(head)
             return 0
+        self.written += len(head) + size
         if size <= _COALESCE_MAX:
             transport.write(head + body)
         else:
@@ -135,22 +141,23 @@ class ResponseWriter:
         """
         transport = self.transport
         assert transport is not None
+        write = self._write
         declared = _declared_length(response)
         sent = 0
         try:
             if response.status in _NO_CONTENT or ex.head_only:
                 framing = "" if declared is None else f"content-length: {declared}\r\n"
-                transport.write(self.head(ex, response, framing))
+                write(self.head(ex, response, framing))
                 return 0
             if declared is not None:
-                transport.write(self.head(ex, response, f"content-length: {declared}\r\n", False))
+                write(self.head(ex, response, f"content-length: {declared}\r\n", False))
                 chunked = False
             elif ex.version == "1.0":
                 ex.keep_alive = False  # the body ends when the connection does
-                transport.write(self.head(ex, response, "", False))
+                write(self.head(ex, response, "", False))
                 chunked = False
             else:
-                transport.write(self.head(ex, response, "transfer-encoding: chunked\r\n", False))
+                write(self.head(ex, response, "transfer-encoding: chunked\r\n", False))
                 chunked = True
             async for chunk in body:
                 if type(chunk) is not bytes:
@@ -163,11 +170,13 @@ class ResponseWriter:
                     raise ValueError(f"the body is longer than its content-length, {declared}")
                 if chunked:
                     if size <= _COALESCE_MAX:
-                        transport.write(b"%x\r\n%b\r\n" % (size, chunk))
+                        write(b"%x\r\n%b\r\n" % (size, chunk))
                     else:
-                        transport.writelines((b"%x\r\n" % size, chunk, b"\r\n"))
+                        write(b"%x\r\n" % size)
+                        write(chunk)
+                        write(b"\r\n")
                 else:
-                    transport.write(chunk)
+                    write(chunk)
                 if self.paused:
                     await self.drain()
                 if self.lost:
@@ -175,7 +184,7 @@ class ResponseWriter:
             if declared is not None and sent != declared:
                 raise ValueError(f"the body is {sent} bytes long, its content-length says {declared}")
             if chunked:
-                transport.write(b"0\r\n\r\n")
+                write(b"0\r\n\r\n")
             return sent
         except Exception:
             # The head is out: the only way left to tell the client is to cut the body short.
@@ -194,9 +203,10 @@ class ResponseWriter:
         transport = self.transport
         if transport is None or self.lost:
             return 0
+        ex.answering = True
         body = (ex.reject_message + "\n").encode()
         status = ex.reject
-        transport.write(
+        self._write(
             (
                 (_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n")
                 + self._state.date
@@ -210,7 +220,12 @@ class ResponseWriter:
     def send_continue(self) -> None:
         """``100 Continue``: the Worker has started reading a body the client holds back."""
         if self.transport is not None and not self.lost:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.written += len(data)
+        self.transport.write(data)
 
 
 def _declared_length(response: Response) -> int | None:
