@@ -256,6 +256,8 @@ class _PeerConnection(asyncio.Protocol):
         self._head_only = head_only
         transport = self.transport
         try:
+            if isinstance(body, str):
+                body = body.encode()
             if body is None:
                 transport.write(head + b"content-length: 0\r\n\r\n")
             elif isinstance(body, (bytes, bytearray, memoryview)):
@@ -273,6 +275,7 @@ class _PeerConnection(asyncio.Protocol):
             answer: PeerResponse = await waiter
             return answer
         except BaseException:
+            waiter.cancel()
             self.close()  # cancelled or failed half-way: its answer would arrive for nobody
             raise
 

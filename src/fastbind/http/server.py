@@ -106,23 +106,23 @@ class Server:
         self._interval = self.limits.sweep_interval
         self._sweeper = loop.call_later(self._interval, self._sweep)
 
-    async def listen_unix(self, path: str, calls_path: str | None = None) -> None:
-        """Also serve on the unix socket ``path`` (after ``start``), and the node's call
+    async def listen_unix(self, unix_path: str, calls_path: str | None = None) -> None:
+        """Also serve on the unix socket ``unix_path`` (after ``start``), and the node's call
         channel on ``calls_path``: the other processes of a node forward their calls to
         this one's Durable Objects there (cluster/channel.py)."""
         state = self._state
         assert state is not None, "start() first"
         loop = asyncio.get_running_loop()
-        for where in (path, calls_path):
+        for where in (unix_path, calls_path):
             if where is not None and os.path.exists(where):
                 os.unlink(where)  # left by a process of this slot that was killed
         try:
-            self._unix = await loop.create_unix_server(lambda: HTTPConnection(state), path)
+            self._unix = await loop.create_unix_server(lambda: HTTPConnection(state), unix_path)
             if calls_path is not None:
                 self._calls = CallServer(self._hops.trusted)
                 self._calls_server = await loop.create_unix_server(self._calls.protocol, calls_path)
         except OSError as exc:
-            raise ListenError(exc.errno, f"cannot listen on {path}: {exc.strerror}") from exc
+            raise ListenError(exc.errno, f"cannot listen on {unix_path}: {exc.strerror}") from exc
 
     def _sweep(self) -> None:
         state = self._state
