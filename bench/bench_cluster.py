@@ -194,6 +194,8 @@ def cpu(pid):
 setup = NodeSetup(slots=2, port=0)
 owner = os.fork()
 if owner == 0:
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: go when the parent goes
     rt = runtime()
     setup.join(rt, 1)
 
@@ -206,11 +208,17 @@ if owner == 0:
     uvloop.run(serve())
     os._exit(0)
 
-rt = runtime()
-router = setup.join(rt, 0)
-ns = rt.extension(DurableObjects).namespaces[0]
-names = {slot: [n for n in (f"c{i}" for i in range(400)) if router.placement.slot_of(ns.id_from_name(n).raw) == slot][:50]
-         for slot in (0, 1)}
+try:
+    rt = runtime()
+    router = setup.join(rt, 0)
+    rt.validate()  # builds the Workers' env, and so the namespace
+    ns = rt.extension(DurableObjects).namespaces[0]
+    names = {slot: [n for n in (f"c{i}" for i in range(400))
+                    if router.placement.slot_of(ns.id_from_name(n).raw) == slot][:50]
+             for slot in (0, 1)}
+except BaseException:
+    os.kill(owner, 9)
+    raise
 N = int(sys.argv[2])
 
 
