@@ -13,7 +13,7 @@ import pytest
 
 from fastbind import ConfigError, DurableObject, Request, Response, Runtime, SubrequestDepthError
 from fastbind.cluster import wire
-from fastbind.cluster.members import Membership, Node, owner_index, slot_keys
+from fastbind.cluster.members import Membership, Node, Remembered, owner_index, slot_keys
 from fastbind.cluster.shards import MANIFEST, prepare_shards, shard_dir
 from fastbind.config import read_config
 from fastbind.durable.ids import IdMaker
@@ -192,6 +192,8 @@ def test_storage_moves_to_the_shard_of_each_objects_new_slot(tmp_path: Path, run
     ('nodes = [{ url = "http://x:1" }]', "needs a name"),
     ('dns = "x"\nnodes = ["http://x:1"]', 'needs "nodes" (a list of the nodes) or "dns"'),
     ('dns = "x"\nrefresh_s = 0', '"refresh_s" must be seconds'),
+    ('dns = "x"\nforget_s = -1', '"forget_s" must be seconds'),
+    ('nodes = ["http://x:1"]\nforget_s = 60', '"forget_s" goes with "dns"'),
     ('nodes = ["http://x:1"]\nport = 1', '"port" goes with "dns"'),
     ('dsn = "x"', 'unknown key "dsn"; did you mean "dns"?'),
 ])
@@ -216,3 +218,13 @@ def test_cluster_table_reads_nodes_and_dns(tmp_path: Path) -> None:
     assert cluster is not None and cluster.dns == "localhost"
     membership = asyncio.run(asyncio.to_thread(cluster.membership, 1))
     assert membership.nodes and all(n.url.endswith(":9000") for n in membership.nodes)
+
+
+def test_a_node_the_name_stops_listing_stays_a_member_for_forget_s() -> None:
+    a, b, b_moved = Node("a", "http://10.0.0.1:1"), Node("b", "http://10.0.0.2:1"), Node("b", "http://10.0.0.9:1")
+    remembered = Remembered(forget_s=60)
+    assert remembered.update([a, b], now=0) == [a, b]
+    assert remembered.update([a], now=30) == [a, b]  # b is down, not gone: its objects stay its own
+    assert Membership(remembered.update([a], now=59)) == Membership([a, b])
+    assert remembered.update([a, b_moved], now=70) == [a, b_moved]  # back at another address
+    assert remembered.update([a], now=131) == [a]  # gone for longer than forget_s: it left

@@ -17,7 +17,7 @@ from typing import Any
 from . import workers
 from .bindings import RemoteBinding, ServiceBinding, remote, service
 from .cluster.members import Membership, Node
-from .cluster.node import DEFAULT_REFRESH_S, ClusterConfig
+from .cluster.node import DEFAULT_FORGET_S, DEFAULT_REFRESH_S, ClusterConfig
 from .durable import namespace_specs_from_config
 from .errors import ConfigError
 from .limits import Limits
@@ -30,7 +30,7 @@ __all__ = (
 )
 
 _TOP_KEYS = ("limits", "workers", "namespaces", "cluster")
-_CLUSTER_KEYS = ("nodes", "dns", "port", "scheme", "refresh_s")
+_CLUSTER_KEYS = ("nodes", "dns", "port", "scheme", "refresh_s", "forget_s")
 _WORKER_KEYS = ("name", "main", "vars", "services", "durable_objects", "dispatch_namespaces")
 _SERVICE_KEYS = ("binding", "service", "entrypoint", "props")
 _REMOTE_KEYS = ("binding", "url")
@@ -229,7 +229,7 @@ def _read_cluster(label: str, table: Any) -> ClusterConfig:
     if nodes is not None:
         if not isinstance(nodes, list) or not nodes:
             raise ConfigError(f'{label}: [cluster] "nodes" must be a non-empty array, not {_kind(nodes)}.')
-        for key in ("port", "scheme", "refresh_s"):
+        for key in ("port", "scheme", "refresh_s", "forget_s"):
             if key in table:
                 raise ConfigError(f'{label}: [cluster] "{key}" goes with "dns", not with "nodes".')
         parsed = tuple(Node.parse(entry, f"{label}: [cluster] nodes[{i}]") for i, entry in enumerate(nodes))
@@ -249,7 +249,10 @@ def _read_cluster(label: str, table: Any) -> ClusterConfig:
     refresh = table.get("refresh_s", DEFAULT_REFRESH_S)
     if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not 0 < refresh <= 86400:
         raise ConfigError(f'{label}: [cluster] "refresh_s" must be seconds (more than 0), not {_kind(refresh)}.')
-    return ClusterConfig(dns=dns, port=port, scheme=scheme, refresh_s=float(refresh))
+    forget = table.get("forget_s", DEFAULT_FORGET_S)
+    if isinstance(forget, bool) or not isinstance(forget, (int, float)) or not 0 <= forget:
+        raise ConfigError(f'{label}: [cluster] "forget_s" must be seconds (0 or more), not {_kind(forget)}.')
+    return ClusterConfig(dns=dns, port=port, scheme=scheme, refresh_s=float(refresh), forget_s=float(forget))
 
 
 def _read_worker(label: str, index: int, table: dict[str, Any]) -> WorkerConfig:

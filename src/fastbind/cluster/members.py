@@ -19,7 +19,7 @@ from yarl import URL
 
 from ..errors import ConfigError
 
-__all__ = ("Node", "Membership", "owner_index", "slot_keys", "resolve_dns")
+__all__ = ("Node", "Membership", "Remembered", "owner_index", "slot_keys", "resolve_dns")
 
 
 def owner_index(raw: bytes, keys: Sequence[bytes]) -> int:
@@ -121,6 +121,31 @@ class Membership:
 
     def __repr__(self) -> str:
         return f"<Membership {', '.join(self.names())} ({self.fingerprint})>"
+
+
+class Remembered:
+    """The nodes a DNS name lists, and those it stopped listing less than ``forget_s`` ago.
+
+    A headless Service drops a pod that is not ready or is being replaced; taken at its
+    word, the pod's objects would start on other nodes, without their storage, and move
+    back when it returns. Kept for ``forget_s``, the pod is a node that is down: its
+    objects' calls fail until it is back. Only a node gone for longer leaves.
+    """
+
+    __slots__ = ("forget_s", "_seen")
+
+    def __init__(self, forget_s: float) -> None:
+        self.forget_s = forget_s
+        self._seen: dict[str, tuple[Node, float]] = {}
+
+    def update(self, listed: Sequence[Node], now: float) -> list[Node]:
+        """The members after the name listed ``listed`` at ``now`` (monotonic seconds)."""
+        for node in listed:
+            self._seen[node.name] = (node, now)
+        for name, (_, seen) in list(self._seen.items()):
+            if now - seen > self.forget_s:
+                del self._seen[name]
+        return [node for node, _ in self._seen.values()]
 
 
 def resolve_dns(name: str, port: int, scheme: str = "http") -> list[Node]:

@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +27,19 @@ from ..errors import ConfigError
 from ..outbound.hop import SECRET_ENV, HopKey, key_from_env
 from ..outbound.remote import RemoteBindings
 from .forward import Forwarder
-from .members import Membership, Node, resolve_dns
+from .members import Membership, Node, Remembered, resolve_dns
 from .placement import Placement, calls_path, socket_path
 from .shards import prepare_shards, shard_dir
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ("ClusterConfig", "NodeSetup", "DEFAULT_REFRESH_S")
+__all__ = ("ClusterConfig", "NodeSetup", "DEFAULT_REFRESH_S", "DEFAULT_FORGET_S")
 
 logger = logging.getLogger("fastbind.cluster")
 
 DEFAULT_REFRESH_S = 10.0
+DEFAULT_FORGET_S = 600.0  # a pod rescheduled with its volume is back well within it
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ClusterConfig:
     port: int | None = None  # dns: the peers' port (None: the port this node serves)
     scheme: str = "http"  # dns: how the peers are reached
     refresh_s: float = DEFAULT_REFRESH_S  # dns: how often the name is resolved again
+    forget_s: float = DEFAULT_FORGET_S  # dns: how long a node the name stopped listing stays a member
 
     def membership(self, served_port: int) -> Membership:
         """The membership now (a DNS name is resolved: blocking)."""
@@ -129,14 +132,19 @@ class NodeSetup:
         if forwarder is None or cluster is None or cluster.dns is None:
             return None
 
+        remembered = Remembered(cluster.forget_s)
+        assert self.membership is not None
+        remembered.update(self.membership.nodes, time.monotonic())
+
         async def refresh() -> None:
             while True:
                 await asyncio.sleep(cluster.refresh_s)
                 try:
-                    membership = await asyncio.to_thread(cluster.membership, self.port)
+                    listed = await asyncio.to_thread(cluster.membership, self.port)
                 except ConfigError as exc:
                     logger.warning("cluster membership not refreshed: %s", exc)
                     continue
+                membership = Membership(remembered.update(listed.nodes, time.monotonic()))
                 if membership != forwarder.placement.membership:
                     adopt(runtime, forwarder, membership)
 
