@@ -247,7 +247,7 @@ class CallEndpoint(asyncio.Protocol):
         headers._shared = False
         request = _new_request(Request)
         request.method = self._parser.get_method().decode("ascii")
-        request.url = check_url("http://fastbind" + self._url.decode("latin-1"))
+        request.url = _url(self._url)
         request.headers = headers
         request.body = b"".join(self._body) if self._body else None
         request.body_used = False
@@ -275,6 +275,20 @@ class CallEndpoint(asyncio.Protocol):
         lines.append(b"%s: %s\r\ncontent-length: %d\r\n\r\n" % (_CALL_BYTES, call, len(body)))
         lines.append(body)
         self._writer.write(b"".join(lines))
+
+
+_URLS: dict[bytes, str] = {}  # request targets (an RPC path per method) -> checked URL
+_URLS_MAX = 1024
+
+
+def _url(target: bytes) -> str:
+    """The URL of a call's request target, checked once per target."""
+    url = _URLS.get(target)
+    if url is None:
+        url = check_url("http://fastbind" + target.decode("latin-1"))
+        if len(_URLS) < _URLS_MAX:
+            _URLS[target] = url
+    return url
 
 
 def _same_user(transport: asyncio.BaseTransport) -> bool:

@@ -48,6 +48,7 @@ _NOT_SENT = frozenset((
 # a call that could not connect (so never ran) waits that long for it.
 _SLOT_RESTART_WAIT_S = 5.0
 _RPC_PATH = b"/.fastbind/rpc/"
+_KNOWN_MAX = 4096  # objects whose owner and target are kept (a hash and a quote less per call)
 
 
 def object_target(ns: DurableObjectNamespace, oid: DurableObjectId) -> str:
@@ -75,13 +76,15 @@ class Forwarder:
         self._pools: dict[str, PeerPool] = {}
         self._channels: dict[int, CallChannel] = {}
         self._routes: dict[tuple[str, str], Any] = {}
+        # (namespace key, id bytes, name) -> (owner, fastbind-object value), for this membership
+        self._known: dict[tuple[str, bytes, str | None], tuple[Owner, str]] = {}
         self._ws_sessions: dict[str, Any] = {}
 
     # -- DurableObjects.router ----------------------------------------------------------
 
     def route(self, ns: DurableObjectNamespace, oid: DurableObjectId) -> Any:
         placement = self.placement
-        owner = placement.owner(oid.raw)
+        owner = self._where(ns, oid)[0]
         if owner.node is None and owner.slot == placement.slot:
             return None
         peer = self._peer_name(owner)
@@ -95,6 +98,16 @@ class Forwarder:
 
             bound = self._routes[(ns.key, peer)] = forward
         return bound
+
+    def _where(self, ns: DurableObjectNamespace, oid: DurableObjectId) -> tuple[Owner, str]:
+        """The owner of ``oid`` and its ``fastbind-object`` value, worked out once."""
+        key = (ns.key, oid.raw, oid.name)
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.clear()
+            known = self._known[key] = (self.placement.owner(oid.raw), object_target(ns, oid))
+        return known
 
     # -- peers --------------------------------------------------------------------------
 
@@ -123,6 +136,7 @@ class Forwarder:
         """Route by ``membership`` from now on (a DNS name listed other nodes)."""
         self.placement.membership = membership
         self._routes.clear()
+        self._known.clear()
         for name in [n for n in self._pools if n.startswith("node ")]:
             self._pools.pop(name).close()
 
@@ -138,7 +152,7 @@ class Forwarder:
     ) -> Any:
         """Run one call (``ctx``: its child invocation) on the object, where it lives."""
         pipeline = ctx.pipeline
-        hop = Hop(ctx.depth, pipeline.pipeline_id, remaining_cpu_ms(pipeline), object_target(ns, oid),
+        hop = Hop(ctx.depth, pipeline.pipeline_id, remaining_cpu_ms(pipeline), self._where(ns, oid)[1],
                   method, self.placement.fingerprint)
         traced = observed_headers(pipeline, ctx.ledger_index) if pipeline.observed else []
         label = f"Durable Object {ns.class_name}:{oid}"
