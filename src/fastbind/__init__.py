@@ -16,6 +16,7 @@ from .entrypoint import WorkerEntrypoint
 from .errors import (
     ConfigError,
     CpuLimitExceeded,
+    DurableObjectUnavailableError,
     FastbindError,
     FetchError,
     SubrequestDepthError,
@@ -55,6 +56,7 @@ __all__ = (
     "WorkerCpuLimitError",
     "WorkerMemoryLimitError",
     "WorkerNotFoundError",
+    "DurableObjectUnavailableError",
     "WorkerHangError",
     "DurableObject",
     "service",

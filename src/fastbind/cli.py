@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import orjson
 
 from . import benchmark, core_info, metrics, reload, tracing
 from .bindings import RemoteBinding
+from .cluster.node import NodeSetup
 from .config import Config, binding_cycles, build_runtime, read_config
 from .errors import ConfigError
 from .http.access_log import FORMATS
@@ -112,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                        help="server processes sharing the port with SO_REUSEPORT (default: 1)")
     serve.add_argument("--entry", metavar="NAME", help="the Worker to serve (default: the first in the file)")
+    serve.add_argument("--node", metavar="NAME",
+                       help="this node's name in the config's [cluster] (its Durable Objects are its share)")
+    serve.add_argument("--durable-dir", metavar="DIR",
+                       help="keep Durable Object storage in SQLite files here (default: in memory)")
     serve.add_argument("--access-log", action="store_true", help="print one line per request to stdout")
     serve.add_argument("--log-format", choices=FORMATS, default="text",
                        help="access-log lines and log records as text or as one JSON object a line (default: text)")
@@ -175,6 +181,15 @@ def _serve(options: argparse.Namespace) -> int:
             f'{config.label}: --entry "{entry}" is not a Worker of this file '
             f"(its Workers: {', '.join(runtime.workers)})."
         )
+    setup = NodeSetup(slots=options.workers, node=options.node, cluster=config.cluster,
+                      durable_dir=options.durable_dir, port=options.port)
+    try:
+        return _serve_node(options, runtime, entry, setup)
+    finally:
+        setup.close()
+
+
+def _serve_node(options: argparse.Namespace, runtime: Any, entry: str, setup: NodeSetup) -> int:
     limits = HTTPLimits(
         max_body=options.max_body, max_head=options.max_header_size,
         read_timeout=options.read_timeout, keep_alive_timeout=options.keep_alive_timeout,
@@ -200,10 +215,22 @@ def _serve(options: argparse.Namespace) -> int:
         if options.metrics is not None and options.workers > 1 and metrics.MULTIPROCESS_ENV not in os.environ:
             metrics.use_multiprocess(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="fastbind-metrics-")))
 
-        def serve_here(**where: Any) -> int:
-            """In the process that serves: tracing, metrics, TLS, then ``run``."""
+        def serve_here(slot: int = 0, **where: Any) -> int:
+            """In the process that serves (slot ``slot`` of the node): its place in the node,
+            tracing, metrics, TLS, then ``run``."""
             with ExitStack() as stack:
                 extra = dict(settings)
+                forwarder = setup.join(runtime, slot)
+                extra.update(setup.sockets(slot))
+                watcher = setup.watcher(runtime, forwarder)
+                if watcher is not None:
+                    announce = where["on_ready"]
+
+                    def ready_and_watch(server: object) -> None:
+                        asyncio.get_running_loop().create_task(watcher())
+                        announce(server)
+
+                    where["on_ready"] = ready_and_watch
                 if options.ssl_certfile:
                     extra["ssl"] = tls_context(options.ssl_certfile, options.ssl_keyfile, options.ssl_keyfile_password)
                 if options.otel:
@@ -217,10 +244,11 @@ def _serve(options: argparse.Namespace) -> int:
                     extra["companions"] = [(counting.endpoint(), *where.pop("metrics_at"))]
                 return run(runtime, entry, **where, **extra)
 
+        node = f', node "{options.node}"' if options.node else ""
         if options.workers == 1:
             def announce(server: object) -> None:
                 for host, port in getattr(server, "addresses"):
-                    _say(f'serving "{entry}" on {format_address(host, port, scheme)} (pid {os.getpid()})')
+                    _say(f'serving "{entry}" on {format_address(host, port, scheme)} (pid {os.getpid()}{node})')
 
             where: dict[str, Any] = {"host": options.host, "port": options.port, "on_ready": announce}
             if options.fd is not None:
@@ -248,20 +276,21 @@ def _serve_processes(options: argparse.Namespace, entry: str, scheme: str, serve
         port = reserved[0].getsockname()[1]
         metrics_at = (options.metrics[0], reserved[1].getsockname()[1]) if options.metrics else None
 
-        def serve_child(ready: object) -> int:
+        def serve_child(ready: object, slot: int) -> int:
             for sock in reserved:
                 sock.close()
             where: dict[str, Any] = {"host": options.host, "port": port, "reuse_port": True,
                                      "on_ready": lambda server: ready()}  # type: ignore[operator]
             if metrics_at is not None:
                 where["metrics_at"] = metrics_at
-            return serve_here(**where)
+            return serve_here(slot, **where)
 
         def announce_all(pids: list[int]) -> None:
             children = ", ".join(map(str, pids))
+            node = f', node "{options.node}"' if options.node else ""
             _say(
                 f'serving "{entry}" on {format_address(options.host, port, scheme)} '
-                f"(pid {os.getpid()}, {len(pids)} worker processes: {children})"
+                f"(pid {os.getpid()}, {len(pids)} worker processes: {children}{node})"
             )
 
         return supervise(options.workers, serve_child, on_ready=announce_all,

@@ -16,6 +16,8 @@ from typing import Any
 
 from . import workers
 from .bindings import RemoteBinding, ServiceBinding, remote, service
+from .cluster.members import Membership, Node
+from .cluster.node import DEFAULT_FORGET_S, DEFAULT_REFRESH_S, ClusterConfig
 from .durable import namespace_specs_from_config
 from .errors import ConfigError
 from .limits import Limits
@@ -27,7 +29,8 @@ __all__ = (
     "binding_cycles",
 )
 
-_TOP_KEYS = ("limits", "workers", "namespaces")
+_TOP_KEYS = ("limits", "workers", "namespaces", "cluster")
+_CLUSTER_KEYS = ("nodes", "dns", "port", "scheme", "refresh_s", "forget_s")
 _WORKER_KEYS = ("name", "main", "vars", "services", "durable_objects", "dispatch_namespaces")
 _SERVICE_KEYS = ("binding", "service", "entrypoint", "props")
 _REMOTE_KEYS = ("binding", "url")
@@ -72,6 +75,7 @@ class Config:
     limits: Limits
     workers: tuple[WorkerConfig, ...]
     namespaces: tuple[NamespaceConfig, ...] = ()
+    cluster: ClusterConfig | None = None  # [cluster]: the nodes this file's Workers run on
 
     @property
     def entry(self) -> str:
@@ -131,7 +135,8 @@ def read_config(path: str | os.PathLike[str]) -> Config:
                     f'{label}: Worker "{worker.name}" dispatch namespace "{binding}" refers to '
                     f'namespace "{target}", which is not defined; {_suggest(target, defined, "[[namespaces]]")}'
                 )
-    return Config(file.resolve(), label, limits, tuple(workers), namespaces)
+    cluster = _read_cluster(label, data["cluster"]) if "cluster" in data else None
+    return Config(file.resolve(), label, limits, tuple(workers), namespaces, cluster)
 
 
 def build_runtime(config: Config, *, runtime_class: type[Runtime] = Runtime) -> Runtime:
@@ -209,6 +214,45 @@ def _read_limits(label: str, table: Any) -> Limits:
         return Limits(**table)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{label}: [limits] {str(exc).removeprefix('Limits.')}.") from None
+
+
+def _read_cluster(label: str, table: Any) -> ClusterConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{label}: [cluster] must be a table, not {_kind(table)}.")
+    _check_keys(label, "[cluster]", table, _CLUSTER_KEYS)
+    nodes, dns = table.get("nodes"), table.get("dns")
+    if (nodes is None) == (dns is None):
+        raise ConfigError(
+            f'{label}: [cluster] needs "nodes" (a list of the nodes) or "dns" (a name that lists '
+            "them, as a Kubernetes headless Service does): one of the two."
+        )
+    if nodes is not None:
+        if not isinstance(nodes, list) or not nodes:
+            raise ConfigError(f'{label}: [cluster] "nodes" must be a non-empty array, not {_kind(nodes)}.')
+        for key in ("port", "scheme", "refresh_s", "forget_s"):
+            if key in table:
+                raise ConfigError(f'{label}: [cluster] "{key}" goes with "dns", not with "nodes".')
+        parsed = tuple(Node.parse(entry, f"{label}: [cluster] nodes[{i}]") for i, entry in enumerate(nodes))
+        try:
+            Membership(parsed)
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: [cluster] {exc}.") from None
+        return ClusterConfig(nodes=parsed)
+    if not isinstance(dns, str) or not dns or any(c.isspace() for c in dns):
+        raise ConfigError(f'{label}: [cluster] "dns" must be a host name, not {_kind(dns)}.')
+    port = table.get("port")
+    if port is not None and (type(port) is not int or not 1 <= port <= 65535):
+        raise ConfigError(f'{label}: [cluster] "port" must be a port number (1..65535), not {_kind(port)}.')
+    scheme = table.get("scheme", "http")
+    if scheme not in ("http", "https"):
+        raise ConfigError(f'{label}: [cluster] "scheme" must be "http" or "https", not {_kind(scheme)}.')
+    refresh = table.get("refresh_s", DEFAULT_REFRESH_S)
+    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not 0 < refresh <= 86400:
+        raise ConfigError(f'{label}: [cluster] "refresh_s" must be seconds (more than 0), not {_kind(refresh)}.')
+    forget = table.get("forget_s", DEFAULT_FORGET_S)
+    if isinstance(forget, bool) or not isinstance(forget, (int, float)) or not 0 <= forget:
+        raise ConfigError(f'{label}: [cluster] "forget_s" must be seconds (0 or more), not {_kind(forget)}.')
+    return ClusterConfig(dns=dns, port=port, scheme=scheme, refresh_s=float(refresh), forget_s=float(forget))
 
 
 def _read_worker(label: str, index: int, table: dict[str, Any]) -> WorkerConfig:

@@ -16,6 +16,7 @@ __all__ = (
     "WorkerCpuLimitError",
     "WorkerMemoryLimitError",
     "WorkerNotFoundError",
+    "DurableObjectUnavailableError",
     "BODY_USED_MESSAGE",
     "body_used_error",
     "CPU_LIMIT_MESSAGE",
@@ -174,3 +175,14 @@ class RedirectError(FetchError, TypeError):
     """A redirect fetch() would not follow: redirect="error", a Location that is no
     http(s) URL, or a streamed body that cannot be sent again. A TypeError, as the
     Fetch API's network errors are."""
+
+
+class DurableObjectUnavailableError(FastbindError):
+    """A call could not reach the process or node that owns its Durable Object.
+
+    The object is never started anywhere else instead (that would make a second copy),
+    so its calls fail with this error until its owner is back. ``retryable`` is True,
+    as on Cloudflare's errors of the kind: the same call may succeed later.
+    """
+
+    retryable = True

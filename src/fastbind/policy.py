@@ -50,6 +50,10 @@ class PipelineReport:
     subrequests: tuple[Any, ...]  # SubrequestRecord: caller, target, kind, depth, ...
     error: BaseException | None
     cpu_ns: int | None = None  # the pipeline's CPU, when measured (Limits.measure_cpu, or a call with a CPU limit ran)
+    # The same in every process a pipeline crosses through remote bindings and forwarded
+    # Durable Object calls; ``depth`` is its top-level invocation's (1 unless continued).
+    pipeline_id: str | None = None
+    depth: int = 1
 
 
 class PipelineObserver:
@@ -216,6 +220,7 @@ class DispatchPolicy:
         report = PipelineReport(
             pipeline.entry, status, pipeline.start_ns, pipeline.duration_ns,
             pipeline.ledger, error, pipeline.cpu_ns if pipeline.cpu_measured else None,
+            pipeline.pipeline_id, pipeline.root_depth,
         )
         for observer, state in observed or ():
             try:

@@ -288,7 +288,16 @@ cdef class PipelineContext:
         self.duration_ticks = -1
         self.cpu_limit_ns = _cpu_limit_ns(limits.cpu_ms)
         self.cpu_enabled = self.cpu_measured = limits.measure_cpu
+        self.root_depth = 1
         _live_pipelines += 1
+
+    @property
+    def pipeline_id(self):
+        """The pipeline's id: 32 hex digits, made when first read, or the id of the
+        pipeline of another process that this one continues (a remote binding's hop)."""
+        if self._pipeline_id is None:
+            self._pipeline_id = _new_pipeline_id()
+        return self._pipeline_id
 
     @property
     def start_ns(self):
@@ -571,7 +580,19 @@ cdef object _depth_error(InvocationContext caller, WorkerHandle target):
         chain.append(inv.handle.name)
         inv = inv.parent
     chain.reverse()
+    _note_remote_callers(chain, caller.pipeline.root_depth)
     return SubrequestDepthError(chain=tuple(chain), target=target.name, limit=caller.pipeline.max_depth)
+
+
+def _new_pipeline_id():
+    return os.urandom(16).hex()
+
+
+cdef int _note_remote_callers(list chain, long root_depth) except -1:
+    # A continued pipeline's callers ran in other processes: the chain says how many.
+    if root_depth > 1:
+        chain.insert(0, f"({root_depth - 1} in other processes)")
+    return 0
 
 
 cdef inline int _status_code(object status) except -1:

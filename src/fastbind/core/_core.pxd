@@ -103,6 +103,8 @@ cdef class PipelineContext:
     cdef readonly int64_t cpu_ns
     cdef readonly bint cpu_exceeded
     cdef readonly object observed   # what the Runtime's observers keep of it (tracing), or None
+    cdef object _pipeline_id        # str: made when first read, or given by a continued pipeline
+    cdef readonly long root_depth   # the top-level invocation's depth: 1, more when continued
     cdef object __weakref__
 
     cdef inline Py_ssize_t _add_entry(self, Py_ssize_t parent, str target, str kind, long depth) except -1
@@ -138,7 +140,7 @@ cdef class InvocationContext:
     cdef readonly object props
     cdef readonly long subrequests
     cdef bint pass_through
-    cdef Py_ssize_t ledger_index   # -1: the top-level invocation
+    cdef readonly Py_ssize_t ledger_index   # its entry in the pipeline's ledger; -1: the top-level invocation
     cdef readonly int64_t cpu_ns
     cdef LimitScope scope          # None unless a call with CallLimits is above (or is) this one
     cdef bint owns_scope           # this invocation's call opened ``scope``
@@ -304,8 +306,14 @@ cdef class TopLevelCall(BindingCall):
     cdef object watch              # the hang detector's watch, once the root suspended
     cdef object ending             # a coroutine of the policy, once delegated
     cdef object answer             # the Response to give once ``ending`` is done
+    # Entry.continued: a pipeline of another process goes on here (depth, id, CPU budget).
+    cdef bint continued
+    cdef long start_depth
+    cdef object pipeline_id
+    cdef int64_t cpu_budget_ns     # -1: the caller set no CPU limit
 
     cdef int _start(self) except -1
+    cdef long _continue(self, PipelineContext pipeline) except -1
     cdef int _top_send(self, object arg, object exc, PyObject** result) except? -1
     cdef int _root_ended(self, object response, object error, PyObject** result) except? -1
     cdef int _answer(self, object response, PyObject** result) except -1

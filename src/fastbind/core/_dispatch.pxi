@@ -188,6 +188,24 @@ cdef class Entry:
         """The awaitable of one request whose answer is ``convert(response)``."""
         return _top_call(self, request, NULL, convert)
 
+    def continued(self, request, long depth, str pipeline_id not None, cpu_ms=None):
+        """The awaitable of one request that goes on with a pipeline of another process.
+
+        Its root invocation runs at ``depth`` (the remote caller's depth + 1), the
+        pipeline keeps ``pipeline_id``, and its CPU budget is at most ``cpu_ms``
+        (what the caller's pipeline had left; None: the caller had no limit).
+        """
+        if not 1 <= depth <= self.plan.max_depth:
+            raise ValueError(f"a continued pipeline's depth must be 1..{self.plan.max_depth}, not {depth}")
+        if not pipeline_id:
+            raise ValueError("a continued pipeline needs a pipeline id")
+        cdef TopLevelCall call = _top_call(self, request, NULL, None)
+        call.continued = True
+        call.start_depth = depth
+        call.pipeline_id = pipeline_id
+        call.cpu_budget_ns = -1 if cpu_ms is None else <int64_t>min(max(cpu_ms, 0.0) * 1e6, 9.2e18)
+        return call
+
     def __repr__(self):
         return f"<Entry {self.handle.name}>"
 
@@ -260,7 +278,11 @@ cdef class TopLevelCall(BindingCall):
             self.original = plan.snapshot(self.request)
         cdef PipelineContext pipeline = plan._pipeline(self.handle.name)
         self.pipeline = pipeline
-        cdef InvocationContext inv = _new_invocation(pipeline, None, self.handle, 1, _EMPTY_PROPS, -1)
+        cdef long depth = 1
+        if self.continued:
+            depth = self._continue(pipeline)
+        pipeline.root_depth = depth
+        cdef InvocationContext inv = _new_invocation(pipeline, None, self.handle, depth, _EMPTY_PROPS, -1)
         pipeline.root = inv
         if plan.observe is not None:  # tracing: what it keeps of the pipeline from its start
             pipeline.observed = plan.observe(pipeline, self.request)
@@ -271,6 +293,15 @@ cdef class TopLevelCall(BindingCall):
             # between steps): later requests of the task need no new context mapping.
             PyContextVar_Set(_SLOT, ExecutionSlot.__new__(ExecutionSlot))
         return 0
+
+    cdef long _continue(self, PipelineContext pipeline) except -1:
+        """Take on what the remote caller's pipeline passed: its id and CPU budget;
+        returns the depth the root invocation runs at."""
+        pipeline._pipeline_id = self.pipeline_id
+        cdef int64_t budget = self.cpu_budget_ns
+        if budget >= 0 and (pipeline.cpu_limit_ns < 0 or budget < pipeline.cpu_limit_ns):
+            pipeline.cpu_limit_ns = budget  # watched as any CPU-limited pipeline (_metering.pxi)
+        return self.start_depth
 
     cdef int _top_send(self, object arg, object exc, PyObject** result) except? -1:
         if self.ending is not None:

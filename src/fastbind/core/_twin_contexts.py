@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -393,7 +394,8 @@ class PipelineState:
     __slots__ = (
         "entry", "owner", "max_depth", "max_subrequests", "open_connections", "wait_until_s",
         "ledger", "tasks", "waiting", "running", "closed", "root", "root_record",
-        "cpu_enabled", "cpu_measured", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
+        "cpu_enabled", "cpu_measured", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed", "pipeline_id",
+        "root_depth",
     )
     entry: str
     owner: Any
@@ -414,6 +416,8 @@ class PipelineState:
     cpu_ns: int
     cpu_exceeded: bool
     observed: Any
+    pipeline_id: str | None  # made when first read, or given by a continued pipeline
+    root_depth: int  # the top-level invocation's depth: 1, more when continued
 
 
 class PipelineContext:
@@ -442,8 +446,19 @@ class PipelineContext:
         state.cpu_ns = 0
         state.cpu_exceeded = False
         state.observed = None
+        state.pipeline_id = None
+        state.root_depth = 1
         set_pipeline_state(self, state)
         LIVE["pipelines"] += 1
+
+    @property
+    def pipeline_id(self) -> str:
+        """The pipeline's id: 32 hex digits, made when first read, or the id of the
+        pipeline of another process that this one continues (a remote binding's hop)."""
+        state = pipeline_state(self)
+        if state.pipeline_id is None:
+            state.pipeline_id = os.urandom(16).hex()
+        return str(state.pipeline_id)
 
     @property
     def start_ns(self) -> int:
@@ -537,6 +552,7 @@ def _state_reader(state_of: Callable[[Any], Any], name: str) -> ReadOnly:
 for _name in (
     "entry", "owner", "max_depth", "max_subrequests", "open_connections", "wait_until_s",
     "running", "closed", "root", "cpu_enabled", "cpu_measured", "cpu_limit_ns", "cpu_ns", "cpu_exceeded", "observed",
+    "root_depth",
 ):
     setattr(PipelineContext, _name, _state_reader(pipeline_state, _name))
 del _name
@@ -638,6 +654,11 @@ class InvocationContext:
         if root is not None:
             invocation_state(root).pass_through = True
 
+    @property
+    def ledger_index(self) -> int:
+        """Its entry in the pipeline's ledger; -1 for the top-level invocation."""
+        return int(invocation_state(self).record.index)
+
     def __repr__(self) -> str:
         state = invocation_state(self)
         return f"<InvocationContext {state.handle.name} depth={state.depth}>"
@@ -716,6 +737,9 @@ def _depth_error(caller: InvocationContext, target: Any, limit: int) -> Subreque
         chain.append(state.handle.name)
         inv = state.parent
     chain.reverse()
+    root_depth = pipeline_state(invocation_state(caller).pipeline).root_depth
+    if root_depth > 1:  # a continued pipeline's callers ran in other processes
+        chain.insert(0, f"({root_depth - 1} in other processes)")
     return SubrequestDepthError(chain=tuple(chain), target=target.name, limit=limit)
 
 

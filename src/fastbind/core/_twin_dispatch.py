@@ -90,8 +90,14 @@ class DispatchPlan:
         self._stream(pipeline, response, status, error)
         return None
 
-    async def run(self, handle: Any, request: Request, convert: Any) -> Any:
-        """One top-level request of Worker ``handle``; its answer is ``convert(response)``."""
+    async def run(
+        self, handle: Any, request: Request, convert: Any, continued: tuple[int, str, int] | None = None,
+    ) -> Any:
+        """One top-level request of Worker ``handle``; its answer is ``convert(response)``.
+
+        ``continued``: (depth, pipeline id, CPU budget in ns or -1) of a pipeline of
+        another process that this request goes on with (``Entry.continued``).
+        """
         slot = SLOT.get()
         if slot is not None and slot_current(slot) is not None:
             # A new top-level request would start again at depth 1 with a fresh budget.
@@ -101,7 +107,14 @@ class DispatchPlan:
         original = None if self.snapshot is None else self.snapshot(request)
         pipeline = PipelineContext(handle.name, self._limits, self._owner)
         state = pipeline_state(pipeline)
-        root = new_invocation(pipeline, None, handle, 1, EMPTY_PROPS, state.root_record)
+        depth = 1
+        if continued is not None:
+            depth, state.pipeline_id, budget = continued
+            if budget >= 0 and (state.cpu_limit_ns < 0 or budget < state.cpu_limit_ns):
+                state.cpu_limit_ns = budget
+                state.cpu_enabled = True  # the twin meters a CPU-limited pipeline from its start
+        state.root_depth = depth
+        root = new_invocation(pipeline, None, handle, depth, EMPTY_PROPS, state.root_record)
         state.root = root
         if self.observe is not None:  # tracing: what it keeps of the pipeline from its start
             state.observed = self.observe(pipeline, request)
@@ -171,6 +184,28 @@ class Entry:
         if not plan.resolved:
             plan._validate()
         return plan.run(self._handle, request, convert)
+
+    def continued(self, request: Request, depth: int, pipeline_id: str, cpu_ms: float | None = None) -> Any:
+        """The awaitable of one request that goes on with a pipeline of another process.
+
+        Its root invocation runs at ``depth`` (the remote caller's depth + 1), the
+        pipeline keeps ``pipeline_id``, and its CPU budget is at most ``cpu_ms``
+        (what the caller's pipeline had left; None: the caller had no limit).
+        """
+        plan = self._plan
+        depth = int(depth)
+        if not 1 <= depth <= plan._limits.depth:
+            raise ValueError(f"a continued pipeline's depth must be 1..{plan._limits.depth}, not {depth}")
+        if not isinstance(pipeline_id, str):
+            raise TypeError(f"pipeline_id must be a str, not {type(pipeline_id).__name__}")
+        if not pipeline_id:
+            raise ValueError("a continued pipeline needs a pipeline id")
+        if not isinstance(request, Request):
+            raise TypeError(f"dispatch() needs a fastbind.Request, not {type(request).__name__}")
+        if not plan.resolved:
+            plan._validate()
+        budget = -1 if cpu_ms is None else int(min(max(cpu_ms, 0.0) * 1e6, 9.2e18))
+        return plan.run(self._handle, request, None, (depth, pipeline_id, budget))
 
     def __repr__(self) -> str:
         return f"<Entry {self._handle.name}>"

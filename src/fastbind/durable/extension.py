@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from ..errors import ConfigError, FastbindError
@@ -18,8 +19,18 @@ from .namespace import DurableObjectNamespace
 if TYPE_CHECKING:
     from ..bindings import WorkerSpec
     from ..runtime import Runtime
+    from .ids import DurableObjectId
 
-__all__ = ("DurableObjects",)
+__all__ = ("DurableObjects", "ObjectRouter")
+
+
+class ObjectRouter(Protocol):
+    """Decides where an object's calls run, for a Runtime that is one of several processes."""
+
+    def route(self, namespace: DurableObjectNamespace, oid: DurableObjectId) -> Callable[..., Awaitable[Any]] | None:
+        """None when ``oid`` lives in this process; else a coroutine function taking
+        ``(ctx, oid, method, args, kwargs)`` as ``DurableObjectNamespace._serve`` does,
+        that runs the call where the object lives."""
 
 
 @register
@@ -51,6 +62,27 @@ class DurableObjects(Extension):
         # The first retry's delay of a failed alarm (then doubled each time), as Cloudflare's.
         self.alarm_retry_s = ALARM_RETRY_S
         self._namespaces: dict[tuple[str, str], DurableObjectNamespace] = {}
+        # Where each object lives, when the Runtime is one of several processes (the
+        # cluster package sets it): None runs every object here.
+        self.router: ObjectRouter | None = None
+
+    @property
+    def namespaces(self) -> tuple[DurableObjectNamespace, ...]:
+        return tuple(self._namespaces.values())
+
+    def find(self, key: str) -> DurableObjectNamespace | None:
+        """The namespace whose ``key`` is "<worker>/<class name>", or None."""
+        for ns in self._namespaces.values():
+            if ns.key == key:
+                return ns
+        return None
+
+    def move_storage(self, directory: str | os.PathLike[str] | None) -> None:
+        """Keep every namespace's storage under ``directory`` (None: in memory) from now
+        on: a process's shard of the storage, set before any object is used."""
+        self.directory = None if directory is None else Path(directory)
+        for (worker, class_name), ns in self._namespaces.items():
+            ns._move_storage(self.database_path(worker, class_name))
 
     def worker_added(self, spec: WorkerSpec) -> None:
         declared = check_declarations(spec.name, spec.options.get("durable_objects"))

@@ -65,6 +65,11 @@ class IdMaker:
         self._key = namespace.encode()
         self._label = label  # names the namespace in errors
 
+    @property
+    def namespace(self) -> str:
+        """The namespace's name: "<worker>/<class>"."""
+        return self._namespace
+
     def _make(self, body: bytes, name: str | None = None) -> DurableObjectId:
         tag = hashlib.sha256(b"fastbind id tag\0" + self._key + b"\0" + body).digest()[:_TAG]
         return DurableObjectId(body + tag, self._namespace, name)

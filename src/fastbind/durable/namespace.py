@@ -237,10 +237,7 @@ class DurableObjectNamespace:
         self._class = cls
         self._ids = IdMaker(f"{worker}/{cls.__name__}", self.label)
         self._worker_handle = worker_handle  # its env is the objects' env
-        self._db = NamespaceDatabase(registry.database_path(worker, cls.__name__), self.label)
-        self._sql = ObjectDatabases(self._db.path, self.label)
-        self._alarms = AlarmScheduler(self, self._db)
-        self._alarms.retry_s = registry.alarm_retry_s
+        self._open_storage(registry.database_path(worker, cls.__name__), registry.alarm_retry_s)
         self._has_alarm: bool = callable(getattr(cls, "alarm", None))
         # A class of the workers module: its RPC values follow Python Workers' rules.
         self.python_workers: bool = getattr(cls, "__fastbind_rpc_rules__", None) == "python_workers"
@@ -264,6 +261,18 @@ class DurableObjectNamespace:
     def database_path(self) -> Path | None:
         """The namespace's SQLite file, or None when its storage is in memory."""
         return self._db.path
+
+    @property
+    def key(self) -> str:
+        """"<worker>/<class name>": what ids are tied to, the same in every process."""
+        return self._ids.namespace
+
+    def _open_storage(self, path: Path | None, retry_s: float) -> None:
+        # Handles only: the files are opened at first use.
+        self._db = NamespaceDatabase(path, self.label)
+        self._sql = ObjectDatabases(self._db.path, self.label)
+        self._alarms = AlarmScheduler(self, self._db)
+        self._alarms.retry_s = retry_s
 
     # --- ids and stubs -----------------------------------------------------------
 
@@ -309,6 +318,22 @@ class DurableObjectNamespace:
             known = self._rpc_names[name] = callable(attr) and not isinstance(attr, type)
         if not known:
             raise TypeError(unknown_message(name))
+
+    def _forwarder(self, oid: DurableObjectId) -> Callable[..., Awaitable[Any]] | None:
+        """None when ``oid`` lives in this process; else what runs its calls where it lives
+        (the router of ``DurableObjects``, set when the Runtime is one of several processes)."""
+        router = self._registry.router
+        return None if router is None else router.route(self, oid)
+
+    async def serve_call(
+        self, ctx: Any, oid: DurableObjectId, method: str | None, args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+    ) -> Any:
+        """Run one call on the live object ``oid`` of this process (a forwarded call,
+        as the top-level invocation ``ctx``): ``fetch`` when ``method`` is None."""
+        if method is not None:
+            self._check_rpc(method)
+        return await self._serve(ctx, oid, method, args, kwargs)
 
     def _activate(self, oid: DurableObjectId) -> _LiveObject:
         """Build the object ``oid`` (the caller found no live one on the running loop)."""
@@ -459,11 +484,24 @@ class DurableObjectNamespace:
         self._sql.close()
         # Fresh handles for later use of the Runtime; objects still holding the old ones
         # get a clear error instead of an empty in-memory database.
-        self._db = NamespaceDatabase(self._db.path, self.label)
-        self._sql = ObjectDatabases(self._db.path, self.label)
-        retry_s = self._alarms.retry_s
-        self._alarms = AlarmScheduler(self, self._db)
-        self._alarms.retry_s = retry_s
+        self._open_storage(self._db.path, self._alarms.retry_s)
+
+    def _move_storage(self, path: Path | None) -> None:
+        """Keep storage at ``path`` from now on (a process's shard: cluster/shards.py);
+        only before any object, database or alarm of the namespace was used."""
+        if self._live or self._alarms.loaded:
+            raise FastbindError(f"The storage of {self!r} cannot move: it is in use.")
+        self._db.close()
+        self._sql.close()
+        self._open_storage(path, self._alarms.retry_s)
+
+    def _evict_unless(self, keep: Callable[[DurableObjectId], bool]) -> int:
+        """Let go of the live objects ``keep`` refuses (their owner is elsewhere now):
+        calls in progress finish on them, the next calls go to the owner. Returns how many."""
+        gone = [live for live in self._live.values() if not keep(live.id)]
+        for live in gone:
+            self._detach(live)
+        return len(gone)
 
     def __repr__(self) -> str:
         return f"<DurableObjectNamespace {self.label}>"

@@ -65,7 +65,7 @@ class DurableObjectStub:
         ns = self._namespace
         call_args = (self._id, None, (request,), None)
         return ns._core.call_child(  # type: ignore[no-any-return]
-            self._target(), SUBREQUEST_KIND, ns._serve, call_args, None, True
+            self._target(), SUBREQUEST_KIND, ns._forwarder(self._id) or ns._serve, call_args, None, True
         )
 
     def __getattr__(self, name: str) -> _StubMethod:
@@ -95,10 +95,15 @@ class _StubMethod:
         if caller is not None and caller.python_workers:
             for value in (*args, *kwargs.values()):
                 check_python_workers_value(value)
-        isolated = {k: isolate(v) for k, v in kwargs.items()} if kwargs else None
-        call_args = (stub._id, self._name, isolate(args) if args else args, isolated)
+        function = ns._forwarder(stub._id)
+        if function is None:
+            function = ns._serve
+            kw = {k: isolate(v) for k, v in kwargs.items()} if kwargs else None
+            call_args = (stub._id, self._name, isolate(args) if args else args, kw)
+        else:  # another process: the arguments are copied as they are encoded
+            call_args = (stub._id, self._name, args, kwargs or None)
         return ns._core.call_child(  # type: ignore[no-any-return]
-            stub._target(), SUBREQUEST_KIND, ns._serve, call_args
+            stub._target(), SUBREQUEST_KIND, function, call_args
         )
 
     def __repr__(self) -> str:

@@ -291,7 +291,7 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
         if ex.chunks is not None:
             request.body = self._take_body(ex)
         try:
-            response = await self._dispatch(request)
+            response = await (self._state.hop if ex.hop else self._dispatch)(request)
         except Exception:  # a Worker's own errors are 500 responses already: this is fastbind's
             logger.exception("Could not serve %s %s", request.method, request.url)
             response = Response("Internal Server Error", status=500,

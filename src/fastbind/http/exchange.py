@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..request import Request
+from ..response import Response
 from .websocket import WebSocketLimits
 
 if TYPE_CHECKING:
@@ -61,14 +62,18 @@ class HTTPLimits:
 class ServerState:
     """What every connection of one server shares."""
 
-    __slots__ = ("dispatch", "limits", "ws_limits", "connections", "date", "draining",
+    __slots__ = ("dispatch", "hop", "limits", "ws_limits", "connections", "date", "draining",
                  "log", "default_host", "scheme")
 
     def __init__(self, entry: Any, limits: HTTPLimits, default_host: str,
-                 access_log: AccessLog | None = None, ws_limits: WebSocketLimits | None = None) -> None:
+                 access_log: AccessLog | None = None, ws_limits: WebSocketLimits | None = None,
+                 hop: Callable[[Request], Any] | None = None) -> None:
         # ``dispatch(request)``: the entry point of the served Worker (Runtime.entry),
         # awaited as Runtime.dispatch awaits it, without that coroutine around it.
         self.dispatch = entry
+        # ``hop(request)``: what answers a request with fastbind-* hop headers (a remote
+        # binding's or a forwarded Durable Object call: cluster/receive.py).
+        self.hop: Callable[[Request], Any] = hop if hop is not None else _no_hops
         self.limits = limits
         self.ws_limits = ws_limits or WebSocketLimits()
         self.connections: set[Any] = set()  # the open HTTPConnections
@@ -81,6 +86,13 @@ class ServerState:
 
     def refresh_date(self) -> None:
         self.date = time.strftime("date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime())
+
+
+async def _no_hops(request: Request) -> Response:
+    return Response(
+        "fastbind: this server accepts no fastbind hop headers (fastbind-depth, ...); the request is refused.\n",
+        status=403, headers={"content-type": "text/plain; charset=utf-8", "fastbind-error": "refused"},
+    )
 
 
 class Exchange:
@@ -111,6 +123,7 @@ class Exchange:
     tunnel = False  # CONNECT: nothing after it on this connection is HTTP
     websocket: list[tuple[str, str]] | None = None  # a WebSocket upgrade request: its headers
     answering = False  # its response head has been written
+    hop = False  # it has fastbind-* hop headers: ServerState.hop answers it
     finished = False  # its response has been written
 
     @classmethod

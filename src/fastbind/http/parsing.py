@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from ..headers import Headers
+from ..outbound.hop import HOP_HEADERS
 from ..request import CfProperties, Request, check_url
 from .exchange import Exchange, HTTPLimits, ServerState
 from .framing import (
@@ -38,8 +39,10 @@ _EXPECT = 2
 _CONNECTION = 4
 _TWO_HOSTS = 8
 _UPGRADE = 16  # Upgrade: websocket
+_HOP = 32  # a fastbind-* hop header: the request goes to the server's hop receiver
 # Request headers that change how the server reads the request.
-_WATCHED = frozenset(("host", "content-length", "transfer-encoding", "expect", "connection", "upgrade"))
+_WATCHED = frozenset(("host", "content-length", "transfer-encoding", "expect", "connection", "upgrade",
+                      *HOP_HEADERS))
 # Why the socket is not being read (HTTPConnection._pause is a set of these bits).
 PAUSE_BODY = 1
 PAUSE_QUEUE = 2
@@ -329,6 +332,8 @@ class RequestParsing:
             elif lname == "upgrade":
                 if text.strip().lower() == "websocket":
                     self._flags |= _UPGRADE
+            elif lname in HOP_HEADERS:
+                self._flags |= _HOP
             elif text.lower() == "100-continue":
                 self._flags |= _EXPECT
 
@@ -379,6 +384,8 @@ class RequestParsing:
         if method is None:
             method = self._method_override or raw_method.decode("ascii")
             self._method_override = None
+        if flags & _HOP:
+            ex.hop = True
         if flags & _UPGRADE and raw_method == b"GET" and parser.should_upgrade():
             ex.websocket = headers._items  # (the handshake reads them as the client sent them)
         target = ex.target = self._url

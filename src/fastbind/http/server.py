@@ -12,6 +12,8 @@ from typing import Any
 
 import uvloop
 
+from ..cluster.channel import CallServer
+from ..cluster.receive import HopReceiver
 from ..runtime import Runtime
 from . import access_log as _access_log
 from .connection import HTTPConnection
@@ -47,6 +49,7 @@ class Server:
     ) -> None:
         # A wrong binding or an unknown entry fails here, before anything is served.
         self._entry = runtime.entry(entry)
+        self._hops = HopReceiver(runtime, entry)
         self.runtime = runtime
         self.entry = entry
         self.limits = limits or HTTPLimits()
@@ -59,6 +62,9 @@ class Server:
             logs.insert(0, _access_log.writer("text" if access_log is True else str(access_log), entry))
         self._log = _access_log.combine(logs)
         self._server: asyncio.Server | None = None
+        self._unix: asyncio.Server | None = None  # the unix socket of a process slot (cluster)
+        self._calls: CallServer | None = None  # and its call channel
+        self._calls_server: asyncio.Server | None = None
         self._state: ServerState | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._force = asyncio.Event()
@@ -78,7 +84,7 @@ class Server:
             host, port = sock.getsockname()[:2]
         state = self._state = ServerState(
             self._entry, self.limits, ws_limits=self.ws_limits, default_host=_host_header(host, port),
-            access_log=self._log,
+            access_log=self._log, hop=self._hops,
         )
         if self.ssl is not None:
             state.scheme = "https://"
@@ -99,6 +105,24 @@ class Server:
             state.default_host = _host_header(host, self.addresses[0][1])
         self._interval = self.limits.sweep_interval
         self._sweeper = loop.call_later(self._interval, self._sweep)
+
+    async def listen_unix(self, unix_path: str, calls_path: str | None = None) -> None:
+        """Also serve on the unix socket ``unix_path`` (after ``start``), and the node's call
+        channel on ``calls_path``: the other processes of a node forward their calls to
+        this one's Durable Objects there (cluster/channel.py)."""
+        state = self._state
+        assert state is not None, "start() first"
+        loop = asyncio.get_running_loop()
+        for where in (unix_path, calls_path):
+            if where is not None and os.path.exists(where):
+                os.unlink(where)  # left by a process of this slot that was killed
+        try:
+            self._unix = await loop.create_unix_server(lambda: HTTPConnection(state), unix_path)
+            if calls_path is not None:
+                self._calls = CallServer(self._hops.trusted)
+                self._calls_server = await loop.create_unix_server(self._calls.protocol, calls_path)
+        except OSError as exc:
+            raise ListenError(exc.errno, f"cannot listen on {unix_path}: {exc.strerror}") from exc
 
     def _sweep(self) -> None:
         state = self._state
@@ -128,6 +152,9 @@ class Server:
         deadline = loop.time() + timeout
         state.draining = True
         server.close()  # stop accepting; connections already open are drained
+        for extra in (self._unix, self._calls_server):
+            if extra is not None:
+                extra.close()
         for connection in list(state.connections):
             connection.drain()
         clean = await self._until(lambda: not state.connections, deadline)
@@ -141,6 +168,11 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await server.wait_closed()
+        if self._calls is not None:
+            self._calls.close_all()  # its calls have ended with the pipelines
+        for extra in (self._unix, self._calls_server):
+            if extra is not None:
+                await extra.wait_closed()
         await self.runtime.aclose()
         return clean
 
@@ -169,6 +201,8 @@ async def serve(
     ssl: _ssl.SSLContext | None = None,
     sock: socket.socket | None = None,
     companions: Sequence[tuple[Server, str, int]] = (),
+    unix_path: str | None = None,
+    calls_path: str | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns an exit code.
 
@@ -177,10 +211,14 @@ async def serve(
     what was still running at once. ``companions``: (server, host, port) of servers
     that run alongside (the metrics endpoint), started after this one and stopped
     after it.
+    ``unix_path`` and ``calls_path``: the unix sockets of a process slot, for the others
+    of its node.
     """
     server = Server(runtime, entry, limits=limits, ws_limits=ws_limits, access_log=access_log,
                     log_hooks=log_hooks, ssl=ssl)
     await server.start(host, port, reuse_port=reuse_port, sock=sock)
+    if unix_path is not None:
+        await server.listen_unix(unix_path, calls_path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 

@@ -3,9 +3,11 @@
 The parent loads the config once (so errors show before anything is served), reserves
 the port, and forks N children, each of which listens on its own SO_REUSEPORT socket and
 serves the whole set of Workers: the kernel spreads connections
-between them. The parent only watches: a child that dies is replaced, SIGTERM or SIGINT
-is passed on to every child as SIGTERM, and the parent exits once they have drained
-(0 when every child ended cleanly). A second signal kills what is left.
+between them. Each child has a slot, 0..N-1, which owns a share of the Durable Objects
+(cluster/placement.py): a child that dies is replaced by a new one in the same slot,
+which serves the same objects from the same storage. The parent only watches: SIGTERM
+or SIGINT is passed on to every child as SIGTERM, and the parent exits once they have
+drained (0 when every child ended cleanly). A second signal kills what is left.
 """
 
 from __future__ import annotations
@@ -47,15 +49,16 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def supervise(
     processes: int,
-    serve_child: Callable[[Callable[[], None]], int],
+    serve_child: Callable[[Callable[[], None], int], int],
     *,
     on_ready: Callable[[list[int]], None],
     kill_after: float,
     on_exit: Callable[[int], None] | None = None,
 ) -> int:
-    """Run ``serve_child(ready)`` in ``processes`` forked children until a signal.
+    """Run ``serve_child(ready, slot)`` in ``processes`` forked children until a signal.
 
-    Each child calls ``ready()`` once it listens; ``on_ready(pids)`` runs in the parent
+    ``slot`` is the child's number, 0..processes-1; a child that dies is replaced in
+    its slot. Each child calls ``ready()`` once it listens; ``on_ready(pids)`` runs in the parent
     when all have. ``kill_after``: seconds after the stop signal before children still
     running are killed. ``on_exit(pid)`` runs in the parent as each child is reaped (the
     metrics forget its gauges). Returns the parent's exit code.
@@ -82,13 +85,14 @@ def supervise(
 
 
 class _Supervision:
-    def __init__(self, processes: int, serve_child: Callable[[Callable[[], None]], int],
+    def __init__(self, processes: int, serve_child: Callable[[Callable[[], None], int], int],
                  wake_r: int, wake_w: int, ready_r: int, ready_w: int) -> None:
         self.processes = processes
         self.serve_child = serve_child
         self.wake_r, self.wake_w = wake_r, wake_w
         self.ready_r, self.ready_w = ready_r, ready_w
         self.children: dict[int, float] = {}  # pid -> start time
+        self.slots: dict[int, int] = {}  # pid -> slot
         self.ready: set[int] = set()
         self.stopping_since: float | None = None
         self.failed = False
@@ -108,8 +112,8 @@ class _Supervision:
         self._signal_children(signal.SIGTERM)
 
     def run(self, on_ready: Callable[[list[int]], None], kill_after: float) -> int:
-        for _ in range(self.processes):
-            self._spawn()
+        for slot in range(self.processes):
+            self._spawn(slot)
         announced = False
         started = time.monotonic()
         while self.children:
@@ -131,7 +135,7 @@ class _Supervision:
                 self._signal_children(signal.SIGKILL)
         return 1 if self.failed else 0
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
         # Signals stay blocked across fork so that no handler of the parent runs in the child.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
         sys.stdout.flush()
@@ -154,7 +158,7 @@ class _Supervision:
                 def ready() -> None:
                     os.write(ready_w, b"%d\n" % os.getpid())
 
-                code = self.serve_child(ready)
+                code = self.serve_child(ready, slot)
             except BaseException:
                 logging.getLogger("fastbind.server").exception("worker process failed")
             finally:
@@ -163,6 +167,7 @@ class _Supervision:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.children[pid] = time.monotonic()
+        self.slots[pid] = slot
 
     def _reap(self) -> None:
         while self.children:
@@ -174,6 +179,7 @@ class _Supervision:
             if pid == 0:
                 return
             started = self.children.pop(pid, None)
+            slot = self.slots.pop(pid, 0)
             if started is None:
                 continue
             if self.on_exit is not None:
@@ -192,8 +198,8 @@ class _Supervision:
                 self.failed = True
                 self._stop()
                 continue
-            logger.warning("worker process %d %s; starting a new one", pid, how)
-            self._spawn()
+            logger.warning("worker process %d %s; starting a new one in its slot (%d)", pid, how, slot)
+            self._spawn(slot)
 
     def _signal_children(self, signum: int) -> None:
         for pid in list(self.children):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from ..runtime import Runtime
 
-__all__ = ("wants_websocket", "open_websocket")
+__all__ = ("wants_websocket", "open_websocket", "connect_websocket")
 
 # Set by aiohttp for the handshake, or describing one hop: never forwarded.
 _NOT_FORWARDED = frozenset((
@@ -43,13 +43,11 @@ def wants_websocket(headers: Headers) -> bool:
 
 async def open_websocket(
     runtime: Runtime | None, invocation: Any, url: str, headers: Headers, timeout: float,
+    extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
 ) -> Response:
-    """Connect to ``url`` (http(s) or ws(s)) and answer with the Worker's end of the pair."""
-    import aiohttp  # when first needed, as the rest of the outbound client
+    """Connect to ``url`` (http(s) or ws(s)) and answer with the Worker's end of the pair.
 
-    target = "ws" + url[4:] if url.startswith("http") else url
-    protocols = [p.strip() for v in headers.get_all("sec-websocket-protocol") for p in v.split(",") if p.strip()]
-    forwarded = [(n, v) for n, v in headers if n not in _NOT_FORWARDED]
+    ``extra``: headers sent on top of ``headers`` (a remote binding's hop headers)."""
     owned = None
     session = runtime.extension(OutboundClient).session() if runtime is not None else None
     if session is None:
@@ -57,22 +55,45 @@ async def open_websocket(
     admission = Admission(invocation, url)
     try:
         async with admission:
-            connection = await session.ws_connect(
-                target, headers=admission.traced(forwarded) or None, protocols=protocols, autoping=True,
-                timeout=aiohttp.ClientWSTimeout(ws_close=timeout), max_msg_size=0,
+            response = await connect_websocket(
+                session, url, headers, timeout, lambda sent: admission.traced(sent) + list(extra), owned,
             )
             admission.status = 101
-    except BaseException as exc:
+    except BaseException:
         if owned is not None:
             await owned.close()
-        if isinstance(exc, aiohttp.WSServerHandshakeError):
-            raise FetchError(
-                f"WebSocket connection to {url} failed: the server answered {exc.status} "
-                "instead of switching protocols."
-            ) from exc
-        if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
-            raise network_error(exc, target, timeout) from exc
         raise
+    return response
+
+
+async def connect_websocket(
+    session: aiohttp.ClientSession, url: str, headers: Headers, timeout: float,
+    add_headers: Any = None, owned: aiohttp.ClientSession | None = None,
+) -> Response:
+    """Open a WebSocket to ``url`` on ``session``; the answer holds the Worker's end.
+
+    ``add_headers(pairs)`` gives the headers to send from those forwarded; ``owned``
+    is a session to close with the connection. A relay task of the calling pipeline
+    carries the messages.
+    """
+    import aiohttp  # when first needed, as the rest of the outbound client
+
+    target = "ws" + url[4:] if url.startswith("http") else url
+    protocols = [p.strip() for v in headers.get_all("sec-websocket-protocol") for p in v.split(",") if p.strip()]
+    forwarded = [(n, v) for n, v in headers if n not in _NOT_FORWARDED]
+    sent = forwarded if add_headers is None else add_headers(forwarded)
+    try:
+        connection = await session.ws_connect(
+            target, headers=sent or None, protocols=protocols, autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_close=timeout), max_msg_size=0,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise FetchError(
+            f"WebSocket connection to {url} failed: the server answered {exc.status} "
+            "instead of switching protocols."
+        ) from exc
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise network_error(exc, target, timeout) from exc
     worker_end, relay_end = WebSocketPair()
     worker_end.protocol = connection.protocol or ""
     relay_end.accept()
