@@ -150,11 +150,11 @@ def test_a_killed_owner_is_restarted_with_what_it_acknowledged(serve: Callable[.
 
     async def hammer() -> tuple[int, int]:
         acknowledged = attempted = 0
-        connector = aiohttp.TCPConnector(limit=20)
+        connector = aiohttp.TCPConnector(limit=50)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
             async def client(number: int) -> None:
                 nonlocal acknowledged, attempted
-                for i in range(25):
+                for i in range(20):
                     if number == 0 and i == 10:
                         os.kill(victim, signal.SIGKILL)  # mid-run, while the others keep calling
                     attempted += 1
@@ -165,7 +165,7 @@ def test_a_killed_owner_is_restarted_with_what_it_acknowledged(serve: Callable[.
                                 acknowledged += 1
                     except aiohttp.ClientError:
                         pass  # a connection to the killed process
-            await asyncio.gather(*[client(n) for n in range(20)])
+            await asyncio.gather(*[client(n) for n in range(50)])  # 1,000 increments
         return acknowledged, attempted
 
     acknowledged, attempted = asyncio.run(hammer())
