@@ -1,6 +1,7 @@
 """Pure-Python twin of the compiled core (``fastbind.core._core``): the same names and
-the same behaviour, in four parts (``_twin_contexts``, ``_twin_call_limits``,
-``_twin_bindings``, ``_twin_dispatch``) that mirror the compiled core's. Runs on any Python 3.11+."""
+the same behaviour, in parts that mirror the compiled core's (``_twin_contexts``,
+``_twin_metering``, ``_twin_call_limits``, ``_twin_binding_call`` with ``_twin_bindings``,
+``_twin_dispatch``). Runs on any Python 3.11+."""
 
 from __future__ import annotations
 
@@ -18,21 +19,19 @@ from ._twin_bindings import (
     make_task_factory,
     start_binding_call,
 )
+from ._twin_binding_call import BindingCall
 from ._twin_call_limits import CallLimits, LimitScope
 from ._twin_contexts import (
-    BindingCall,
     ExecutionSlot,
     InvocationContext,
     OpenSubrequest,
     PipelineContext,
     SubrequestRecord,
     current_invocation,
-    interrupt_slice,
     live_counts,
-    watchdog_tick,
-    watchdog_wait,
 )
 from ._twin_dispatch import DispatchPlan, Entry
+from ._twin_metering import interrupt_slice, watchdog_tick, watchdog_wait
 from .env import Env
 
 __all__ = (

@@ -1,6 +1,7 @@
 """Pure twin, part 2: Worker handles, service bindings and RPC stubs, and the task factory.
 
-The same behaviour as ``_binding.pxi`` and the task factory of ``_metering.pxi``.
+The same behaviour as ``_binding.pxi`` (its BindingCall, the awaitable that runs a child,
+is ``_twin_binding_call``) and the task factory of ``_metering.pxi``.
 """
 
 from __future__ import annotations
@@ -16,26 +17,21 @@ from ..errors import CpuLimitExceeded, FastbindError
 from ..request import Request
 from ..request import forward_request as _forward
 from ._twin_call_limits import CallLimits, scope_exceeded
+from ._twin_binding_call import BindingCall
 from ._twin_contexts import (
     SLOT,
-    BindingCall,
     ExecutionSlot,
     InvocationContext,
     PipelineContext,
     child_of,
-    enter_scope,
     hidden_field,
     invocation_state,
-    leave_scope,
-    meter_enter,
-    meter_exit,
     new_slot,
     open_scope,
     pipeline_state,
-    slice_close,
-    slice_open,
     slot_current,
 )
+from ._twin_metering import enter_scope, leave_scope, meter_enter, meter_exit, slice_close, slice_open
 from .binding_fetch import FOLLOW, fetch_with_options
 from .props import props_of
 from .python_workers_values import check_python_workers_value

@@ -2,7 +2,7 @@
 
 A Fetcher made with CallLimits opens a *scope* for each call: a CPU and a subrequest
 budget shared by the callee's invocation and everything under it. The metering and
-the watchdog's part that use it are in ``_twin_contexts``.
+the watchdog's part that use it are in ``_twin_metering``.
 """
 
 from __future__ import annotations

@@ -1,46 +1,24 @@
-"""Pure twin, part 1: the execution slot, CPU metering, the pipeline with its ledger,
-the invocation contexts, and the awaitable that runs an invocation in its caller's task.
+"""Pure twin, part 1: the execution slot, the pipeline with its ledger, and the
+invocation contexts: the same behaviour as ``_contexts.pxi`` in the compiled core.
 
-The same behaviour as ``_contexts.pxi``, ``_metering.pxi`` and the BindingCall of
-``_binding.pxi`` in the compiled core.
 The state of a pipeline, an invocation and a task's slot lives in a slot whose
 descriptor is taken off its class (``hidden_field``): only the twin reaches it, so
-Python code cannot raise a limit or reset a counter through an attribute.
+Python code cannot raise a limit or reset a counter through an attribute. The metering
+(``_twin_metering``) and the awaitable that runs an invocation (``_twin_binding_call``)
+build on this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
-from ..errors import (
-    CpuLimitExceeded,
-    FastbindError,
-    SubrequestDepthError,
-    TooManySubrequestsError,
-    WorkerCpuLimitError,
-)
-from ..redirects import REDIRECT_STATUSES
-from ..response import Response
-from ._twin_call_limits import (
-    EXCEEDED_CPU,
-    CallLimits,
-    LimitScope,
-    charge_scope,
-    close_scope,
-    scope_cpu,
-    scope_exceeded,
-    scope_past,
-)
-from .binding_fetch import redirect_follower
-from .python_workers_values import check_python_workers_value
-from .rpc_values import hand_over_response, isolate
+from ..errors import FastbindError, SubrequestDepthError, TooManySubrequestsError
+from ._twin_call_limits import CallLimits, LimitScope, charge_scope, close_scope
 
 __all__ = (
     "ExecutionSlot",
@@ -48,18 +26,14 @@ __all__ = (
     "OpenSubrequest",
     "PipelineContext",
     "InvocationContext",
-    "BindingCall",
     "current_invocation",
     "live_counts",
-    "watchdog_wait",
-    "watchdog_tick",
-    "interrupt_slice",
-    "slice_open",
-    "slice_close",
     "cpu_limit_ns",
+    "register_borrowed_call",
 )
 
-_now = time.perf_counter_ns
+# The clock of the ledger's entries and of the metering's segments (_twin_metering).
+now_ns = time.perf_counter_ns
 
 # Counters that must return to zero once every pipeline has ended.
 LIVE = {"pipelines": 0, "invocations": 0, "tasks": 0}
@@ -140,165 +114,22 @@ def live_counts() -> dict[str, int]:
     return dict(LIVE)
 
 
-# --- CPU metering: the rules of the compiled core (_metering.pxi) --------------------
-# One difference: the compiled core meters a CPU-limited pipeline from the moment its
-# watchdog, looking without the GIL, finds it running. Pure Python cannot look without
-# the GIL (it would only ever look between steps), so the twin meters every step of a
-# CPU-limited pipeline from its start; the limit is enforced the same way.
-class _SliceState:
-    pipeline: Any = None
-    cpu_start = 0
-    watch_start = 0
-    slice_id = 0
-    interrupted = 0
-    thread = 0
-    clock = time.CLOCK_THREAD_CPUTIME_ID
-    # Per-call limits (_twin_call_limits): the scope of the code running in the open
-    # slice, since when, and whether the watchdog's exception for it is pending.
-    running_scope: LimitScope | None = None
-    segment_start = 0
-    scope_interrupted = False
-
-
-_slice = _SliceState()
-# The watchdog reads the loop thread's CPU clock where the platform names it; elsewhere
-# (macOS) the process's, as the compiled core does.
-_thread_clock = getattr(time, "pthread_getcpuclockid", None)
-
-
 def cpu_limit_ns(cpu_ms: Any) -> int:
-    """Limits.cpu_ms in ns; -1 for no limit (0 or None), clamped as the compiled core's int64."""
+    """Limits.cpu_ms in ns (a rule of the metering, _metering.pxi, that a pipeline applies as it
+    is made); -1 for no limit (0 or None), clamped as the compiled core's int64."""
     return -1 if not cpu_ms else int(min(cpu_ms * 1e6, 9.2e18))
 
 
-def _async_exc(thread: int, exc: Any) -> None:
-    """PyThreadState_SetAsyncExc through ctypes: what only the watchdog needs.
-
-    Where ctypes cannot reach the C API (interpreters other than CPython), a pipeline
-    past its CPU budget is stopped at its next step rather than interrupted.
-    """
-    try:
-        import ctypes
-
-        set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
-    except (ImportError, AttributeError):
-        return
-    set_async.argtypes = (ctypes.c_ulong, ctypes.py_object if exc is not None else ctypes.c_void_p)
-    set_async(thread, exc)
+# InvocationContext.run's awaitable is a BindingCall, whose module (_twin_binding_call)
+# builds on this one: it hands in its maker as it is imported (the compiled core's parts
+# share one module, and need no such step).
+_borrowed_call: Callable[[InvocationContext, Any], Awaitable[Any]]
 
 
-def slice_open(pipeline: Any) -> bool:
-    """Start metering a slice of ``pipeline``; True if this step opened it."""
-    if _slice.pipeline is not None:
-        return False
-    _slice.pipeline = pipeline
-    _slice.slice_id += 1
-    _slice.thread = threading.get_ident()
-    _slice.cpu_start = time.thread_time_ns()
-    if _thread_clock is not None:
-        _slice.clock = _thread_clock(_slice.thread)
-        _slice.watch_start = _slice.cpu_start
-    else:
-        _slice.clock = time.CLOCK_PROCESS_CPUTIME_ID
-        _slice.watch_start = time.clock_gettime_ns(_slice.clock)
-    return True
-
-
-def slice_close(pipeline: Any) -> None:
-    state = pipeline_state(pipeline)
-    state.cpu_ns += time.thread_time_ns() - _slice.cpu_start
-    if state.cpu_limit_ns >= 0 and state.cpu_ns > state.cpu_limit_ns:
-        state.cpu_exceeded = True
-    if _slice.interrupted == _slice.slice_id or _slice.scope_interrupted:
-        # The slice ended before the watchdog's exception was raised: withdraw it.
-        _async_exc(_slice.thread, None)
-        _slice.interrupted = 0
-        _slice.scope_interrupted = False
-    _slice.pipeline = None
-    _slice.running_scope = None
-
-
-def meter_enter(slot: ExecutionSlot, leaving: Any, pipeline: Any) -> bool:
-    opened = slice_open(pipeline)
-    now = _now()
-    if leaving is not None and not opened:
-        charge_cpu(invocation_state(leaving), now - slot_segment_start(slot))
-    set_slot_segment_start(slot, now)
-    _slice.segment_start = now
-    return opened
-
-
-def meter_exit(slot: ExecutionSlot, leaving: Any, pipeline: Any, opened: bool) -> None:
-    now = _now()
-    if leaving is not None:
-        charge_cpu(invocation_state(leaving), now - slot_segment_start(slot))
-    set_slot_segment_start(slot, now)
-    _slice.segment_start = now
-    if opened:
-        slice_close(pipeline)
-
-
-def charge_cpu(state: Any, ns: int) -> None:
-    state.cpu_ns += ns
-    if state.scope is not None:
-        scope_cpu(state.scope, ns)
-
-
-def enter_scope(scope: LimitScope | None) -> None:
-    """A metered step runs code of ``scope`` (None: outside any) from now on."""
-    _slice.running_scope = scope
-
-
-def leave_scope(now_running: Any) -> None:
-    """A metered step hands the thread back to ``now_running``'s code: if the watchdog's
-    exception for the scope left has not been raised yet, withdraw it (the scope is
-    marked exceeded: its code is stopped at its next step)."""
-    _slice.running_scope = None if now_running is None else invocation_state(now_running).scope
-    if _slice.scope_interrupted:
-        _async_exc(_slice.thread, None)
-        _slice.scope_interrupted = False
-
-
-def watchdog_wait(seconds: float) -> bool:
-    """Sleep ``seconds``; True: ``watchdog_tick`` should look (the compiled core looks
-    first without the GIL)."""
-    time.sleep(seconds)
-    return True
-
-
-def watchdog_tick() -> bool:
-    """Interrupt the running slice if its pipeline is past ``cpu_ms`` (see _metering.pxi)."""
-    pipeline = _slice.pipeline
-    if pipeline is None or _slice.interrupted == _slice.slice_id:
-        return False
-    state = pipeline_state(pipeline)
-    if state.cpu_limit_ns >= 0:
-        used = state.cpu_ns + time.clock_gettime_ns(_slice.clock) - _slice.watch_start
-        if used > state.cpu_limit_ns:
-            state.cpu_exceeded = True
-            _slice.interrupted = _slice.slice_id
-            _slice.scope_interrupted = False  # the pipeline's exception stops the scope's code too
-            _async_exc(_slice.thread, CpuLimitExceeded)
-            return True
-    # The scope whose code runs now (per-call limits).
-    if _slice.running_scope is None or _slice.scope_interrupted:
-        return False
-    past = scope_past(_slice.running_scope, _now() - _slice.segment_start)
-    if past is None:
-        return False
-    past.cpu_exceeded = True
-    _slice.scope_interrupted = True
-    _async_exc(_slice.thread, CpuLimitExceeded)
-    return True
-
-
-def interrupt_slice(exc: Any) -> bool:
-    """Raise ``exc`` into the slice running now, whatever its budget (see _metering.pxi)."""
-    if _slice.pipeline is None or _slice.interrupted == _slice.slice_id:
-        return False
-    _slice.interrupted = _slice.slice_id
-    _async_exc(_slice.thread, exc)
-    return True
+def register_borrowed_call(make: Callable[[InvocationContext, Any], Awaitable[Any]]) -> None:
+    """Make ``make`` the maker of ``InvocationContext.run``'s awaitable."""
+    global _borrowed_call
+    _borrowed_call = make
 
 
 # --- the ledger ---------------------------------------------------------------------
@@ -325,7 +156,7 @@ class SubrequestRecord:
         self._target = target
         self._kind = kind
         self._depth = depth
-        self._start_ns = _now()
+        self._start_ns = now_ns()
         self._duration_ns = -1
         self._outcome: str | None = None
         self._cpu_ns = -1
@@ -346,7 +177,7 @@ class SubrequestRecord:
     def close(self, outcome: str, cpu_ns: int = -1, status: int | None = None) -> None:
         """Close the entry with ``outcome`` ("ok", "error", "canceled"); later calls do nothing."""
         if self._outcome is None:
-            self._duration_ns = _now() - self._start_ns
+            self._duration_ns = now_ns() - self._start_ns
             self._outcome = outcome
             self._cpu_ns = cpu_ns
             self._status = status
@@ -442,7 +273,7 @@ class PipelineContext:
         state.root_record = SubrequestRecord(None, entry, "request", 1)
         state.cpu_limit_ns = cpu_limit_ns(limits.cpu_ms)
         state.cpu_measured = limits.measure_cpu
-        state.cpu_enabled = state.cpu_measured or state.cpu_limit_ns >= 0  # (see the metering part)
+        state.cpu_enabled = state.cpu_measured or state.cpu_limit_ns >= 0  # (see _twin_metering)
         state.cpu_ns = 0
         state.cpu_exceeded = False
         state.observed = None
@@ -567,8 +398,8 @@ def charge(state: Any) -> None:
     state.subrequests += 1
 
 
-
 # --- invocations ----------------------------------------------------------------------
+
 
 
 class InvocationState:
@@ -636,15 +467,14 @@ class InvocationContext:
         pipeline.adopt(task)
         pipeline.keep_alive(task)
 
-    def run(self, awaitable: Any) -> BindingCall:
+    def run(self, awaitable: Any) -> Awaitable[Any]:
         """Await ``awaitable`` as this invocation: its code sees this ``ctx`` as current.
 
         No ledger entry, depth or subrequest is added: it is the same invocation,
-        resumed from another task (e.g. the reader of a streamed response body).
+        resumed from another task (e.g. the reader of a streamed response body). The
+        awaitable is a BindingCall (``_twin_binding_call.borrowed_call``).
         """
-        call = BindingCall(self, awaitable, False)
-        call._borrowed = True
-        return call
+        return _borrowed_call(self, awaitable)
 
     def pass_through_on_exception(self) -> None:
         """On an uncaught exception, forward the request to the Runtime's origin."""
@@ -749,245 +579,3 @@ def finish_invocation(inv: InvocationContext, outcome: str, status: int | None =
     state.record.close(outcome, cpu, status)
     if state.owns_scope:
         close_scope(state.scope)
-
-
-# --- the awaitable that runs an invocation --------------------------------------------
-
-
-class BindingCall:
-    """The awaitable a binding returns: runs the child in the caller's task."""
-
-    __slots__ = (
-        "_inv", "_request", "_http", "_started", "_driver", "_method", "_args", "_kwargs",
-        "_immediate", "_custom", "_borrowed", "_redirect",
-    )
-
-    def __init__(
-        self,
-        inv: InvocationContext,
-        request: Any,
-        http: bool,
-        method: str | None = None,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        self._inv = inv
-        self._request = request
-        self._http = http
-        self._started = False
-        self._driver: Any = None
-        self._method = method
-        self._args = args
-        self._kwargs = kwargs
-        self._immediate: Any = None
-        self._custom: Any = None
-        self._borrowed = False
-        # (fetcher, origin, mode, start_call) of a binding's fetch that handles redirects (binding_fetch.py)
-        self._redirect: Any = None
-
-    @property
-    def invocation(self) -> InvocationContext:
-        return self._inv
-
-    # send/throw/close make it a Coroutine (collections.abc), so create_task() takes it.
-    def send(self, value: Any) -> Any:
-        if self._driver is None:
-            self._driver = self.__await__()
-        return self._driver.send(value)
-
-    def throw(self, *exc: Any) -> Any:
-        if self._driver is None:
-            self._driver = self.__await__()
-        return self._driver.throw(*exc)
-
-    def close(self) -> None:
-        if self._driver is not None:
-            self._driver.close()
-        elif not self._started:
-            self._started = True
-            self._request = None
-            if not self._borrowed:
-                finish_invocation(self._inv, "canceled")
-
-    def __await__(self) -> Any:
-        return self._run()
-
-    def _run(self) -> Any:
-        inv = self._inv
-        if self._started:
-            raise RuntimeError("A binding call can be awaited only once")
-        self._started = True
-        slot = SLOT.get()
-        slot_token = None
-        if slot is None:
-            if not self._borrowed:
-                finish_invocation(inv, "error")
-                raise FastbindError("A binding call was awaited outside a fastbind invocation")
-            # run() from a task that never dispatched (e.g. a server's body writer).
-            slot = new_slot()
-            slot_token = SLOT.set(slot)
-        request, self._request = self._request, None
-        state = invocation_state(inv)
-        pipeline = state.pipeline
-        pstate = pipeline_state(pipeline)
-        pstate.running += 1
-        LIVE["invocations"] += 1
-        outcome = "error"
-        status = None
-        try:
-            previous = slot_current(slot)
-            set_slot_current(slot, inv)
-            try:
-                if self._borrowed:
-                    coro = request if inspect.iscoroutine(request) else request.__await__()
-                elif self._method is None:
-                    coro = state.handle.invoke(request, inv)
-                else:
-                    coro = self._call_method(inv, state.handle)
-            finally:
-                set_slot_current(slot, previous)
-            del request
-            if coro is None:  # a synchronous RPC method: its value is already there
-                result = self._immediate
-                self._immediate = None
-                coro = _DONE
-            # Drive the child step by step so the slot names it while it runs. A
-            # measured pipeline's steps are metered and split between invocations; a
-            # CPU-limited one's are metered at the root (see the metering part).
-            send, throw = coro.send, coro.throw
-            value: Any = None
-            error: BaseException | None = None
-            split = False
-            guarded_root = state.parent is None
-            while coro is not _DONE:
-                previous = slot_current(slot)
-                # Read at each step: a call with a CPU limit turns splitting on (open_scope).
-                split = pstate.cpu_measured
-                opened = False
-                if split:
-                    opened = meter_enter(slot, previous, pipeline)
-                    if error is None and state.scope is not None and scope_exceeded(state.scope):
-                        error = CpuLimitExceeded()  # stop the scope at its next step
-                    enter_scope(state.scope)
-                elif guarded_root and pstate.cpu_enabled:
-                    opened = slice_open(pipeline)
-                if opened and pstate.cpu_exceeded and error is None:
-                    error = CpuLimitExceeded()  # stop the pipeline at its next step
-                set_slot_current(slot, inv)
-                try:
-                    future = send(value) if error is None else throw(error)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                except BaseException as exc:
-                    if split and self._over_budget(state, exc):
-                        outcome = EXCEEDED_CPU
-                        raise WorkerCpuLimitError() from None
-                    raise
-                finally:
-                    if split:
-                        meter_exit(slot, inv, pipeline, opened)
-                        leave_scope(previous)
-                    elif opened:
-                        slice_close(pipeline)
-                    set_slot_current(slot, previous)
-                try:
-                    value, error = (yield future), None
-                except GeneratorExit:
-                    coro.close()
-                    raise
-                except BaseException as exc:  # thrown in by the task: pass it down
-                    value, error = None, exc
-            if split and self._over_budget(state, None):
-                outcome = EXCEEDED_CPU
-                raise WorkerCpuLimitError()
-            if self._borrowed:
-                pass
-            elif self._http:
-                if not isinstance(result, Response):
-                    raise TypeError(
-                        f'Worker "{state.handle.name}" fetch handler returned '
-                        f"{type(result).__name__}, expected a Response"
-                    )
-                status = _status_of(result)  # the ledger keeps its status
-                if state.parent is not None:
-                    # A child's Response: the caller gets its own (see the compiled core).
-                    result = hand_over_response(result)
-            else:
-                if state.handle.python_workers:
-                    check_python_workers_value(result)
-                result = isolate(result)
-            outcome = "ok"
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "canceled"
-            raise
-        finally:
-            pstate.running -= 1
-            LIVE["invocations"] -= 1
-            if not self._borrowed:
-                finish_invocation(inv, outcome, status)
-            elif slot_token is not None:
-                try:
-                    SLOT.reset(slot_token)
-                except ValueError:  # finished from another context (e.g. closed by the GC)
-                    pass
-        if self._redirect is not None and status in REDIRECT_STATUSES:
-            # A redirect from a binding's fetch: followed as the caller, a new call per hop.
-            fetcher, origin, mode, start_call = self._redirect
-            self._redirect = None
-            follower = redirect_follower(fetcher, origin, mode, result, start_call)
-            if follower is not None:
-                return (yield from follower.__await__())
-        return result
-
-    @staticmethod
-    def _over_budget(state: Any, error: BaseException | None) -> bool:
-        """Whether the child opened a scope that went past its ``cpu_ms``: whatever it
-        answered or raised (a cancellation aside), its caller gets WorkerCpuLimitError."""
-        return bool(
-            state.owns_scope and state.scope.cpu_exceeded
-            and not isinstance(error, asyncio.CancelledError)
-        )
-
-    def _call_method(self, inv: InvocationContext, handle: Any) -> Any:
-        """Run RPC method ``_method`` on a new instance; its awaitable, or None if sync."""
-        args, self._args = self._args, ()
-        kwargs, self._kwargs = self._kwargs, None
-        if self._custom is not None:
-            method = self._custom
-            args = (inv, *args)
-        else:
-            instance = handle.instantiate(inv)
-            method = handle.rpc_function(self._method)
-            if method is not None:  # a plain function: called unbound, no bound method
-                args = (instance, *args)
-            else:  # staticmethod, classmethod, callable object: ask the instance
-                method = getattr(instance, self._method)  # type: ignore[arg-type]
-        result = method(*args, **kwargs) if kwargs else method(*args)
-        if inspect.iscoroutine(result):
-            return result
-        if inspect.isawaitable(result):
-            return result.__await__()
-        self._immediate = result
-        return None
-
-
-def _status_of(response: Any) -> int | None:
-    """A Response's status as the ledger keeps it (as the compiled core's fastbind_status_of)."""
-    status = getattr(response, "status", None)
-    return status if type(status) is int and 100 <= status <= 999 else None
-
-
-class _Done:
-    """Stands for a child that finished before its first step (a sync RPC method)."""
-
-    def send(self, value: Any) -> Any:
-        raise StopIteration
-
-    throw = send
-
-    def close(self) -> None:
-        pass
-
-
-_DONE = _Done()

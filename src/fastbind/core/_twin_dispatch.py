@@ -9,9 +9,9 @@ from typing import Any
 from ..errors import FastbindError
 from ..request import Request
 from .props import EMPTY_PROPS
+from ._twin_binding_call import BindingCall
 from ._twin_contexts import (
     SLOT,
-    BindingCall,
     PipelineContext,
     new_invocation,
     new_slot,
