@@ -41,8 +41,9 @@ class CpuWatchdog:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()  # (weak reference callbacks may run while it is held)
+        self._lock = threading.RLock()
         self._guards: dict[int, tuple[Any, Any, float | None]] = {}  # id -> (ref, core, limit s)
+        self._gone: list[tuple[int, Any]] = []  # (key, ref) of owners that died, pruned by _retune
         self._calls: dict[int, Any] = {}  # id(core) -> core, of the calls with a CPU limit
         self._open_calls = 0
         self._cores: tuple[Any, ...] = ()
@@ -71,10 +72,11 @@ class CpuWatchdog:
             self._retune()
             self.start()
 
-    def _forget(self, key: int, _ref: Any = None) -> None:
-        with self._lock:
-            if self._guards.pop(key, None) is not None:
-                self._retune()
+    def _forget(self, key: int, ref: Any) -> None:
+        # A weak reference's callback runs inside whatever allocation collected its owner,
+        # on any thread, even in the middle of _retune's loops over _guards: it only notes
+        # the key (list.append iterates nothing), and the watchdog's thread prunes it.
+        self._gone.append((key, ref))
 
     def watch(self, core: Any) -> None:
         """A call with a CPU limit of its own started (its scope's code runs on ``core``)."""
@@ -93,12 +95,17 @@ class CpuWatchdog:
             self._retune()
 
     def _retune(self) -> None:
-        limits = [limit for _, _, limit in self._guards.values() if limit]
+        while self._gone:
+            key, ref = self._gone.pop()
+            if key in self._guards and self._guards[key][0] is ref:  # (not a new owner at that id)
+                del self._guards[key]
+        guards = tuple(self._guards.values())  # (a callback may note a key meanwhile, not remove it)
+        limits = [limit for _, _, limit in guards if limit]
         if self._open_calls:
             self._interval = _TICK_MIN_S
         else:
             self._interval = max(_TICK_MIN_S, min(_TICK_MAX_S, min(limits) / 20)) if limits else _TICK_MAX_S
-        cores = {id(core): core for _, core, _ in self._guards.values()}
+        cores = {id(core): core for _, core, _ in guards}
         cores.update(self._calls)
         # The compiled core first: its wait looks without the GIL (see _run).
         self._cores = tuple(sorted(cores.values(), key=lambda core: getattr(core, "IMPLEMENTATION", "") != "c"))
@@ -124,6 +131,9 @@ class CpuWatchdog:
 
     def _run(self) -> None:
         while True:
+            if self._gone:
+                with self._lock:
+                    self._retune()
             stop = self._stop
             cores = self._cores
             if not cores and stop is None:
