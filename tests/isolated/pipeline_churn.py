@@ -35,7 +35,11 @@ KINDS = ("plain", "stream-read", "stream-closed", "raise", "disconnect", "slow-w
 # allocator arenas. A leak of one object or a few bytes per pipeline is far above.
 MAX_OBJECT_GROWTH = 300  # from the baseline to the end of round 1
 MAX_ROUND_GROWTH = 30  # from round 1 to rounds 2 and 3, which are alike
-MAX_RSS_GROWTH_KIB = 2048  # over round 2, once round 1 has settled the allocator
+# Over round 2, once round 1 has settled the allocator. The allocator takes memory a MiB
+# arena at a time, and the twin's rounds take one or two more now and then without any
+# object or traced byte kept (seen: 0-2.1 MiB in runs of the same build); a leak is
+# caught by the object and traced-memory checks, the RSS check is the coarse backstop.
+MAX_RSS_GROWTH_KIB = 4096
 MAX_TRACED_BYTES = 256 * 1024
 
 BODY = b"x" * 64  # handed through every pipeline by identity: its count must come back
