@@ -96,6 +96,8 @@ class RequestParsing:
     _active: Exchange | None
     _buffered: int
     _stopped: bool
+    _holding: bool
+    _next: Exchange | None
     heads: int
 
     def _init_parsing(self) -> None:
@@ -129,6 +131,9 @@ class RequestParsing:
     def _start(self, ex: Exchange) -> None:
         raise NotImplementedError
 
+    def _launch(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
     def _serve_next(self) -> None:
         raise NotImplementedError
 
@@ -147,7 +152,23 @@ class RequestParsing:
     # -- feeding ------------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        """Parse ``data``: a read, or what is left of one after a new parser took over."""
+        """Parse ``data``: a read, or what is left of one after a new parser took over.
+
+        A request ready to be served meanwhile starts once the whole read is parsed
+        (``_next``): what comes after it in the read (an upgrade, a tunnel) is known then.
+        """
+        holding = self._holding
+        self._holding = True
+        try:
+            self._parse(data)
+        finally:
+            self._holding = holding
+        if not holding and self._next is not None:
+            ex = self._next
+            self._next = None
+            self._launch(ex)
+
+    def _parse(self, data: bytes) -> None:
         self._completed = 0
         if self._framings:
             self._framings.clear()
