@@ -17,6 +17,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from functools import partial
 from typing import Any, cast
 
 from ..errors import BodyReadError
@@ -284,9 +285,9 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
                 if not task.done():
                     self._task = task
                     if self._access_log:
-                        task.add_done_callback(lambda task, ex=ex: self._log_if_gone(task, ex))
+                        task.add_done_callback(partial(self._log_if_gone, ex))
                 elif self._access_log:
-                    self._log_if_gone(task, ex)
+                    self._log_if_gone(ex, task)
                 next_ex = self._next
                 if next_ex is None:
                     return
@@ -413,7 +414,7 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
         if self._queue or self._state.draining:
             self._serve_next()
 
-    def _log_if_gone(self, task: asyncio.Task[None], ex: Exchange) -> None:
+    def _log_if_gone(self, ex: Exchange, task: asyncio.Task[None]) -> None:
         # The client went away before its answer was out: its line says 499 (as nginx's).
         if task.cancelled() and not ex.finished:
             log = self._state.log
