@@ -1,4 +1,4 @@
-"""Build of fastbind: the compiled core and HTTP path (Cython), or the pure-Python ones when asked for.
+"""Build of fastbind: the compiled core (Cython), or the pure-Python one when asked for.
 
 FASTBIND_NO_EXTENSIONS=1    build no extension: the pure-Python core runs (chosen, never a
                             fallback; interpreters other than CPython always get it)
@@ -21,8 +21,6 @@ from setuptools import Extension, setup
 from setuptools.command.build import build
 from setuptools.command.build_ext import build_ext
 
-# The HTTP modules compiled from their .py (kept in step with fastbind/http/__init__.py).
-HTTP_COMPILED = ("exchange", "parsing", "writer", "connection")
 PURE = bool(os.environ.get("FASTBIND_NO_EXTENSIONS")) or platform.python_implementation() != "CPython"
 TRACE = bool(os.environ.get("FASTBIND_CYTHON_TRACE"))
 ANNOTATE = bool(os.environ.get("FASTBIND_CYTHON_ANNOTATE"))
@@ -76,16 +74,8 @@ def extensions() -> list[Extension]:
     directives = {"language_level": "3", "embedsignature": True}
     if TRACE:
         directives["linetrace"] = True
-    compiled = cythonize(modules, compiler_directives=directives, annotate=ANNOTATE,
-                         include_path=["src"])
-    # The per-request HTTP path: the server's own .py files, compiled as they are (Cython's
-    # pure-Python mode), into modules of the same names that Python imports in their place.
-    # Their annotations are only documentation: compiled, they check nothing more than
-    # the .py does (fastbind/http/__init__.py runs the .py with FASTBIND_NO_EXTENSIONS=1).
-    http = [Extension(f"fastbind.http.{name}", [f"src/fastbind/http/{name}.py"],
-                      define_macros=macros, extra_compile_args=args) for name in HTTP_COMPILED]
-    return compiled + cythonize(http, compiler_directives={**directives, "annotation_typing": False},
-                                annotate=ANNOTATE, include_path=["src"])
+    return cythonize(modules, compiler_directives=directives, annotate=ANNOTATE,
+                     include_path=["src"])
 
 
 setup(ext_modules=extensions(), cmdclass={"build": CleanBuild, "build_ext": StrictBuildExt})

@@ -44,12 +44,11 @@ def _version(**env: str) -> list[str]:
     return proc.stdout.splitlines()
 
 
-def test_version_names_the_core_the_http_path_the_fast_paths_and_the_interpreter() -> None:
+def test_version_names_the_core_the_fast_paths_and_the_interpreter() -> None:
     lines = _version()
     interpreter = f"interpreter: {platform.python_implementation()} {platform.python_version()}"
-    assert lines[0] == f"fastbind {fastbind.__version__}" and lines[3].startswith(interpreter)
+    assert lines[0] == f"fastbind {fastbind.__version__}" and lines[2].startswith(interpreter)
     if importlib.util.find_spec("fastbind.core._core") is not None:  # installed compiled
-        assert lines[2] == "http: compiled"
         built = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info < (3, 14)
         fast = "on" if built else "not built for this interpreter"
         assert lines[1].startswith(f"core: compiled (fast paths {fast}")
@@ -60,10 +59,7 @@ def test_version_names_the_core_the_http_path_the_fast_paths_and_the_interpreter
         )
     else:
         assert lines[1] == "core: pure (installed without the compiled core)"
-        assert lines[2] == "http: pure (installed without the compiled HTTP path)"
-    assert _version(FASTBIND_NO_EXTENSIONS="1")[1:3] == [
-        "core: pure (FASTBIND_NO_EXTENSIONS is set)", "http: pure (FASTBIND_NO_EXTENSIONS is set)",
-    ]
+    assert _version(FASTBIND_NO_EXTENSIONS="1")[1] == "core: pure (FASTBIND_NO_EXTENSIONS is set)"
 
 
 def test_a_wrong_fast_paths_switch_is_refused_with_its_values() -> None:

@@ -26,7 +26,6 @@ from .errors import (
     WorkerNotFoundError,
 )
 from .hangwatch import WorkerHangError
-from .http import info as _http_info
 from .headers import Headers
 from .limits import Limits
 from .outbound.fetch import fetch
@@ -82,7 +81,6 @@ def core_info() -> dict[str, _Any]:
 
     ``core`` is "compiled" or "pure"; ``fast_paths`` says whether the compiled core's
     techniques that rely on CPython internals are on (FASTBIND_FAST_PATHS); ``clock``
-    is the ledger's clock ("tsc" or "monotonic"); ``http`` whether the server's
-    per-request path runs compiled ("compiled" or "pure").
+    is the ledger's clock ("tsc" or "monotonic").
     """
-    return {"version": __version__, **_cores.info(), **_http_info()}
+    return {"version": __version__, **_cores.info()}

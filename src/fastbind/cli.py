@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def version_text() -> str:
-    """``fastbind --version``: the version, which core and HTTP path run, the interpreter."""
+    """``fastbind --version``: the version, which core runs, the interpreter."""
     info = core_info()
     if info["core"] == "compiled":
         if info["fast_paths"]:
@@ -77,16 +77,9 @@ def version_text() -> str:
         core = "pure (chosen in fastbind.core)"
     else:
         core = "pure (installed without the compiled core)"
-    if info["http"] == "compiled":
-        http = "compiled"
-    elif info["no_extensions"]:
-        http = "pure (FASTBIND_NO_EXTENSIONS is set)"
-    else:
-        http = "pure (installed without the compiled HTTP path)"
     return (
         f"fastbind {info['version']}\n"
         f"core: {core}\n"
-        f"http: {http}\n"
         f"interpreter: {info['interpreter']} on {info['platform']}"
     )
 
