@@ -54,6 +54,8 @@ _LINGER_OFF = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the c
 # (the sweep looks on after that).
 _PROBE_LOOKS_S = (0.02, 0.2)
 _PLAIN = (bytes, str, bytearray, memoryview)
+_Task = asyncio.Task  # a request's task, on 3.11 (see eager)
+_new_task = eager.new_task
 
 
 def _socket_error(transport: asyncio.Transport) -> int:
@@ -275,13 +277,18 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
             return
         self._launch(ex)
 
+    def _launch_task(self, ex: Exchange) -> None:
+        task = self._task = _Task(self._serve(ex), loop=self._loop)
+        if self._access_log:
+            task.add_done_callback(partial(self._log_if_gone, ex))
+
     def _launch(self, ex: Exchange) -> None:
         self._holding = True
         try:
             while True:
                 # On 3.12+ the first step runs now (http/eager.py): a request answered at
                 # once is done when this returns, and the next one starts in this loop.
-                task = eager.start(self._serve(ex), self._loop)
+                task = _new_task(self._loop, self._serve(ex))
                 if not task.done():
                     self._task = task
                     if self._access_log:
@@ -295,6 +302,9 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
                 ex = next_ex
         finally:
             self._holding = False
+
+    if not eager.EAGER:  # 3.11: the task starts at the loop's next turn; nothing to hold
+        _launch = _launch_task  # noqa: F811
 
     def _serve_next(self) -> None:
         if self._writer.paused:
