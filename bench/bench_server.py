@@ -10,6 +10,9 @@ run, on 127.0.0.1 only:
   raw ASGI 3 app (no framework, no hop): the floor of Python ASGI serving.
 - ``leaf`` (with ``--leaf``): ``fastbind serve --entry hello``, one Worker answering
   with no binding hop, to show what the hop costs.
+- ``granian-rsgi`` and ``granian-asgi``, when granian is installed: granian (its HTTP
+  layer in Rust) serving a raw RSGI hello and the ASGI hello, one process, one runtime
+  thread, on uvloop: a peer whose HTTP path is compiled.
 - ``floor`` (with ``--floor``): an asyncio Protocol on uvloop that answers every read
   with the same canned bytes, parsing nothing: what the loop and the kernel cost, the
   ceiling any Python server on this machine stays under.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import re
 import shutil
@@ -115,6 +119,12 @@ async def app(scope, receive, send):
 '''
 
 
+RSGI_HELLO = '''
+async def app(scope, protocol):
+    protocol.response_bytes(200, [("content-type", "text/plain"), ("x-user", "42")], b"Hello, world!")
+'''
+
+
 @dataclass
 class Result:
     requests_per_s: float
@@ -128,10 +138,10 @@ class Server:
         self.name = name
         self.label = label
         self.port = port
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL)
+        # Pinned before it runs: a server's own worker processes (granian's) inherit the CPUs.
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
-            if cpus:
-                os.sched_setaffinity(self.proc.pid, cpus)
             self._wait_until_serving()
         except BaseException:
             self.stop()
@@ -156,9 +166,19 @@ class Server:
         return f"http://127.0.0.1:{self.port}/"
 
     def cpu_seconds(self) -> float:
-        """User and system CPU the server process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User and system CPU the server process and its children have used so far (Linux /proc)."""
+        ticks = 0
+        pending = [self.proc.pid]
+        while pending:
+            pid = pending.pop()
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending += map(int, (task / "children").read_text().split())
+            except OSError:  # (a process that has just ended)
+                continue
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -284,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "bench_workers.py").write_text(WORKERS)
         (folder / "bench_hello.py").write_text(ASGI_HELLO)
         (folder / "bench_floor.py").write_text(FLOOR)
+        (folder / "bench_rsgi.py").write_text(RSGI_HELLO)
         servers: list[Server] = []
         try:
             port = _free_port()
@@ -307,6 +328,17 @@ def main(argv: list[str] | None = None) -> int:
                  "--http", "httptools", "--no-access-log", "--log-level", "warning", "--lifespan", "off"],
                 folder, port, server_cpus,
             ))
+            if importlib.util.find_spec("granian") is not None:
+                for interface, app, what in (("rsgi", "bench_rsgi:app", "raw RSGI hello"),
+                                             ("asgi", "bench_hello:app", "raw ASGI hello")):
+                    port = _free_port()
+                    servers.append(Server(
+                        f"granian-{interface}", f"granian, Rust HTTP ({what}, no hop)",
+                        [sys.executable, "-m", "granian", "--interface", interface, app, "--port", str(port),
+                         "--loop", "uvloop", "--no-ws", "--workers", "1", "--runtime-threads", "1",
+                         "--log-level", "warning"],
+                        folder, port, server_cpus,
+                    ))
             if args.floor:
                 port = _free_port()
                 servers.append(Server(
@@ -351,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ratio {label} / uvicorn: requests/s {best[name] / best['uvicorn']:.2f}x best, "
                   f"{median[name] / median['uvicorn']:.2f}x median; "
                   f"requests per CPU second {cpu['uvicorn'] / cpu[name]:.2f}x")
+            if "floor" in cpu:
+                print(f"ratio {label} / canned answer: CPU per request {cpu[name] / cpu['floor']:.2f}x")
     return 0
 
 

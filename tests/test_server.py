@@ -278,6 +278,15 @@ def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None
     assert rest == b""
 
 
+def test_a_request_runs_in_its_task_from_its_first_step(server: ServerProcess) -> None:
+    # Answered at once (on 3.12+ within the read's callback) or after a wait, in order,
+    # and each Worker sees its task (asyncio.timeout needs one) from its first step.
+    data = get("/in-task") * 3 + get("/sleep?id=in-task&s=0.05") + get("/in-task") * 2
+    replies, rest = exchange(server, data + get("/in-task", "Connection: close"), replies=7)
+    assert [r.body for r in replies] == [b"True"] * 3 + [b"slept 0.05"] + [b"True"] * 3
+    assert rest == b""
+
+
 def test_a_flood_of_pipelined_requests_is_bounded(server: ServerProcess) -> None:
     # 2,000 requests in one write: past 256 queued on the connection, a 429 and a close,
     # so one socket read cannot queue an unbounded number of requests.

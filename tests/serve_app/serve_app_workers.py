@@ -70,6 +70,9 @@ async def gateway(request: Request, env: Any, ctx: Any) -> Response:
         return await env.LEAF.fetch(request)  # type: ignore[no-any-return]
     if path == "/empty":
         return Response(None)
+    if path == "/in-task":  # its first step runs in its task too (started eagerly on 3.12+)
+        async with asyncio.timeout(5):  # (RuntimeError outside a task)
+            return Response(str(asyncio.current_task() is not None))
     if path == "/sleep":
         mark(query["id"] + ".started")
         await asyncio.sleep(float(query["s"]))

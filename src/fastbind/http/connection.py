@@ -3,7 +3,8 @@
 One ``HTTPConnection`` per client: httptools (llhttp) parses what arrives into
 Requests (``parsing``: the callbacks, and a request the same however its bytes were
 split), a task per request awaits the runtime's top-level dispatch (so that a client
-going away can cancel exactly its pipeline), and requests of one connection are
+going away can cancel exactly its pipeline; started eagerly where Python can, see
+``eager``), and requests of one connection are
 answered one after the other, in order. ``writer`` writes the answers, ``target``
 turns the request line into a URL, ``exchange`` holds the state of one request and
 the server's limits.
@@ -16,11 +17,13 @@ import logging
 import socket
 import struct
 from collections import deque
+from functools import partial
 from typing import Any, cast
 
 from ..errors import BodyReadError
 from ..response import Response
 from ..websocket import WebSocket
+from . import eager
 from .access_log import CLIENT_GONE
 from .exchange import AccessLog, Exchange, HTTPLimits, ServerState
 from .parsing import (
@@ -51,9 +54,8 @@ _LINGER_OFF = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the c
 # (the sweep looks on after that).
 _PROBE_LOOKS_S = (0.02, 0.2)
 _PLAIN = (bytes, str, bytearray, memoryview)
-# Request tasks are created directly: the loop's task factory (the runtime's) is for
-# tasks that Workers start, and a request task is not started inside any Worker.
-_Task = asyncio.Task
+_Task = asyncio.Task  # a request's task, on 3.11 (see eager)
+_new_task = eager.new_task
 
 
 def _socket_error(transport: asyncio.Transport) -> int:
@@ -81,7 +83,9 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
         # serving
         self._queue: deque[Exchange] = deque()
         self._active: Exchange | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the active request's, until it is done
+        self._holding = False  # a read is being parsed, or a request's first step runs (see _start)
+        self._next: Exchange | None = None  # the request to start after that
         self._buffered = 0
         self._pause = 0
         self._stopped = False  # no more requests are read from this connection
@@ -265,9 +269,42 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
             self._reject(ex)
             return
         self._active = ex
-        self._task = _Task(self._serve(ex), loop=self._loop)
+        if self._holding:
+            # Called while a read is parsed, or as a request answered in its first step
+            # ends: started once that is over (the parser's view of the read complete;
+            # and by a loop, not one call deeper per request).
+            self._next = ex
+            return
+        self._launch(ex)
+
+    def _launch_task(self, ex: Exchange) -> None:
+        task = self._task = _Task(self._serve(ex), loop=self._loop)
         if self._access_log:
-            self._task.add_done_callback(lambda task: self._log_if_gone(task, ex))
+            task.add_done_callback(partial(self._log_if_gone, ex))
+
+    def _launch(self, ex: Exchange) -> None:
+        self._holding = True
+        try:
+            while True:
+                # On 3.12+ the first step runs now (http/eager.py): a request answered at
+                # once is done when this returns, and the next one starts in this loop.
+                task = _new_task(self._loop, self._serve(ex))
+                if not task.done():
+                    self._task = task
+                    if self._access_log:
+                        task.add_done_callback(partial(self._log_if_gone, ex))
+                elif self._access_log:
+                    self._log_if_gone(ex, task)
+                next_ex = self._next
+                if next_ex is None:
+                    return
+                self._next = None
+                ex = next_ex
+        finally:
+            self._holding = False
+
+    if not eager.EAGER:  # 3.11: the task starts at the loop's next turn; nothing to hold
+        _launch = _launch_task  # noqa: F811
 
     def _serve_next(self) -> None:
         if self._writer.paused:
@@ -387,7 +424,7 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
         if self._queue or self._state.draining:
             self._serve_next()
 
-    def _log_if_gone(self, task: asyncio.Task[None], ex: Exchange) -> None:
+    def _log_if_gone(self, ex: Exchange, task: asyncio.Task[None]) -> None:
         # The client went away before its answer was out: its line says 499 (as nginx's).
         if task.cancelled() and not ex.finished:
             log = self._state.log

@@ -22,6 +22,7 @@ import httptools
 from ..headers import Headers
 from ..outbound.hop import HOP_HEADERS
 from ..request import CfProperties, Request, check_url
+from .eager import EAGER
 from .exchange import Exchange, HTTPLimits, ServerState
 from .framing import (
     BOUNDARY, CHUNK_SIZE, HEAD, SIZED, compact_line, partial_line_size, scan, versionless_request_line,
@@ -96,6 +97,8 @@ class RequestParsing:
     _active: Exchange | None
     _buffered: int
     _stopped: bool
+    _holding: bool
+    _next: Exchange | None
     heads: int
 
     def _init_parsing(self) -> None:
@@ -129,6 +132,9 @@ class RequestParsing:
     def _start(self, ex: Exchange) -> None:
         raise NotImplementedError
 
+    def _launch(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
     def _serve_next(self) -> None:
         raise NotImplementedError
 
@@ -147,7 +153,26 @@ class RequestParsing:
     # -- feeding ------------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        """Parse ``data``: a read, or what is left of one after a new parser took over."""
+        """Parse ``data``: a read, or what is left of one after a new parser took over.
+
+        Where a request's task starts eagerly (``eager``), a request ready to be served
+        meanwhile starts once the whole read is parsed (``_next``): what comes after it
+        in the read (an upgrade, a tunnel) is known then. Elsewhere its task starts at
+        the loop's next turn anyway, and ``_feed`` is ``_parse``.
+        """
+        holding = self._holding
+        self._holding = True
+        try:
+            self._parse(data)
+        finally:
+            self._holding = holding
+        if not holding and self._next is not None:
+            ex = self._next
+            self._next = None
+            self._launch(ex)
+
+    def _parse(self, data: bytes) -> None:
+        """Parse ``data`` (see ``_feed``)."""
         self._completed = 0
         if self._framings:
             self._framings.clear()
@@ -160,6 +185,9 @@ class RequestParsing:
             self._body_under_way(data)
         elif not self._stopped:
             self._read_ended(data)
+
+    if not EAGER:
+        _feed = _parse  # noqa: F811 - (see _feed)
 
     def _body_under_way(self, data: bytes) -> None:
         """The read ended in a body: keep where, for the framing of the next read."""
