@@ -208,7 +208,9 @@ def test_a_busy_loop_is_answered_503_under_the_default_limit(serve: Callable[...
         busy.sendall(request("/spin", "Connection: close"))
         data = read_until_closed(busy, 60)
         took = time.monotonic() - start
-    assert status_of(data) == 503 and 30 <= took < 35
+    # Answered by the 30 s CPU limit: not before 30 s, and however late a loaded host lets the
+    # loop's thread gather its CPU seconds (read_until_closed bounds the wait at 60 s).
+    assert status_of(data) == 503 and took >= 30
     with server.connect() as sock:
         sock.sendall(request("/", "Connection: close"))
         assert status_of(read_until_closed(sock)) == 200
