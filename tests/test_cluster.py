@@ -11,94 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
+from served import Served, Servers
+
 APP = Path(__file__).resolve().parent / "cluster_app"
-LISTENING = re.compile(r'^fastbind: serving "gateway" on http://127\.0\.0\.1:(?P<port>\d+) \(pid (?P<pid>\d+)')
 TIMEOUT = 20.0
 SECRET = "cluster tests: a secret long enough"
 
 
-class Serve:
-    """One `fastbind serve` (and its worker processes) and the lines it prints."""
-
-    def __init__(self, config: Path, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastbind", "serve", str(config), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")]),
-                 "PYTHONUNBUFFERED": "1", **env},
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, None), daemon=True).start()
-        try:
-            first = self.lines.get(timeout=TIMEOUT)
-        except queue.Empty:
-            raise AssertionError(f"no output within {TIMEOUT}s; stderr: {''.join(self.stderr)}") from None
-        match = LISTENING.match(first)
-        assert match, f"unexpected first line {first!r}; stderr: {''.join(self.stderr)}"
-        self.port = int(match["port"])
-        self.children = [int(p) for p in re.findall(r"\d+", first.partition("worker processes:")[2])]
-
-    def _read(self, stream: Any, out: queue.Queue[str] | None) -> None:
-        for line in stream:
-            if out is None:
-                self.stderr.append(line)
-            else:
-                out.put(line.rstrip("\n"))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_for_log(self, text: str) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while text not in "".join(self.stderr):
-            assert time.monotonic() < deadline, "".join(self.stderr)
-            time.sleep(0.02)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=TIMEOUT + 10)
-
-
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    started: list[Serve] = []
-
-    def start(*args: str, config: Path = APP / "fastbind.toml", env: dict[str, str] | None = None) -> Serve:
-        server = Serve(config, list(args), env or {})
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            server.proc.send_signal(signal.SIGTERM)  # the parent stops its worker processes
-            try:
-                server.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait(timeout=TIMEOUT)
-        for stream in (server.proc.stdout, server.proc.stderr):
-            if stream is not None:
-                stream.close()
+def serve() -> Iterator[Servers]:
+    env = {"PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}
+    with Servers(APP / "fastbind.toml", env=env, entry="gateway", timeout=TIMEOUT + 10) as start:
+        yield start
 
 
 async def _get_all(base: str, paths: list[str], clients: int = 50, fresh: bool = False) -> list[tuple[int, str]]:
@@ -118,8 +52,8 @@ def get_all(base: str, paths: list[str], clients: int = 50, fresh: bool = False)
     return asyncio.run(_get_all(base, paths, clients, fresh))
 
 
-def test_workers_2_keep_one_object_per_id(serve: Callable[..., Serve], tmp_path: Path) -> None:
-    server = serve("--port", "0", "--workers", "2", "--durable-dir", str(tmp_path / "data"))
+def test_workers_2_keep_one_object_per_id(serve: Servers, tmp_path: Path) -> None:
+    server = serve("--workers", "2", "--durable-dir", str(tmp_path / "data"))
     assert len(server.children) == 2
     # Both processes take connections, and each sees every object in the same one process.
     landed = get_all(server.url, ["/pid/x"] * 60, clients=10, fresh=True)
@@ -142,8 +76,8 @@ def test_workers_2_keep_one_object_per_id(serve: Callable[..., Serve], tmp_path:
     assert server.stop() == 0
 
 
-def test_a_killed_owner_is_restarted_with_what_it_acknowledged(serve: Callable[..., Serve], tmp_path: Path) -> None:
-    server = serve("--port", "0", "--workers", "2", "--durable-dir", str(tmp_path / "data"))
+def test_a_killed_owner_is_restarted_with_what_it_acknowledged(serve: Servers, tmp_path: Path) -> None:
+    server = serve("--workers", "2", "--durable-dir", str(tmp_path / "data"))
     ((_, pid_text),) = get_all(server.url, ["/where/k"])
     victim = int(pid_text)
     assert victim in server.children
@@ -209,16 +143,16 @@ def _node_config(folder: Path, name: str, ports: dict[str, int], other: str) -> 
 
 
 @pytest.fixture
-def two_nodes(serve: Callable[..., Serve], tmp_path: Path) -> tuple[Serve, Serve]:
+def two_nodes(serve: Servers, tmp_path: Path) -> tuple[Served, Served]:
     ports = dict(zip("ab", _free_ports(2)))
     env = {"FASTBIND_CLUSTER_SECRET": SECRET}
-    a = serve("--port", str(ports["a"]), "--node", "a", "--workers", "2",
-              config=_node_config(tmp_path, "a", ports, "b"), env=env)
-    b = serve("--port", str(ports["b"]), "--node", "b", config=_node_config(tmp_path, "b", ports, "a"), env=env)
+    a = serve("--node", "a", "--workers", "2",
+              config=_node_config(tmp_path, "a", ports, "b"), env=env, port=ports["a"])
+    b = serve("--node", "b", config=_node_config(tmp_path, "b", ports, "a"), env=env, port=ports["b"])
     return a, b
 
 
-def test_two_nodes_keep_each_object_on_one_node(two_nodes: tuple[Serve, Serve]) -> None:
+def test_two_nodes_keep_each_object_on_one_node(two_nodes: tuple[Served, Served]) -> None:
     a, b = two_nodes
     names = [f"o{i}" for i in range(12)]
     via_a = get_all(a.url, [f"/where/{n}" for n in names] * 3, fresh=True)
@@ -236,7 +170,7 @@ def test_two_nodes_keep_each_object_on_one_node(two_nodes: tuple[Serve, Serve]) 
     assert sorted(int(body) for _, body in counted) == list(range(1, 201))
 
 
-def test_a_loop_through_two_nodes_stops_at_depth_32(two_nodes: tuple[Serve, Serve]) -> None:
+def test_a_loop_through_two_nodes_stops_at_depth_32(two_nodes: tuple[Served, Served]) -> None:
     a, b = two_nodes
     ((status, body),) = get_all(a.url, ["/loop/x"])
     assert status == 200, body
@@ -246,7 +180,7 @@ def test_a_loop_through_two_nodes_stops_at_depth_32(two_nodes: tuple[Serve, Serv
     assert int(match[1]) == int(get_all(b.url, ["/pid/x"])[0][1])
 
 
-def test_hop_headers_without_the_secret_are_refused(two_nodes: tuple[Serve, Serve]) -> None:
+def test_hop_headers_without_the_secret_are_refused(two_nodes: tuple[Served, Served]) -> None:
     a, _ = two_nodes
     for headers in (
         [("fastbind-depth", "1"), ("fastbind-pipeline", "p")],
@@ -265,7 +199,7 @@ def test_hop_headers_without_the_secret_are_refused(two_nodes: tuple[Serve, Serv
         assert b"refused" in text
 
 
-def test_a_node_that_is_down_fails_its_objects_calls(two_nodes: tuple[Serve, Serve]) -> None:
+def test_a_node_that_is_down_fails_its_objects_calls(two_nodes: tuple[Served, Served]) -> None:
     a, b = two_nodes
     names = [f"d{i}" for i in range(12)]
     node_b_pid = int(get_all(b.url, ["/pid/x"])[0][1])

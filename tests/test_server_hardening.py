@@ -7,14 +7,15 @@ processes on 127.0.0.1; their memory is read from /proc.
 from __future__ import annotations
 
 import select
+import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from served import Served
+from served import Served, Servers
 
 HERE = Path(__file__).resolve().parent
 APP = HERE / "hardening_app" / "fastbind.toml"
@@ -25,17 +26,9 @@ RSS_GROWTH_MAX_KB = 32 * 1024
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    started: list[Served] = []
-
-    def start(*args: str, config: Path = APP) -> Served:
-        server = Served(config, list(args), tmp_path / f"server{len(started)}.log")
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
+def serve(tmp_path: Path) -> Iterator[Servers]:
+    with Servers(APP, logs=tmp_path, teardown=signal.SIGKILL) as start:
+        yield start
 
 
 def request(path: str, *lines: str, version: str = "1.1") -> bytes:
@@ -89,7 +82,7 @@ def watch_until_closed(server: Served, sock: socket.socket, deadline_s: float) -
     return time.monotonic() - start, max(peak, server.rss_kb())
 
 
-def test_a_client_that_pipelines_large_answers_and_never_reads(serve: Callable[..., Served]) -> None:
+def test_a_client_that_pipelines_large_answers_and_never_reads(serve: Servers) -> None:
     server = serve("--write-timeout", str(WRITE_TIMEOUT_S))
     warm_up(server)
     before = server.rss_kb()
@@ -108,7 +101,7 @@ def test_a_client_that_pipelines_large_answers_and_never_reads(serve: Callable[.
     request(f"/big?size={16 * MiB}", version="1.0"),
     request(f"/big?size={16 * MiB}") + b"GET /refused HTTP/1.1\r\nHost t\r\n\r\n",  # then a 400
 ], ids=["connection-close", "http-1.0", "refusal"])
-def test_a_client_that_stops_reading_a_closing_connection(serve: Callable[..., Served], payload: bytes) -> None:
+def test_a_client_that_stops_reading_a_closing_connection(serve: Servers, payload: bytes) -> None:
     server = serve("--write-timeout", str(WRITE_TIMEOUT_S))
     warm_up(server)
     before = server.rss_kb()
@@ -118,7 +111,7 @@ def test_a_client_that_stops_reading_a_closing_connection(serve: Callable[..., S
     assert took <= WRITE_TIMEOUT_S + 1.0
 
 
-def test_a_half_closed_client_is_answered(serve: Callable[..., Served]) -> None:
+def test_a_half_closed_client_is_answered(serve: Servers) -> None:
     server = serve()
     with server.connect() as sock:
         sock.sendall(request("/sleep?s=0.2") + request("/"))  # two requests, then the client's FIN
@@ -136,14 +129,14 @@ def test_a_half_closed_client_is_answered(serve: Callable[..., Served]) -> None:
     (b"HEAD / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1000\r\n" + b"h" * 4096 + b"\r\n" * 3, 413),
 ], ids=["two-transfer-encoding-lines", "a-list-split-over-two-lines", "chunked-get-over-max-body",
         "chunked-head-over-max-body"])
-def test_framing_refusals(serve: Callable[..., Served], payload: bytes, status: int) -> None:
+def test_framing_refusals(serve: Servers, payload: bytes, status: int) -> None:
     server = serve("--max-body", "1K")
     with server.connect() as sock:
         sock.sendall(payload)
         assert status_of(read_until_closed(sock)) == status
 
 
-def test_an_http_0_9_request_line_is_refused_at_once(serve: Callable[..., Served]) -> None:
+def test_an_http_0_9_request_line_is_refused_at_once(serve: Servers) -> None:
     server = serve("--read-timeout", "30")
     with server.connect() as sock:
         start = time.monotonic()
@@ -154,27 +147,27 @@ def test_an_http_0_9_request_line_is_refused_at_once(serve: Callable[..., Served
     assert took < 5  # not the read timeout's 408
 
 
-def test_shutdown_that_cuts_requests_exits_1(serve: Callable[..., Served]) -> None:
+def test_shutdown_that_cuts_requests_exits_1(serve: Servers) -> None:
     server = serve("--shutdown-timeout", "0.5")
     with server.connect() as sock:
         sock.sendall(request("/sleep?s=30"))
         time.sleep(0.3)  # the request is in flight
-        code, took = server.stop()
+        code, took = server.stop(), server.exit_seconds
     assert code == 1
     assert took < 0.5 + 1.0
 
 
-def test_shutdown_that_finishes_every_request_exits_0(serve: Callable[..., Served]) -> None:
+def test_shutdown_that_finishes_every_request_exits_0(serve: Servers) -> None:
     server = serve("--shutdown-timeout", "5")
     with server.connect() as sock:
         sock.sendall(request("/sleep?s=0.3"))
         time.sleep(0.1)
-        code, _ = server.stop()
+        code = server.stop()
         assert status_of(read_until_closed(sock)) == 200
     assert code == 0
 
 
-def test_a_busy_loop_is_answered_503_and_the_server_serves_on(serve: Callable[..., Served]) -> None:
+def test_a_busy_loop_is_answered_503_and_the_server_serves_on(serve: Servers) -> None:
     server = serve(config=LIMITED)  # the default limit works the same way, at 30 s
     with server.connect() as busy:
         busy.sendall(request("/spin", "Connection: close"))
@@ -183,15 +176,15 @@ def test_a_busy_loop_is_answered_503_and_the_server_serves_on(serve: Callable[..
     with server.connect() as sock:
         sock.sendall(request("/", "Connection: close"))
         assert status_of(read_until_closed(sock)) == 200
-    assert server.stop()[0] == 0
+    assert server.stop() == 0
 
 
-def test_sigterm_is_honoured_while_a_worker_busy_loops(serve: Callable[..., Served]) -> None:
+def test_sigterm_is_honoured_while_a_worker_busy_loops(serve: Servers) -> None:
     server = serve("--shutdown-timeout", "1")  # the default config: its CPU limit is 30 s
     with server.connect() as busy:
         busy.sendall(request("/spin"))
         time.sleep(0.5)  # the loop's thread is stuck in the Worker
-        code, took = server.stop(timeout=15)
+        code, took = server.stop(timeout=15), server.exit_seconds
         data = read_until_closed(busy)
     assert took <= 1 + 1.0
     assert code == 1  # a request was cut
@@ -200,7 +193,7 @@ def test_sigterm_is_honoured_while_a_worker_busy_loops(serve: Callable[..., Serv
 
 
 @pytest.mark.soak
-def test_a_busy_loop_is_answered_503_under_the_default_limit(serve: Callable[..., Served]) -> None:
+def test_a_busy_loop_is_answered_503_under_the_default_limit(serve: Servers) -> None:
     # 30 s of CPU: run with -m soak.
     server = serve()
     with server.connect() as busy:
@@ -214,4 +207,4 @@ def test_a_busy_loop_is_answered_503_under_the_default_limit(serve: Callable[...
     with server.connect() as sock:
         sock.sendall(request("/", "Connection: close"))
         assert status_of(read_until_closed(sock)) == 200
-    assert server.stop()[0] == 0
+    assert server.stop() == 0

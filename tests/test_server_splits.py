@@ -125,7 +125,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     proc = Served(APP, SERVER_ARGS, tmp_path_factory.mktemp("splits") / "server.log")
     try:
         yield proc
-        assert proc.proc.poll() is None, proc.log_text()
+        proc.assert_alive()
     finally:
         proc.kill()
 
