@@ -45,8 +45,7 @@ class Served:
     def __init__(self, config: Path, args: Iterable[str] = (), log: Path | None = None, *,
                  env: dict[str, str] | None = None, port: int = 0, entry: str | None = None,
                  timeout: float = TIMEOUT) -> None:
-        self.log = log
-        self.timeout = timeout
+        self.config, self.log, self.timeout = config, log, timeout
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.exit_seconds = 0.0  # how long the last stop() took

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import queue
 import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +24,9 @@ import aiohttp
 import pytest
 import trustme
 
+from served import LISTENING, Served, Servers
+
 TIMEOUT = 15.0
-LISTENING = re.compile(r'^fastbind: serving "(?P<entry>[^"]+)" on (?P<scheme>https?)://127\.0\.0\.1:(?P<port>\d+) '
-                       r"\(pid (?P<pid>\d+)")
 
 CONFIG = """
 [[workers]]
@@ -76,65 +73,19 @@ def write_app(folder: Path, answer: str = "one") -> Path:
     return folder / "fastbind.toml"
 
 
-class Served:
-    """One `fastbind serve` process and the lines it prints."""
-
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.marks = config.parent / "marks"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPS_MARKS": str(self.marks), **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastbind", "serve", str(config), "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
-        )
-        self.out: queue.Queue[str] = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout, self.out), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr, None), daemon=True).start()
-        first = self.next_line()
-        match = LISTENING.match(first)
-        assert match, f"unexpected first line {first!r}; stderr: {''.join(self.stderr)}"
-        self.port = int(match["port"])
-        self.url = f"{match['scheme']}://127.0.0.1:{self.port}"
-
-    @staticmethod
-    def _read(stream: Any, lines: list[str], out: queue.Queue[str] | None) -> None:
-        for line in stream:
-            lines.append(line)
-            if out is not None:
-                out.put(line.rstrip("\n"))
-
-    def next_line(self, timeout: float = TIMEOUT) -> str:
-        try:
-            return self.out.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no output within {timeout}s; stderr: {''.join(self.stderr)}") from None
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            return self.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+def marks(served: Served) -> Path:
+    """The file the gateway's /slow route writes when it starts."""
+    return served.config.parent / "marks"
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Any]:
-    started: list[Served] = []
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    with Servers(teardown=signal.SIGKILL, timeout=TIMEOUT) as servers:
+        def start(*args: str, config: Path | None = None, env: dict[str, str] | None = None) -> Served:
+            config = config or write_app(tmp_path)
+            return servers(*args, config=config, env={"OPS_MARKS": str(config.parent / "marks"), **(env or {})})
 
-    def start(*args: str, config: Path | None = None, env: dict[str, str] | None = None) -> Served:
-        served = Served(config or write_app(tmp_path), *args, env=env)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        if served.proc.poll() is None:
-            served.proc.kill()
-            served.proc.wait()
+        yield start
 
 
 async def get(url: str, **kwargs: Any) -> tuple[int, str]:
@@ -292,7 +243,7 @@ def test_open_pipelines_counts_a_request_in_flight(serve) -> None:
         async with aiohttp.ClientSession() as session:
             slow = asyncio.ensure_future(session.get(served.url + "/slow"))
             deadline = time.monotonic() + TIMEOUT
-            while not served.marks.exists() and time.monotonic() < deadline:
+            while not marks(served).exists() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             during = (await asyncio.to_thread(scrape, port))["fastbind_open_pipelines"]
             slow.cancel()
@@ -311,7 +262,7 @@ def test_access_log_lines_for_a_client_gone_and_a_refusal(serve) -> None:
     with socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
         deadline = time.monotonic() + TIMEOUT
-        while not served.marks.exists() and time.monotonic() < deadline:
+        while not marks(served).exists() and time.monotonic() < deadline:
             time.sleep(0.01)
     gone = served.next_line()  # the client closed while its Worker ran
     assert re.fullmatch(r'127\.0\.0\.1:\d+ "GET /slow HTTP/1\.1" 499 0 \d+\.\dms', gone), gone
