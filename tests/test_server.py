@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import queue
 import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -27,106 +25,46 @@ from typing import Any
 import aiohttp
 import pytest
 
+from served import Served, wait_until
+
 APP = Path(__file__).resolve().parent / "serve_app" / "fastbind.toml"
-LISTENING = re.compile(r'^fastbind: serving "(?P<entry>[^"]+)" on http://127\.0\.0\.1:(?P<port>\d+) \(pid (?P<pid>\d+)')
 CHUNK = bytes(range(256)) * 256  # what serve_app_workers streams
 TIMEOUT = 15.0
 MB = 1024 * 1024
 
 
-class ServerProcess:
-    """One `fastbind serve` child process and the lines it prints."""
+class MarkedServer(Served):
+    """A server of tests/serve_app, whose Workers touch files in ``marks`` as they go."""
 
-    def __init__(self, args: list[str], marks: Path) -> None:
+    def __init__(self, marks: Path, *args: str) -> None:
         self.marks = marks
-        env = {**os.environ, "FASTBIND_TEST_MARKS": str(marks), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastbind", "serve", str(APP), "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )
-        self.out: queue.Queue[str] = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout, self.out), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr, None), daemon=True).start()
-        first = self.next_line()
-        match = LISTENING.match(first)
-        assert match, f"unexpected first line {first!r}; stderr: {''.join(self.stderr)}"
-        self.port = int(match["port"])
-        self.pid = int(match["pid"])
-        self.first_line = first
-
-    @staticmethod
-    def _read(stream: Any, lines: list[str], out: queue.Queue[str] | None) -> None:
-        for line in stream:
-            lines.append(line)
-            if out is not None:
-                out.put(line.rstrip("\n"))
-
-    def next_line(self, timeout: float = TIMEOUT) -> str:
-        try:
-            return self.out.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no output within {timeout}s; stderr: {''.join(self.stderr)}") from None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
-        sock.settimeout(TIMEOUT)
-        return sock
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        return self.proc.wait(timeout=TIMEOUT + 30)
+        super().__init__(APP, args, env={"FASTBIND_TEST_MARKS": str(marks)}, timeout=TIMEOUT)
 
     def wait_for_mark(self, name: str) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not (self.marks / name).exists():
-            assert time.monotonic() < deadline, f"{name} was not marked within {TIMEOUT}s"
-            time.sleep(0.01)
-
-    def memory_kb(self, field: str = "VmHWM") -> int:
-        """A memory figure of the server from /proc: VmRSS now, VmHWM its peak."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise AssertionError(f"{field} not in /proc/{self.pid}/status")
+        wait_until((self.marks / name).exists, f"{name} marked", TIMEOUT)
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    started: list[ServerProcess] = []
+def start_server(tmp_path: Path) -> Iterator[Callable[..., MarkedServer]]:
+    started: list[MarkedServer] = []
 
-    def start(*args: str) -> ServerProcess:
+    def start(*args: str) -> MarkedServer:
         marks = tmp_path / f"marks{len(started)}"
         marks.mkdir()
-        server = ServerProcess(list(args), marks)
-        started.append(server)
-        return server
+        started.append(MarkedServer(marks, *args))
+        return started[-1]
 
     yield start
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-        server.proc.wait(timeout=TIMEOUT)
-        for stream in (server.proc.stdout, server.proc.stderr):
-            if stream is not None:
-                stream.close()
+        server.kill()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MarkedServer]:
     """One server shared by the tests that need no special options."""
-    proc = ServerProcess(["--access-log"], tmp_path_factory.mktemp("marks"))
+    proc = MarkedServer(tmp_path_factory.mktemp("marks"), "--access-log")
     yield proc
-    proc.stop(signal.SIGKILL)
-    for stream in (proc.proc.stdout, proc.proc.stderr):
-        if stream is not None:
-            stream.close()
+    proc.kill()
 
 
 # -- raw HTTP/1.1 over a socket --------------------------------------------------------------
@@ -168,7 +106,7 @@ def read_reply(reader: Any, head_only: bool = False) -> Reply:
     return reply
 
 
-def exchange(server: ServerProcess, data: bytes, replies: int = 1) -> tuple[list[Reply], bytes]:
+def exchange(server: MarkedServer, data: bytes, replies: int = 1) -> tuple[list[Reply], bytes]:
     """Send ``data`` on a new connection, read ``replies`` replies, then what follows until close."""
     with server.connect() as sock:
         sock.sendall(data)
@@ -185,7 +123,7 @@ def get(path: str, *extra: str) -> bytes:
 # -- the basics ------------------------------------------------------------------------------------
 
 
-def test_start_line_and_a_binding_hop(server: ServerProcess) -> None:
+def test_start_line_and_a_binding_hop(server: MarkedServer) -> None:
     assert server.first_line == f'fastbind: serving "gateway" on {server.url} (pid {server.pid})'
     (reply,), _ = exchange(server, get("/hello", "Connection: close"))
     assert reply.status == 200 and reply.body == b"hello from leaf"
@@ -195,7 +133,7 @@ def test_start_line_and_a_binding_hop(server: ServerProcess) -> None:
     assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", reply.header("date") or "")
 
 
-def test_request_url_method_headers_and_body_reach_the_worker(server: ServerProcess) -> None:
+def test_request_url_method_headers_and_body_reach_the_worker(server: MarkedServer) -> None:
     body = b'{"a": 1}'
     data = (
         b"PUT /request?x=1&y=%C3%A9 HTTP/1.1\r\nHost: api.example:8080\r\nX-Trace: abc\r\n"
@@ -216,7 +154,7 @@ def test_request_url_method_headers_and_body_reach_the_worker(server: ServerProc
     assert json.loads(reply.body)["url"] == "http://api.example/request"
 
 
-def test_unknown_methods_reach_the_worker_as_they_are(server: ServerProcess) -> None:
+def test_unknown_methods_reach_the_worker_as_they_are(server: MarkedServer) -> None:
     import json
 
     (reply,), _ = exchange(server, b"BREW /request HTTP/1.1\r\nHost: pot\r\nConnection: close\r\n\r\n")
@@ -233,7 +171,7 @@ def test_unknown_methods_reach_the_worker_as_they_are(server: ServerProcess) -> 
         assert json.loads(read_reply(reader).body)["method"] == "SPLIT"
 
 
-def test_keep_alive_reuses_one_connection(server: ServerProcess, run: Any) -> None:
+def test_keep_alive_reuses_one_connection(server: MarkedServer, run: Any) -> None:
     async def go() -> int:
         opened = 0
 
@@ -261,7 +199,7 @@ def test_keep_alive_reuses_one_connection(server: ServerProcess, run: Any) -> No
     assert re.fullmatch(r'127\.0\.0\.1:\d+ "GET /hello\?keep-alive HTTP/1\.1" 200 15 \d+\.\dms', lines[-1])
 
 
-def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None:
+def test_pipelined_requests_are_answered_in_order(server: MarkedServer) -> None:
     data = (
         get("/sleep?id=pipe&s=0.2")  # the first is slowest: answers must still come in order
         + b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
@@ -278,7 +216,7 @@ def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None
     assert rest == b""
 
 
-def test_a_request_runs_in_its_task_from_its_first_step(server: ServerProcess) -> None:
+def test_a_request_runs_in_its_task_from_its_first_step(server: MarkedServer) -> None:
     # Answered at once (on 3.12+ within the read's callback) or after a wait, in order,
     # and each Worker sees its task (asyncio.timeout needs one) from its first step.
     data = get("/in-task") * 3 + get("/sleep?id=in-task&s=0.05") + get("/in-task") * 2
@@ -287,7 +225,7 @@ def test_a_request_runs_in_its_task_from_its_first_step(server: ServerProcess) -
     assert rest == b""
 
 
-def test_a_flood_of_pipelined_requests_is_bounded(server: ServerProcess) -> None:
+def test_a_flood_of_pipelined_requests_is_bounded(server: MarkedServer) -> None:
     # 2,000 requests in one write: past 256 queued on the connection, a 429 and a close,
     # so one socket read cannot queue an unbounded number of requests.
     replies, _ = exchange(server, get("/hello") * 2000, replies=258)
@@ -296,7 +234,7 @@ def test_a_flood_of_pipelined_requests_is_bounded(server: ServerProcess) -> None
     assert statuses[257] == 429
 
 
-def test_a_refusal_reaches_a_client_that_is_still_sending(server: ServerProcess) -> None:
+def test_a_refusal_reaches_a_client_that_is_still_sending(server: MarkedServer) -> None:
     # The client floods, goes on sending, and reads only later: the server must not close
     # with its input unread (a reset, which can discard the answers in the client's
     # buffer) but half-close, drop what still comes, and close when the client does.
@@ -315,7 +253,7 @@ def test_a_refusal_reaches_a_client_that_is_still_sending(server: ServerProcess)
     assert statuses[:257] == [200] * 257 and statuses[257] == 429
 
 
-def test_upgrade_connect_and_other_request_targets(server: ServerProcess) -> None:
+def test_upgrade_connect_and_other_request_targets(server: MarkedServer) -> None:
     import json
 
     # No protocol is switched to: after an Upgrade request, HTTP/1.1 goes on.
@@ -331,7 +269,7 @@ def test_upgrade_connect_and_other_request_targets(server: ServerProcess) -> Non
     assert json.loads(reply.body)["url"] == "http://other.example/request?q"
 
 
-def test_responses_with_no_body_head_and_errors(server: ServerProcess) -> None:
+def test_responses_with_no_body_head_and_errors(server: MarkedServer) -> None:
     data = (
         get("/status?code=204") + get("/status?code=304") + get("/status?code=418")
         + b"HEAD /download?size=1000 HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -359,7 +297,7 @@ def test_responses_with_no_body_head_and_errors(server: ServerProcess) -> None:
         assert reader.read() == b""
 
 
-def test_a_get_body_is_read_and_dropped(server: ServerProcess) -> None:
+def test_a_get_body_is_read_and_dropped(server: MarkedServer) -> None:
     import json
 
     # The Fetch API has no body on a GET: the Worker sees none, and the connection goes on.
@@ -369,7 +307,7 @@ def test_a_get_body_is_read_and_dropped(server: ServerProcess) -> None:
     assert replies[1].body == str(server.pid).encode()
 
 
-def test_http_1_0(server: ServerProcess) -> None:
+def test_http_1_0(server: MarkedServer) -> None:
     with server.connect() as sock:
         sock.sendall(b"GET /request HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         reader = sock.makefile("rb")
@@ -382,7 +320,7 @@ def test_http_1_0(server: ServerProcess) -> None:
         assert reply.body == (CHUNK * 2)[:70000]
 
 
-def test_expect_100_continue(server: ServerProcess) -> None:
+def test_expect_100_continue(server: MarkedServer) -> None:
     with server.connect() as sock:
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n")
         reader = sock.makefile("rb")
@@ -396,7 +334,7 @@ def test_expect_100_continue(server: ServerProcess) -> None:
 # -- streaming both ways, memory stays flat ----------------------------------------------------------
 
 
-def test_chunked_upload_of_50_mb_is_streamed(server: ServerProcess, run: Any) -> None:
+def test_chunked_upload_of_50_mb_is_streamed(server: MarkedServer, run: Any) -> None:
     size = 50 * MB
     digest = hashlib.sha256()
     piece = os.urandom(256 * 1024)
@@ -416,11 +354,11 @@ def test_chunked_upload_of_50_mb_is_streamed(server: ServerProcess, run: Any) ->
     before = server.memory_kb("VmRSS")
     result = run(go())
     assert result == {"size": size, "sha256": digest.hexdigest(), "kind": "stream"}
-    grown = server.memory_kb() - before
+    grown = server.memory_kb("VmHWM") - before
     assert grown < 20 * 1024, f"peak RSS grew by {grown} KiB for a 50 MiB body"
 
 
-def test_chunked_download_of_50_mb_is_streamed(server: ServerProcess, run: Any) -> None:
+def test_chunked_download_of_50_mb_is_streamed(server: MarkedServer, run: Any) -> None:
     size = 50 * MB
 
     async def go() -> tuple[int, str, str | None]:
@@ -441,11 +379,11 @@ def test_chunked_download_of_50_mb_is_streamed(server: ServerProcess, run: Any) 
     for _ in range(size // len(CHUNK)):
         expected.update(CHUNK)
     assert (received, hexdigest, encoding) == (size, expected.hexdigest(), "chunked")
-    grown = server.memory_kb() - before
+    grown = server.memory_kb("VmHWM") - before
     assert grown < 20 * 1024, f"peak RSS grew by {grown} KiB for a 50 MiB body"
 
 
-def test_content_length_bodies_both_ways(server: ServerProcess) -> None:
+def test_content_length_bodies_both_ways(server: MarkedServer) -> None:
     payload = os.urandom(3 * MB)
     data = (
         f"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
@@ -464,7 +402,7 @@ def test_content_length_bodies_both_ways(server: ServerProcess) -> None:
     assert replies[3].body == payload  # echoed while it was still arriving
 
 
-def test_an_unread_request_body_is_skipped_or_the_connection_closed(server: ServerProcess) -> None:
+def test_an_unread_request_body_is_skipped_or_the_connection_closed(server: MarkedServer) -> None:
     # /hello never reads its body: a small rest is skipped and the connection goes on...
     with server.connect() as sock:
         sock.sendall(b"POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 500)
@@ -485,7 +423,7 @@ def test_an_unread_request_body_is_skipped_or_the_connection_closed(server: Serv
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
-def test_a_disconnect_cancels_the_pipeline(server: ServerProcess, how: str) -> None:
+def test_a_disconnect_cancels_the_pipeline(server: MarkedServer, how: str) -> None:
     sock = server.connect()
     name = f"gone-{how}"
     sock.sendall(get(f"/slow?id={name}"))
@@ -500,7 +438,7 @@ def test_a_disconnect_cancels_the_pipeline(server: ServerProcess, how: str) -> N
     assert reply.status == 200  # and the server serves on
 
 
-def test_a_disconnect_closes_a_streamed_response(server: ServerProcess) -> None:
+def test_a_disconnect_closes_a_streamed_response(server: MarkedServer) -> None:
     sock = server.connect()
     sock.sendall(get(f"/download?size={10 * 1024 * MB}&id=endless"))
     assert sock.recv(65536)  # the head and the first chunks
@@ -512,16 +450,11 @@ def test_a_disconnect_closes_a_streamed_response(server: ServerProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        ["--max-body", "64K", "--max-header-size", "4K", "--read-timeout", "0.4", "--keep-alive-timeout", "0.4"],
-        tmp_path_factory.mktemp("strict"),
-    )
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MarkedServer]:
+    proc = MarkedServer(tmp_path_factory.mktemp("strict"), "--max-body", "64K", "--max-header-size", "4K",
+                        "--read-timeout", "0.4", "--keep-alive-timeout", "0.4")
     yield proc
-    proc.stop(signal.SIGKILL)
-    for stream in (proc.proc.stdout, proc.proc.stderr):
-        if stream is not None:
-            stream.close()
+    proc.kill()
 
 
 @pytest.mark.parametrize(
@@ -555,20 +488,20 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
          "request-line", "header-line", "chunk-size", "gzip-chunked", "two-lengths", "tls", "http-2", "http-0.9", "no-version",
          "absolute-no-host", "authority-bad-host"],
 )
-def test_limits_and_malformed_requests(strict: ServerProcess, data: bytes, status: int, reason: bytes) -> None:
+def test_limits_and_malformed_requests(strict: MarkedServer, data: bytes, status: int, reason: bytes) -> None:
     (reply,), rest = exchange(strict, data)
     assert reply.status == status, reply.body
     assert reason in reply.body
     assert reply.header("connection") == "close" and rest == b""
 
 
-def test_earlier_pipelined_requests_are_answered_before_the_error(strict: ServerProcess) -> None:
+def test_earlier_pipelined_requests_are_answered_before_the_error(strict: MarkedServer) -> None:
     replies, rest = exchange(strict, get("/hello") + get("/pid") + b"GET / HTTP/1.1\r\n\r\n", replies=3)
     assert [r.status for r in replies] == [200, 200, 400]
     assert rest == b""
 
 
-def test_a_slow_client_gets_408(strict: ServerProcess) -> None:
+def test_a_slow_client_gets_408(strict: MarkedServer) -> None:
     for partial in (
         b"GET /hello HTTP/1.1\r\nHost: t\r\n",  # headers never end
         b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly part",  # the body stalls
@@ -582,7 +515,7 @@ def test_a_slow_client_gets_408(strict: ServerProcess) -> None:
             assert reader.read() == b""
 
 
-def test_a_head_trickled_byte_by_byte_is_cut_off(strict: ServerProcess) -> None:
+def test_a_head_trickled_byte_by_byte_is_cut_off(strict: MarkedServer) -> None:
     # Each byte comes well within the read timeout (0.4 s), but the head as a whole does not.
     with strict.connect() as sock:
         sock.settimeout(0.1)
@@ -601,7 +534,7 @@ def test_a_head_trickled_byte_by_byte_is_cut_off(strict: ServerProcess) -> None:
         assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
 
 
-def test_an_idle_keep_alive_connection_is_closed(strict: ServerProcess) -> None:
+def test_an_idle_keep_alive_connection_is_closed(strict: MarkedServer) -> None:
     with strict.connect() as sock:
         sock.sendall(get("/hello"))
         reader = sock.makefile("rb")
@@ -612,7 +545,7 @@ def test_an_idle_keep_alive_connection_is_closed(strict: ServerProcess) -> None:
 # -- shutdown and processes ------------------------------------------------------------------------------
 
 
-def test_sigterm_drains_in_flight_work_then_exits_0(start_server: Callable[..., ServerProcess]) -> None:
+def test_sigterm_drains_in_flight_work_then_exits_0(start_server: Callable[..., MarkedServer]) -> None:
     server = start_server("--shutdown-timeout", "10")
     idle = server.connect()  # an idle keep-alive connection is simply closed
     busy = server.connect()
@@ -631,7 +564,7 @@ def test_sigterm_drains_in_flight_work_then_exits_0(start_server: Callable[..., 
     busy.close()
 
 
-def test_a_second_signal_cuts_the_drain_short(start_server: Callable[..., ServerProcess]) -> None:
+def test_a_second_signal_cuts_the_drain_short(start_server: Callable[..., MarkedServer]) -> None:
     server = start_server()
     with server.connect() as sock:
         sock.sendall(get("/slow?id=stuck"))
@@ -645,7 +578,7 @@ def test_a_second_signal_cuts_the_drain_short(start_server: Callable[..., Server
         assert sock.recv(1) == b""
 
 
-def test_two_processes_share_the_port(start_server: Callable[..., ServerProcess]) -> None:
+def test_two_processes_share_the_port(start_server: Callable[..., MarkedServer]) -> None:
     server = start_server("--workers", "2")
     match = re.search(r"\(pid (\d+), 2 worker processes: (\d+), (\d+)\)$", server.first_line)
     assert match, server.first_line
@@ -661,10 +594,7 @@ def test_two_processes_share_the_port(start_server: Callable[..., ServerProcess]
     # A child that dies is replaced; the port keeps answering.
     victim = children.pop()
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + TIMEOUT
-    while f"worker process {victim} was killed by signal 9; starting a new one" not in "".join(server.stderr):
-        assert time.monotonic() < deadline, "".join(server.stderr)
-        time.sleep(0.02)
+    server.wait_for_log(f"worker process {victim} was killed by signal 9; starting a new one")
     seen = set()
     for _ in range(400):
         (reply,), _ = exchange(server, get("/pid", "Connection: close"))
@@ -673,7 +603,7 @@ def test_two_processes_share_the_port(start_server: Callable[..., ServerProcess]
             break
     assert len(seen) == 2 and victim not in seen
 
-    assert server.stop(signal.SIGTERM) == 0
+    assert server.stop(signal.SIGTERM, timeout=TIMEOUT + 30) == 0
     for pid in seen:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
