@@ -103,6 +103,9 @@ class Served:
 
     log_text = stderr_text
 
+    def stderr_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.stderr_text().splitlines()[-lines:])
+
     def wait_for_log(self, text: str, timeout: float | None = None) -> None:
         """Wait until ``text`` appears in what the server wrote to stderr."""
         timeout = self.timeout if timeout is None else timeout
@@ -130,7 +133,7 @@ class Served:
         return self.memory_kb("VmRSS")
 
     def assert_alive(self) -> None:
-        assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}\n{self.stderr_text()}"
+        assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}\n{self.stderr_tail()}"
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float | None = None) -> int:
         """Send ``signum`` and wait for the exit status; ``exit_seconds`` is how long it took.

@@ -13,11 +13,8 @@ import hashlib
 import json
 import random
 import re
-import select
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,8 +23,9 @@ from typing import Any
 
 import pytest
 
+from served import Served
+
 APP = Path(__file__).resolve().parent / "fuzz_app" / "fastbind.toml"
-LISTENING = re.compile(r'^fastbind: serving "gateway" on http://127\.0\.0\.1:(\d+) \(pid (\d+)')
 SEED = 20_261_126
 MAX_BODY = 256 * 1024
 READ_TIMEOUT_S = 1.0
@@ -43,72 +41,30 @@ AT_REST = {"pipelines": 1, "invocations": 1, "tasks": 0}  # the /_counters reque
 REJECTIONS = {400, 408, 413, 431, 505}
 
 
-class FuzzServer:
-    """`fastbind serve tests/fuzz_app/fastbind.toml` in a child process."""
+def errors_since(server: Served, offset: int) -> list[str]:
+    """ERROR records logged after ``offset`` of the server's log.
 
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        with log.open("wb") as stderr:  # the child has its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fastbind", "serve", str(APP), "--port", "0", *SERVER_ARGS],
-                stdout=subprocess.PIPE, stderr=stderr, text=True,
-            )
-        ready, _, _ = select.select([self.proc.stdout], [], [], START_DEADLINE_S)
-        line = self.proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
-        match = LISTENING.match(line)
-        if match is None:
-            self.stop()
-            raise AssertionError(f"server did not start: {line!r}\n{self.log_tail()}")
-        self.port, self.pid = int(match[1]), int(match[2])
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS in /proc status")
-
-    def log_size(self) -> int:
-        return self.log.stat().st_size
-
-    def errors_since(self, offset: int) -> list[str]:
-        """ERROR records logged after ``offset``.
-
-        A Worker whose request body cannot be read to its end (the client went silent,
-        went away or sent more than --max-body) raises BodyReadError: the client's
-        doing, logged as a warning, so not among them.
-        """
-        with self.log.open("rb") as log:
-            log.seek(offset)
-            text = log.read().decode(errors="replace")
-        records = re.split(r"(?m)^(?=fastbind: )", text)
-        return [record for record in records if record.startswith("fastbind: ERROR")]
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def assert_alive(self) -> None:
-        assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}\n{self.log_tail()}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+    A Worker whose request body cannot be read to its end (the client went silent,
+    went away or sent more than --max-body) raises BodyReadError: the client's
+    doing, logged as a warning, so not among them.
+    """
+    assert server.log is not None
+    with server.log.open("rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    records = re.split(r"(?m)^(?=fastbind: )", text)
+    return [record for record in records if record.startswith("fastbind: ERROR")]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
-    proc = FuzzServer(tmp_path_factory.mktemp("fuzz") / "server.log")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    proc = Served(APP, SERVER_ARGS, tmp_path_factory.mktemp("fuzz") / "server.log", entry="gateway",
+                  timeout=START_DEADLINE_S)
     try:
         yield proc
         proc.assert_alive()
     finally:
-        proc.stop()
+        proc.close()
 
 
 # -- reading what the server sends -----------------------------------------------------------
@@ -184,7 +140,7 @@ def abort(sock: socket.socket) -> None:
     sock.close()
 
 
-def exchange(server: FuzzServer, payload: bytes) -> Outcome:
+def exchange(server: Served, payload: bytes) -> Outcome:
     """Send ``payload`` on a new connection and read until the server closes it."""
     outcome = Outcome()
     with socket.create_connection(("127.0.0.1", server.port), timeout=CASE_DEADLINE_S) as sock:
@@ -223,7 +179,7 @@ def check_echo(reply: Reply, path: str, body: bytes) -> None:
     }
 
 
-def assert_still_serving(server: FuzzServer, rng: random.Random, count: int = 1) -> None:
+def assert_still_serving(server: Served, rng: random.Random, count: int = 1) -> None:
     for _ in range(count):
         body = rng.randbytes(rng.randrange(0, 4096))
         outcome = exchange(server, good_request("/good", body))
@@ -231,17 +187,17 @@ def assert_still_serving(server: FuzzServer, rng: random.Random, count: int = 1)
         check_echo(outcome.replies[0], "/good", body)
 
 
-def seen(server: FuzzServer) -> dict[str, Any]:
+def seen(server: Served) -> dict[str, Any]:
     reply = exchange(server, b"GET /_seen HTTP/1.1\r\nHost: fuzz.test\r\nConnection: close\r\n\r\n").replies[0]
     return json.loads(reply.body)  # type: ignore[no-any-return]
 
 
-def counters(server: FuzzServer) -> dict[str, int]:
+def counters(server: Served) -> dict[str, int]:
     reply = exchange(server, b"GET /_counters HTTP/1.1\r\nHost: fuzz.test\r\nConnection: close\r\n\r\n").replies[0]
     return json.loads(reply.body)  # type: ignore[no-any-return]
 
 
-def wait_at_rest(server: FuzzServer) -> dict[str, int]:
+def wait_at_rest(server: Served) -> dict[str, int]:
     """The live counters once every pipeline of earlier connections has ended (bounded wait)."""
     deadline = time.monotonic() + 15
     while (now := counters(server)) != AT_REST and time.monotonic() < deadline:
@@ -346,7 +302,7 @@ HOSTILE = MALFORMED + SMUGGLING + BAD_CHUNKS + FLOODS + VERSIONS
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[case.id for case in HOSTILE])
-def test_a_hostile_request_gets_its_status_or_a_closed_connection(server: FuzzServer, case: Case) -> None:
+def test_a_hostile_request_gets_its_status_or_a_closed_connection(server: Served, case: Case) -> None:
     outcome = exchange(server, case.payload)
     # A server that refuses a request closes at once, maybe with input unread: the kernel
     # then resets the connection, which can drop the answer. Either is a refusal.
@@ -356,7 +312,7 @@ def test_a_hostile_request_gets_its_status_or_a_closed_connection(server: FuzzSe
     assert_still_serving(server, random.Random(case.id))
 
 
-def test_a_smuggled_request_is_never_served(server: FuzzServer) -> None:
+def test_a_smuggled_request_is_never_served(server: Served) -> None:
     before = seen(server)["paths"].get("/smuggled", 0)
     for case in SMUGGLING:
         exchange(server, case.payload)
@@ -374,7 +330,7 @@ INJECTIONS = [
 ]
 
 
-def test_cr_lf_or_nul_from_a_client_never_reach_a_binding_request(server: FuzzServer) -> None:
+def test_cr_lf_or_nul_from_a_client_never_reach_a_binding_request(server: Served) -> None:
     before = seen(server)
     for payload in INJECTIONS:
         outcome = exchange(server, payload)
@@ -391,7 +347,7 @@ BAD_AUTHORITIES = ["http://", "HTTPS://", "http:///x", "http://?q", "http://user
 
 
 @pytest.mark.parametrize("target", BAD_AUTHORITIES)
-def test_an_absolute_target_without_a_valid_host_is_refused(server: FuzzServer, target: str) -> None:
+def test_an_absolute_target_without_a_valid_host_is_refused(server: Served, target: str) -> None:
     # Its URL would fail Request()'s own checks, or name a host other than the one it seems to.
     outcome = exchange(server, f"GET {target} HTTP/1.1\r\n".encode() + H + b"Connection: close\r\n\r\n")
     assert outcome.statuses() == [400], outcome
@@ -400,7 +356,7 @@ def test_an_absolute_target_without_a_valid_host_is_refused(server: FuzzServer, 
 # -- slow and vanishing clients --------------------------------------------------------------
 
 
-def test_stalled_heads_time_out_while_others_are_served(server: FuzzServer) -> None:
+def test_stalled_heads_time_out_while_others_are_served(server: Served) -> None:
     stalled = []
     for i in range(40):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=CASE_DEADLINE_S)
@@ -418,7 +374,7 @@ def test_stalled_heads_time_out_while_others_are_served(server: FuzzServer) -> N
             sock.close()
 
 
-def test_a_head_trickled_byte_by_byte_is_cut_off(server: FuzzServer) -> None:
+def test_a_head_trickled_byte_by_byte_is_cut_off(server: Served) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT_S / 4) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"X-Trickle: ")
         # Each byte comes well within the read timeout, but the head as a whole may take
@@ -433,7 +389,7 @@ def test_a_head_trickled_byte_by_byte_is_cut_off(server: FuzzServer) -> None:
         assert [r.status for r in parse_replies(data)] == [408]
 
 
-def test_the_body_of_a_get_is_dropped_before_a_worker_sees_it(server: FuzzServer) -> None:
+def test_the_body_of_a_get_is_dropped_before_a_worker_sees_it(server: Served) -> None:
     # A Worker forwarding the request as it is (Request(request, ...)) would be refused
     # a GET with a body; the server reads and drops it instead.
     payload = b"GET /as-given/x HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nConnection: close\r\n\r\nhello"
@@ -574,16 +530,17 @@ async def campaign(port: int, plans: list[Plan], seed: int, concurrency: int = 4
     return [problem for problem in results if problem is not None]
 
 
-def test_seeded_campaign_leaves_the_server_serving_at_rest_and_near_its_memory(server: FuzzServer) -> None:
+def test_seeded_campaign_leaves_the_server_serving_at_rest_and_near_its_memory(server: Served) -> None:
     rng = random.Random(SEED)
     # Warm up with the same mix first, so that the baseline is memory the server keeps
     # for any traffic (allocator arenas, caches), not growth from this campaign.
     assert asyncio.run(campaign(server.port, plan_campaign(rng, 300), SEED)) == []
     assert wait_at_rest(server) == AT_REST
-    baseline, log_offset = server.rss_kb(), server.log_size()
+    assert server.log is not None
+    baseline, log_offset = server.rss_kb(), server.log.stat().st_size
     problems = asyncio.run(campaign(server.port, plan_campaign(rng, 900), SEED + 1))
-    assert problems == [], "\n".join(problems[:20]) + f"\n{server.log_tail()}"
-    assert server.errors_since(log_offset) == []
+    assert problems == [], "\n".join(problems[:20]) + f"\n{server.stderr_tail()}"
+    assert errors_since(server, log_offset) == []
     assert_still_serving(server, rng, count=20)
     assert wait_at_rest(server) == AT_REST
     server.assert_alive()
