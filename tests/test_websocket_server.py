@@ -4,13 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,48 +23,26 @@ from websockets.frames import Frame, Opcode  # noqa: E402
 from websockets.uri import parse_uri  # noqa: E402
 
 from fastbind import core as cores  # noqa: E402
+from served import Served  # noqa: E402
 
 APP = Path(__file__).resolve().parent / "ws_app" / "fastbind.toml"
 FLOOD = 400  # messages the "flood" routes send (ws_app_workers.FLOOD)
-LISTENING = re.compile(r"on https?://127\.0\.0\.1:(\d+) ")
 CORES = ["c", "py"] if cores.compiled is not None else ["py"]
 T = 10.0
 
 
-class Server:
-    """One `fastbind serve` process on a free port."""
+def start(core: str, *args: str, config: Path = APP) -> Served:
+    """A server on the compiled core ("c") or the pure twin ("py")."""
+    return Served(config, args, env={"FASTBIND_NO_EXTENSIONS": "1"} if core == "py" else {}, timeout=T)
 
-    def __init__(self, core: str, *args: str, config: Path = APP) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if core == "py":
-            env["FASTBIND_NO_EXTENSIONS"] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastbind", "serve", str(config), "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = LISTENING.search(line)
-        assert match, f"{line!r} {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
-        self.port = int(match[1])
 
-    def url(self, path: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/{path}"
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            return self.proc.wait(timeout=T)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+def ws_url(server: Served, path: str) -> str:
+    return f"ws://127.0.0.1:{server.port}/{path}"
 
 
 @pytest.fixture(scope="module", params=CORES)
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    served = Server(request.param, "--ws-max-message", "65536", "--ws-ping-interval", "0.3",
+def server(request: pytest.FixtureRequest) -> Iterator[Served]:
+    served = start(request.param, "--ws-max-message", "65536", "--ws-ping-interval", "0.3",
                     "--ws-send-queue", "1M")
     yield served
     served.stop()
@@ -78,9 +52,9 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-def test_echo_through_a_gateway_and_a_binding(server: Server) -> None:
+def test_echo_through_a_gateway_and_a_binding(server: Served) -> None:
     async def main() -> list[Any]:
-        async with connect(server.url("echo"), subprotocols=["chat", "other"]) as ws:
+        async with connect(ws_url(server, "echo"), subprotocols=["chat", "other"]) as ws:
             await ws.send("hello")
             got: list[Any] = [await ws.recv(), ws.subprotocol]
             await ws.send(b"\x00\xff" * 1000)
@@ -99,10 +73,10 @@ def test_echo_through_a_gateway_and_a_binding(server: Server) -> None:
     assert run(main()) == ["hello", "chat", b"\x00\xff" * 1000, "fragmented text", b"ab", "still here", 1000]
 
 
-def test_aiohttp_client_through_the_gateway(server: Server) -> None:
+def test_aiohttp_client_through_the_gateway(server: Served) -> None:
     async def main() -> list[Any]:
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(server.url("echo"), compress=15) as ws:
+            async with session.ws_connect(ws_url(server, "echo"), compress=15) as ws:
                 await ws.send_str("compressed")
                 first = await ws.receive_str(timeout=T)
                 await ws.send_bytes(b"z" * 50_000)
@@ -114,9 +88,9 @@ def test_aiohttp_client_through_the_gateway(server: Server) -> None:
     assert run(main()) == ["compressed", 50_000, True, 1000]
 
 
-def test_invalid_utf8_text_closes_with_1007(server: Server) -> None:
+def test_invalid_utf8_text_closes_with_1007(server: Served) -> None:
     async def main() -> int | None:
-        async with connect(server.url("echo")) as ws:
+        async with connect(ws_url(server, "echo")) as ws:
             # A text frame whose payload is not UTF-8, written with the library's framing.
             frame = Frame(Opcode.TEXT, b"\xff\xfe invalid")
             ws.transport.write(frame.serialize(mask=True, extensions=[]))
@@ -127,9 +101,9 @@ def test_invalid_utf8_text_closes_with_1007(server: Server) -> None:
     assert run(main()) == 1007
 
 
-def test_a_message_over_the_limit_closes_with_1009(server: Server) -> None:
+def test_a_message_over_the_limit_closes_with_1009(server: Served) -> None:
     async def main() -> int | None:
-        async with connect(server.url("echo"), max_size=None) as ws:
+        async with connect(ws_url(server, "echo"), max_size=None) as ws:
             await ws.send(b"x" * 70_000)
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), T)
@@ -168,7 +142,7 @@ def read_late(port: int, path: str) -> tuple[list[bytes | str], int | None]:
         sock.close()
 
 
-def test_a_client_that_reads_late_gets_every_message_in_order(server: Server) -> None:
+def test_a_client_that_reads_late_gets_every_message_in_order(server: Served) -> None:
     # The kernel's buffers fill, the server stops writing, the Worker's drain() waits;
     # then everything arrives, in order, and the Worker's close.
     messages, code = read_late(server.port, "flood")
@@ -176,7 +150,7 @@ def test_a_client_that_reads_late_gets_every_message_in_order(server: Server) ->
     assert code == 1000
 
 
-def test_a_worker_that_floods_a_client_that_does_not_read_is_closed_with_1011(server: Server) -> None:
+def test_a_worker_that_floods_a_client_that_does_not_read_is_closed_with_1011(server: Served) -> None:
     # 13 MB sent at once, no drain(): past --ws-send-queue (1M) the socket is closed with
     # 1011 (what was already queued is still written before the close).
     messages, code = read_late(server.port, "flood-unchecked")
@@ -184,9 +158,9 @@ def test_a_worker_that_floods_a_client_that_does_not_read_is_closed_with_1011(se
     assert 0 < len(messages) < FLOOD
 
 
-def test_a_durable_object_room_with_three_clients(server: Server) -> None:
+def test_a_durable_object_room_with_three_clients(server: Served) -> None:
     async def main() -> list[Any]:
-        url = server.url("room/lobby?user=")
+        url = ws_url(server, "room/lobby?user=")
         async with connect(url + "ada") as ada, connect(url + "bob") as bob, connect(url + "eve") as eve:
             await ada.send("hi all")
             heard = [await asyncio.wait_for(ws.recv(), T) for ws in (ada, bob, eve)]
@@ -200,14 +174,14 @@ def test_a_durable_object_room_with_three_clients(server: Server) -> None:
     assert run(main()) == (["ada: hi all"] * 3 + ["eve: b'\\x01'"] * 3 + ["eve left (1006)"] * 2)
 
 
-def test_an_upgrade_answered_with_plain_http_is_plain_http(server: Server) -> None:
+def test_an_upgrade_answered_with_plain_http_is_plain_http(server: Served) -> None:
     async def main() -> list[Any]:
         async with aiohttp.ClientSession() as session:
             try:
-                await session.ws_connect(server.url("plain"))
+                await session.ws_connect(ws_url(server, "plain"))
             except aiohttp.WSServerHandshakeError as refused:
                 status = refused.status
-            async with session.get(server.url("wrong").replace("ws:", "http:")) as wrong:
+            async with session.get(ws_url(server, "wrong").replace("ws:", "http:")) as wrong:
                 return [status, wrong.status]
 
     assert run(main()) == [200, 500]
@@ -222,7 +196,7 @@ def test_wss_over_tls(core: str, tmp_path: Path) -> None:
     cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
     client = ssl.create_default_context()
     ca.configure_trust(client)
-    served = Server(core, "--ssl-certfile", str(tmp_path / "server.pem"))
+    served = start(core, "--ssl-certfile", str(tmp_path / "server.pem"))
     try:
         async def main() -> list[Any]:
             async with connect(f"wss://127.0.0.1:{served.port}/echo", ssl=client) as ws:
@@ -239,10 +213,10 @@ def test_wss_over_tls(core: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("core", CORES)
 def test_sigterm_closes_open_sockets_with_1001(core: str) -> None:
-    served = Server(core)
+    served = start(core)
 
     async def main() -> list[Any]:
-        async with connect(served.url("echo")) as ws:
+        async with connect(ws_url(served, "echo")) as ws:
             await ws.send("before")
             first = await ws.recv()
             served.proc.send_signal(signal.SIGTERM)
@@ -259,7 +233,7 @@ def test_sigterm_closes_open_sockets_with_1001(core: str) -> None:
 
 @pytest.mark.parametrize("core", CORES)
 def test_a_remote_binding_carries_a_websocket(core: str, tmp_path: Path) -> None:
-    backend = Server(core)
+    backend = start(core)
     config = tmp_path / "fastbind.toml"
     config.write_text(
         "[[workers]]\nname = \"front\"\nmain = \"ws_app_workers:gateway\"\n"
@@ -267,10 +241,10 @@ def test_a_remote_binding_carries_a_websocket(core: str, tmp_path: Path) -> None
         "durable_objects = [{ binding = \"ROOMS\", class_name = \"Room\" }]\n"
     )
     (tmp_path / "ws_app_workers.py").write_text((APP.parent / "ws_app_workers.py").read_text())
-    front = Server(core, config=config)
+    front = start(core, config=config)
 
     async def main() -> list[Any]:
-        async with connect(front.url("echo")) as ws:
+        async with connect(ws_url(front, "echo")) as ws:
             await ws.send("across processes")
             return [await asyncio.wait_for(ws.recv(), T)]
 
@@ -281,6 +255,6 @@ def test_a_remote_binding_carries_a_websocket(core: str, tmp_path: Path) -> None
         backend.stop()
 
 
-def test_nothing_is_left_listening(server: Server) -> None:
+def test_nothing_is_left_listening(server: Served) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=T):
         pass
