@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ import pytest
 
 websockets = pytest.importorskip("websockets", reason="the websockets library is not installed")
 from websockets.asyncio.client import connect  # noqa: E402
+
+from served import Served  # noqa: E402
 
 CHAT = Path(__file__).resolve().parent.parent / "examples" / "chat" / "fastbind.toml"
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -70,15 +71,9 @@ class DevTools:
 
 
 def test_two_tabs_of_the_chat_page_see_each_others_messages(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fastbind", "serve", str(CHAT), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    server = Served(CHAT, timeout=T)
     browser = None
     try:
-        assert server.stdout is not None
-        port = int(re.search(r"127\.0\.0\.1:(\d+) ", server.stdout.readline())[1])  # type: ignore[index]
         browser = subprocess.Popen(
             [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
@@ -95,7 +90,7 @@ def test_two_tabs_of_the_chat_page_see_each_others_messages(tmp_path: Path) -> N
         async def main() -> str:
             async with connect(found[1], max_size=None) as socket:
                 tools = DevTools(socket)
-                page = f"http://127.0.0.1:{port}/?room=browsers&user="
+                page = f"{server.url}/?room=browsers&user="
                 ada, bob = await tools.open_tab(page + "ada"), await tools.open_tab(page + "bob")
                 for tab in (ada, bob):
                     await tools.wait_for(tab, "document.body.dataset.connected === 'yes'")
@@ -111,11 +106,11 @@ def test_two_tabs_of_the_chat_page_see_each_others_messages(tmp_path: Path) -> N
         text = asyncio.run(asyncio.wait_for(main(), 60))
         assert "ada: hello from ada" in text and "bob joined" in text
     finally:
-        for process in (browser, server):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=T)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        if browser is not None and browser.poll() is None:
+            browser.send_signal(signal.SIGTERM)
+            try:
+                browser.wait(timeout=T)
+            except subprocess.TimeoutExpired:
+                browser.kill()
+                browser.wait()
+        server.close()
