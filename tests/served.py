@@ -101,8 +101,6 @@ class Served:
             return self.log.read_text(errors="replace")
         return "".join(self.stderr)
 
-    log_text = stderr_text
-
     def stderr_tail(self, lines: int = 30) -> str:
         return "\n".join(self.stderr_text().splitlines()[-lines:])
 

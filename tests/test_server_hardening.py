@@ -189,7 +189,7 @@ def test_sigterm_is_honoured_while_a_worker_busy_loops(serve: Servers) -> None:
     assert took <= 1 + 1.0
     assert code == 1  # a request was cut
     assert data == b""  # cancelled at the deadline, as every request the shutdown cuts
-    assert "Traceback" not in server.log_text()
+    assert "Traceback" not in server.stderr_text()
 
 
 @pytest.mark.soak
