@@ -38,13 +38,13 @@ class Served:
     """One `fastbind serve` process (and its worker processes) and the lines it prints.
 
     ``stdout`` holds every line printed (the first one too); ``next_line`` takes them in
-    turn after the first. Stderr goes to ``log`` when given, else into ``stderr``. ``entry``,
-    when given, is the Worker the first line must say is served.
+    turn after the first. Stderr goes to ``log`` when given, else into ``stderr``. ``entry``
+    and ``scheme``, when given, are the Worker and scheme the first line must name.
     """
 
     def __init__(self, config: Path, args: Iterable[str] = (), log: Path | None = None, *,
                  env: dict[str, str] | None = None, port: int = 0, entry: str | None = None,
-                 timeout: float = TIMEOUT) -> None:
+                 scheme: str | None = None, timeout: float = TIMEOUT) -> None:
         self.config, self.log, self.timeout = config, log, timeout
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -66,6 +66,7 @@ class Served:
             match = LISTENING.match(self.first_line)
             assert match, f"unexpected first line {self.first_line!r}; stderr: {self.stderr_text()}"
             assert entry in (None, match["entry"]), f"not serving {entry!r}: {self.first_line!r}"
+            assert scheme in (None, match["scheme"]), f"not serving {scheme}: {self.first_line!r}"
         except BaseException:
             self.kill()
             raise

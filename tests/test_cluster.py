@@ -31,7 +31,7 @@ SECRET = "cluster tests: a secret long enough"
 @pytest.fixture
 def serve() -> Iterator[Servers]:
     env = {"PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}
-    with Servers(APP / "fastbind.toml", env=env, entry="gateway", timeout=TIMEOUT + 10) as start:
+    with Servers(APP / "fastbind.toml", env=env, entry="gateway", scheme="http", timeout=TIMEOUT + 10) as start:
         yield start
 
 

@@ -38,7 +38,8 @@ class MarkedServer(Served):
 
     def __init__(self, marks: Path, *args: str) -> None:
         self.marks = marks
-        super().__init__(APP, args, env={"FASTBIND_TEST_MARKS": str(marks)}, timeout=TIMEOUT)
+        super().__init__(APP, args, env={"FASTBIND_TEST_MARKS": str(marks)}, scheme="http",
+                         timeout=TIMEOUT)
 
     def wait_for_mark(self, name: str) -> None:
         wait_until((self.marks / name).exists, f"{name} marked", TIMEOUT)

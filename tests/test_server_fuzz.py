@@ -59,7 +59,7 @@ def errors_since(server: Served, offset: int) -> list[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     proc = Served(APP, SERVER_ARGS, tmp_path_factory.mktemp("fuzz") / "server.log", entry="gateway",
-                  timeout=START_DEADLINE_S)
+                  scheme="http", timeout=START_DEADLINE_S)
     try:
         yield proc
         proc.assert_alive()
