@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import threading
 import time
 import weakref
 from functools import partial
 from typing import Any
 
+from . import core as cores
+
 __all__ = ("CpuWatchdog", "watchdog")
 
-# Ticks: a twentieth of the smallest CPU limit registered, within these bounds. While
-# none is registered the thread only looks, this often, for a shutdown deadline.
+# Ticks: a twentieth of the smallest CPU limit registered, within these bounds (the
+# longest also while none is registered).
 _TICK_MIN_S = 0.002
 _TICK_MAX_S = 0.1
-_IDLE_S = 0.5
 _STOPPING_TICK_S = 0.05
 
 
@@ -25,11 +25,15 @@ class CpuWatchdog:
     """Asks each core, at every tick, to look at the pipeline step running now.
 
     A Runtime registers its core and CPU limit (``guard``), once: no call is made per
-    request. At each tick the core looks at the pipeline step running now (the compiled
-    core without the GIL, in ``watchdog_wait``): it meters a pipeline it finds running
-    from then on, and ``watchdog_tick`` interrupts one past its limit (CpuLimitExceeded
-    raised into it with PyThreadState_SetAsyncExc). A Worker that never yields
-    (``while True: pass``) holds the GIL; this thread gets it at the next switch
+    request. At each tick the core looks at the pipeline step running now: it meters a
+    pipeline it finds running from then on, and ``watchdog_tick`` interrupts one past
+    its limit (CpuLimitExceeded raised into it with PyThreadState_SetAsyncExc). The
+    compiled core looks without the GIL, tick after tick, inside ``watchdog_wait``: this
+    thread takes the GIL only to interrupt, to tick the twin or a per-call scope, or
+    when poked. It must not wait for the GIL to look: while the loop's thread runs
+    short steps it lets the GIL go at every poll and takes it back at once, and a
+    thread waiting for it then waits for seconds. A Worker that never yields
+    (``while True: pass``) never lets it go; this thread gets it at the next switch
     interval.
 
     A call with a CPU limit of its own (a per-call scope: CallLimits) is ``watch``-ed
@@ -50,7 +54,8 @@ class CpuWatchdog:
         self._interval = _TICK_MAX_S
         self._stop: tuple[float, float] | None = None  # (interrupt at, exit at), time.monotonic
         self._thread: threading.Thread | None = None
-        self._random = random.Random()
+        # The compiled core's wait looks without the GIL; without it, the twin's sleeps.
+        self._waiter = cores.twin if cores.compiled is None else cores.compiled
 
     @property
     def interval(self) -> float:
@@ -77,6 +82,7 @@ class CpuWatchdog:
         # on any thread, even in the middle of _retune's loops over _guards: it only notes
         # the key (list.append iterates nothing), and the watchdog's thread prunes it.
         self._gone.append((key, ref))
+        self._waiter.watchdog_poke()
 
     def watch(self, core: Any) -> None:
         """A call with a CPU limit of its own started (its scope's code runs on ``core``)."""
@@ -107,8 +113,12 @@ class CpuWatchdog:
             self._interval = max(_TICK_MIN_S, min(_TICK_MAX_S, min(limits) / 20)) if limits else _TICK_MAX_S
         cores = {id(core): core for _, core, _ in guards}
         cores.update(self._calls)
-        # The compiled core first: its wait looks without the GIL (see _run).
-        self._cores = tuple(sorted(cores.values(), key=lambda core: getattr(core, "IMPLEMENTATION", "") != "c"))
+        self._cores = tuple(cores.values())
+        self._waiter.watchdog_configure(self._tick_s())
+        self._waiter.watchdog_poke()  # (a wait that looks only should come back and see)
+
+    def _tick_s(self) -> float:
+        return self._interval if self._stop is None else min(self._interval, _STOPPING_TICK_S)
 
     def start(self) -> None:
         """Start the thread (once)."""
@@ -120,40 +130,34 @@ class CpuWatchdog:
     def stopping(self, interrupt_at: float, exit_at: float) -> None:
         """Arm a shutdown's deadlines (``time.monotonic()`` values); see the class.
 
-        Safe in a signal handler: it only assigns (the handler may run between any two
-        bytecodes of the loop's thread, also while that thread holds a lock here).
+        Safe in a signal handler: it only assigns and stores (the handler may run
+        between any two bytecodes of the loop's thread, also while that thread holds a
+        lock here).
         """
         self._stop = (interrupt_at, exit_at)
+        self._waiter.watchdog_configure(self._tick_s())
+        self._waiter.watchdog_poke()
 
     def stopped(self) -> None:
         """The shutdown ended: disarm its deadlines."""
         self._stop = None
+        self._waiter.watchdog_configure(self._tick_s())
 
     def _run(self) -> None:
+        waiter = self._waiter
         while True:
             if self._gone:
                 with self._lock:
                     self._retune()
-            stop = self._stop
-            cores = self._cores
-            if not cores and stop is None:
-                time.sleep(_IDLE_S)
-                continue
-            interval = self._interval if stop is None else min(self._interval, _STOPPING_TICK_S)
-            # At a random point of the interval: this thread wakes when the loop's lets the
-            # GIL go, between two steps, and a fixed sleep would then look at the same
-            # moment of a Worker's cycle of steps every time (between two of them).
-            interval *= 0.5 + self._random.random()
-            if not cores:
-                time.sleep(interval)
-            else:
-                # The compiled core sleeps and looks at the running step without the
-                # GIL; each core then acts on what it saw, with it.
-                cores[0].watchdog_wait(interval)
-                for core in cores[1:]:
-                    core.watchdog_wait(0.0)
-                for core in cores:
-                    core.watchdog_tick()
+            cores, stop = self._cores, self._stop
+            if stop is not None:
+                waiter.watchdog_configure(self._tick_s())
+            # Back after every look when something is done with the GIL at each tick:
+            # another core's look, a per-call scope, a shutdown's deadline.
+            every_look = stop is not None or bool(self._calls) or any(core is not waiter for core in cores)
+            waiter.watchdog_wait(every_look)
+            for core in cores:
+                core.watchdog_tick()
             if stop is not None:
                 self._stop_tick(cores, stop)
 

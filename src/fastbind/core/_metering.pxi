@@ -169,16 +169,56 @@ cdef int _look() noexcept nogil:
     return 0
 
 
-def watchdog_wait(double seconds):
-    """Sleep ``seconds``, then look at the slice running now, all without the GIL.
+# How the watchdog's thread waits: it must not need the GIL between looks. A thread that
+# waits for the GIL while the loop's thread runs short steps waits for seconds: the
+# loop's thread lets the GIL go at each poll of the event loop and takes it back at
+# once, so the waiting thread neither wins it nor has it dropped for it.
+cdef int64_t _wait_interval_ns = 100_000_000   # between looks (jittered)
+cdef int64_t _wait_poked = 0                   # come back to Python after the next look
+cdef uint64_t _wait_random = 0                 # xorshift state (the watchdog's thread only)
 
-    Returns True when that slice is past its pipeline's budget: ``watchdog_tick`` then
-    interrupts it, if it is still running once the GIL comes.
-    """
-    cdef int over
+
+def watchdog_configure(double interval):
+    """Set the seconds between ``watchdog_wait``'s looks (also while it waits)."""
+    fastbind_store(&_wait_interval_ns, <int64_t>(interval * 1e9))
+
+
+def watchdog_poke():
+    """Make ``watchdog_wait`` come back after its next look (the watchdog's book
+    changed). Only stores: safe in a weak reference's callback or a signal handler."""
+    fastbind_store(&_wait_poked, 1)
+
+
+cdef int64_t _jittered(int64_t ns) noexcept nogil:
+    # A random point of [ns/2, 3ns/2]: this thread wakes when the loop's thread lets it,
+    # and a fixed sleep would then look at the same moment of a Worker's cycle of steps
+    # (between two of them) every time.
+    global _wait_random
+    cdef uint64_t x = _wait_random
+    if x == 0:
+        x = <uint64_t>fastbind_clock_ns(CLOCK_THREAD_CPUTIME_ID) | 1
+    x ^= x << 13
+    x ^= x >> 7
+    x ^= x << 17
+    _wait_random = x
+    return ns // 2 + <int64_t>(x % <uint64_t>(ns + 1))
+
+
+def watchdog_wait(bint every_look):
+    """Look at the slice running now at each interval, without the GIL, until a look
+    finds it past its pipeline's budget (True: ``watchdog_tick`` then interrupts it, if
+    it still runs once the GIL comes), or after one look when ``every_look`` (the
+    caller ticks another core or a per-call scope with the GIL), or after a poke."""
+    cdef int over = 0
     with nogil:
-        fastbind_sleep_ns(<int64_t>(seconds * 1e9))
-        over = _look()
+        while True:
+            fastbind_sleep_ns(_jittered(fastbind_load(&_wait_interval_ns)))
+            over = _look()
+            if over or every_look:
+                break
+            if fastbind_load(&_wait_poked):
+                fastbind_store(&_wait_poked, 0)
+                break
     return bool(over)
 
 

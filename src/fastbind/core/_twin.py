@@ -31,7 +31,13 @@ from ._twin_contexts import (
     live_counts,
 )
 from ._twin_dispatch import DispatchPlan, Entry
-from ._twin_metering import interrupt_slice, watchdog_tick, watchdog_wait
+from ._twin_metering import (
+    interrupt_slice,
+    watchdog_configure,
+    watchdog_poke,
+    watchdog_tick,
+    watchdog_wait,
+)
 from .env import Env
 
 __all__ = (
@@ -58,6 +64,8 @@ __all__ = (
     "fast_paths",
     "live_counts",
     "make_task_factory",
+    "watchdog_configure",
+    "watchdog_poke",
     "watchdog_wait",
     "watchdog_tick",
     "interrupt_slice",

@@ -9,6 +9,7 @@ CPU-limited pipeline from its start; the limit is enforced the same way.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from typing import Any
@@ -32,6 +33,8 @@ __all__ = (
     "charge_cpu",
     "enter_scope",
     "leave_scope",
+    "watchdog_configure",
+    "watchdog_poke",
     "watchdog_wait",
     "watchdog_tick",
     "interrupt_slice",
@@ -147,11 +150,23 @@ def leave_scope(now_running: Any) -> None:
         _slice.scope_interrupted = False
 
 
-def watchdog_wait(seconds: float) -> bool:
-    """Sleep ``seconds``; True: ``watchdog_tick`` should look (the compiled core looks
-    first without the GIL)."""
-    time.sleep(seconds)
-    return True
+_wait_interval = [0.1]
+_wait_random = random.Random()
+
+
+def watchdog_configure(interval: float) -> None:
+    """Set the seconds between ``watchdog_wait``'s ticks (see _metering.pxi)."""
+    _wait_interval[0] = interval
+
+
+def watchdog_poke() -> None:
+    """The compiled core's wait comes back when poked; the twin's after each tick."""
+
+
+def watchdog_wait(every_look: bool) -> bool:
+    """Sleep an interval (jittered); the twin looks in ``watchdog_tick``, with the GIL."""
+    time.sleep(_wait_interval[0] * (0.5 + _wait_random.random()))
+    return False
 
 
 def watchdog_tick() -> bool:
