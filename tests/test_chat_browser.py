@@ -11,11 +11,13 @@ import itertools
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -70,6 +72,23 @@ class DevTools:
         raise AssertionError(f"never true in the page: {expression}")
 
 
+def devtools_endpoint(stderr: IO[bytes], seconds: float) -> str:
+    """The DevTools endpoint Chromium prints on its stderr, waited for ``seconds`` at most."""
+    deadline = time.monotonic() + seconds
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stderr, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0 and selector.select(left):
+            chunk = os.read(stderr.fileno(), 65536)
+            if not chunk:
+                break
+            seen += chunk
+            found = re.search(rb"DevTools listening on (ws://\S+)", seen)
+            if found:
+                return found[1].decode()
+    raise AssertionError(f"Chromium did not start its DevTools endpoint; it wrote: {seen[-2000:]!r}")
+
+
 def test_two_tabs_of_the_chat_page_see_each_others_messages(tmp_path: Path) -> None:
     server = Served(CHAT, timeout=T)
     browser = None
@@ -77,18 +96,13 @@ def test_two_tabs_of_the_chat_page_see_each_others_messages(tmp_path: Path) -> N
         browser = subprocess.Popen(
             [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         assert browser.stderr is not None
-        for line in browser.stderr:
-            found = re.search(r"DevTools listening on (ws://\S+)", line)
-            if found:
-                break
-        else:
-            raise AssertionError("Chromium did not start its DevTools endpoint")
+        endpoint = devtools_endpoint(browser.stderr, T)
 
         async def main() -> str:
-            async with connect(found[1], max_size=None) as socket:
+            async with connect(endpoint, max_size=None) as socket:
                 tools = DevTools(socket)
                 page = f"{server.url}/?room=browsers&user="
                 ada, bob = await tools.open_tab(page + "ada"), await tools.open_tab(page + "bob")
@@ -113,4 +127,6 @@ def test_two_tabs_of_the_chat_page_see_each_others_messages(tmp_path: Path) -> N
             except subprocess.TimeoutExpired:
                 browser.kill()
                 browser.wait()
+        if browser is not None and browser.stderr is not None:
+            browser.stderr.close()
         server.close()

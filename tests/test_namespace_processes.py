@@ -103,6 +103,7 @@ def test_only_the_gateway_can_call_a_tenants_process_and_idle_ones_stop(
 
     async def main() -> list[Any]:
         first = await rt.dispatch("gateway", Request("https://calm.example/", headers={"x-tenant": "calm"}))
+        await first.text()
         port = customers.tenants._processes["calm"].port
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}/") as direct:
@@ -112,6 +113,7 @@ def test_only_the_gateway_can_call_a_tenants_process_and_idle_ones_stop(
             if not customers.loaded:
                 break
             await asyncio.sleep(0.05)
+        await rt.aclose()  # waits for the stopped process to be reaped
         return [first.status, forged, loaded, customers.loaded]
 
     assert run(main()) == [200, (403, "Forbidden"), ("calm",), ()]

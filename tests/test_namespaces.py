@@ -269,7 +269,14 @@ def test_the_outbound_worker_does_not_see_the_gateways_own_fetch(core: Any, run:
 
     rt = make_runtime(tenants, outbound="egress")
     rt.add_worker("own", own)
-    assert run(run_text(rt.dispatch("own", Request("https://e/")))) == "FetchError"
+
+    async def main() -> str:
+        try:
+            return await run_text(rt.dispatch("own", Request("https://e/")))
+        finally:
+            await rt.aclose()  # its outbound session
+
+    assert run(main()) == "FetchError"
 
 
 async def run_text(awaitable: Any) -> str:

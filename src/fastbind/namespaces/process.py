@@ -338,14 +338,19 @@ class ProcessTenants:
             proc.terminate()  # the process serves what it has, then stops (SIGTERM)
         except ProcessLookupError:
             return
-        self._detached(self._kill_late(proc))
+        self._detached(self._wait_stopped(proc))
 
     @staticmethod
-    async def _kill_late(proc: asyncio.subprocess.Process) -> None:
+    async def _wait_stopped(proc: asyncio.subprocess.Process) -> None:
+        """Wait for a process told to stop (killed after STOP_TIMEOUT_S), then close its
+        stdin: the loop lets the process's transport go only once every pipe is closed."""
         try:
             await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
         except asyncio.TimeoutError:
             proc.kill()
+            await proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
 
     def _schedule_reaper(self) -> None:
         if self._reaper is None and self._loop is not None:
@@ -395,13 +400,12 @@ class ProcessTenants:
                 proc.terminate()
             except ProcessLookupError:
                 pass
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            self._detached(self._wait_stopped(proc))
+        # Every process stopping, these and those stopped before, is reaped (each bounded
+        # by STOP_TIMEOUT_S); what is still running after that (a start) is cancelled.
+        tasks = set(self._background)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S + 1)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
