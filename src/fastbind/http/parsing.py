@@ -191,13 +191,13 @@ class RequestParsing:
 
     def _body_under_way(self, data: bytes) -> None:
         """The read ended in a body: keep where, for the framing of the next read."""
-        self._line = b""
         current = self._current
         if current is not None and current.length is not None:
             self._frame_kind = SIZED
             self._frame_left = current.length - current.received
-        else:  # chunked: where its framing stands is found by following it
+        else:  # chunked: where its framing stands is found by following it (from _line)
             _, self._frame_kind, self._frame_left, self._frame_line = self._scan(data)
+        self._line = b""
 
     def _read_ended(self, data: bytes) -> None:
         """``data`` was parsed whole and left a head, or the next request line, unfinished."""
