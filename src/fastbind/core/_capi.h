@@ -265,6 +265,50 @@ static inline void fastbind_sleep_ns(int64_t ns) {
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
+/* --- a coarse clock: a count that goes up every half second ----------------------------
+
+   Kept by a thread of its own that never takes the GIL: a Python thread needs the GIL
+   for each tick, and waits for it for seconds while the loop's thread runs short steps.
+   Only that thread writes the count (and a child after fork, alone then); started under
+   the GIL. */
+static int64_t fastbind_coarse_ticks = 0;
+static int64_t fastbind_coarse_period_ns = 500000000;
+static int fastbind_coarse_running = 0;
+
+static void *fastbind_coarse_run(void *unused) {
+    (void)unused;
+    for (;;) {
+        fastbind_sleep_ns(fastbind_load(&fastbind_coarse_period_ns));
+        fastbind_store(&fastbind_coarse_ticks, fastbind_load(&fastbind_coarse_ticks) + 1);
+    }
+    return NULL;
+}
+
+/* Start the thread unless it runs; 0, or an errno value. */
+static inline int fastbind_coarse_start(void) {
+    pthread_t thread;
+    pthread_attr_t attr;
+    int rc;
+    if (fastbind_coarse_running)
+        return 0;
+    rc = pthread_attr_init(&attr);
+    if (rc != 0)
+        return rc;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    rc = pthread_create(&thread, &attr, fastbind_coarse_run, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc == 0)
+        fastbind_coarse_running = 1;
+    return rc;
+}
+
+/* In a child after fork: the thread was not copied; the count moves on, so that what
+   waits for the next tick does not wait for a thread that the next start() makes. */
+static inline void fastbind_coarse_after_fork(void) {
+    fastbind_coarse_running = 0;
+    fastbind_store(&fastbind_coarse_ticks, fastbind_load(&fastbind_coarse_ticks) + 1);
+}
+
 /* --- the ledger's blocks --------------------------------------------------------------
 
    Block k holds 8 << k entries, from index 8 * (2^k - 1): entries never move once

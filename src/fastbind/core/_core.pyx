@@ -100,6 +100,10 @@ cdef extern from "_capi.h":
     void fastbind_fence() nogil
     int64_t fastbind_clock_or_none(int64_t clock) nogil
     void fastbind_sleep_ns(int64_t ns) nogil
+    int64_t fastbind_coarse_ticks
+    int64_t fastbind_coarse_period_ns
+    int fastbind_coarse_start()
+    void fastbind_coarse_after_fork()
     int fastbind_ledger_block(Py_ssize_t index, Py_ssize_t* offset) nogil
     ctypedef struct fastbind_request_layout:
         Py_ssize_t url, method, headers, body, body_used, cf, items, shared, raw
@@ -305,3 +309,4 @@ include "_metering.pxi"
 include "_call_limits.pxi"
 include "_binding.pxi"
 include "_dispatch.pxi"
+include "_coarse_clock.pxi"

@@ -21,6 +21,7 @@ from ._twin_bindings import (
 )
 from ._twin_binding_call import BindingCall
 from ._twin_call_limits import CallLimits, LimitScope
+from ._twin_coarse_clock import CoarseClock
 from ._twin_contexts import (
     ExecutionSlot,
     InvocationContext,
@@ -69,6 +70,7 @@ __all__ = (
     "watchdog_wait",
     "watchdog_tick",
     "interrupt_slice",
+    "CoarseClock",
 )
 
 
