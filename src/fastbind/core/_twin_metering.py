@@ -150,13 +150,14 @@ def leave_scope(now_running: Any) -> None:
         _slice.scope_interrupted = False
 
 
-_wait_interval = [0.1]
+_wait_interval = 0.1
 _wait_random = random.Random()
 
 
 def watchdog_configure(interval: float) -> None:
     """Set the seconds between ``watchdog_wait``'s ticks (see _metering.pxi)."""
-    _wait_interval[0] = interval
+    global _wait_interval
+    _wait_interval = interval
 
 
 def watchdog_poke() -> None:
@@ -165,7 +166,7 @@ def watchdog_poke() -> None:
 
 def watchdog_wait(every_look: bool) -> bool:
     """Sleep an interval (jittered); the twin looks in ``watchdog_tick``, with the GIL."""
-    time.sleep(_wait_interval[0] * (0.5 + _wait_random.random()))
+    time.sleep(_wait_interval * (0.5 + _wait_random.random()))
     return False
 
 
