@@ -52,12 +52,14 @@ class Served:
         self._lines: queue.Queue[str] = queue.Queue()
         command = [sys.executable, "-m", "fastbind", "serve", str(config), "--port", str(port), *args]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # A process group of its own: kill() ends the worker processes of --workers N too.
         if log is None:
             self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                         env=full_env)
+                                         env=full_env, start_new_session=True)
         else:
             with log.open("wb") as stderr:  # the child has its own copy of the descriptor
-                self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=full_env)
+                self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                             env=full_env, start_new_session=True)
         self._readers = [self._reader(self.proc.stdout, self.stdout, self._lines)]
         if log is None:
             self._readers.append(self._reader(self.proc.stderr, self.stderr, None))
@@ -151,10 +153,15 @@ class Served:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL if still running; then every pipe is read to its end and closed."""
+        """SIGKILL if still running, and to the worker processes a killed parent left
+        behind; then every pipe is read to its end and closed."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=self.timeout)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is empty: nothing was left
         self._close_pipes()
 
     def close(self, signum: int = signal.SIGTERM) -> None:

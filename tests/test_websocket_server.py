@@ -234,6 +234,7 @@ def test_sigterm_closes_open_sockets_with_1001(core: str) -> None:
 @pytest.mark.parametrize("core", CORES)
 def test_a_remote_binding_carries_a_websocket(core: str, tmp_path: Path) -> None:
     backend = start(core)
+    front = None
     config = tmp_path / "fastbind.toml"
     config.write_text(
         "[[workers]]\nname = \"front\"\nmain = \"ws_app_workers:gateway\"\n"
@@ -241,18 +242,20 @@ def test_a_remote_binding_carries_a_websocket(core: str, tmp_path: Path) -> None
         "durable_objects = [{ binding = \"ROOMS\", class_name = \"Room\" }]\n"
     )
     (tmp_path / "ws_app_workers.py").write_text((APP.parent / "ws_app_workers.py").read_text())
-    front = start(core, config=config)
 
     async def main() -> list[Any]:
+        assert front is not None
         async with connect(ws_url(front, "echo")) as ws:
             await ws.send("across processes")
             return [await asyncio.wait_for(ws.recv(), T)]
 
     try:
+        front = start(core, config=config)
         assert run(main()) == ["across processes"]
     finally:
-        front.stop()
-        backend.stop()
+        for server in (front, backend):
+            if server is not None:
+                server.close()
 
 
 def test_nothing_is_left_listening(server: Served) -> None:
