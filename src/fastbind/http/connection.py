@@ -54,8 +54,7 @@ _LINGER_OFF = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the c
 # (the sweep looks on after that).
 _PROBE_LOOKS_S = (0.02, 0.2)
 _PLAIN = (bytes, str, bytearray, memoryview)
-_Task = asyncio.Task  # a request's task, on 3.11 (see eager)
-_new_task = eager.new_task
+_new_task = eager.new_task  # a request's task (eager on 3.12+)
 
 
 def _socket_error(transport: asyncio.Transport) -> int:
@@ -278,7 +277,7 @@ class HTTPConnection(RequestParsing, asyncio.Protocol):
         self._launch(ex)
 
     def _launch_task(self, ex: Exchange) -> None:
-        task = self._task = _Task(self._serve(ex), loop=self._loop)
+        task = self._task = _new_task(self._loop, self._serve(ex))
         if self._access_log:
             task.add_done_callback(partial(self._log_if_gone, ex))
 

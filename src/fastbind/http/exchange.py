@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..request import Request
-from ..response import Response
 from .websocket import WebSocketLimits
 
 if TYPE_CHECKING:
@@ -67,13 +66,13 @@ class ServerState:
 
     def __init__(self, entry: Any, limits: HTTPLimits, default_host: str,
                  access_log: AccessLog | None = None, ws_limits: WebSocketLimits | None = None,
-                 hop: Callable[[Request], Any] | None = None) -> None:
+                 *, hop: Callable[[Request], Any]) -> None:
         # ``dispatch(request)``: the entry point of the served Worker (Runtime.entry),
         # awaited as Runtime.dispatch awaits it, without that coroutine around it.
         self.dispatch = entry
         # ``hop(request)``: what answers a request with fastbind-* hop headers (a remote
         # binding's or a forwarded Durable Object call: cluster/receive.py).
-        self.hop: Callable[[Request], Any] = hop if hop is not None else _no_hops
+        self.hop = hop
         self.limits = limits
         self.ws_limits = ws_limits or WebSocketLimits()
         self.connections: set[Any] = set()  # the open HTTPConnections
@@ -86,13 +85,6 @@ class ServerState:
 
     def refresh_date(self) -> None:
         self.date = time.strftime("date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime())
-
-
-async def _no_hops(request: Request) -> Response:
-    return Response(
-        "fastbind: this server accepts no fastbind hop headers (fastbind-depth, ...); the request is refused.\n",
-        status=403, headers={"content-type": "text/plain; charset=utf-8", "fastbind-error": "refused"},
-    )
 
 
 class Exchange:
