@@ -311,6 +311,38 @@ def test_a_remote_binding_continues_the_callers_pipeline(core: Any, run: Any) ->
     run(go())
 
 
+def test_a_redirect_answered_through_a_remote_binding_is_followed_without_the_hop_headers(
+    core: Any, run: Any
+) -> None:
+    # The hop headers are signed for the first URL: sent on to the Location they would
+    # be refused there (or handed to whoever that is); the redirected request is plain.
+    async def b(request: Request, env: Any, ctx: Any) -> Response:
+        if "/landed" in request.url:
+            hop = sorted(name for name, _ in request.headers.items() if name.startswith("fastbind-"))
+            return Response(f"landed depth {ctx.depth} hop headers {hop}")
+        return Response(None, status=302, headers={"location": "/landed"})
+
+    async def go() -> None:
+        async with TwoServers(b) as pair:
+            status, text = await pair.call()
+            assert (status, text.partition(" | ")[0]) == (200, "landed depth 1 hop headers []")
+
+    run(go())
+
+
+def test_a_workers_own_fastbind_error_header_does_not_reach_the_caller_as_fastbinds(core: Any, run: Any) -> None:
+    async def b(request: Request, env: Any, ctx: Any) -> Response:
+        # As a Worker that passes on an answer it got from another fastbind server.
+        return Response("passed on", headers={"fastbind-error": "refused"})
+
+    async def go() -> None:
+        async with TwoServers(b) as pair:
+            status, text = await pair.call()
+            assert (status, text.partition(" | ")[0]) == (200, "passed on")
+
+    run(go())
+
+
 def test_a_receiver_with_a_lower_depth_limit_refuses_in_the_callers_terms(core: Any, run: Any) -> None:
     async def b(request: Request, env: Any, ctx: Any) -> Response:
         return Response("reached")

@@ -13,7 +13,9 @@ import pytest
 
 from fastbind import ConfigError, DurableObject, Request, Response, Runtime, SubrequestDepthError
 from fastbind.cluster import wire
+from fastbind.cluster.forward import Forwarder
 from fastbind.cluster.members import Membership, Node, Remembered, owner_index, slot_keys
+from fastbind.cluster.placement import Owner, Placement
 from fastbind.cluster.shards import MANIFEST, prepare_shards, shard_dir
 from fastbind.config import read_config
 from fastbind.durable.ids import IdMaker
@@ -52,8 +54,17 @@ def test_a_signed_hop_reads_back_and_any_change_is_refused() -> None:
 # -- RPC values on the wire -------------------------------------------------------------------
 
 
-class _Depth(DurableObject):
-    pass
+def test_a_membership_change_lets_go_only_of_the_nodes_that_left_or_moved() -> None:
+    a, b = Node("a", "http://127.0.0.1:8787"), Node("b", "http://fastbind-1.fastbind")
+    c = Node("c", "https://[::1]")
+    forwarder = Forwarder(Placement(1, 0, None, node="a"), HopKey("parts tests: a secret of enough bytes"))
+    forwarder.use_membership(Membership([a, b, c]))
+    to_b, to_c = forwarder._pool(Owner(b, 0)), forwarder._pool(Owner(c, 0))
+    # A url without a port means the scheme's.
+    assert (to_b._host, to_b._port, to_c._host, to_c._port) == ("fastbind-1.fastbind", 80, "::1", 443)
+    forwarder.use_membership(Membership([a, b, Node("c", "https://[::2]")]))
+    assert forwarder._pool(Owner(b, 0)) is to_b  # kept: calls on it go on
+    assert forwarder._pool(Owner(c, 0)) is not to_c  # moved: a pool for its new address
 
 
 def test_values_cross_the_wire_as_the_same_types(run: Any) -> None:

@@ -18,6 +18,8 @@ import ssl as _ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from yarl import URL
+
 from ..errors import CpuLimitExceeded, DurableObjectUnavailableError, FastbindError, SubrequestDepthError
 from ..headers import Headers
 from ..outbound.hop import ERROR, Hop, HopKey, caller_chain, path_of, remaining_cpu_ms, without_hop
@@ -123,22 +125,29 @@ class Forwarder:
                 assert self.placement.run_dir is not None
                 pool = PeerPool(f"process slot {owner.slot}", path=socket_path(self.placement.run_dir, owner.slot))
             else:
-                url = owner.node.url
-                scheme, _, authority = url.partition("://")
-                host, _, port = authority.rpartition(":")
-                ssl = _ssl.create_default_context() if scheme == "https" else None
-                pool = PeerPool(f'node "{owner.node.name}" ({url})', host=host.strip("[]"),
-                                port=int(port) if port else (443 if ssl else 80), ssl=ssl)
+                url = URL(owner.node.url)  # (the port is the scheme's when the url gives none)
+                ssl = _ssl.create_default_context() if url.scheme == "https" else None
+                pool = PeerPool(f'node "{owner.node.name}" ({owner.node.url})', host=url.host, port=url.port,
+                                ssl=ssl)
             self._pools[name] = pool
         return pool
 
     def use_membership(self, membership: Membership) -> None:
-        """Route by ``membership`` from now on (a DNS name listed other nodes)."""
+        """Route by ``membership`` from now on (a DNS name listed other nodes).
+
+        The connections to a node that left, or whose address changed, are let go once
+        the calls on them have ended; those to the others are kept.
+        """
+        before = self.placement.membership
         self.placement.membership = membership
         self._routes.clear()
         self._known.clear()
-        for name in [n for n in self._pools if n.startswith("node ")]:
-            self._pools.pop(name).close()
+        for node in before.nodes if before is not None else ():
+            now = membership.node(node.name)
+            if now is None or now.url != node.url:
+                pool = self._pools.pop(self._peer_name(Owner(node, 0)), None)
+                if pool is not None:
+                    pool.retire()
 
     def slot_pool(self, slot: int) -> PeerPool:
         """The connections to slot ``slot`` of this node."""
@@ -246,18 +255,17 @@ class Forwarder:
 
         url = request.url
         name = self._peer_name(owner)
-        session = self._ws_sessions.get(name)
-        if session is None:
+        client = self._ws_sessions.get(name)
+        if client is None:
             connector: aiohttp.BaseConnector
             if owner.node is None:
                 assert self.placement.run_dir is not None
                 connector = aiohttp.UnixConnector(path=socket_path(self.placement.run_dir, owner.slot))
-                base = "http://fastbind"
             else:
                 connector = aiohttp.TCPConnector(limit=0, use_dns_cache=False)
-                base = owner.node.url
-            session = self._ws_sessions[name] = (aiohttp.ClientSession(connector=connector), base)
-        client, base = session
+            client = self._ws_sessions[name] = aiohttp.ClientSession(connector=connector)
+        # The node's address now (it may have changed under the same name).
+        base = "http://fastbind" if owner.node is None else owner.node.url
         path = path_of(url)
         signed = self.key.sign(hop, "GET", path)
         return await connect_websocket(
@@ -273,7 +281,7 @@ class Forwarder:
         self._channels.clear()
         self._routes.clear()
         sessions, self._ws_sessions = self._ws_sessions, {}
-        for session, _ in sessions.values():
+        for session in sessions.values():
             await session.close()
 
 

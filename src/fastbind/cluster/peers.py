@@ -283,7 +283,7 @@ class _PeerConnection(asyncio.Protocol):
 class PeerPool:
     """The connections to one peer, kept open between requests."""
 
-    __slots__ = ("label", "_path", "_host", "_port", "_ssl", "_idle", "_open")
+    __slots__ = ("label", "_path", "_host", "_port", "_ssl", "_idle", "_open", "_retired")
 
     def __init__(self, label: str, *, path: str | None = None, host: str | None = None,
                  port: int | None = None, ssl: _ssl.SSLContext | None = None) -> None:
@@ -294,6 +294,7 @@ class PeerPool:
         self._ssl = ssl
         self._idle: list[_PeerConnection] = []
         self._open: set[_PeerConnection] = set()
+        self._retired = False  # no new requests: each connection closes once its call ends
 
     async def _connect(self) -> _PeerConnection:
         loop = asyncio.get_running_loop()
@@ -331,7 +332,7 @@ class PeerPool:
         return await conn.exchange(head, body, head_only)
 
     def put_back(self, conn: _PeerConnection) -> None:
-        if len(self._idle) < _IDLE_MAX:
+        if len(self._idle) < _IDLE_MAX and not self._retired:
             conn.idle_since = asyncio.get_running_loop().time()
             self._idle.append(conn)
         else:
@@ -346,6 +347,13 @@ class PeerPool:
         for conn in list(self._open):
             conn.close()
         self._idle.clear()
+
+    def retire(self) -> None:
+        """Let the connections go as their calls end (the peer left, or moved): the idle
+        ones now, the busy ones when they are put back."""
+        self._retired = True
+        for conn in list(self._idle):
+            conn.close()
 
     def __repr__(self) -> str:
         return f"<PeerPool {self.label} open={len(self._open)} idle={len(self._idle)}>"

@@ -94,7 +94,7 @@ class HopReceiver:
         if hop.object is not None:
             return await self._object_call(request, hop)
         response = await self._entry.continued(request, hop.depth, hop.pipeline_id, hop.cpu_ms)
-        return _marked(response)
+        return _marked(_unmarked(response))
 
     async def _object_call(self, request: Request, hop: Hop) -> Response:
         assert hop.object is not None
@@ -152,10 +152,7 @@ class HopReceiver:
         async def call_object(request: Request, env: Any, ctx: Any) -> Response:
             try:
                 if method is None:
-                    response = await ns.serve_call(ctx, oid, None, (request,), None)
-                    if ERROR in response.headers:
-                        response.headers.delete(ERROR)  # only fastbind's own answers say it
-                    return response  # type: ignore[no-any-return]
+                    return _unmarked(await ns.serve_call(ctx, oid, None, (request,), None))
                 args, kwargs = wire.decode(await request.bytes())
                 result = await ns.serve_call(ctx, oid, method, tuple(args), kwargs or None)
                 return Response(await wire.encode(result), headers=_RPC_HEADERS)
@@ -191,6 +188,14 @@ class HopReceiver:
         response.body = answer.body or None
         response.body_used = False
         return response
+
+
+def _unmarked(response: Response) -> Response:
+    """A Worker's or an object's own answer, without a ``fastbind-error`` it may carry
+    (passed on from another fastbind server): only this server's own answers say it."""
+    if ERROR in response.headers:
+        response.headers.delete(ERROR)
+    return response
 
 
 def _marked(response: Response) -> Response:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..errors import FastbindError
+from ..errors import ConfigError
 from .members import owner_index, slot_keys
 
 __all__ = ("shard_dir", "prepare_shards", "MANIFEST")
@@ -45,9 +45,9 @@ def _recorded(directory: Path) -> int:
     try:
         slots = json.loads(path.read_text())["slots"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FastbindError(f"Cannot read {path}: {exc}") from None
+        raise ConfigError(f"Cannot read {path}: {exc}") from None
     if type(slots) is not int or slots < 1:
-        raise FastbindError(f"{path} records {slots!r} slots; expected a positive integer")
+        raise ConfigError(f"{path} records {slots!r} slots; expected a positive integer")
     return slots
 
 
@@ -106,7 +106,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as exc:
         conn.close()
-        raise FastbindError(
+        raise ConfigError(
             f"Cannot move durable storage in {path}: {exc} (is another fastbind process using it?)"
         ) from None
     return conn
@@ -177,7 +177,7 @@ def _remove_empty(folder: Path) -> None:
         return
     for db_file in folder.glob("*.sqlite3"):
         if _objects_of(db_file):
-            raise FastbindError(f"{folder} still holds objects after they were moved; it was left as it is")
+            raise ConfigError(f"{folder} still holds objects after they were moved; it was left as it is")
     for path in sorted(folder.rglob("*"), reverse=True):
         if path.is_dir():
             path.rmdir()

@@ -29,6 +29,7 @@ from .client import (
     response_headers,
 )
 from .gate import Admission
+from .hop import without_hop
 from .websocket import open_websocket, wants_websocket
 
 if TYPE_CHECKING:
@@ -154,6 +155,9 @@ async def send(
             target, method, headers, data = next_hop(
                 target, method, headers, data, status, location, redirects
             )
+            # A remote binding's hop headers are signed for the first target only: the
+            # redirected request goes without them (as a plain request would).
+            headers = without_hop(headers)
             redirects += 1
             parsed = _parse_str_url(target)
 

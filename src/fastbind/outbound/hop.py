@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FastbindError
+from ..errors import ConfigError, FastbindError
 
 __all__ = (
     "Hop", "HopKey", "HopRefused", "HOP_HEADERS", "SECRET_ENV", "ERROR", "DEPTH", "PIPELINE",
@@ -192,7 +192,10 @@ def key_from_env() -> HopKey | None:
     secret = os.environ.get(SECRET_ENV)
     if not secret:
         return None
-    return HopKey(secret)
+    try:
+        return HopKey(secret)
+    except ValueError as exc:  # a configuration error: fastbind serve says so without a traceback
+        raise ConfigError(str(exc)) from None
 
 
 def path_of(url: str) -> str:
