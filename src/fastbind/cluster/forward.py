@@ -2,9 +2,10 @@
 
 ``Forwarder`` is the router of a Runtime's Durable Objects (``DurableObjects.router``):
 for an object another process owns, a stub's call becomes one hop request to that
-process (HTTP/1.1 over the node's unix socket, or to the owning node), signed, with the
-pipeline's depth, id and CPU left, as a remote binding's request carries them
-(``outbound/hop.py``). The call stays a child invocation of its caller, in the
+process, with the pipeline's depth, id and CPU left, as a remote binding's request
+carries them (``outbound/hop.py``): an RPC call to a process of this node goes on the
+node's call channel, unsigned (``channel.py``); a fetch, a stream or a WebSocket goes
+as HTTP/1.1 over the node's unix socket, and any call to another node over TCP, signed. The call stays a child invocation of its caller, in the
 caller's ledger as any Durable Object call; what the object returns or raises comes
 back as it would in one process (``wire.py`` for RPC values). The input gate's order
 holds because the owner runs every call of an object through the object's one gate.
